@@ -1,0 +1,1 @@
+"""Data: readers for the official dataset layouts, synthetic faces, augmentation, input pipeline."""
