@@ -1,0 +1,94 @@
+"""Shared defaults: every hyper-parameter of the paper, once, with where it comes from.
+
+Not run directly: dataset configs (`300w.py`, `cofw.py`, `wflw.py`, `synthetic.py`) import
+this and change a few fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.stages = "all"  # comma list of: stgan, hourglass, dictionary; or "all"
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "300w"  # 300w | cofw | wflw | synthetic | folder
+  config.data.root = ""  # the dataset's official release folder
+  config.data.scheme = "300w"  # landmark scheme: 300w (68) | wflw (98) | cofw (29)
+  config.data.train_split = "train"
+  config.data.eval_splits = ("common", "challenge", "full")
+  config.data.validation_fraction = 0.0  # carve a seeded by-image split off train
+  config.data.crop_size = 128  # network input, Sec. III-A / III-B
+  config.data.heatmap_size = 64  # hourglass output resolution, Sec. III-B
+  config.data.box_margin = 1.25  # crop = landmark box scaled by this (field practice)
+  config.data.skip_bad_samples = False  # True: skip and count bad files instead of failing
+  config.data.worker_count = 2  # Grain worker processes
+  config.data.prefetch = 2
+
+  # Data augmentation, Sec. IV-C.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip = True  # random flipping
+  config.augment.rotation_degrees = 30.0  # "between +-30 degrees"
+  config.augment.scale = 0.10  # "between +-10 %"
+  config.augment.translation = 0.05  # fraction of the crop; not given in the paper
+  config.augment.color_jitter = 0.2  # "colour jittering"; strength not given in the paper
+  config.augment.random_erasing = 0.0  # probability of a random occluding patch (option)
+
+  # ST-GAN, Sec. III-A and IV-C, Algorithm 1.
+  config.stgan = ml_collections.ConfigDict()
+  config.stgan.batch_size = 16  # Sec. IV-C
+  config.stgan.epochs = 1000  # Sec. IV-C
+  config.stgan.learning_rate = 5e-4  # Adam, Sec. IV-C
+  config.stgan.lr_halve_epochs = (400,)  # "reduced by half after 400 epochs"
+  config.stgan.theta_weight = 1.0  # a in Eq. 5, Sec. IV-C
+  config.stgan.adversarial_weight = 0.5  # b in Eq. 5, Sec. IV-C
+  # I_fake: a detector-like crop, perturbed (what a face detector hands over).
+  config.stgan.perturb_rotation_degrees = 30.0
+  config.stgan.perturb_scale = 0.10
+  config.stgan.perturb_translation = 0.10
+  # I_real: the canonical face; pupils and mouth centre on fixed template positions
+  # (128x128 frame, pixel-centre coordinates).
+  config.stgan.template_left_pupil = (44.0, 50.0)
+  config.stgan.template_right_pupil = (84.0, 50.0)
+  config.stgan.template_mouth = (64.0, 96.0)
+
+  # Stacked hourglass, Sec. III-B and IV-C.
+  config.hourglass = ml_collections.ConfigDict()
+  config.hourglass.width = 256  # Fig. 3
+  config.hourglass.stem_widths = (64, 128)  # the two 3x3 stem convs; Fig. 3 draws no numbers
+  config.hourglass.num_stacks = 2  # "two hourglass modules"
+  config.hourglass.depth = 4  # "four-layer recursive structure"
+  config.hourglass.batch_size = 16  # "similar procedure" to ST-GAN
+  config.hourglass.epochs = 300  # Sec. IV-C
+  config.hourglass.learning_rate = 5e-4  # not given for the hourglass; ST-GAN's value
+  config.hourglass.lr_halve_epochs = (100,)  # "reduced to half after 100 epochs"
+  config.hourglass.sigma = 1.5  # Gaussian target std in heatmap pixels; not in the paper
+  # The paper trains with MSE; on real data MSE did not learn in our calibration run
+  # (shared/notes/cpu_and_stack.md), spatial softmax cross-entropy did.
+  config.hourglass.loss = "softmax_cross_entropy"  # or "mse"
+  config.hourglass.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+
+  # Scores and exemplar shape reconstruction, Sec. III-B/C, IV-C, Table IX.
+  config.shape = ml_collections.ConfigDict()
+  config.shape.score_radius = 1  # r of Eq. 9; not given in the paper
+  config.shape.contour_threshold = 0.4  # K for jaw-contour landmarks, Table IX
+  config.shape.feature_threshold = 0.6  # K for facial-feature landmarks, Table IX
+  config.shape.dictionary_size = 500  # N, Sec. IV-C
+  config.shape.num_neighbours = 100  # k, Sec. IV-C
+  config.shape.ridge_lambda = 60.0  # Sec. IV-C
+  config.shape.replace = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+
+  # Evaluation, Sec. IV-B.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.failure_threshold = 0.08  # 300-W and COFW; WFLW uses 0.10
+  config.eval.norms = ("inter_ocular", "inter_pupil")
+  config.eval.batch_size = 32
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500
+  config.checkpoint.keep = 3
+
+  config.log_every_steps = 50
+  config.eval_every_steps = 2000
+  return config

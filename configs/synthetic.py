@@ -1,0 +1,40 @@
+"""The built-in default: synthetic faces, widths that train on 2 CPU cores in minutes.
+
+  python train.py --config configs/synthetic.py --workdir runs/synthetic
+
+No download needed: the faces are rendered by msm_jax.data.synthetic from the seed.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.data.dataset = "synthetic"
+  config.data.scheme = "300w"
+  config.data.train_size = 4000
+  config.data.test_size = 300
+  config.data.eval_splits = ("test", "occluded_test")
+  config.data.image_size = 160  # rendered canvas; the face box is cropped to 128x128
+  config.data.occlusion_probability = 0.3  # training faces with an occluder
+  config.data.worker_count = 0  # 2 cores: the training step needs both
+
+  config.stgan.batch_size = 16
+  config.stgan.epochs = 4
+  config.stgan.lr_halve_epochs = (3,)
+  config.stgan.width_multiplier = 1.0
+
+  config.hourglass.width = 64
+  config.hourglass.stem_widths = (32, 64)
+  config.hourglass.batch_size = 16
+  config.hourglass.epochs = 4
+  config.hourglass.learning_rate = 1e-3
+  config.hourglass.lr_halve_epochs = (3,)
+
+  config.shape.dictionary_size = 200  # fewer training shapes than the paper's datasets
+  config.shape.num_neighbours = 50
+
+  config.checkpoint.every_steps = 200
+  config.log_every_steps = 25
+  config.eval_every_steps = 0  # evaluate at the end of each stage only
+  return config

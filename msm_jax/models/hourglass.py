@@ -1,0 +1,156 @@
+"""Stacked hourglass network for landmark heatmaps (Sec. III-B, Fig. 3-4, Eq. 7).
+
+The MSM's second stage: a canonical 128x128 face (from ST-GAN) goes in, one heatmap per
+landmark comes out at 64x64 after each of the stacked hourglass modules (Newell et al.
+[6]; the paper uses two). Architecture as read from the paper, with the choices it
+leaves open marked "(choice)":
+
+* Stem (Sec. III-B): two 3x3 convs "to increase the number of feature channels", a 2x2
+  max-pool 128 -> 64, a 3x3 conv and a residual unit to ``width`` (256) channels. Stem
+  widths (64, 64, 128) (choice: Newell's 64 -> 128 -> 256 progression).
+* Residual unit (Fig. 4, Eq. 7): ``x + F(x)`` with F = BN-ReLU-conv1x1 (width/2),
+  BN-ReLU-conv3x3 (width/2), BN-ReLU-conv1x1 (width); a 1x1 conv on the skip when the
+  channel count changes (applied to the raw input, as Newell). "Batch normalization is
+  performed before all convolutional layers ... except for the first convolutional
+  layer": every conv here is pre-activated except the first stem conv, the
+  deconvolutions and the 1x1 conv that maps heatmaps back to features (choice: those
+  read predictions or replace the linear nearest-neighbour upsampling).
+* Hourglass module: ``depth`` (4) recursive levels; each level keeps a skip branch
+  (one residual unit) at its resolution, max-pools, runs a residual unit, recurses (a
+  residual unit at the bottom), runs another residual unit and upsamples with a 2x2
+  stride-2 deconvolution (Sec. III-B: "deconvolution ... replace[s] upsampling") that
+  is added to the skip branch. The deconvolutions start as nearest-neighbour upsampling
+  (every kernel tap the identity; choice) so the untrained network is Newell's.
+* Head per stack (Newell's intermediate supervision, the paper's "loss function for
+  intermediate supervision at the end of each hourglass module"): a residual unit,
+  BN-ReLU-conv1x1 (width), BN-ReLU, conv1x1 to L heatmaps; before the next stack the
+  activated features and the heatmaps are each mapped back by a 1x1 conv and added to
+  the stack's input.
+
+BatchNorm uses PyTorch's defaults (momentum 0.1 i.e. Flax ``momentum=0.9``, eps 1e-5)
+since the paper trained in PyTorch. Parameter count at the defaults (68 landmarks):
+8,701,768 (``tests/test_hourglass.py`` derives it layer by layer).
+
+The 2x2 deconvolution, max-pool and 1x1 convs are the CPU-fast forms of ``layers.py``.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msm_jax.models.layers import Conv1x1, Deconv2x2, Dtype, max_pool_2x2
+
+
+def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
+  """Deconv kernel ``[2, 2, C, C]`` whose every tap is the identity: nearest upsampling."""
+  del key
+  height, width, in_features, out_features = shape
+  if in_features != out_features:
+    raise ValueError(f"nearest-upsampling init needs Cin == Cout, got kernel shape {shape}")
+  return jnp.broadcast_to(jnp.eye(in_features, dtype=dtype), shape)
+
+
+class PreActivation(nn.Module):
+  """BN then ReLU: the "batch normalization before the convolution" of Sec. III-B."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, param_dtype=jnp.float32)(x)
+    return nn.relu(x)
+
+
+class ResidualUnit(nn.Module):
+  """Bottleneck residual unit of Fig. 4: ``[B, H, W, Cin] -> [B, H, W, features]``."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bottleneck = self.features // 2
+    y = PreActivation(self.dtype)(x, train)
+    y = Conv1x1(bottleneck, dtype=self.dtype)(y)
+    y = PreActivation(self.dtype)(y, train)
+    y = nn.Conv(bottleneck, (3, 3), padding=1, dtype=self.dtype)(y)
+    y = PreActivation(self.dtype)(y, train)
+    y = Conv1x1(self.features, dtype=self.dtype)(y)
+    skip = x if x.shape[-1] == self.features else Conv1x1(
+        self.features, dtype=self.dtype, name="skip")(x)
+    return skip + y
+
+
+class HourglassModule(nn.Module):
+  """One hourglass of ``depth`` levels: ``[B, H, W, C] -> [B, H, W, C]``, H % 2**depth == 0."""
+  features: int
+  depth: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    skip = ResidualUnit(self.features, self.dtype, name="skip")(x, train)
+    low = ResidualUnit(self.features, self.dtype, name="down")(max_pool_2x2(x), train)
+    if self.depth > 1:
+      low = HourglassModule(self.features, self.depth - 1, self.dtype, name="inner")(low, train)
+    else:
+      low = ResidualUnit(self.features, self.dtype, name="bottom")(low, train)
+    low = ResidualUnit(self.features, self.dtype, name="up")(low, train)
+    upsampled = Deconv2x2(self.features, dtype=self.dtype,
+                          kernel_init=_nearest_upsampling_init, name="deconv")(low)
+    return skip + upsampled
+
+
+class StackedHourglass(nn.Module):
+  """Stacked hourglass of Sec. III-B.
+
+  ``images [B, H, W, C] float32`` (H, W divisible by ``2 ** (depth + 1)``; 128x128x3 in
+  the paper) -> heatmaps ``[num_stacks, B, H/2, W/2, num_landmarks] float32``, one set
+  per stack (all are supervised; the last is the prediction). Compute runs in ``dtype``
+  (e.g. bfloat16); parameters are float32 and the heatmaps are returned as float32.
+
+  Attributes:
+    num_landmarks: L, heatmaps per stack (68 for 300-W, 98 WFLW, 29 COFW).
+    width: channels inside the hourglasses (256, Fig. 3).
+    num_stacks: hourglass modules (2, Sec. III-B).
+    depth: recursive levels per hourglass (4, Sec. III-B).
+    stem_widths: channels of the stem's three 3x3 convs.
+    dtype: compute dtype.
+  """
+  num_landmarks: int = 68
+  width: int = 256
+  num_stacks: int = 2
+  depth: int = 4
+  stem_widths: tuple[int, int, int] = (64, 64, 128)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    factor = 2 ** (self.depth + 1)
+    if images.ndim != 4 or images.shape[1] % factor or images.shape[2] % factor:
+      raise ValueError(
+          f"StackedHourglass expects images [B, H, W, C] with H and W divisible by "
+          f"2**(depth+1) = {factor}, got shape {images.shape}")
+    if len(self.stem_widths) != 3:
+      raise ValueError(f"stem_widths needs 3 entries, got {self.stem_widths}")
+    conv3x3 = lambda features, name: nn.Conv(features, (3, 3), padding=1,
+                                              dtype=self.dtype, name=name)
+    x = conv3x3(self.stem_widths[0], "stem_conv1")(images)
+    x = conv3x3(self.stem_widths[1], "stem_conv2")(PreActivation(self.dtype)(x, train))
+    x = max_pool_2x2(x)
+    x = conv3x3(self.stem_widths[2], "stem_conv3")(PreActivation(self.dtype)(x, train))
+    x = ResidualUnit(self.width, self.dtype, name="stem_residual")(x, train)
+
+    heatmaps = []
+    for stack in range(self.num_stacks):
+      y = HourglassModule(self.width, self.depth, self.dtype, name=f"hourglass{stack}")(x, train)
+      y = ResidualUnit(self.width, self.dtype, name=f"head_residual{stack}")(y, train)
+      y = Conv1x1(self.width, dtype=self.dtype, name=f"head_conv{stack}")(
+          PreActivation(self.dtype)(y, train))
+      y = PreActivation(self.dtype)(y, train)
+      stack_heatmaps = Conv1x1(self.num_landmarks, dtype=self.dtype,
+                               name=f"heatmaps{stack}")(y)
+      heatmaps.append(stack_heatmaps.astype(jnp.float32))
+      if stack < self.num_stacks - 1:
+        x = (x + Conv1x1(self.width, dtype=self.dtype, name=f"features_back{stack}")(y)
+             + Conv1x1(self.width, dtype=self.dtype, name=f"heatmaps_back{stack}")(stack_heatmaps))
+    return jnp.stack(heatmaps)

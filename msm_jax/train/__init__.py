@@ -1,0 +1,1 @@
+"""Training: pure losses (Eq. 3-6), train states, jitted data-parallel update steps, checkpoints."""

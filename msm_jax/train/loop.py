@@ -1,0 +1,129 @@
+"""The training loop shared by every stage: feed, step, log one step late, checkpoint, resume.
+
+The host never blocks on the device in the hot loop: the metrics of step n are read while
+step n+1 runs. The only synchronisations are at logging and checkpoint steps (rare). A
+non-finite loss stops training with a message naming the step; because a checkpoint is
+written only after its own step's metrics were checked, the newest checkpoint on disk is
+always a good one.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+
+from msm_jax.train import checkpoints
+from msm_jax.train import parallel
+
+
+class TrainingDivergedError(RuntimeError):
+  """A loss became NaN or infinite."""
+
+
+class MetricsWriter:
+  """Metrics as JSON lines (`<workdir>/metrics/<stage>.jsonl`) and TensorBoard event files."""
+
+  def __init__(self, workdir: str, stage: str):
+    os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics", f"{stage}.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard", stage))
+    except ImportError:  # TensorBoard files are a convenience; JSON lines are the record.
+      self._tensorboard = None
+
+  def write(self, step: int, scalars: dict) -> None:
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    if self._tensorboard is not None:
+      for name, value in scalars.items():
+        self._tensorboard.add_scalar(name, value, step)
+
+  def close(self) -> None:
+    self._jsonl.close()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+def _to_host(metrics: dict) -> dict:
+  return {name: float(np.asarray(value)) for name, value in metrics.items()}
+
+
+def _check_finite(stage: str, step: int, scalars: dict) -> None:
+  bad = {name: value for name, value in scalars.items() if not math.isfinite(value)}
+  if bad:
+    raise TrainingDivergedError(
+        f"{stage}: non-finite metrics at step {step}: {bad}. Training stopped; the newest "
+        f"checkpoint (before step {step}) is intact. Lower the learning rate or check the data.")
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_stage(*, stage: str, step_fn: Callable, state, batches: Iterator[dict], data_iterator,
+                manager, mesh, total_steps: int, batch_size: int, workdir: str,
+                log_every: int = 50, eval_fn: Callable | None = None, eval_every: int = 0,
+                meta: dict | None = None, log: Callable[[str], None] = print):
+  """Run `step_fn` from `state.step` to `total_steps`; returns the final state.
+
+  batches: yields host batches (dicts of numpy arrays, global batch on one host);
+  data_iterator: the object whose `get_state()` is checkpointed with the model;
+  eval_fn(state) -> dict of scalars, run every `eval_every` steps and at the end.
+  """
+  writer = MetricsWriter(workdir, stage)
+  start_step = int(state.step)
+  pending = None  # (step, device metrics) of the previous step, read one step late
+  window_start, window_steps = time.perf_counter(), 0
+  stage_start = window_start
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = parallel.shard_batch(next(batches), mesh)
+      state, metrics = step_fn(state, batch)
+      window_steps += 1
+      if pending is not None:
+        _report(stage, pending, writer, log_every, total_steps, batch_size, log,
+                window_steps, window_start, stage_start, start_step)
+        if pending[0] % log_every == 0:
+          window_start, window_steps = time.perf_counter(), 0
+      pending = (step, metrics)
+      is_last = step == total_steps
+      if manager.should_save(step) or is_last:
+        _check_finite(stage, step, _to_host(metrics))
+        checkpoints.save(manager, step, state, data_iterator.get_state(),
+                         {"stage": stage, **(meta or {})}, force=is_last)
+      if eval_fn is not None and ((eval_every and step % eval_every == 0) or is_last):
+        scalars = eval_fn(state)
+        writer.write(step, {f"eval/{k}": v for k, v in scalars.items()})
+        log(f"[{stage}] step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+    if pending is not None:
+      _report(stage, pending, writer, 1, total_steps, batch_size, log, window_steps,
+              window_start, stage_start, start_step)
+  finally:
+    manager.wait_until_finished()
+    writer.close()
+  return state
+
+
+def _report(stage, pending, writer, log_every, total_steps, batch_size, log, window_steps,
+            window_start, stage_start, start_step):
+  step, metrics = pending
+  scalars = _to_host(metrics)
+  _check_finite(stage, step, scalars)
+  if step % log_every and step != total_steps:
+    return
+  now = time.perf_counter()
+  steps_per_second = window_steps / max(now - window_start, 1e-9)
+  done = step - start_step
+  eta = (total_steps - step) * (now - stage_start) / max(done, 1)
+  scalars.update(steps_per_second=steps_per_second, images_per_second=steps_per_second * batch_size)
+  writer.write(step, scalars)
+  shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items()
+                   if k not in ("steps_per_second", "images_per_second"))
+  log(f"[{stage}] step {step}/{total_steps} {shown} | {steps_per_second:.2f} steps/s "
+      f"{steps_per_second * batch_size:.1f} img/s | ETA {_format_duration(eta)}")

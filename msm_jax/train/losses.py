@@ -1,0 +1,118 @@
+"""Pure loss functions of MSM, named after the paper's equations.
+
+ST-GAN (Sec. III-A): the discriminator loss L_D (Eq. 3), the adversarial loss L_A (Eq. 4)
+and the generator loss L_G = a * ||theta_hat - theta*|| + b * L_A (Eq. 5); together they
+form the minimax objective of Eq. 6, optimised by the alternating steps of Algorithm 1.
+
+Hourglass (Sec. III-B): heatmap regression with intermediate supervision, i.e. a loss per
+stack, summed over the stacks. The paper uses the mean squared error; the spatial-softmax
+cross-entropy is offered beside it because plain MSE did not learn in our calibration run on
+real faces (shared/notes/cpu_and_stack.md) while the cross-entropy learned at once.
+
+All discriminator outputs are logits, so log D = log_sigmoid(logit) is computed stably.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def discriminator_real_loss(real_logits: jax.Array) -> jax.Array:
+  """First term of Eq. 3 as a loss to minimise: -E[log D(I_real)].
+
+  Algorithm 1 step 2 optimises D on real faces with this term alone.
+  real_logits: [B] discriminator logits on canonical faces.
+  """
+  return -jnp.mean(jax.nn.log_sigmoid(real_logits))
+
+
+def discriminator_fake_loss(fake_logits: jax.Array) -> jax.Array:
+  """Second term of Eq. 3 as a loss to minimise: -E[log(1 - D(G(I_fake)))].
+
+  Algorithm 1 step 3. log(1 - sigmoid(z)) = log_sigmoid(-z).
+  fake_logits: [B] discriminator logits on warped (generated) faces.
+  """
+  return -jnp.mean(jax.nn.log_sigmoid(-fake_logits))
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """L_D of Eq. 3 negated (D maximises Eq. 3, so it minimises this)."""
+  return discriminator_real_loss(real_logits) + discriminator_fake_loss(fake_logits)
+
+
+def adversarial_loss(fake_logits: jax.Array, non_saturating: bool = True) -> jax.Array:
+  """L_A of Eq. 4, minimised by the generator: E[log(1 - D(G(I_fake)))].
+
+  Minimising Eq. 4 literally gives vanishing gradients while D confidently rejects the fakes
+  (Goodfellow et al. 2014, Sec. 3), so by default we minimise the standard non-saturating
+  surrogate -E[log D(G(I_fake))], which has the same fixed point. `non_saturating=False`
+  returns Eq. 4 exactly.
+  """
+  if non_saturating:
+    return -jnp.mean(jax.nn.log_sigmoid(fake_logits))
+  return jnp.mean(jax.nn.log_sigmoid(-fake_logits))
+
+
+def theta_loss(theta: jax.Array, target_theta: jax.Array) -> jax.Array:
+  """||theta_hat - theta*|| of Eq. 5: Frobenius norm per face, averaged over the batch.
+
+  theta, target_theta: [B, 2, 3].
+  """
+  difference = (theta - target_theta).reshape(theta.shape[0], -1)
+  # sqrt has an infinite gradient at 0; the epsilon keeps a perfect prediction finite.
+  return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(difference), axis=-1) + 1e-12))
+
+
+def generator_loss(theta, target_theta, fake_logits, theta_weight=1.0,
+                   adversarial_weight=0.5, non_saturating=True) -> jax.Array:
+  """L_G of Eq. 5: a * ||theta_hat - theta*|| + b * L_A, with a = 1, b = 0.5 (Sec. IV-C)."""
+  return (theta_weight * theta_loss(theta, target_theta)
+          + adversarial_weight * adversarial_loss(fake_logits, non_saturating))
+
+
+def heatmap_mse_loss(stacked_heatmaps: jax.Array, target_heatmaps: jax.Array) -> jax.Array:
+  """The paper's heatmap regression loss: per-pixel MSE, summed over the stacks.
+
+  stacked_heatmaps: [S, B, h, w, L] predictions of each hourglass stack (intermediate
+  supervision); target_heatmaps: [B, h, w, L] Gaussian targets.
+  """
+  per_stack = jnp.mean(jnp.square(stacked_heatmaps - target_heatmaps[None]), axis=(1, 2, 3, 4))
+  return jnp.sum(per_stack)
+
+
+def heatmap_softmax_cross_entropy(stacked_heatmaps: jax.Array, target_heatmaps: jax.Array,
+                                  visible: jax.Array | None = None) -> jax.Array:
+  """Spatial-softmax cross-entropy against the normalised Gaussian, summed over the stacks.
+
+  Each landmark's map is treated as a distribution over the h*w pixels: the target is the
+  Gaussian divided by its sum, the prediction a softmax of the logits. Landmarks whose target
+  is empty (outside the map) or marked invisible are left out of the mean.
+
+  stacked_heatmaps: [S, B, h, w, L]; target_heatmaps: [B, h, w, L]; visible: [B, L] bool.
+  """
+  num_stacks, batch, height, width, num_landmarks = stacked_heatmaps.shape
+  logits = stacked_heatmaps.reshape(num_stacks, batch, height * width, num_landmarks)
+  target = target_heatmaps.reshape(batch, height * width, num_landmarks).astype(jnp.float32)
+  target_mass = jnp.sum(target, axis=1)  # [B, L]
+  valid = target_mass > 1e-6
+  if visible is not None:
+    valid = valid & visible
+  target = target / jnp.where(valid, target_mass, 1.0)[:, None, :]
+  log_probabilities = jax.nn.log_softmax(logits.astype(jnp.float32), axis=2)
+  cross_entropy = -jnp.sum(target[None] * log_probabilities, axis=2)  # [S, B, L]
+  weights = valid.astype(jnp.float32)
+  per_stack = jnp.sum(cross_entropy * weights[None], axis=(1, 2)) / jnp.maximum(
+      jnp.sum(weights), 1.0)
+  return jnp.sum(per_stack)
+
+
+HEATMAP_LOSSES = {
+    "mse": lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target),
+    "softmax_cross_entropy": heatmap_softmax_cross_entropy,
+}
+
+
+def heatmap_loss(name: str):
+  """The heatmap loss named in the config (`hourglass.loss`)."""
+  if name not in HEATMAP_LOSSES:
+    raise ValueError(f"config hourglass.loss={name!r}: expected one of {sorted(HEATMAP_LOSSES)}")
+  return HEATMAP_LOSSES[name]

@@ -1,0 +1,132 @@
+"""The jitted, data-parallel update steps: one per training stage.
+
+Each step is a pure function `(TrainState, batch) -> (TrainState, metrics)` compiled once with
+`jax.jit`: the state is donated (updated in place, no second copy of the parameters and Adam
+moments), the batch arrives sharded over the mesh axis "data", parameters stay replicated and
+GSPMD inserts the gradient all-reduce. Metrics are returned as device arrays; the loop reads
+them one step late so the host never waits on the device.
+
+Hourglass (Sec. III-B): Gaussian targets are rendered inside the step from the landmarks, so
+the host ships only uint8 images and coordinates.
+
+ST-GAN (Algorithm 1), all four sub-steps inside one compiled update:
+  1. G step on L_G (Eq. 5);
+  2. D step on real canonical faces (first term of Eq. 3);
+  3. D step on warped faces G(I_fake) (second term of Eq. 3);
+  4. G step on the generator's part of Eq. 6: L_G plus the G-dependent term of L_D, i.e.
+     a * ||theta - theta*|| + (b + 1) * L_A, against the freshly updated D.
+"""
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from msm_jax import heatmaps as heatmap_lib
+from msm_jax import sampler
+from msm_jax.train import losses
+from msm_jax.train import parallel
+from msm_jax.train.state import ModelState, TrainState, apply_gradients
+
+
+def images_to_float(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """uint8 [B, H, W, 3] -> float in [0, 1]; float input passes through unchanged."""
+  if images.dtype == jnp.uint8:
+    return images.astype(dtype) / 255.0
+  return images.astype(dtype)
+
+
+def _apply_train(module, model_state: ModelState, params, inputs):
+  """Forward in training mode; returns (outputs, updated BatchNorm statistics)."""
+  variables = {"params": params}
+  if model_state.batch_stats:
+    variables["batch_stats"] = model_state.batch_stats
+    outputs, mutated = module.apply(variables, inputs, train=True, mutable=["batch_stats"])
+    return outputs, mutated["batch_stats"]
+  return module.apply(variables, inputs, train=True), None
+
+
+def make_hourglass_step(module, optimizer: optax.GradientTransformation, *, loss_name: str,
+                        sigma: float, crop_size: int, heatmap_size: int, mesh) -> Callable:
+  """The hourglass update. batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop
+  pixels), visible bool [B, L]."""
+  loss_fn = losses.heatmap_loss(loss_name)
+
+  def step(state: TrainState, batch: dict):
+    model_state = state.models["hourglass"]
+    images = images_to_float(batch["images"])
+    points = heatmap_lib.crop_to_heatmap(batch["landmarks"], crop_size, heatmap_size)
+    targets = heatmap_lib.gaussian_heatmaps(points, (heatmap_size, heatmap_size), sigma)
+
+    def objective(params):
+      stacks, new_stats = _apply_train(module, model_state, params, images)
+      return loss_fn(stacks, targets, batch["visible"]), new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
+    new_model = apply_gradients(model_state, grads, optimizer, new_stats)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return state.replace(step=state.step + 1, models={"hourglass": new_model}), metrics
+
+  return _jit_step(step, mesh)
+
+
+def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
+                    theta_weight: float, adversarial_weight: float, mesh) -> Callable:
+  """The ST-GAN update of Algorithm 1. batch: fake uint8 [B, S, S, 3] (perturbed detector-like
+  crops), real uint8 [B, S, S, 3] (canonical faces), theta [B, 2, 3] (the STN matrix that
+  turns fake into real)."""
+
+  def generator_objective(g_params, g_state, d_state, fake, target_theta, extra_adversarial):
+    theta, g_stats = _apply_train(generator, g_state, g_params, fake)
+    warped = sampler.warp(fake, theta, fake.shape[1:3])
+    fake_logits, _ = _apply_train(discriminator, d_state, d_state.params, warped)
+    adversarial = losses.adversarial_loss(fake_logits)
+    loss = (theta_weight * losses.theta_loss(theta, target_theta)
+            + (adversarial_weight + extra_adversarial) * adversarial)
+    return loss, (g_stats, theta)
+
+  def discriminator_objective(d_params, d_state, images, term):
+    logits, d_stats = _apply_train(discriminator, d_state, d_params, images)
+    return term(logits), d_stats
+
+  def step(state: TrainState, batch: dict):
+    g_state, d_state = state.models["generator"], state.models["discriminator"]
+    fake, real = images_to_float(batch["fake"]), images_to_float(batch["real"])
+    target_theta = batch["theta"]
+    g_grad = jax.value_and_grad(generator_objective, has_aux=True)
+    d_grad = jax.value_and_grad(discriminator_objective, has_aux=True)
+
+    # 1. G on Eq. 5.
+    (g_loss, (g_stats, _)), grads = g_grad(g_state.params, g_state, d_state, fake, target_theta, 0.0)
+    g_state = apply_gradients(g_state, grads, g_optimizer, g_stats)
+    # 2. D on real faces (first term of Eq. 3).
+    (d_real, d_stats), grads = d_grad(d_state.params, d_state, real,
+                                      losses.discriminator_real_loss)
+    d_state = apply_gradients(d_state, grads, d_optimizer, d_stats)
+    # 3. D on generated faces (second term of Eq. 3); G is fixed here.
+    theta, _ = _apply_train(generator, g_state, g_state.params, fake)
+    warped = jax.lax.stop_gradient(sampler.warp(fake, theta, fake.shape[1:3]))
+    (d_fake, d_stats), grads = d_grad(d_state.params, d_state, warped,
+                                      losses.discriminator_fake_loss)
+    d_state = apply_gradients(d_state, grads, d_optimizer, d_stats)
+    # 4. G on its part of Eq. 6, against the updated D.
+    (g_adv, (g_stats, theta)), grads = g_grad(g_state.params, g_state, d_state, fake,
+                                              target_theta, 1.0)
+    g_state = apply_gradients(g_state, grads, g_optimizer, g_stats)
+
+    metrics = {"generator_loss": g_loss, "generator_adversarial_step_loss": g_adv,
+               "discriminator_real_loss": d_real, "discriminator_fake_loss": d_fake,
+               "theta_error": losses.theta_loss(jax.lax.stop_gradient(theta), target_theta)}
+    models = {"generator": g_state, "discriminator": d_state}
+    return state.replace(step=state.step + 1, models=models), metrics
+
+  return _jit_step(step, mesh)
+
+
+def _jit_step(step: Callable, mesh) -> Callable:
+  replicated = parallel.replicated_sharding(mesh)
+  batch = parallel.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                 donate_argnums=0)

@@ -1,0 +1,79 @@
+"""Golden numbers for the MSM losses (Eq. 3-5 and the heatmap losses)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msm_jax.train import losses
+
+
+def test_discriminator_loss_at_chance_is_two_log_two():
+  # D(x) = sigmoid(0) = 1/2 on everything: -log(1/2) - log(1 - 1/2) = 2 log 2.
+  zeros = jnp.zeros(4)
+  assert float(losses.discriminator_loss(zeros, zeros)) == pytest.approx(2 * math.log(2), rel=1e-6)
+
+
+def test_discriminator_terms_match_probability_form():
+  real = np.array([2.0, -1.0, 0.5])
+  fake = np.array([-3.0, 0.2, 1.0])
+  sigmoid = lambda z: 1 / (1 + np.exp(-z))
+  expected_real = -np.mean(np.log(sigmoid(real)))
+  expected_fake = -np.mean(np.log(1 - sigmoid(fake)))
+  assert float(losses.discriminator_real_loss(real)) == pytest.approx(expected_real, rel=1e-5)
+  assert float(losses.discriminator_fake_loss(fake)) == pytest.approx(expected_fake, rel=1e-5)
+
+
+def test_adversarial_loss_literal_and_non_saturating():
+  fake = np.array([-2.0, 1.0])
+  sigmoid = 1 / (1 + np.exp(-fake))
+  assert float(losses.adversarial_loss(fake, non_saturating=False)) == pytest.approx(
+      np.mean(np.log(1 - sigmoid)), rel=1e-5)
+  assert float(losses.adversarial_loss(fake)) == pytest.approx(-np.mean(np.log(sigmoid)), rel=1e-5)
+
+
+def test_generator_loss_combines_eq5_terms():
+  theta = jnp.zeros((2, 2, 3))
+  target = jnp.zeros((2, 2, 3)).at[0, 0, 0].set(3.0).at[0, 1, 1].set(4.0)
+  # Per-face Frobenius norms 5 and 0: mean 2.5. Fake logits 0: non-saturating L_A = log 2.
+  value = losses.generator_loss(theta, target, jnp.zeros(2), theta_weight=1.0,
+                                adversarial_weight=0.5)
+  assert float(value) == pytest.approx(2.5 + 0.5 * math.log(2), rel=1e-5)
+  grads = jax.grad(losses.theta_loss)(target, target)
+  assert np.all(np.isfinite(grads))
+
+
+def test_heatmap_mse_sums_over_stacks():
+  target = np.zeros((1, 2, 2, 1), np.float32)
+  stacks = np.stack([np.ones_like(target), 2 * np.ones_like(target)])
+  # Stack 1: mean (1-0)^2 = 1; stack 2: mean (2-0)^2 = 4; sum 5.
+  assert float(losses.heatmap_mse_loss(stacks, target)) == pytest.approx(5.0)
+
+
+def test_softmax_cross_entropy_against_numpy_loop():
+  rng = np.random.default_rng(0)
+  stacks = rng.normal(size=(2, 3, 4, 5, 6)).astype(np.float32)
+  target = rng.uniform(size=(3, 4, 5, 6)).astype(np.float32)
+  target[1, :, :, 2] = 0.0  # an empty target is left out of the mean
+  expected = 0.0
+  for s in range(2):
+    total, count = 0.0, 0
+    for b in range(3):
+      for l in range(6):
+        t = target[b, :, :, l].ravel().astype(np.float64)
+        if t.sum() <= 1e-6:
+          continue
+        z = stacks[s, b, :, :, l].ravel().astype(np.float64)
+        log_p = z - np.log(np.sum(np.exp(z - z.max()))) - z.max()
+        total += -np.sum(t / t.sum() * log_p)
+        count += 1
+    expected += total / count
+  value = losses.heatmap_softmax_cross_entropy(stacks, target)
+  assert float(value) == pytest.approx(expected, rel=1e-5)
+
+
+def test_unknown_heatmap_loss_is_named():
+  with pytest.raises(ValueError, match="hourglass.loss='l1'"):
+    losses.heatmap_loss("l1")
