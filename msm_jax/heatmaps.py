@@ -31,7 +31,7 @@ import jax.numpy as jnp
 DECODING_METHODS = ("argmax", "quarter", "dark", "soft_argmax")
 # Measured in tests/test_heatmaps.py (64x64 maps, sigma 1.5): on clean Gaussian maps
 # "dark" is exact to ~1e-5 px where argmax errs by 0.38 px and quarter-pixel by
-# 0.19 px; it also stays best under additive noise.
+# 0.19 px; with a blur at the training sigma it also stays best under additive noise.
 DEFAULT_DECODING_METHOD = "dark"
 # A target Gaussian is dropped (all-zero map, invalid mask) once its centre lies
 # further than this many sigmas outside the map: the tail left on the map would
@@ -306,7 +306,7 @@ def _dark_offsets(heatmaps: jax.Array, peaks: jax.Array) -> jax.Array:
 
 def _soft_argmax(heatmaps: jax.Array, beta: float) -> jax.Array:
   """Expected ``(x, y)`` under ``softmax(beta * heatmaps)`` over each map's pixels."""
-  batch, height, width, num_landmarks = heatmaps.shape
+  height, width = heatmaps.shape[1:3]
   weights = spatial_softmax(beta * heatmaps)
   expected_x = jnp.einsum("bhwl,w->bl", weights, jnp.arange(width, dtype=jnp.float32),
                           precision=jax.lax.Precision.HIGHEST)
@@ -326,9 +326,11 @@ def decode_heatmaps(heatmaps: jax.Array, method: str = DEFAULT_DECODING_METHOD, 
     "quarter": argmax plus a quarter pixel towards the larger neighbour per axis
       (Newell et al. 2016; HRNet).
     "dark": argmax plus a second-order Taylor step on the log-heatmap (DARK,
-      Zhang et al. 2020); with ``blur_sigma`` the maps are first blurred by a
-      Gaussian of that width (DARK's "distribution modulation", which damps
-      noise; pass the training sigma). The default.
+      Zhang et al. 2020); the default. With ``blur_sigma`` the maps are first
+      blurred by a Gaussian of that width (DARK's "distribution modulation") and
+      the step starts from the blurred map's maximum. Pass the training sigma
+      (``config.hourglass.sigma``): exact on clean maps either way, it cuts the
+      error under noise 2-3x (std 0.05: 0.16 -> 0.05 px).
     "soft_argmax": the expected location under ``softmax(softmax_beta * H)`` over
       the whole map (integral regression); meant for logits of a network trained
       with a spatial-softmax loss (``softmax_beta=1``).
@@ -352,14 +354,20 @@ def decode_heatmaps(heatmaps: jax.Array, method: str = DEFAULT_DECODING_METHOD, 
   if method == "soft_argmax":
     _check_positive(softmax_beta, "softmax_beta")
     return _soft_argmax(heatmaps, softmax_beta)
+  if method == "dark" and blur_sigma is not None:
+    if not isinstance(blur_sigma, (int, float)) or isinstance(blur_sigma, bool):
+      raise ValueError(f"blur_sigma must be a Python number (it sets the kernel size), "
+                       f"got {type(blur_sigma).__name__}")
+    _check_positive(blur_sigma, "blur_sigma")
+    # The refinement starts from the blurred map's own maximum: under noise the raw
+    # argmax is often a pixel off, further than one clipped Newton step can recover
+    # (measured: 0.157 -> 0.101 px at noise std 0.1).
+    heatmaps = _gaussian_blur(heatmaps, float(blur_sigma))
   peaks = heatmap_argmax(heatmaps)
   locations = peaks.astype(jnp.float32)
   if method == "quarter":
     locations = locations + _quarter_offsets(heatmaps, peaks)
   elif method == "dark":
-    if blur_sigma is not None:
-      _check_positive(blur_sigma, "blur_sigma")
-      heatmaps = _gaussian_blur(heatmaps, float(blur_sigma))
     locations = locations + _dark_offsets(heatmaps, peaks)
   return locations
 
@@ -418,7 +426,8 @@ def normalise_scores(scores: jax.Array) -> jax.Array:
     scores: ``[B, L]`` float, Eq. 9 scores.
 
   Returns:
-    ``[B, L]`` float32, at most 1, the best landmark of each face exactly 1.
+    ``[B, L]`` float32, at most 1 (to rounding: XLA may divide by multiplying with
+    the reciprocal), the best landmark of each face 1.
   """
   scores = jnp.asarray(scores, jnp.float32)
   if scores.ndim != 2:
