@@ -129,8 +129,8 @@ def check_finite(points: np.ndarray, source: str) -> None:
     """Raise AnnotationError naming ``source`` if ``points`` holds NaN or inf."""
     bad = ~np.isfinite(np.asarray(points, dtype=np.float64))
     if bad.any():
-        first = np.argwhere(bad)[0]
-        raise AnnotationError(f"{source}: non-finite coordinate (NaN or inf) at index {tuple(first)}")
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AnnotationError(f"{source}: non-finite coordinate (NaN or inf) at index {first}")
 
 
 def check_inside_image(
