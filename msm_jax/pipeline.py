@@ -1,0 +1,146 @@
+"""The whole MSM inference (Algorithm 2) as one jit-compiled function.
+
+    crop + resize each face box to 128x128       (Alg. 2 line 1)
+ -> GDNN theta, canonical face by `warp`          (line 2, Sec. III-A; switchable: ST)
+ -> stacked hourglass heatmaps                    (line 3, Sec. III-B)
+ -> decode (Eq. 8 + sub-pixel) and scores (Eq. 9), normalised by the best score (lines 4-10)
+ -> canonicalise, masked kNN + ridge repair       (lines 11-13, Sec. III-C; switchable: SR)
+ -> back through theta^-1 and the crop to original-image pixels (line 14)
+
+No per-face Python loop and no host round-trip: every step is a batched jnp kernel, so the
+function lowers to a single XLA computation (tests/test_pipeline.py checks it).
+
+Two composition choices, both exact rewrites rather than approximations:
+* The ST stage does not resample the 128x128 crop a second time: the crop's theta and the
+  GDNN's theta are composed (normalised 3x3 matrices) and the canonical face is sampled once
+  from the original image. This avoids a second interpolation and the black borders a
+  zoom-out would bring in from outside the crop.
+* Images of different sizes in one batch are zero-padded at the bottom/right to a common
+  size by the caller (`pad_images`). Zero padding is exactly what `warp` does outside an
+  image, and a box's pixel coordinates do not move, so padding changes no result.
+
+Canonical frame for the shape repair: the dictionary shapes were aligned by their pupils
+(Sec. IV-C). At test time the eyes may be the occluded part, so instead of the predicted
+pupils we fit a similarity from the *reliable* predicted landmarks to the dictionary's mean
+shape (weights = reliability); with fewer than two reliable landmarks every landmark is used.
+"""
+
+import dataclasses
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msm_jax import geometry
+from msm_jax import heatmaps as heatmap_lib
+from msm_jax import sampler
+from msm_jax import shape_dictionary
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+  crop_size: int = 128
+  heatmap_size: int = 64
+  use_spatial_transformer: bool = True  # the "ST" of the ablation tables
+  use_shape_reconstruction: bool = True  # the "SR" of the ablation tables
+  heatmaps_are_logits: bool = True  # trained with the spatial-softmax cross-entropy
+  decode_method: str = "dark"
+  decode_blur_sigma: float | None = 1.5
+  score_radius: int = 1  # r of Eq. 9
+  num_neighbours: int = 100  # k, Sec. IV-C
+  ridge_lambda: float = 60.0  # Sec. IV-C
+  replace: str = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+
+
+def pad_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Zero-pad images of different sizes to one batch (bottom/right), uint8 or float.
+
+  Returns (batch [B, Hmax, Wmax, 3], sizes [B, 2] as (height, width)).
+  """
+  if not images:
+    raise ValueError("pad_images: no images given")
+  height = max(image.shape[0] for image in images)
+  width = max(image.shape[1] for image in images)
+  batch = np.zeros((len(images), height, width, 3), images[0].dtype)
+  for index, image in enumerate(images):
+    batch[index, :image.shape[0], :image.shape[1]] = image
+  return batch, np.array([image.shape[:2] for image in images], np.int32)
+
+
+def _normalised_homogeneous(theta: jax.Array) -> jax.Array:
+  bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], theta.dtype), theta.shape[:-2] + (1, 3))
+  return jnp.concatenate([theta, bottom], axis=-2)
+
+
+def make_inference_fn(generator, hourglass, options: PipelineOptions) -> Callable:
+  """Build `infer(variables, images, boxes) -> dict`, jitted.
+
+  variables: {"generator": GDNN variables (unused when ST is off), "hourglass": hourglass
+    variables, "dictionary": [N, L, 2] canonical shapes, "thresholds": [L] reliability
+    thresholds (Table IX, per region)}.
+  images: [B, H, W, 3] uint8 or float32 in [0, 1] (padded, see `pad_images`).
+  boxes: [B, 4] face boxes x0, y0, x1, y1 in image pixels (square them beforehand).
+  Returns: landmarks [B, L, 2] in image pixels (final), hourglass_landmarks [B, L, 2]
+    (before the shape repair), scores [B, L] (normalised Eq. 9), reliable [B, L] bool,
+    theta [B, 2, 3] (GDNN output, identity when ST is off), canonical_faces [B, S, S, 3].
+  """
+  size = options.crop_size
+
+  def infer(variables, images, boxes):
+    if images.dtype == jnp.uint8:
+      images = images.astype(jnp.float32) / 255.0
+    image_hw = images.shape[1:3]
+    crop_theta = geometry.crop_theta(boxes.astype(jnp.float32), image_hw, size)  # [B, 2, 3]
+    crops = sampler.warp(images, crop_theta, (size, size))
+    if options.use_spatial_transformer:
+      st_theta = generator.apply(variables["generator"], crops, train=False)
+    else:
+      st_theta = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), crop_theta.shape)
+    # canonical normalised -> crop normalised (GDNN) -> image normalised (crop).
+    total_theta = (_normalised_homogeneous(crop_theta) @ _normalised_homogeneous(st_theta))[:, :2]
+    canonical = sampler.warp(images, total_theta, (size, size))
+
+    stacks = hourglass.apply(variables["hourglass"], canonical, train=False)
+    maps = stacks[-1]
+    if options.heatmaps_are_logits:
+      maps = heatmap_lib.spatial_softmax(maps)
+    peaks = heatmap_lib.heatmap_argmax(maps)
+    decoded = heatmap_lib.decode_heatmaps(maps, options.decode_method,
+                                          blur_sigma=options.decode_blur_sigma)
+    points = heatmap_lib.heatmap_to_crop(decoded, size, options.heatmap_size)
+    scores = heatmap_lib.normalise_scores(
+        heatmap_lib.landmark_scores(maps, peaks, options.score_radius))
+    reliable = heatmap_lib.reliable_mask(scores, variables["thresholds"])
+
+    final = points
+    if options.use_shape_reconstruction:
+      final = _repair(points, reliable, variables["dictionary"], options)
+
+    to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
+    return {
+        "landmarks": geometry.apply_affine(final, to_image),
+        "hourglass_landmarks": geometry.apply_affine(points, to_image),
+        "scores": scores,
+        "reliable": reliable,
+        "theta": st_theta,
+        "canonical_faces": canonical,
+    }
+
+  return jax.jit(infer)
+
+
+def _repair(points, reliable, dictionary, options: PipelineOptions):
+  """Sec. III-C in the dictionary's frame: align, reconstruct, align back."""
+  mean_shape = jnp.mean(dictionary, axis=0)  # [L, 2]
+  weights = reliable.astype(jnp.float32)
+  enough = jnp.sum(weights, axis=-1, keepdims=True) >= 2
+  weights = jnp.where(enough, weights, 1.0)
+  to_canonical = geometry.estimate_similarity(
+      points, jnp.broadcast_to(mean_shape, points.shape), weights)  # [B, 3, 3]
+  canonical_points = geometry.apply_affine(points, to_canonical)
+  repaired, _ = shape_dictionary.reconstruct(
+      canonical_points, reliable, dictionary, k=options.num_neighbours,
+      ridge_lambda=options.ridge_lambda, replace=options.replace)
+  return geometry.apply_affine(repaired, geometry.invert_affine(to_canonical))

@@ -1,0 +1,166 @@
+"""The one-jit inference pipeline (Algorithm 2): coordinates end to end, stages, batching."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msm_jax import geometry, heatmaps, pipeline, sampler, shape_dictionary
+from msm_jax.landmarks import get_scheme, region_thresholds
+
+CROP, MAPS, L = 128, 64, 68
+
+
+class FixedLogits(nn.Module):
+  """A stand-in hourglass whose last stack returns stored logits, whatever the image."""
+  num_landmarks: int = L
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    maps = self.param("maps", nn.initializers.zeros, (MAPS, MAPS, self.num_landmarks))
+    # Depend on the image a little so XLA cannot drop the warp (and the test checks it).
+    tint = 0.0 * jnp.mean(images, axis=(1, 2, 3))[:, None, None, None]
+    return jnp.broadcast_to(maps, (images.shape[0],) + maps.shape)[None] + tint
+
+
+class ShiftGenerator(nn.Module):
+  """A stand-in GDNN returning a fixed theta (a zoom and a shift)."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    theta = self.param("theta", lambda *_: jnp.array([[0.9, 0.1, 0.05], [-0.1, 0.9, -0.03]]))
+    return jnp.broadcast_to(theta, (images.shape[0], 2, 3))
+
+
+def _gaussian_logits(crop_points, sigma=1.5):
+  """Log-Gaussian maps at given 128-crop points: what a perfect hourglass would output."""
+  centres = heatmaps.crop_to_heatmap(crop_points, CROP, MAPS)
+  ys, xs = np.mgrid[0:MAPS, 0:MAPS]
+  d2 = (xs[..., None] - centres[:, 0]) ** 2 + (ys[..., None] - centres[:, 1]) ** 2
+  return (-d2 / (2 * sigma**2)).astype(np.float32)
+
+
+def _mean_face(rng, scale=40.0):
+  """A plausible 68-point face in a 128 frame (jittered ellipse layout is enough here)."""
+  angles = np.linspace(0, 2 * np.pi, L, endpoint=False)
+  base = np.stack([64 + scale * np.cos(angles), 64 + 1.2 * scale * np.sin(angles)], -1)
+  return (base + rng.normal(0, 1.0, base.shape)).astype(np.float32)
+
+
+def _variables(face_in_canonical, dictionary):
+  scheme = get_scheme("300w")
+  return {
+      "generator": ShiftGenerator().init(jax.random.key(0), jnp.zeros((1, CROP, CROP, 3))),
+      "hourglass": {"params": {"maps": jnp.asarray(_gaussian_logits(face_in_canonical))}},
+      "dictionary": jnp.asarray(dictionary),
+      "thresholds": jnp.asarray(region_thresholds(scheme, 0.4, 0.6)),
+  }
+
+
+@pytest.fixture(scope="module")
+def setup():
+  rng = np.random.default_rng(0)
+  face = _mean_face(rng)
+  dictionary = np.stack([_mean_face(rng) for _ in range(30)])
+  return face, dictionary
+
+
+def _expected_image_points(face_canonical, box, image_hw, st_theta=None):
+  """Map canonical-crop points back to the image with an independent NumPy composition."""
+  crop_to_image = np.linalg.inv(geometry.crop_matrix(np.asarray(box, np.float64), CROP))
+  points = np.asarray(face_canonical, np.float64)
+  if st_theta is not None:  # canonical crop pixel -> crop pixel
+    to_crop = geometry.theta_to_pixel_matrix(np.asarray(st_theta, np.float64), (CROP, CROP),
+                                             (CROP, CROP))
+    points = geometry.apply_affine(points, to_crop)
+  return geometry.apply_affine(points, crop_to_image)
+
+
+@pytest.mark.parametrize("use_st", [False, True])
+def test_perfect_heatmaps_map_back_to_image_pixels(setup, use_st):
+  face, dictionary = setup
+  options = pipeline.PipelineOptions(use_spatial_transformer=use_st,
+                                     use_shape_reconstruction=False, num_neighbours=10)
+  infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
+  images = np.zeros((2, 300, 260, 3), np.uint8)
+  boxes = np.array([[40, 60, 200, 220], [10.5, 20.0, 250.5, 260.0]], np.float32)
+  out = infer(_variables(face, dictionary), images, boxes)
+  theta = np.array([[0.9, 0.1, 0.05], [-0.1, 0.9, -0.03]]) if use_st else None
+  for index in range(2):
+    expected = _expected_image_points(face, boxes[index], (300, 260), theta)
+    # DARK decoding of exact log-Gaussians is exact; only float32 rounding remains.
+    np.testing.assert_allclose(np.asarray(out["landmarks"][index]), expected, atol=2e-2)
+  np.testing.assert_allclose(out["landmarks"], out["hourglass_landmarks"])
+  assert out["reliable"].dtype == jnp.bool_ and out["scores"].shape == (2, L)
+
+
+def test_mixed_image_sizes_by_padding_equal_separate_runs(setup):
+  face, dictionary = setup
+  options = pipeline.PipelineOptions(use_shape_reconstruction=True, num_neighbours=10)
+  infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
+  variables = _variables(face, dictionary)
+  rng = np.random.default_rng(1)
+  small = rng.integers(0, 255, (120, 150, 3), dtype=np.uint8)
+  large = rng.integers(0, 255, (200, 170, 3), dtype=np.uint8)
+  boxes = np.array([[10, 10, 110, 110], [30, 40, 160, 170]], np.float32)
+  batch, sizes = pipeline.pad_images([small, large])
+  assert batch.shape == (2, 200, 170, 3) and sizes.tolist() == [[120, 150], [200, 170]]
+  together = infer(variables, batch, boxes)
+  for index, image in enumerate([small, large]):
+    alone = infer(variables, image[None], boxes[index:index + 1])
+    np.testing.assert_allclose(together["landmarks"][index], alone["landmarks"][0], atol=1e-3)
+    # The normalised coordinates differ with the padded size: float32 rounding of ~1e-5 px
+    # moves a sample on a random texture by up to ~255 * 1e-5 / 255 in [0, 1] units.
+    np.testing.assert_allclose(together["canonical_faces"][index], alone["canonical_faces"][0],
+                               atol=1e-4)
+
+
+def test_shape_repair_matches_stage_by_stage_reference(setup):
+  face, dictionary = setup
+  options = pipeline.PipelineOptions(use_spatial_transformer=False, num_neighbours=10)
+  infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
+  variables = _variables(face, dictionary)
+  # Make the jaw unreliable: flatten its logits so its normalised score collapses.
+  maps = np.asarray(variables["hourglass"]["params"]["maps"]).copy()
+  maps[..., :17] = 0.0
+  variables["hourglass"] = {"params": {"maps": jnp.asarray(maps)}}
+  images = np.zeros((1, 128, 128, 3), np.float32)
+  boxes = np.array([[-0.5, -0.5, 127.5, 127.5]], np.float32)  # the crop is the image
+  out = infer(variables, images, boxes)
+  reliable = np.asarray(out["reliable"][0])
+  assert not reliable[:17].any() and reliable[17:].all()
+
+  # Stage by stage, outside the pipeline: decode, align to the dictionary mean, repair, undo.
+  points = np.asarray(out["hourglass_landmarks"][0], np.float64)
+  weights = reliable.astype(np.float64)
+  mean_shape = np.asarray(dictionary, np.float64).mean(0)
+  to_canonical = geometry.estimate_similarity(points, mean_shape, weights)
+  canonical = geometry.apply_affine(points, to_canonical)
+  repaired, _ = shape_dictionary.reconstruct(jnp.asarray(canonical[None], jnp.float32),
+                                             jnp.asarray(reliable[None]),
+                                             jnp.asarray(dictionary), k=10)
+  expected = geometry.apply_affine(np.asarray(repaired[0], np.float64),
+                                   np.linalg.inv(to_canonical))
+  np.testing.assert_allclose(np.asarray(out["landmarks"][0]), expected, atol=1e-2)
+  # Reliable landmarks are kept, unreliable ones moved.
+  np.testing.assert_allclose(out["landmarks"][0, 17:], out["hourglass_landmarks"][0, 17:],
+                             atol=1e-3)
+  assert np.abs(np.asarray(out["landmarks"][0, :17] - out["hourglass_landmarks"][0, :17])).max() > 0.5
+
+
+def test_lowers_to_one_computation_without_host_callbacks(setup):
+  face, dictionary = setup
+  infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(),
+                                     pipeline.PipelineOptions(num_neighbours=10))
+  lowered = infer.lower(_variables(face, dictionary), jnp.zeros((3, 160, 140, 3), jnp.uint8),
+                        jnp.zeros((3, 4), jnp.float32))
+  text = lowered.as_text()
+  assert "callback" not in text and "host" not in text.lower().replace("host_memory", "")
+  compiled = lowered.compile()
+  assert compiled is not None
+
+
+def test_pad_images_rejects_empty():
+  with pytest.raises(ValueError, match="no images"):
+    pipeline.pad_images([])
