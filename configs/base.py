@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.train_split = "train"
   config.data.eval_splits = ("common", "challenge", "full")
   config.data.validation_fraction = 0.0  # carve a seeded by-image split off train
+  config.data.box_source = "landmarks"  # 300-W: landmarks | detector | ground_truth boxes
   config.data.crop_size = 128  # network input, Sec. III-A / III-B
   config.data.heatmap_size = 64  # hourglass output resolution, Sec. III-B
   config.data.box_margin = 1.25  # crop = landmark box scaled by this (field practice)
@@ -56,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Stacked hourglass, Sec. III-B and IV-C.
   config.hourglass = ml_collections.ConfigDict()
   config.hourglass.width = 256  # Fig. 3
-  config.hourglass.stem_widths = (64, 128)  # the two 3x3 stem convs; Fig. 3 draws no numbers
+  config.hourglass.stem_widths = (64, 64, 128)  # two 3x3 convs, pool, 3x3 conv; Fig. 3 has no numbers
   config.hourglass.num_stacks = 2  # "two hourglass modules"
   config.hourglass.depth = 4  # "four-layer recursive structure"
   config.hourglass.batch_size = 16  # "similar procedure" to ST-GAN

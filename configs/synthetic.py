@@ -5,6 +5,8 @@
 No download needed: the faces are rendered by msm_jax.data.synthetic from the seed.
 """
 
+import ml_collections
+
 from configs import base
 
 
@@ -13,10 +15,14 @@ def get_config():
   config.data.dataset = "synthetic"
   config.data.scheme = "300w"
   config.data.train_size = 4000
-  config.data.test_size = 300
+  config.data.validation_size = 100
+  config.data.test_size = 300  # each of test (no occluders) and occluded_test
   config.data.eval_splits = ("test", "occluded_test")
-  config.data.image_size = 160  # rendered canvas; the face box is cropped to 128x128
-  config.data.occlusion_probability = 0.3  # training faces with an occluder
+  # Fields of msm_jax.data.synthetic.SyntheticConfig; the rest keep its defaults.
+  config.data.synthetic = ml_collections.ConfigDict({
+      "image_size": 160,  # rendered canvas; the face box is cropped to 128x128
+      "occlusion_prob": 0.3,  # training faces with occluders
+  })
   config.data.worker_count = 0  # 2 cores: the training step needs both
 
   config.stgan.batch_size = 16
@@ -25,7 +31,7 @@ def get_config():
   config.stgan.width_multiplier = 1.0
 
   config.hourglass.width = 64
-  config.hourglass.stem_widths = (32, 64)
+  config.hourglass.stem_widths = (32, 32, 64)
   config.hourglass.batch_size = 16
   config.hourglass.epochs = 4
   config.hourglass.learning_rate = 1e-3

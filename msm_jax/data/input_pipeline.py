@@ -91,6 +91,11 @@ class RecordSource:
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def records(self) -> list:
+        """The FaceRecords, in source order (landmarks without loading pixels)."""
+        return list(self._records)
+
     def __getitem__(self, index: int) -> dict | None:
         record = self._records[index]
         try:

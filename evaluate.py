@@ -1,0 +1,37 @@
+"""Evaluate a trained MSM and print the paper's tables (Sec. IV-B, Tables III-IX).
+
+  python evaluate.py --config configs/synthetic.py --workdir runs/synthetic
+  python evaluate.py --config configs/300w.py --workdir runs/300w --config.data.root=/data/300W
+
+Reads the newest checkpoints of `--workdir` (or `--checkpoint DIR`, a workdir of another run)
+and writes report.json, report.md, CED plots and overlay images to `<workdir>/eval`.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "Read the model from this workdir instead of --workdir.")
+_OUT = flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval).")
+flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  del argv
+  model_dir = _CHECKPOINT.value or _WORKDIR.value
+  if not model_dir:
+    raise app.UsageError("give --workdir (or --checkpoint)")
+  from msm_jax import evaluation_run
+  out_dir = _OUT.value or os.path.join(_WORKDIR.value or model_dir, "eval")
+  evaluation_run.evaluate(_CONFIG.value, model_dir, out_dir)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  app.run(main)

@@ -1,0 +1,138 @@
+"""From `config.data` to data sources: which faces train, validate and evaluate each run.
+
+`config.data.dataset` picks the reader (or the synthetic generator); the returned sources
+are the random-access objects of `input_pipeline` (`RecordSource`, `SyntheticSource`).
+
+  synthetic  train / test (no occluders) / occluded_test (every face occluded), disjoint
+             face-index ranges of one seeded generator; no download
+  300w       `read_300w(root, split)`; eval splits common / challenge / full / private
+  wflw       `read_wflw(root, "train")`; eval: the test set and its six attribute subsets
+  folder     any folder of images + .pts (`read_pts_folder`); subset name = folder name
+  eval_dataset = "cofw68" evaluates on the COFW-68 test set (`data.eval_root`) instead.
+
+A validation split (`data.validation_fraction`) is carved off the training faces by image,
+seeded, so it never overlaps training.
+"""
+
+import os
+import warnings
+
+import numpy as np
+
+from msm_jax.data import cofw, synthetic, w300, wflw
+from msm_jax.data.input_pipeline import RecordSource, SyntheticSource
+
+SYNTHETIC_SPLITS = ("train", "validation", "test", "occluded_test")
+
+
+def synthetic_config(config, split: str = "train") -> synthetic.SyntheticConfig:
+  """The SyntheticConfig of a split: the test split has no occluders, occluded_test always has."""
+  fields = dict(config.data.synthetic.to_dict())
+  if split in ("test", "validation"):
+    fields["occlusion_prob"] = 0.0
+  elif split == "occluded_test":
+    fields["occlusion_prob"] = 1.0
+  return synthetic.SyntheticConfig.from_mapping(fields)
+
+
+def _synthetic_ranges(config) -> dict:
+  """Disjoint face-index ranges of the synthetic splits, in the order of SYNTHETIC_SPLITS."""
+  sizes = {"train": config.data.train_size, "validation": config.data.validation_size,
+           "test": config.data.test_size, "occluded_test": config.data.test_size}
+  ranges, start = {}, 0
+  for split in SYNTHETIC_SPLITS:
+    ranges[split] = (start, int(sizes[split]))
+    start += int(sizes[split])
+  return ranges
+
+
+def synthetic_source(config, split: str) -> SyntheticSource:
+  first, count = _synthetic_ranges(config)[split]
+  return SyntheticSource(config.seed, count, synthetic_config(config, split), first_index=first)
+
+
+def _require_root(config, field: str = "root") -> str:
+  root = config.data.get(field, "")
+  if not root:
+    raise ValueError(f"config data.{field} is empty: point it at the dataset's release folder, "
+                     f"e.g. --config.data.{field}=/data/300W")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"config data.{field}={root!r} is not a folder")
+  return root
+
+
+def read_training_records(config) -> list:
+  """The training faces of a real dataset (before the validation carve-out)."""
+  dataset, skip = config.data.dataset, bool(config.data.skip_bad_samples)
+  if dataset == "300w":
+    return w300.read_300w(_require_root(config), config.data.train_split,
+                          box_source=config.data.box_source, skip_bad=skip)
+  if dataset == "wflw":
+    return wflw.read_wflw(_require_root(config), "train", skip_bad=skip)
+  if dataset == "folder":
+    return w300.read_pts_folder(_require_root(config), skip_bad=skip)
+  raise ValueError(f"config data.dataset={dataset!r}: expected synthetic, 300w, wflw or folder")
+
+
+def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
+  """(train, validation): a seeded split by image, so two faces of one photo stay together."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"config data.validation_fraction={fraction}: must be in [0, 1)")
+  if fraction == 0.0:
+    return list(records), []
+  images = sorted({record.source for record in records})
+  rng = np.random.default_rng(seed)
+  chosen = set(rng.choice(images, size=max(1, round(fraction * len(images))), replace=False))
+  train = [record for record in records if record.source not in chosen]
+  validation = [record for record in records if record.source in chosen]
+  return train, validation
+
+
+def train_and_validation_sources(config):
+  """(train source, validation source or None) for the configured dataset."""
+  if config.data.dataset == "synthetic":
+    validation = (synthetic_source(config, "validation")
+                  if config.data.validation_size else None)
+    return synthetic_source(config, "train"), validation
+  train, validation = split_validation(read_training_records(config),
+                                       float(config.data.validation_fraction), config.seed)
+  skip = bool(config.data.skip_bad_samples)
+  return (RecordSource(train, skip),
+          RecordSource(validation, skip) if validation else None)
+
+
+def eval_sources(config) -> dict:
+  """{subset name: source} for evaluation; subsets whose folders are absent are left out."""
+  dataset = config.data.get("eval_dataset", "") or config.data.dataset
+  skip = bool(config.data.skip_bad_samples)
+  if dataset == "synthetic":
+    return {split: synthetic_source(config, split) for split in config.data.eval_splits}
+  if dataset == "cofw68":
+    return {"test": RecordSource(cofw.read_cofw68(_require_root(config, "eval_root"),
+                                                  skip_bad=skip), skip)}
+  if dataset == "300w":
+    root, sources = _require_root(config), {}
+    for split in config.data.eval_splits:
+      try:
+        sources[split] = RecordSource(w300.read_300w(root, split, skip_bad=skip), skip)
+      except FileNotFoundError as error:
+        warnings.warn(f"300-W split {split!r} left out of the evaluation: {error}")
+    return sources
+  if dataset == "wflw":
+    subsets = wflw.wflw_subsets(wflw.read_wflw(_require_root(config), "test", skip_bad=skip))
+    return {name: RecordSource(subsets[name], skip) for name in config.data.eval_splits
+            if subsets.get(name)}
+  if dataset == "folder":
+    root = _require_root(config)
+    return {os.path.basename(os.path.normpath(root)): RecordSource(
+        w300.read_pts_folder(root, skip_bad=skip), skip)}
+  raise ValueError(f"config data.eval_dataset={dataset!r}: expected synthetic, 300w, wflw, "
+                   f"cofw68 or folder")
+
+
+def training_shapes(config, source) -> np.ndarray:
+  """[N, L, 2] training landmarks (image pixels) for the shape dictionary (Sec. IV-C)."""
+  if isinstance(source, SyntheticSource):
+    # Rendering is the only way to a synthetic face's landmarks (~3 ms a face).
+    return np.stack([source[index]["landmarks"] for index in range(len(source))])
+  return np.stack([record.landmarks for record in source.records])

@@ -1,0 +1,186 @@
+"""`evaluate.py`'s body: run the trained pipeline on every evaluation subset and report.
+
+For each subset the one-jit pipeline (Algorithm 2) runs twice, with the ST stage on and off;
+each run returns the landmarks before and after the shape repair, so the four ablation rows
+of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes. The full
+model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
+row gives the scale of the numbers. Table IX's threshold sweep reruns the pipeline with other
+thresholds (they are data, not compile-time constants, so nothing recompiles).
+
+Faces enter as the evaluation crops of the input pipeline (the record's box with the config's
+margin, 128x128): exactly what the ST-GAN saw in training as I_fake. Predictions are mapped
+back to original-image pixels and compared with the annotations there.
+"""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from msm_jax import evaluation, geometry, landmarks, model_io, pipeline, reports
+from msm_jax.data import augment, datasets, input_pipeline
+from msm_jax.data.synthetic import draw_landmarks
+
+FULL_MODEL = "ST-GAN + HG + SR"
+MEAN_SHAPE_TRAINING_FACES = 500  # enough for a stable mean; rendering more costs time
+
+
+def _variant_names(st: bool) -> tuple[str, str]:
+  prefix = "ST-GAN + " if st else ""
+  return prefix + "HG", prefix + "HG + SR"
+
+
+def predict_source(infer, variables, source, config) -> dict:
+  """Run `infer` over a source's evaluation crops; arrays over all faces of the source."""
+  size, batch_size = config.data.crop_size, config.eval.batch_size
+  whole_crop = np.array([-0.5, -0.5, size - 0.5, size - 0.5], np.float32)
+  collected = {key: [] for key in ("final", "hourglass", "scores", "reliable", "gt", "occluded",
+                                   "crop_to_image", "crops")}
+  for batch in input_pipeline.eval_dataset(source, config, batch_size=batch_size, worker_count=0):
+    count = len(batch["index"])
+    images = np.zeros((batch_size, size, size, 3), np.uint8)  # one shape: one compilation
+    images[:count] = batch["images"]
+    out = infer(variables, jnp.asarray(images), jnp.broadcast_to(whole_crop, (batch_size, 4)))
+    to_image = geometry.invert_affine(batch["crop_matrix"].astype(np.float64))
+    collected["final"].append(geometry.apply_affine(np.asarray(out["landmarks"][:count],
+                                                               np.float64), to_image))
+    collected["hourglass"].append(geometry.apply_affine(
+        np.asarray(out["hourglass_landmarks"][:count], np.float64), to_image))
+    collected["scores"].append(np.asarray(out["scores"][:count]))
+    collected["reliable"].append(np.asarray(out["reliable"][:count]))
+    collected["gt"].append(batch["image_landmarks"])
+    collected["occluded"].append(batch["occluded"])
+    collected["crop_to_image"].append(to_image)
+    collected["crops"].append(np.stack([batch["images"][:count],
+                                        np.asarray(out["canonical_faces"][:count] * 255,
+                                                   ).clip(0, 255).astype(np.uint8)], 1))
+  return {key: np.concatenate(value) for key, value in collected.items()}
+
+
+def _subset(name, predictions, landmarks_key, with_occlusion: bool):
+  return evaluation.SubsetPredictions(
+      name=name, pred=predictions[landmarks_key], gt=predictions["gt"],
+      occluded=predictions["occluded"] if with_occlusion else None,
+      reliable=predictions["reliable"], scores=predictions["scores"])
+
+
+def mean_shape_in_crops(config, count: int = MEAN_SHAPE_TRAINING_FACES) -> np.ndarray:
+  """[N, L, 2] training landmarks in their ground-truth-box crops (the baseline's mean)."""
+  train_source, _ = datasets.train_and_validation_sources(config)
+  shapes = []
+  for index in range(min(count, len(train_source))):
+    example = train_source[index]
+    if example is None:
+      continue
+    matrix = augment.face_crop_matrix(example["box"], config.data.crop_size,
+                                      config.data.box_margin)
+    shapes.append(geometry.apply_affine(example["landmarks"].astype(np.float64), matrix))
+  return np.stack(shapes)
+
+
+def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -> None:
+  """Detector crop | canonical face with the final landmarks (green reliable, red repaired)."""
+  count = min(count, len(predictions["final"]))
+  tiles = []
+  for index in range(count):
+    crop, canonical = predictions["crops"][index]
+    crop_matrix = np.linalg.inv(predictions["crop_to_image"][index])
+    in_crop = geometry.apply_affine(predictions["final"][index], crop_matrix)
+    tiles.append(np.concatenate([
+        np.asarray(draw_landmarks(crop, in_crop, ~predictions["reliable"][index], zoom)),
+        np.asarray(Image.fromarray(canonical).resize((crop.shape[1] * zoom,
+                                                      crop.shape[0] * zoom)))], axis=1))
+  Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
+
+
+def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str:
+  """Evaluate the workdir's trained model on the configured subsets; returns the Markdown."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  generator, hourglass, variables, available = model_io.load_trained(config, workdir)
+  use_sr = "dictionary" in available
+  st_settings = (False, True) if "stgan" in available else (False,)
+  log(f"evaluating {sorted(available)} from {workdir}")
+  infer = {st: pipeline.make_inference_fn(generator, hourglass,
+                                          model_io.pipeline_options(config, st, use_sr))
+           for st in st_settings}
+  threshold, norms = config.eval.failure_threshold, tuple(config.eval.norms)
+  sources = datasets.eval_sources(config)
+  baseline_shapes = mean_shape_in_crops(config)
+
+  rows, curves, full_predictions = {}, {}, {}
+  for subset_name, source in sources.items():
+    with_occlusion = config.data.dataset == "synthetic" or config.data.get(
+        "eval_dataset", "") == "cofw"
+    for st in st_settings:
+      predictions = predict_source(infer[st], variables, source, config)
+      hg_name, sr_name = _variant_names(st)
+      named = [(hg_name, "hourglass")] + ([(sr_name, "final")] if use_sr else [])
+      for method, key in named:
+        subset = _subset(subset_name, predictions, key, with_occlusion)
+        rows.setdefault(method, {})[subset_name] = evaluation.subset_metrics(
+            subset, scheme, norms, threshold)
+        curves.setdefault(subset_name, {})[method] = evaluation.subset_nmes(subset, scheme)
+      full_predictions[subset_name] = predictions
+    baseline = evaluation.mean_shape_baseline(baseline_shapes, config.data.crop_size,
+                                              predictions["crop_to_image"])
+    baseline_subset = evaluation.SubsetPredictions(subset_name, baseline, predictions["gt"])
+    rows.setdefault(reports.MEAN_SHAPE_METHOD, {})[subset_name] = evaluation.subset_metrics(
+        baseline_subset, scheme, norms, threshold)
+    save_overlays(os.path.join(out_dir, f"overlay_{subset_name}.png"), predictions)
+    log(f"  {subset_name}: {len(predictions['gt'])} faces")
+
+  tables = _tables(config, rows, sources, with_occlusion=any(
+      "nme_occluded_inter_ocular" in metrics for metrics in next(iter(rows.values())).values()))
+  best = max(st_settings)
+  sweep_subset = config.eval.get("threshold_sweep_subset", "") or next(iter(sources))
+  if use_sr and sweep_subset in sources:
+    tables.update(_threshold_sweep(infer[best], variables, sources[sweep_subset], sweep_subset,
+                                   config, scheme))
+  markdown = reports.write_report(out_dir, "report", tables, curves, threshold)
+  log(markdown)
+  return markdown
+
+
+def _tables(config, rows, sources, with_occlusion: bool) -> dict:
+  dataset = config.data.get("eval_dataset", "") or config.data.dataset
+  full_rows = {"MSM": rows[FULL_MODEL]} if FULL_MODEL in rows else {}
+  tables = {}
+  if dataset == "300w" and full_rows:
+    tables.update(reports.tables_300w(full_rows))
+  elif dataset == "cofw68" and full_rows:
+    tables.update(reports.tables_cofw(full_rows, subset="test"))
+    tables.update(reports.ablation_tables(rows, "cofw", subset="test"))
+  elif dataset == "wflw" and full_rows:
+    tables.update(reports.tables_wflw(full_rows, fullset="full"))
+    tables.update(reports.ablation_tables(rows, "wflw", subset="full"))
+  columns = [(subset, metric) for subset in sources
+             for metric in ("nme_inter_ocular", "failure_rate", "auc")]
+  tables["ablation"] = reports.results_table(
+      _ordered(rows), [(s, m, f"{s} {reports.metric_label(m)}") for s, m in columns],
+      "Ablation (inter-ocular NME %, failure rate %, AUC)")
+  if with_occlusion:
+    for subset in sources:
+      tables.update(reports.occlusion_table(_ordered(rows), subset))
+  return tables
+
+
+def _ordered(rows: dict) -> dict:
+  order = [name for name in reports.ABLATION_METHODS if name in rows]
+  order += [name for name in rows if name not in order]
+  return {name: rows[name] for name in order}
+
+
+def _threshold_sweep(infer, variables, source, subset_name, config, scheme) -> dict:
+  def predict_with(contour, feature):
+    swept = dict(variables, thresholds=jnp.asarray(
+        landmarks.region_thresholds(scheme, contour, feature)))
+    predictions = predict_source(infer, swept, source, config)
+    return _subset(subset_name, predictions, "final", with_occlusion=False)
+
+  sweep = evaluation.threshold_sweep(predict_with, scheme, failure_threshold=
+                                     config.eval.failure_threshold)
+  return reports.threshold_table(sweep, subset=subset_name,
+                                 with_paper=config.data.get("eval_dataset", "") == "cofw68")

@@ -1,0 +1,33 @@
+"""`train.py`'s body: set up devices, save the config, run the chosen stages in order."""
+
+import json
+import os
+import time
+
+import jax
+
+from msm_jax.train import parallel, stages
+
+
+def train(config, workdir: str, log=print) -> None:
+  parallel.maybe_initialize_distributed()
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as file:
+    file.write(config.to_json_best_effort(indent=2))
+  mesh = parallel.data_mesh()
+  log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} "
+      f"({jax.process_count()} process(es)); workdir {os.path.abspath(workdir)}")
+  started = time.perf_counter()
+  for stage in stages.parse_stages(config.stages):
+    stage_start = time.perf_counter()
+    if stage == "stgan":
+      stages.train_stgan(config, workdir, mesh, log)
+    elif stage == "hourglass":
+      stages.train_hourglass(config, workdir, mesh, log)
+    else:
+      stages.build_dictionary(config, workdir, log)
+    log(f"[{stage}] done in {time.perf_counter() - stage_start:.0f} s")
+  timing = {"train_seconds": time.perf_counter() - started}
+  with open(os.path.join(workdir, "train_time.json"), "w") as file:
+    json.dump(timing, file)
+  log(f"training finished in {timing['train_seconds']:.0f} s")

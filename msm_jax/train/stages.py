@@ -1,0 +1,249 @@
+"""The training stages of `train.py`: ST-GAN (Algorithm 1), hourglass, shape dictionary.
+
+The three are trained independently, as in the paper (Sec. IV-C). Each stage keeps its own
+Orbax checkpoints under `<workdir>/checkpoints/<stage>` and resumes from the newest one, data
+iterator included, so a killed run continues with exactly the batches it would have seen.
+The dictionary stage writes `<workdir>/dictionary.npz` (plain arrays, no pickle).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from msm_jax import geometry, landmarks, metrics, shape_dictionary
+from msm_jax import heatmaps as heatmap_lib
+from msm_jax.data import datasets, input_pipeline, stgan_pairs
+from msm_jax.models.ddnn import DDNN
+from msm_jax.models.gdnn import GDNN
+from msm_jax.models.hourglass import StackedHourglass
+from msm_jax.train import checkpoints, loop, parallel, steps
+from msm_jax.train.state import halving_adam, init_model_state, new_train_state
+
+STAGES = ("stgan", "hourglass", "dictionary")
+DICTIONARY_FILE = "dictionary.npz"
+
+
+def parse_stages(text: str) -> tuple[str, ...]:
+  """"all" or a comma list of stage names, in the paper's order."""
+  names = STAGES if text == "all" else tuple(name.strip() for name in text.split(",") if name)
+  unknown = sorted(set(names) - set(STAGES))
+  if unknown or not names:
+    raise ValueError(f"stages={text!r}: choose 'all' or a comma list of {', '.join(STAGES)}")
+  return tuple(stage for stage in STAGES if stage in names)
+
+
+def num_landmarks(config) -> int:
+  return landmarks.get_scheme(config.data.scheme).num_points
+
+
+def hourglass_module(config) -> StackedHourglass:
+  return StackedHourglass(
+      num_landmarks=num_landmarks(config), width=config.hourglass.width,
+      num_stacks=config.hourglass.num_stacks, depth=config.hourglass.depth,
+      stem_widths=tuple(config.hourglass.stem_widths),
+      dtype=jnp.dtype(config.hourglass.compute_dtype))
+
+
+def generator_module(config) -> GDNN:
+  return GDNN()
+
+
+def discriminator_module(config) -> DDNN:
+  return DDNN()
+
+
+def _example_images(config) -> jax.Array:
+  size = config.data.crop_size
+  return jnp.zeros((1, size, size, 3), jnp.float32)
+
+
+def _host_config(config, batch_field: str) -> ml_collections.ConfigDict:
+  """This host's share of the global batch (every host loads its own slice)."""
+  host = ml_collections.ConfigDict(config.to_dict())
+  section, field = batch_field.split(".")
+  host[section][field] = parallel.host_batch_size(config[section][field])
+  return host
+
+
+def _manager(workdir: str, stage: str, config):
+  return checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints", stage),
+                                        config.checkpoint.every_steps, config.checkpoint.keep)
+
+
+def _resume(manager, state, iterator, log, stage):
+  restored = checkpoints.restore_latest(manager, state)
+  if restored is None:
+    return state
+  state, data_state, _ = restored
+  iterator.set_state(data_state)
+  log(f"[{stage}] resumed from step {int(state.step)}")
+  return state
+
+
+def hourglass_states(config, steps_per_epoch: int):
+  """(module, optimizer, fresh TrainState) of the hourglass stage."""
+  module = hourglass_module(config)
+  optimizer = halving_adam(config.hourglass.learning_rate, steps_per_epoch,
+                           config.hourglass.lr_halve_epochs)
+  rng = jax.random.key(config.seed)
+  state = new_train_state(config.seed, {
+      "hourglass": init_model_state(module, optimizer, rng, _example_images(config))})
+  return module, optimizer, state
+
+
+def stgan_states(config, steps_per_epoch: int):
+  """(generator, discriminator, their optimizers, fresh TrainState) of the ST-GAN stage."""
+  generator, discriminator = generator_module(config), discriminator_module(config)
+  make_optimizer = lambda: halving_adam(config.stgan.learning_rate, steps_per_epoch,
+                                        config.stgan.lr_halve_epochs)
+  g_optimizer, d_optimizer = make_optimizer(), make_optimizer()
+  g_rng, d_rng = jax.random.split(jax.random.key(config.seed))
+  state = new_train_state(config.seed, {
+      "generator": init_model_state(generator, g_optimizer, g_rng, _example_images(config)),
+      "discriminator": init_model_state(discriminator, d_optimizer, d_rng,
+                                        _example_images(config))})
+  return generator, discriminator, g_optimizer, d_optimizer, state
+
+
+def _steps_per_epoch(source, batch_size: int) -> int:
+  return max(1, len(source) // batch_size)
+
+
+def predict_crops(module, variables, crops, heatmap_size: int, logits: bool, sigma: float):
+  """Hourglass alone on 128x128 crops: landmarks [B, L, 2] in crop pixels (jit me)."""
+  maps = module.apply(variables, crops, train=False)[-1]
+  if logits:
+    maps = heatmap_lib.spatial_softmax(maps)
+  decoded = heatmap_lib.decode_heatmaps(maps, "dark", blur_sigma=sigma)
+  return heatmap_lib.heatmap_to_crop(decoded, crops.shape[1], heatmap_size)
+
+
+def hourglass_validation_nme(config, module, source):
+  """A function state -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box crops."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  logits = config.hourglass.loss == "softmax_cross_entropy"
+  forward = jax.jit(lambda variables, crops: predict_crops(
+      module, variables, crops.astype(jnp.float32) / 255.0, config.data.heatmap_size, logits,
+      config.hourglass.sigma))
+
+  def evaluate(state):
+    variables = state.models["hourglass"].variables
+    nmes = []
+    for batch in input_pipeline.eval_dataset(source, config, batch_size=config.eval.batch_size,
+                                             crop_box="landmarks", worker_count=0):
+      pred = np.asarray(forward(variables, batch["images"]))
+      nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
+    return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
+
+  return evaluate
+
+
+def train_hourglass(config, workdir: str, mesh, log=print):
+  """Stage 2 (Sec. III-B): heatmap regression with intermediate supervision."""
+  train_source, validation_source = datasets.train_and_validation_sources(config)
+  batch_size = config.hourglass.batch_size
+  parallel.check_batch_size(batch_size, mesh, "hourglass.batch_size")
+  steps_per_epoch = _steps_per_epoch(train_source, batch_size)
+  total_steps = int(config.hourglass.epochs * steps_per_epoch)
+  module, optimizer, state = hourglass_states(config, steps_per_epoch)
+  state = parallel.replicate(state, mesh)
+  iterator = iter(input_pipeline.hourglass_train_dataset(
+      train_source, _host_config(config, "hourglass.batch_size"),
+      shard_index=jax.process_index(), shard_count=jax.process_count()))
+  manager = _manager(workdir, "hourglass", config)
+  state = _resume(manager, state, iterator, log, "hourglass")
+  step_fn = steps.make_hourglass_step(
+      module, optimizer, loss_name=config.hourglass.loss, sigma=config.hourglass.sigma,
+      crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size, mesh=mesh)
+  eval_fn = (hourglass_validation_nme(config, module, validation_source)
+             if validation_source is not None else None)
+  log(f"[hourglass] {len(train_source)} faces, {steps_per_epoch} steps/epoch, "
+      f"{total_steps} steps of batch {batch_size} on {mesh.devices.size} device(s)")
+  return loop.train_stage(
+      stage="hourglass", step_fn=step_fn, state=state, batches=iterator, data_iterator=iterator,
+      manager=manager, mesh=mesh, total_steps=total_steps, batch_size=batch_size,
+      workdir=workdir, log_every=config.log_every_steps, eval_fn=eval_fn,
+      eval_every=config.eval_every_steps, log=log)
+
+
+def template_distance(config, generator, source):
+  """A function state -> mean distance (px) of the warped anchors (pupils, mouth) to the
+  canonical template, on detector-box crops: how canonical the ST-GAN's output is."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  anchors = stgan_pairs.CanonicalAnchors.from_scheme(scheme)
+  size = config.data.crop_size
+  template = stgan_pairs.template_points(stgan_pairs.StganPairOptions.from_config(config).template,
+                                         size)
+  forward = jax.jit(lambda variables, crops: generator.apply(
+      variables, crops.astype(jnp.float32) / 255.0, train=False))
+
+  def distances(theta, crop_landmarks):
+    canonical_to_crop = geometry.theta_to_pixel_matrix(theta, (size, size), (size, size))
+    in_canonical = geometry.apply_affine(crop_landmarks,
+                                         geometry.invert_affine(canonical_to_crop))
+    points = np.stack([anchors.points(shape) for shape in in_canonical])
+    return np.linalg.norm(points - template[None], axis=-1).mean(axis=-1)
+
+  def evaluate(state):
+    variables = state.models["generator"].variables
+    warped, identity = [], []
+    for batch in input_pipeline.eval_dataset(source, config, batch_size=config.eval.batch_size,
+                                             crop_box="record", worker_count=0):
+      theta = np.asarray(forward(variables, batch["images"]), np.float64)
+      warped.append(distances(theta, batch["landmarks"]))
+      identity.append(distances(np.broadcast_to(np.eye(2, 3), theta.shape), batch["landmarks"]))
+    return {"template_distance_px": float(np.mean(np.concatenate(warped))),
+            "template_distance_unwarped_px": float(np.mean(np.concatenate(identity)))}
+
+  return evaluate
+
+
+def train_stgan(config, workdir: str, mesh, log=print):
+  """Stage 1 (Sec. III-A, Algorithm 1): GDNN + DDNN."""
+  train_source, validation_source = datasets.train_and_validation_sources(config)
+  batch_size = config.stgan.batch_size
+  parallel.check_batch_size(batch_size, mesh, "stgan.batch_size")
+  steps_per_epoch = _steps_per_epoch(train_source, batch_size)
+  total_steps = int(config.stgan.epochs * steps_per_epoch)
+  generator, discriminator, g_optimizer, d_optimizer, state = stgan_states(config, steps_per_epoch)
+  state = parallel.replicate(state, mesh)
+  iterator = iter(input_pipeline.stgan_train_dataset(
+      train_source, _host_config(config, "stgan.batch_size"),
+      shard_index=jax.process_index(), shard_count=jax.process_count()))
+  manager = _manager(workdir, "stgan", config)
+  state = _resume(manager, state, iterator, log, "stgan")
+  step_fn = steps.make_stgan_step(
+      generator, discriminator, g_optimizer, d_optimizer,
+      theta_weight=config.stgan.theta_weight,
+      adversarial_weight=config.stgan.adversarial_weight, mesh=mesh)
+  eval_fn = (template_distance(config, generator, validation_source)
+             if validation_source is not None else None)
+  log(f"[stgan] {len(train_source)} faces, {steps_per_epoch} steps/epoch, "
+      f"{total_steps} steps of batch {batch_size} on {mesh.devices.size} device(s)")
+  return loop.train_stage(
+      stage="stgan", step_fn=step_fn, state=state, batches=iterator, data_iterator=iterator,
+      manager=manager, mesh=mesh, total_steps=total_steps, batch_size=batch_size,
+      workdir=workdir, log_every=config.log_every_steps, eval_fn=eval_fn,
+      eval_every=config.eval_every_steps, log=log)
+
+
+def build_dictionary(config, workdir: str, log=print) -> np.ndarray:
+  """Stage 3 (Sec. III-C, IV-C): canonical training shapes -> k-means -> dictionary.npz."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  train_source, _ = datasets.train_and_validation_sources(config)
+  shapes = datasets.training_shapes(config, train_source)
+  canonical, _ = shape_dictionary.canonicalise(shapes, landmarks.pupils(shapes, scheme))
+  size = min(config.shape.dictionary_size, len(canonical))
+  if size < config.shape.dictionary_size:
+    log(f"[dictionary] only {len(canonical)} training shapes: dictionary of {size}, "
+        f"not {config.shape.dictionary_size}")
+  dictionary = shape_dictionary.build_dictionary(np.asarray(canonical), size=size,
+                                                 seed=config.seed)
+  path = os.path.join(workdir, DICTIONARY_FILE)
+  shape_dictionary.save_dictionary(path, dictionary, {"scheme": scheme.name,
+                                                      "training_shapes": len(canonical)})
+  log(f"[dictionary] {size} exemplar shapes from {len(canonical)} training shapes -> {path}")
+  return dictionary

@@ -1,0 +1,35 @@
+"""Train MSM: ST-GAN, stacked hourglass and shape dictionary (Sec. IV-C).
+
+  python train.py --config configs/synthetic.py --workdir runs/synthetic
+  python train.py --config configs/300w.py --workdir runs/300w --config.data.root=/data/300W \
+      --config.stages=hourglass --config.hourglass.batch_size=32
+
+Each stage resumes from its newest checkpoint in the workdir; re-running a finished run is a
+no-op apart from re-evaluating. Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID on every host (or MSM_JAX_DISTRIBUTED=1 where JAX detects the cluster).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from msm_jax.cli import configure_training_process
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  configure_training_process()
+  from msm_jax.train import run  # after the XLA flags are set
+  run.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ imports `configs`
+  app.run(main)
