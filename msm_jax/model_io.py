@@ -52,7 +52,7 @@ def load_trained(config, workdir: str):
   variables = {"hourglass": hourglass_models["hourglass"].variables}
   available = {"hourglass"}
 
-  stgan_state = jax.eval_shape(lambda: stages.stgan_states(config, 1))[-1]
+  stgan_state = jax.eval_shape(lambda: stages.stgan_states(config, 1)[-1])
   stgan_models = _restore_models(config, workdir, "stgan", stgan_state)
   if stgan_models is not None:
     variables["generator"] = stgan_models["generator"].variables

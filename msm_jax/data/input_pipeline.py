@@ -308,8 +308,11 @@ def _training_dataset(source, transform, *, batch_size: int, seed: int, num_epoc
     dataset = dataset[shard_index::shard_count]
     if len(dataset) < batch_size:
         raise ValueError(f"{len(dataset)} faces per shard cannot fill one batch of {batch_size}")
-    # repeat reseeds the shuffle and the random_map per epoch.
-    dataset = dataset.repeat(num_epochs).random_map(transform)
+    # repeat reseeds the shuffle and the random_map per epoch. The augmentation's RNG is seeded
+    # by the position within this host's slice, so each host needs its own seed, or the k-th
+    # face of every host would get the same rotation, flip and jitter.
+    augmentation_seed = None if shard_count == 1 else seed * 1_000_003 + shard_index
+    dataset = dataset.repeat(num_epochs).random_map(transform, seed=augmentation_seed)
     return _finish(dataset, batch_size=batch_size, drop_remainder=True,
                    worker_count=worker_count, prefetch=prefetch)
 

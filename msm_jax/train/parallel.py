@@ -29,8 +29,14 @@ def maybe_initialize_distributed() -> None:
 
 
 def data_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all hosts, axis "data"."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D mesh over all devices of all hosts, axis "data".
+
+  Auto axis type: the compiler propagates the batch sharding through the model (GSPMD), so
+  the model code needs no sharding annotations (`make_mesh` defaults to Explicit axes, under
+  which every reshape of a sharded batch would need one).
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -66,7 +66,7 @@ def make_hourglass_step(module, optimizer: optax.GradientTransformation, *, loss
 
     (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
     new_model = apply_gradients(model_state, grads, optimizer, new_stats)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, models={"hourglass": new_model}), metrics
 
   return _jit_step(step, mesh)
