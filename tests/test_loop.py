@@ -1,0 +1,138 @@
+"""The training loop: non-finite losses stop it cleanly; a SIGKILLed run resumes exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from msm_jax.train import checkpoints, loop, parallel
+from msm_jax.train.state import ModelState, new_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CountingIterator:
+  """Batches {"x": [2] float32}; its state is the position (like Grain's, JSON-able)."""
+
+  def __init__(self, nan_at: int | None = None):
+    self.position, self.nan_at = 0, nan_at
+
+  def __next__(self):
+    self.position += 1
+    value = np.nan if self.position == self.nan_at else float(self.position)
+    return {"x": np.full((2,), value, np.float32)}
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+def _toy_step(state, batch):
+  """w <- w + mean(x); loss = w."""
+  params = {"w": state.models["toy"].params["w"] + jnp.mean(batch["x"])}
+  models = {"toy": ModelState(params=params, batch_stats={}, opt_state=())}
+  return state.replace(step=state.step + 1, models=models), {"loss": params["w"]}
+
+
+def _toy_state():
+  return new_train_state(0, {"toy": ModelState(params={"w": jnp.zeros(())}, batch_stats={},
+                                               opt_state=())})
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  mesh = parallel.data_mesh()
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=2, keep=3)
+  iterator = CountingIterator(nan_at=5)
+  with pytest.raises(loop.TrainingDivergedError, match="step 5"):
+    loop.train_stage(stage="toy", step_fn=jax.jit(_toy_step), state=_toy_state(),
+                     batches=iterator, data_iterator=iterator, manager=manager, mesh=mesh,
+                     total_steps=10, batch_size=2, workdir=str(tmp_path), log_every=1,
+                     log=lambda _: None)
+  assert manager.latest_step() == 4
+  state, data_state, _ = checkpoints.restore_latest(manager, _toy_state())
+  # w after 4 steps = 1 + 2 + 3 + 4; the data position is 4.
+  assert float(state.models["toy"].params["w"]) == 10.0 and data_state == {"position": 4}
+  lines = (tmp_path / "metrics" / "toy.jsonl").read_text().splitlines()
+  assert len(lines) == 4  # steps 1-4 logged; step 5 was caught before logging
+
+
+def test_resumed_toy_run_matches_an_uninterrupted_one(tmp_path):
+  mesh = parallel.data_mesh()
+
+  def run(directory, total):
+    manager = checkpoints.checkpoint_manager(str(directory), every_steps=3, keep=2)
+    iterator, state = CountingIterator(), _toy_state()
+    restored = checkpoints.restore_latest(manager, state)
+    if restored:
+      state, data_state, _ = restored
+      iterator.set_state(data_state)
+    return loop.train_stage(stage="toy", step_fn=jax.jit(_toy_step), state=state,
+                            batches=iterator, data_iterator=iterator, manager=manager,
+                            mesh=mesh, total_steps=total, batch_size=2, workdir=str(tmp_path),
+                            log=lambda _: None)
+
+  run(tmp_path / "a", 5)  # "interrupted" after its step-3 checkpoint and the final one at 5
+  resumed = run(tmp_path / "a", 8)
+  straight = run(tmp_path / "b", 8)
+  assert float(resumed.models["toy"].params["w"]) == float(straight.models["toy"].params["w"]) == 36.0
+
+
+def _train_command(workdir, total_epochs):
+  return [sys.executable, os.path.join(ROOT, "train.py"), "--config",
+          os.path.join(ROOT, "configs", "synthetic.py"), "--workdir", str(workdir),
+          "--config.stages=hourglass", "--config.data.train_size=32",
+          "--config.data.validation_size=0", "--config.hourglass.batch_size=4",
+          f"--config.hourglass.epochs={total_epochs}", "--config.hourglass.width=8",
+          "--config.hourglass.depth=2", "--config.hourglass.stem_widths=(4, 4, 8)",
+          "--config.checkpoint.every_steps=2", "--config.log_every_steps=1"]
+
+
+def _final_params(workdir):
+  directory = os.path.join(workdir, "checkpoints", "hourglass")
+  with ocp.CheckpointManager(directory, item_names=("state", "data", "meta")) as manager:
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, restored["state"]["models"]["hourglass"]["params"]
+
+
+def test_sigkilled_training_resumes_to_the_same_parameters(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  steps_total = 3 * 32 // 4  # 3 epochs of 8 steps
+  straight = subprocess.run(_train_command(tmp_path / "straight", 3), env=env,
+                            capture_output=True, text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  killed_dir = tmp_path / "killed"
+  process = subprocess.Popen(_train_command(killed_dir, 3), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint_dir = killed_dir / "checkpoints" / "hourglass"
+  deadline = time.time() + 600
+  while time.time() < deadline and process.poll() is None:
+    done = [int(name) for name in os.listdir(checkpoint_dir)
+            if name.isdigit()] if checkpoint_dir.exists() else []
+    if done and max(done) >= 4:
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+  killed_at, _ = _final_params(killed_dir)
+  assert 4 <= killed_at < steps_total
+
+  resumed = subprocess.run(_train_command(killed_dir, 3), env=env, capture_output=True,
+                           text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resumed from step {killed_at}" in resumed.stdout + resumed.stderr
+  step_a, params_a = _final_params(tmp_path / "straight")
+  step_b, params_b = _final_params(killed_dir)
+  assert step_a == step_b == steps_total
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               params_a, params_b)
