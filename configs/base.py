@@ -38,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ST-GAN, Sec. III-A and IV-C, Algorithm 1.
   config.stgan = ml_collections.ConfigDict()
+  config.stgan.generator_width = 1.0  # multiplies Table I's kernel counts
+  config.stgan.discriminator_width = 1.0  # multiplies Table II's kernel counts
   config.stgan.batch_size = 16  # Sec. IV-C
   config.stgan.epochs = 1000  # Sec. IV-C
   config.stgan.learning_rate = 5e-4  # Adam, Sec. IV-C

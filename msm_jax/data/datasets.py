@@ -101,33 +101,66 @@ def train_and_validation_sources(config):
           RecordSource(validation, skip) if validation else None)
 
 
+def pts_folders(root: str) -> list[str]:
+  """`root` itself if it holds .pts files, else every folder below it that does (sorted)."""
+  found = []
+  for folder, _, files in os.walk(root):
+    if any(name.lower().endswith(".pts") for name in files):
+      found.append(folder)
+      if folder == root:
+        return [root]
+  if not found:
+    raise FileNotFoundError(f"no .pts files in {root} or below it")
+  return sorted(found)
+
+
 def eval_sources(config) -> dict:
-  """{subset name: source} for evaluation; subsets whose folders are absent are left out."""
+  """{subset name: source} for evaluation; subsets whose folders are absent are left out.
+
+  The split name "validation" means the seeded split carved off the training faces.
+  """
   dataset = config.data.get("eval_dataset", "") or config.data.dataset
   skip = bool(config.data.skip_bad_samples)
+  splits = tuple(config.data.eval_splits)
+  sources = {}
+  if "validation" in splits:
+    _, validation = train_and_validation_sources(config)
+    if validation is None:
+      raise ValueError("eval split 'validation' needs data.validation_fraction > 0 "
+                       "(or data.validation_size for synthetic data)")
+    sources["validation"] = validation
+    splits = tuple(split for split in splits if split != "validation")
   if dataset == "synthetic":
-    return {split: synthetic_source(config, split) for split in config.data.eval_splits}
-  if dataset == "cofw68":
-    return {"test": RecordSource(cofw.read_cofw68(_require_root(config, "eval_root"),
-                                                  skip_bad=skip), skip)}
-  if dataset == "300w":
-    root, sources = _require_root(config), {}
-    for split in config.data.eval_splits:
+    sources.update({split: synthetic_source(config, split) for split in splits})
+  elif dataset == "cofw68":
+    sources["test"] = RecordSource(cofw.read_cofw68(_require_root(config, "eval_root"),
+                                                    skip_bad=skip), skip)
+  elif dataset == "300w":
+    root = _require_root(config)
+    for split in splits:
       try:
         sources[split] = RecordSource(w300.read_300w(root, split, skip_bad=skip), skip)
       except FileNotFoundError as error:
         warnings.warn(f"300-W split {split!r} left out of the evaluation: {error}")
-    return sources
-  if dataset == "wflw":
+  elif dataset == "wflw":
     subsets = wflw.wflw_subsets(wflw.read_wflw(_require_root(config), "test", skip_bad=skip))
-    return {name: RecordSource(subsets[name], skip) for name in config.data.eval_splits
-            if subsets.get(name)}
-  if dataset == "folder":
-    root = _require_root(config)
-    return {os.path.basename(os.path.normpath(root)): RecordSource(
-        w300.read_pts_folder(root, skip_bad=skip), skip)}
-  raise ValueError(f"config data.eval_dataset={dataset!r}: expected synthetic, 300w, wflw, "
-                   f"cofw68 or folder")
+    sources.update({name: RecordSource(subsets[name], skip) for name in splits
+                    if subsets.get(name)})
+  elif dataset == "folder":
+    # Any folder of images + .pts, or a tree of them (e.g. a 300-W-layout folder): one subset
+    # per folder, named by its path below the root.
+    field = "eval_root" if config.data.get("eval_root", "") else "root"
+    root = os.path.normpath(_require_root(config, field))
+    for folder in pts_folders(root):
+      name = os.path.relpath(folder, os.path.dirname(root) if folder == root else root)
+      sources[name] = RecordSource(w300.read_pts_folder(folder, subset=name, skip_bad=skip),
+                                   skip)
+  else:
+    raise ValueError(f"config data.eval_dataset={dataset!r}: expected synthetic, 300w, wflw, "
+                     f"cofw68 or folder")
+  if not sources:
+    raise ValueError(f"no evaluation subsets found for data.eval_splits={config.data.eval_splits}")
+  return sources
 
 
 def training_shapes(config, source) -> np.ndarray:

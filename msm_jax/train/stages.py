@@ -48,11 +48,11 @@ def hourglass_module(config) -> StackedHourglass:
 
 
 def generator_module(config) -> GDNN:
-  return GDNN()
+  return GDNN(width=config.stgan.generator_width)
 
 
 def discriminator_module(config) -> DDNN:
-  return DDNN()
+  return DDNN(width=config.stgan.discriminator_width)
 
 
 def _example_images(config) -> jax.Array:

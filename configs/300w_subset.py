@@ -1,0 +1,36 @@
+"""The pretrained model's recipe: the 1,207 real 300-W training faces at hand
+(`shared/data/300w_subset`: afw + part of helen/trainset, official layout), a seeded 10 %
+validation split by image, and an hourglass narrowed to train in CPU hours.
+
+  python train.py --config configs/300w_subset.py --workdir runs/300w_subset \
+      --config.data.root=../shared/data/300w_subset
+  python evaluate.py --config configs/300w_subset.py --workdir runs/300w_subset \
+      --config.data.root=../shared/data/300w_subset
+
+The data is for research, non-commercial use only; it is never part of this repository.
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.data.dataset = "300w"
+  config.data.root = "../shared/data/300w_subset"
+  config.data.train_split = "train"  # reads the afw + helen/trainset folders present
+  config.data.validation_fraction = 0.1
+  config.data.eval_splits = ("validation",)
+  config.data.worker_count = 0  # 2 CPU cores: both go to the training step
+
+  config.hourglass.width = 128  # 2.3 M parameters; 6.9 images/s on 2 CPU cores
+  config.hourglass.stem_widths = (32, 64, 64)
+  config.hourglass.learning_rate = 1e-3
+  config.hourglass.epochs = 60
+  config.hourglass.lr_halve_epochs = (40,)
+  config.stgan.epochs = 60
+  config.stgan.lr_halve_epochs = (40,)
+  config.stgan.discriminator_width = 0.25
+  config.shape.dictionary_size = 500
+  config.checkpoint.every_steps = 200
+  config.eval_every_steps = 1000
+  return config

@@ -1,0 +1,93 @@
+"""From config.data to sources: synthetic splits, validation carve-out, folder evaluation."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import synthetic as synthetic_config  # noqa: E402
+
+from msm_jax.data import datasets  # noqa: E402
+from msm_jax.data.records import FaceRecord  # noqa: E402
+
+
+def _tiny_synthetic():
+  config = synthetic_config.get_config()
+  config.data.train_size, config.data.validation_size, config.data.test_size = 6, 2, 3
+  return config
+
+
+def test_synthetic_splits_are_disjoint_ranges_of_one_generator():
+  config = _tiny_synthetic()
+  train, validation = datasets.train_and_validation_sources(config)
+  evaluation = datasets.eval_sources(config)
+  assert (len(train), len(validation)) == (6, 2)
+  assert {name: len(source) for name, source in evaluation.items()} == {"test": 3,
+                                                                         "occluded_test": 3}
+  # train 0-5, validation 6-7, test 8-10, occluded_test 11-13: face 8 of the generator is
+  # test face 0, and it differs from training face 0.
+  assert "face 8 of seed 0" in evaluation["test"][0]["name"]
+  assert "face 11 of seed 0" in evaluation["occluded_test"][0]["name"]
+  assert not np.array_equal(train[0]["landmarks"], evaluation["test"][0]["landmarks"])
+  # The clean test split has no occluders; the occluded one has them on every face.
+  assert not any(evaluation["test"][i]["occluded"].any() for i in range(3))
+  assert all(evaluation["occluded_test"][i]["occluded"].any() for i in range(3))
+
+
+def _record(name):
+  return FaceRecord(image_path=name, landmarks=np.zeros((68, 2), np.float32) + 5,
+                    box=np.array([0, 0, 10, 10], np.float32), subset="s")
+
+
+def test_validation_split_is_seeded_and_keeps_faces_of_one_image_together():
+  # 20 images, the first 5 with two faces each.
+  records = [_record(f"img{i}.jpg") for i in range(20)] + [_record(f"img{i}.jpg")
+                                                           for i in range(5)]
+  train, validation = datasets.split_validation(records, 0.2, seed=3)
+  again, _ = datasets.split_validation(records, 0.2, seed=3)
+  assert [r.source for r in train] == [r.source for r in again]
+  train_images = {r.source for r in train}
+  validation_images = {r.source for r in validation}
+  assert len(validation_images) == 4 and not train_images & validation_images
+  assert len(train) + len(validation) == 25
+  with pytest.raises(ValueError, match="validation_fraction"):
+    datasets.split_validation(records, 1.0, seed=0)
+
+
+def _write_face(folder, name):
+  folder.mkdir(parents=True, exist_ok=True)
+  Image.new("RGB", (40, 30)).save(folder / f"{name}.jpg")
+  points = "\n".join(f"{5 + i % 30} {4 + i % 20}" for i in range(68))
+  (folder / f"{name}.pts").write_text(f"version: 1\nn_points: 68\n{{\n{points}\n}}\n")
+
+
+def test_folder_evaluation_makes_one_subset_per_pts_folder(tmp_path):
+  root = tmp_path / "mydata"
+  _write_face(root / "afw", "a")
+  _write_face(root / "helen" / "trainset", "b")
+  _write_face(root / "helen" / "trainset", "c")
+  config = _tiny_synthetic()
+  config.data.eval_dataset, config.data.eval_splits = "folder", ()
+  config.data.eval_root = str(root)
+  sources = datasets.eval_sources(config)
+  assert {name: len(source) for name, source in sources.items()} == {"afw": 1,
+                                                                     "helen/trainset": 2}
+  # A flat folder is one subset named after the folder.
+  config.data.eval_root = str(root / "afw")
+  assert list(datasets.eval_sources(config)) == ["afw"]
+
+
+def test_missing_or_empty_roots_are_named(tmp_path):
+  config = _tiny_synthetic()
+  config.data.dataset = "300w"
+  with pytest.raises(ValueError, match="data.root is empty"):
+    datasets.train_and_validation_sources(config)
+  config.data.root = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    datasets.train_and_validation_sources(config)
+  config.data.eval_dataset, config.data.eval_root = "folder", str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="no .pts files"):
+    datasets.eval_sources(config)
