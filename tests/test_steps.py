@@ -118,3 +118,36 @@ def test_four_devices_give_the_same_update_as_one():
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=600)
   assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr
+
+
+def test_stgan_step_runs_algorithm_one_and_learns_theta_on_a_fixed_batch():
+  from msm_jax.models.ddnn import DDNN
+  from msm_jax.models.gdnn import GDNN
+  rng = np.random.default_rng(2)
+  generator, discriminator = GDNN(width=0.25), DDNN(width=0.125)
+  g_optimizer, d_optimizer = optax.adam(1e-2), optax.adam(1e-3)
+  example = jnp.zeros((1, 128, 128, 3))
+  state = new_train_state(0, {
+      "generator": init_model_state(generator, g_optimizer, jax.random.key(1), example),
+      "discriminator": init_model_state(discriminator, d_optimizer, jax.random.key(2), example)})
+  d_params_before = np.array(state.models["discriminator"].params["conv7"]["kernel"])
+  angle = 0.3
+  target = np.array([[np.cos(angle), -np.sin(angle), 0.1], [np.sin(angle), np.cos(angle), 0.0]],
+                    np.float32)
+  batch = {"fake": rng.integers(0, 256, (4, 128, 128, 3), dtype=np.uint8),
+           "real": rng.integers(0, 256, (4, 128, 128, 3), dtype=np.uint8),
+           "theta": np.broadcast_to(target, (4, 2, 3)).copy()}
+  mesh = parallel.data_mesh()
+  step = steps.make_stgan_step(generator, discriminator, g_optimizer, d_optimizer,
+                               theta_weight=1.0, adversarial_weight=0.5, mesh=mesh)
+  state = parallel.replicate(state, mesh)
+  errors = []
+  for _ in range(6):
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    errors.append(float(metrics["theta_error"]))
+  assert int(state.step) == 6
+  # The generator starts at the identity: ||I - target|| = sqrt(2 (1 - cos)^2 + 2 sin^2 + 0.01).
+  start = np.sqrt(2 * (1 - np.cos(angle)) ** 2 + 2 * np.sin(angle) ** 2 + 0.01)
+  assert errors[-1] < 0.8 * start, (start, errors)
+  assert not np.allclose(d_params_before, state.models["discriminator"].params["conv7"]["kernel"])
+  assert all(np.isfinite(float(value)) for value in metrics.values())
