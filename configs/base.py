@@ -10,7 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.stages = "all"  # comma list of: stgan, hourglass, dictionary; or "all"
+  config.stages = "all"  # comma list of stgan, hourglass, dictionary, resnet; "all" = first 3
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "300w"  # 300w | cofw | wflw | synthetic | folder
@@ -71,6 +71,14 @@ def get_config() -> ml_collections.ConfigDict:
   # (shared/notes/cpu_and_stack.md), spatial softmax cross-entropy did.
   config.hourglass.loss = "softmax_cross_entropy"  # or "mse"
   config.hourglass.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+
+  # Res-50 coordinate-regression baseline of the ablation (Sec. IV-G; stage "resnet").
+  config.resnet = ml_collections.ConfigDict()
+  config.resnet.width = 1.0  # multiplies ResNet-50's channels
+  config.resnet.batch_size = 16
+  config.resnet.epochs = 300  # as the hourglass
+  config.resnet.learning_rate = 5e-4
+  config.resnet.lr_halve_epochs = (100,)
 
   # Scores and exemplar shape reconstruction, Sec. III-B/C, IV-C, Table IX.
   config.shape = ml_collections.ConfigDict()

@@ -2,7 +2,8 @@
 
 For each subset the one-jit pipeline (Algorithm 2) runs twice, with the ST stage on and off;
 each run returns the landmarks before and after the shape repair, so the four ablation rows
-of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes. The full
+of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes, and the
+Res-50 rows (when that baseline was trained) two more. The full
 model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
 row gives the scale of the numbers. Table IX's threshold sweep reruns the pipeline with other
 thresholds (they are data, not compile-time constants, so nothing recompiles).
@@ -24,11 +25,6 @@ from msm_jax.data.synthetic import draw_landmarks
 
 FULL_MODEL = "ST-GAN + HG + SR"
 MEAN_SHAPE_TRAINING_FACES = 500  # enough for a stable mean; rendering more costs time
-
-
-def _variant_names(st: bool) -> tuple[str, str]:
-  prefix = "ST-GAN + " if st else ""
-  return prefix + "HG", prefix + "HG + SR"
 
 
 def predict_source(infer, variables, source, config) -> dict:
@@ -94,51 +90,65 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
   Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
 
 
+def _variants(model: model_io.TrainedModel, config) -> list[tuple[str, str | None, object]]:
+  """(row of the landmarks before repair, row after repair or None, inference function)."""
+  use_sr = "dictionary" in model.available
+  st_settings = (False, True) if "stgan" in model.available else (False,)
+  variants = []
+  for st in st_settings:
+    prefix = "ST-GAN + " if st else ""
+    infer = pipeline.make_inference_fn(model.generator, model.hourglass,
+                                       model_io.pipeline_options(config, st, use_sr))
+    variants.append((prefix + "HG", prefix + "HG + SR" if use_sr else None, infer))
+    if "resnet" in model.available:
+      infer = pipeline.make_inference_fn(
+          model.generator, model.resnet,
+          model_io.pipeline_options(config, st, False, landmark_network="regression"))
+      variants.append((prefix + "Res-50", None, infer))
+  return variants
+
+
 def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str:
   """Evaluate the workdir's trained model on the configured subsets; returns the Markdown."""
   scheme = landmarks.get_scheme(config.data.scheme)
   out_dir = out_dir or os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  generator, hourglass, variables, available = model_io.load_trained(config, workdir)
-  use_sr = "dictionary" in available
-  st_settings = (False, True) if "stgan" in available else (False,)
-  log(f"evaluating {sorted(available)} from {workdir}")
-  infer = {st: pipeline.make_inference_fn(generator, hourglass,
-                                          model_io.pipeline_options(config, st, use_sr))
-           for st in st_settings}
+  model = model_io.load_trained(config, workdir)
+  log(f"evaluating {sorted(model.available)} from {workdir}")
+  variants = _variants(model, config)
   threshold, norms = config.eval.failure_threshold, tuple(config.eval.norms)
   sources = datasets.eval_sources(config)
   baseline_shapes = mean_shape_in_crops(config)
+  dataset = config.data.get("eval_dataset", "") or config.data.dataset
+  with_occlusion = dataset in ("synthetic", "cofw68")  # ground-truth occlusion flags
 
-  rows, curves, full_predictions = {}, {}, {}
+  rows, curves = {}, {}
   for subset_name, source in sources.items():
-    with_occlusion = config.data.dataset == "synthetic" or config.data.get(
-        "eval_dataset", "") == "cofw"
-    for st in st_settings:
-      predictions = predict_source(infer[st], variables, source, config)
-      hg_name, sr_name = _variant_names(st)
-      named = [(hg_name, "hourglass")] + ([(sr_name, "final")] if use_sr else [])
+    overlay = None
+    for before_name, after_name, infer in variants:
+      predictions = predict_source(infer, model.variables, source, config)
+      named = [(before_name, "hourglass")] + ([(after_name, "final")] if after_name else [])
       for method, key in named:
         subset = _subset(subset_name, predictions, key, with_occlusion)
         rows.setdefault(method, {})[subset_name] = evaluation.subset_metrics(
             subset, scheme, norms, threshold)
         curves.setdefault(subset_name, {})[method] = evaluation.subset_nmes(subset, scheme)
-      full_predictions[subset_name] = predictions
+      if after_name or overlay is None:  # the last repaired variant: the full model
+        overlay = predictions
+    save_overlays(os.path.join(out_dir, f"overlay_{subset_name}.png"), overlay)
     baseline = evaluation.mean_shape_baseline(baseline_shapes, config.data.crop_size,
                                               predictions["crop_to_image"])
     baseline_subset = evaluation.SubsetPredictions(subset_name, baseline, predictions["gt"])
     rows.setdefault(reports.MEAN_SHAPE_METHOD, {})[subset_name] = evaluation.subset_metrics(
         baseline_subset, scheme, norms, threshold)
-    save_overlays(os.path.join(out_dir, f"overlay_{subset_name}.png"), predictions)
     log(f"  {subset_name}: {len(predictions['gt'])} faces")
 
-  tables = _tables(config, rows, sources, with_occlusion=any(
-      "nme_occluded_inter_ocular" in metrics for metrics in next(iter(rows.values())).values()))
-  best = max(st_settings)
+  tables = _tables(config, rows, sources, with_occlusion)
   sweep_subset = config.eval.get("threshold_sweep_subset", "") or next(iter(sources))
-  if use_sr and sweep_subset in sources:
-    tables.update(_threshold_sweep(infer[best], variables, sources[sweep_subset], sweep_subset,
-                                   config, scheme))
+  full = [infer for _, after, infer in variants if after == FULL_MODEL]
+  if full and sweep_subset in sources:
+    tables.update(_threshold_sweep(full[0], model.variables, sources[sweep_subset],
+                                   sweep_subset, config, scheme))
   markdown = reports.write_report(out_dir, "report", tables, curves, threshold)
   log(markdown)
   return markdown

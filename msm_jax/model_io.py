@@ -1,11 +1,14 @@
 """Load a trained MSM (the three stages' newest checkpoints + the dictionary) for inference.
 
-Returns the pieces `pipeline.make_inference_fn` needs: the two Flax modules, the variables
-dict and the `PipelineOptions` from the config. Missing stages are reported by name; the ST
-stage may be absent (then it is switched off), the hourglass may not.
+Returns the pieces `pipeline.make_inference_fn` needs: the Flax modules, the variables dict,
+and (`pipeline_options`) the `PipelineOptions` from the config. Missing stages are reported
+by name; the ST stage, the dictionary and the Res-50 baseline may be absent (their rows are
+then left out), the hourglass may not.
 """
 
+import dataclasses
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,35 +33,47 @@ def _restore_models(config, workdir: str, stage: str, fresh_state) -> dict | Non
   return None if restored is None else restored[0].models
 
 
-def pipeline_options(config, use_st: bool = True, use_sr: bool = True) -> pipeline.PipelineOptions:
+def pipeline_options(config, use_st: bool = True, use_sr: bool = True,
+                     landmark_network: str = "hourglass") -> pipeline.PipelineOptions:
   return pipeline.PipelineOptions(
       crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size,
       use_spatial_transformer=use_st, use_shape_reconstruction=use_sr,
+      landmark_network=landmark_network,
       heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
       decode_blur_sigma=config.hourglass.sigma, score_radius=config.shape.score_radius,
       num_neighbours=config.shape.num_neighbours, ridge_lambda=config.shape.ridge_lambda,
       replace=config.shape.replace)
 
 
-def load_trained(config, workdir: str):
-  """(generator, hourglass, variables, available) where `available` names the stages found."""
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  generator: Any  # GDNN module
+  hourglass: Any  # StackedHourglass module
+  resnet: Any  # ResNet50 module (the ablation baseline; its variables only if trained)
+  variables: dict  # what `pipeline.make_inference_fn`'s function takes
+  available: frozenset  # the stages found: stgan, hourglass, dictionary, resnet
+
+
+def _abstract(make_states, config):
+  """The fresh TrainState's shapes and dtypes, without computing anything."""
+  return jax.eval_shape(lambda: make_states(config, 1)[-1])
+
+
+def load_trained(config, workdir: str) -> TrainedModel:
+  """The newest checkpoint of every stage in `workdir`, and the dictionary."""
   scheme = landmarks.get_scheme(config.data.scheme)
-  # Shapes only: nothing is computed to build the restore targets.
-  hourglass_state = jax.eval_shape(lambda: stages.hourglass_states(config, 1)[-1])
-  hourglass_models = _restore_models(config, workdir, "hourglass", hourglass_state)
-  if hourglass_models is None:
+  variables, available = {"generator": {}}, set()
+  for stage, make_states, names in (
+      ("hourglass", stages.hourglass_states, ("hourglass",)),
+      ("stgan", stages.stgan_states, ("generator",)),
+      ("resnet", stages.resnet_states, ("resnet",))):
+    models = _restore_models(config, workdir, stage, _abstract(make_states, config))
+    if models is not None:
+      variables.update({name: models[name].variables for name in names})
+      available.add(stage)
+  if "hourglass" not in available:
     raise MissingStageError(f"no hourglass checkpoint in {workdir}/checkpoints/hourglass: "
                             f"run train.py with stages 'hourglass' first")
-  variables = {"hourglass": hourglass_models["hourglass"].variables}
-  available = {"hourglass"}
-
-  stgan_state = jax.eval_shape(lambda: stages.stgan_states(config, 1)[-1])
-  stgan_models = _restore_models(config, workdir, "stgan", stgan_state)
-  if stgan_models is not None:
-    variables["generator"] = stgan_models["generator"].variables
-    available.add("stgan")
-  else:
-    variables["generator"] = {}
 
   dictionary_path = os.path.join(workdir, stages.DICTIONARY_FILE)
   if os.path.exists(dictionary_path):
@@ -69,5 +84,5 @@ def load_trained(config, workdir: str):
   variables["dictionary"] = jnp.asarray(dictionary, jnp.float32)
   variables["thresholds"] = jnp.asarray(landmarks.region_thresholds(
       scheme, config.shape.contour_threshold, config.shape.feature_threshold))
-  return (stages.generator_module(config), stages.hourglass_module(config), variables,
-          frozenset(available))
+  return TrainedModel(stages.generator_module(config), stages.hourglass_module(config),
+                      stages.resnet_module(config), variables, frozenset(available))

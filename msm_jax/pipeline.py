@@ -45,6 +45,9 @@ class PipelineOptions:
   heatmap_size: int = 64
   use_spatial_transformer: bool = True  # the "ST" of the ablation tables
   use_shape_reconstruction: bool = True  # the "SR" of the ablation tables
+  # "hourglass" (the paper), or "regression": the Res-50 baseline of Sec. IV-G, which
+  # regresses coordinates directly (no heatmaps, hence no scores and no shape repair).
+  landmark_network: str = "hourglass"
   heatmaps_are_logits: bool = True  # trained with the spatial-softmax cross-entropy
   decode_method: str = "dark"
   decode_blur_sigma: float | None = 1.5
@@ -74,9 +77,11 @@ def _normalised_homogeneous(theta: jax.Array) -> jax.Array:
   return jnp.concatenate([theta, bottom], axis=-2)
 
 
-def make_inference_fn(generator, hourglass, options: PipelineOptions) -> Callable:
+def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Callable:
   """Build `infer(variables, images, boxes) -> dict`, jitted.
 
+  generator, landmark_model: the Flax modules: GDNN, and the stacked hourglass (or for
+    `landmark_network="regression"` the Res-50 baseline, its variables under "resnet").
   variables: {"generator": GDNN variables (unused when ST is off), "hourglass": hourglass
     variables, "dictionary": [N, L, 2] canonical shapes, "thresholds": [L] reliability
     thresholds (Table IX, per region)}.
@@ -102,20 +107,17 @@ def make_inference_fn(generator, hourglass, options: PipelineOptions) -> Callabl
     total_theta = (_normalised_homogeneous(crop_theta) @ _normalised_homogeneous(st_theta))[:, :2]
     canonical = sampler.warp(images, total_theta, (size, size))
 
-    stacks = hourglass.apply(variables["hourglass"], canonical, train=False)
-    maps = stacks[-1]
-    if options.heatmaps_are_logits:
-      maps = heatmap_lib.spatial_softmax(maps)
-    peaks = heatmap_lib.heatmap_argmax(maps)
-    decoded = heatmap_lib.decode_heatmaps(maps, options.decode_method,
-                                          blur_sigma=options.decode_blur_sigma)
-    points = heatmap_lib.heatmap_to_crop(decoded, size, options.heatmap_size)
-    scores = heatmap_lib.normalise_scores(
-        heatmap_lib.landmark_scores(maps, peaks, options.score_radius))
-    reliable = heatmap_lib.reliable_mask(scores, variables["thresholds"])
+    if options.landmark_network == "regression":
+      normalised = landmark_model.apply(variables["resnet"], canonical, train=False)
+      points = ((normalised + 1.0) * size - 1.0) / 2.0
+      scores = jnp.ones(points.shape[:2], jnp.float32)
+      reliable = jnp.ones(points.shape[:2], bool)
+    else:
+      points, scores, reliable = _heatmap_landmarks(landmark_model, variables, canonical,
+                                                    options)
 
     final = points
-    if options.use_shape_reconstruction:
+    if options.use_shape_reconstruction and options.landmark_network == "hourglass":
       final = _repair(points, reliable, variables["dictionary"], options)
 
     to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
@@ -129,6 +131,20 @@ def make_inference_fn(generator, hourglass, options: PipelineOptions) -> Callabl
     }
 
   return jax.jit(infer)
+
+
+def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions):
+  """Hourglass -> (crop-pixel landmarks, normalised Eq. 9 scores, reliability mask)."""
+  maps = hourglass.apply(variables["hourglass"], canonical, train=False)[-1]
+  if options.heatmaps_are_logits:
+    maps = heatmap_lib.spatial_softmax(maps)
+  peaks = heatmap_lib.heatmap_argmax(maps)
+  decoded = heatmap_lib.decode_heatmaps(maps, options.decode_method,
+                                        blur_sigma=options.decode_blur_sigma)
+  points = heatmap_lib.heatmap_to_crop(decoded, options.crop_size, options.heatmap_size)
+  scores = heatmap_lib.normalise_scores(
+      heatmap_lib.landmark_scores(maps, peaks, options.score_radius))
+  return points, scores, heatmap_lib.reliable_mask(scores, variables["thresholds"])
 
 
 def _repair(points, reliable, dictionary, options: PipelineOptions):

@@ -21,8 +21,10 @@ from msm_jax.train import run  # noqa: E402
 def _tiny_config():
   config = synthetic_config.get_config()
   config.data.train_size, config.data.validation_size, config.data.test_size = 16, 4, 4
-  config.hourglass.batch_size = config.stgan.batch_size = 8
-  config.hourglass.epochs = config.stgan.epochs = 1  # 2 steps each
+  config.stages = "all,resnet"
+  config.hourglass.batch_size = config.stgan.batch_size = config.resnet.batch_size = 8
+  config.hourglass.epochs = config.stgan.epochs = config.resnet.epochs = 1  # 2 steps each
+  config.resnet.width = 0.0625
   config.hourglass.width, config.hourglass.depth = 8, 2
   config.hourglass.stem_widths = (4, 4, 8)
   config.stgan.generator_width, config.stgan.discriminator_width = 0.25, 0.0625
@@ -42,15 +44,16 @@ def test_train_all_stages_then_evaluate(tmp_path):
     lines = open(os.path.join(workdir, "metrics", f"{stage}.jsonl")).read().splitlines()
     assert all(np.isfinite(v) for line in lines for k, v in json.loads(line).items()
                if k != "step")
-  _, _, _, available = model_io.load_trained(config, workdir)
-  assert available == {"stgan", "hourglass", "dictionary"}
+  assert model_io.load_trained(config, workdir).available == {"stgan", "hourglass", "dictionary",
+                                                              "resnet"}
 
   markdown = evaluation_run.evaluate(config, workdir, log=lambda _: None)
   report = json.load(open(os.path.join(workdir, "eval", "report.json")))
   ablation = report["tables"]["ablation"]
   assert "HG" in markdown and "ST-GAN + HG + SR" in markdown
   text = json.dumps(ablation)
-  for method in ("HG", "ST-GAN + HG", "HG + SR", "ST-GAN + HG + SR", "Mean shape"):
+  for method in ("Res-50", "ST-GAN + Res-50", "HG", "ST-GAN + HG", "HG + SR",
+                 "ST-GAN + HG + SR", "Mean shape"):
     assert f'"{method}"' in text, method
   assert len(report["tables"]["thresholds"]["rows"]) == 12
   assert "occlusion_occluded_test" in report["tables"]

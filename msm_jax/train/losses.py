@@ -105,6 +105,18 @@ def heatmap_softmax_cross_entropy(stacked_heatmaps: jax.Array, target_heatmaps: 
   return jnp.sum(per_stack)
 
 
+def coordinate_l1_loss(predicted: jax.Array, target: jax.Array, visible: jax.Array) -> jax.Array:
+  """The Res-50 baseline's regression loss (Sec. IV-G): mean absolute coordinate error.
+
+  The paper does not name the loss of its coordinate-regression baseline; L1 is the usual
+  choice for landmark regression (less pulled by the occasional bad target than L2).
+  predicted, target: [B, L, 2] normalised crop coordinates; visible: [B, L] bool.
+  """
+  weights = visible.astype(jnp.float32)[..., None]
+  total = jnp.sum(jnp.abs(predicted - target) * weights)
+  return total / jnp.maximum(2.0 * jnp.sum(weights), 1.0)
+
+
 HEATMAP_LOSSES = {
     "mse": lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target),
     "softmax_cross_entropy": heatmap_softmax_cross_entropy,

@@ -20,12 +20,11 @@ def train(config, workdir: str, log=print) -> None:
   started = time.perf_counter()
   for stage in stages.parse_stages(config.stages):
     stage_start = time.perf_counter()
-    if stage == "stgan":
-      stages.train_stgan(config, workdir, mesh, log)
-    elif stage == "hourglass":
-      stages.train_hourglass(config, workdir, mesh, log)
-    else:
+    if stage == "dictionary":
       stages.build_dictionary(config, workdir, log)
+    else:
+      {"stgan": stages.train_stgan, "hourglass": stages.train_hourglass,
+       "resnet": stages.train_resnet}[stage](config, workdir, mesh, log)
     log(f"[{stage}] done in {time.perf_counter() - stage_start:.0f} s")
   timing = {"train_seconds": time.perf_counter() - started}
   with open(os.path.join(workdir, "train_time.json"), "w") as file:

@@ -19,17 +19,21 @@ from msm_jax.data import datasets, input_pipeline, stgan_pairs
 from msm_jax.models.ddnn import DDNN
 from msm_jax.models.gdnn import GDNN
 from msm_jax.models.hourglass import StackedHourglass
+from msm_jax.models.resnet import ResNet50
 from msm_jax.train import checkpoints, loop, parallel, steps
 from msm_jax.train.state import halving_adam, init_model_state, new_train_state
 
-STAGES = ("stgan", "hourglass", "dictionary")
+PAPER_STAGES = ("stgan", "hourglass", "dictionary")  # what "all" trains
+STAGES = PAPER_STAGES + ("resnet",)  # + the Res-50 baseline of the ablation (Sec. IV-G)
 DICTIONARY_FILE = "dictionary.npz"
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
-  """"all" or a comma list of stage names, in the paper's order."""
-  names = STAGES if text == "all" else tuple(name.strip() for name in text.split(",") if name)
-  unknown = sorted(set(names) - set(STAGES))
+  """A comma list of stage names ("all" = the paper's three), returned in training order."""
+  names = set()
+  for name in (part.strip() for part in text.split(",")):
+    names.update(PAPER_STAGES if name == "all" else {name} if name else set())
+  unknown = sorted(names - set(STAGES))
   if unknown or not names:
     raise ValueError(f"stages={text!r}: choose 'all' or a comma list of {', '.join(STAGES)}")
   return tuple(stage for stage in STAGES if stage in names)
@@ -45,6 +49,10 @@ def hourglass_module(config) -> StackedHourglass:
       num_stacks=config.hourglass.num_stacks, depth=config.hourglass.depth,
       stem_widths=tuple(config.hourglass.stem_widths),
       dtype=jnp.dtype(config.hourglass.compute_dtype))
+
+
+def resnet_module(config) -> ResNet50:
+  return ResNet50(num_landmarks=num_landmarks(config), width=config.resnet.width)
 
 
 def generator_module(config) -> GDNN:
@@ -94,6 +102,16 @@ def hourglass_states(config, steps_per_epoch: int):
   return module, optimizer, state
 
 
+def resnet_states(config, steps_per_epoch: int):
+  """(module, optimizer, fresh TrainState) of the Res-50 baseline."""
+  module = resnet_module(config)
+  optimizer = halving_adam(config.resnet.learning_rate, steps_per_epoch,
+                           config.resnet.lr_halve_epochs)
+  state = new_train_state(config.seed, {"resnet": init_model_state(
+      module, optimizer, jax.random.key(config.seed), _example_images(config))})
+  return module, optimizer, state
+
+
 def stgan_states(config, steps_per_epoch: int):
   """(generator, discriminator, their optimizers, fresh TrainState) of the ST-GAN stage."""
   generator, discriminator = generator_module(config), discriminator_module(config)
@@ -121,16 +139,25 @@ def predict_crops(module, variables, crops, heatmap_size: int, logits: bool, sig
   return heatmap_lib.heatmap_to_crop(decoded, crops.shape[1], heatmap_size)
 
 
-def hourglass_validation_nme(config, module, source):
-  """A function state -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box crops."""
-  scheme = landmarks.get_scheme(config.data.scheme)
+def predict_crop_landmarks(config, model_name: str, module, variables, crops):
+  """The landmark network alone on [B, S, S, 3] float crops -> [B, L, 2] crop pixels."""
+  if model_name == "resnet":
+    normalised = module.apply(variables, crops, train=False)
+    return ((normalised + 1.0) * config.data.crop_size - 1.0) / 2.0
   logits = config.hourglass.loss == "softmax_cross_entropy"
-  forward = jax.jit(lambda variables, crops: predict_crops(
-      module, variables, crops.astype(jnp.float32) / 255.0, config.data.heatmap_size, logits,
-      config.hourglass.sigma))
+  return predict_crops(module, variables, crops, config.data.heatmap_size, logits,
+                       config.hourglass.sigma)
 
-  def evaluate(state):
-    variables = state.models["hourglass"].variables
+
+def landmark_validation_nme(config, model_name: str, module):
+  """A function (state, source) -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box
+  crops, for the hourglass or the Res-50 baseline."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  forward = jax.jit(lambda variables, crops: predict_crop_landmarks(
+      config, model_name, module, variables, crops.astype(jnp.float32) / 255.0))
+
+  def evaluate(state, source):
+    variables = state.models[model_name].variables
     nmes = []
     for batch in input_pipeline.eval_dataset(source, config, batch_size=config.eval.batch_size,
                                              crop_box="landmarks", worker_count=0):
@@ -141,35 +168,7 @@ def hourglass_validation_nme(config, module, source):
   return evaluate
 
 
-def train_hourglass(config, workdir: str, mesh, log=print):
-  """Stage 2 (Sec. III-B): heatmap regression with intermediate supervision."""
-  train_source, validation_source = datasets.train_and_validation_sources(config)
-  batch_size = config.hourglass.batch_size
-  parallel.check_batch_size(batch_size, mesh, "hourglass.batch_size")
-  steps_per_epoch = _steps_per_epoch(train_source, batch_size)
-  total_steps = int(config.hourglass.epochs * steps_per_epoch)
-  module, optimizer, state = hourglass_states(config, steps_per_epoch)
-  state = parallel.replicate(state, mesh)
-  iterator = iter(input_pipeline.hourglass_train_dataset(
-      train_source, _host_config(config, "hourglass.batch_size"),
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
-  manager = _manager(workdir, "hourglass", config)
-  state = _resume(manager, state, iterator, log, "hourglass")
-  step_fn = steps.make_hourglass_step(
-      module, optimizer, loss_name=config.hourglass.loss, sigma=config.hourglass.sigma,
-      crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size, mesh=mesh)
-  eval_fn = (hourglass_validation_nme(config, module, validation_source)
-             if validation_source is not None else None)
-  log(f"[hourglass] {len(train_source)} faces, {steps_per_epoch} steps/epoch, "
-      f"{total_steps} steps of batch {batch_size} on {mesh.devices.size} device(s)")
-  return loop.train_stage(
-      stage="hourglass", step_fn=step_fn, state=state, batches=iterator, data_iterator=iterator,
-      manager=manager, mesh=mesh, total_steps=total_steps, batch_size=batch_size,
-      workdir=workdir, log_every=config.log_every_steps, eval_fn=eval_fn,
-      eval_every=config.eval_every_steps, log=log)
-
-
-def template_distance(config, generator, source):
+def template_distance(config, generator):
   """A function state -> mean distance (px) of the warped anchors (pupils, mouth) to the
   canonical template, on detector-box crops: how canonical the ST-GAN's output is."""
   scheme = landmarks.get_scheme(config.data.scheme)
@@ -187,7 +186,7 @@ def template_distance(config, generator, source):
     points = np.stack([anchors.points(shape) for shape in in_canonical])
     return np.linalg.norm(points - template[None], axis=-1).mean(axis=-1)
 
-  def evaluate(state):
+  def evaluate(state, source):
     variables = state.models["generator"].variables
     warped, identity = [], []
     for batch in input_pipeline.eval_dataset(source, config, batch_size=config.eval.batch_size,
@@ -201,33 +200,62 @@ def template_distance(config, generator, source):
   return evaluate
 
 
-def train_stgan(config, workdir: str, mesh, log=print):
-  """Stage 1 (Sec. III-A, Algorithm 1): GDNN + DDNN."""
+def _run_stage(config, workdir: str, mesh, log, *, stage: str, section: str, make_dataset,
+               make_states, make_step, make_eval):
+  """Shared driver: sources, schedule, state, data iterator, resume, step, loop."""
   train_source, validation_source = datasets.train_and_validation_sources(config)
-  batch_size = config.stgan.batch_size
-  parallel.check_batch_size(batch_size, mesh, "stgan.batch_size")
+  batch_size = config[section].batch_size
+  parallel.check_batch_size(batch_size, mesh, f"{section}.batch_size")
   steps_per_epoch = _steps_per_epoch(train_source, batch_size)
-  total_steps = int(config.stgan.epochs * steps_per_epoch)
-  generator, discriminator, g_optimizer, d_optimizer, state = stgan_states(config, steps_per_epoch)
-  state = parallel.replicate(state, mesh)
-  iterator = iter(input_pipeline.stgan_train_dataset(
-      train_source, _host_config(config, "stgan.batch_size"),
-      shard_index=jax.process_index(), shard_count=jax.process_count()))
-  manager = _manager(workdir, "stgan", config)
-  state = _resume(manager, state, iterator, log, "stgan")
-  step_fn = steps.make_stgan_step(
-      generator, discriminator, g_optimizer, d_optimizer,
-      theta_weight=config.stgan.theta_weight,
-      adversarial_weight=config.stgan.adversarial_weight, mesh=mesh)
-  eval_fn = (template_distance(config, generator, validation_source)
-             if validation_source is not None else None)
-  log(f"[stgan] {len(train_source)} faces, {steps_per_epoch} steps/epoch, "
-      f"{total_steps} steps of batch {batch_size} on {mesh.devices.size} device(s)")
+  total_steps = int(config[section].epochs * steps_per_epoch)
+  states = make_states(config, steps_per_epoch)
+  state = parallel.replicate(states[-1], mesh)
+  iterator = iter(make_dataset(train_source, _host_config(config, f"{section}.batch_size"),
+                               shard_index=jax.process_index(),
+                               shard_count=jax.process_count()))
+  manager = _manager(workdir, stage, config)
+  state = _resume(manager, state, iterator, log, stage)
+  log(f"[{stage}] {len(train_source)} faces, {steps_per_epoch} steps/epoch, {total_steps} "
+      f"steps of batch {batch_size} on {mesh.devices.size} device(s)")
+  eval_fn = make_eval(states) if validation_source is not None else None
   return loop.train_stage(
-      stage="stgan", step_fn=step_fn, state=state, batches=iterator, data_iterator=iterator,
-      manager=manager, mesh=mesh, total_steps=total_steps, batch_size=batch_size,
-      workdir=workdir, log_every=config.log_every_steps, eval_fn=eval_fn,
+      stage=stage, step_fn=make_step(states), state=state, batches=iterator,
+      data_iterator=iterator, manager=manager, mesh=mesh, total_steps=total_steps,
+      batch_size=batch_size, workdir=workdir, log_every=config.log_every_steps,
+      eval_fn=eval_fn and (lambda state: eval_fn(state, validation_source)),
       eval_every=config.eval_every_steps, log=log)
+
+
+def train_stgan(config, workdir: str, mesh, log=print):
+  """Stage 1 (Sec. III-A, Algorithm 1): GDNN + DDNN on (I_fake, I_real, theta*)."""
+  return _run_stage(
+      config, workdir, mesh, log, stage="stgan", section="stgan",
+      make_dataset=input_pipeline.stgan_train_dataset, make_states=stgan_states,
+      make_step=lambda states: steps.make_stgan_step(
+          *states[:4], theta_weight=config.stgan.theta_weight,
+          adversarial_weight=config.stgan.adversarial_weight, mesh=mesh),
+      make_eval=lambda states: template_distance(config, states[0]))
+
+
+def train_hourglass(config, workdir: str, mesh, log=print):
+  """Stage 2 (Sec. III-B): heatmap regression with intermediate supervision."""
+  return _run_stage(
+      config, workdir, mesh, log, stage="hourglass", section="hourglass",
+      make_dataset=input_pipeline.hourglass_train_dataset, make_states=hourglass_states,
+      make_step=lambda states: steps.make_hourglass_step(
+          states[0], states[1], loss_name=config.hourglass.loss, sigma=config.hourglass.sigma,
+          crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size, mesh=mesh),
+      make_eval=lambda states: landmark_validation_nme(config, "hourglass", states[0]))
+
+
+def train_resnet(config, workdir: str, mesh, log=print):
+  """The Res-50 coordinate-regression baseline (Sec. IV-G), on the hourglass's crops."""
+  return _run_stage(
+      config, workdir, mesh, log, stage="resnet", section="resnet",
+      make_dataset=input_pipeline.hourglass_train_dataset, make_states=resnet_states,
+      make_step=lambda states: steps.make_regression_step(
+          states[0], states[1], crop_size=config.data.crop_size, mesh=mesh),
+      make_eval=lambda states: landmark_validation_nme(config, "resnet", states[0]))
 
 
 def build_dictionary(config, workdir: str, log=print) -> np.ndarray:

@@ -72,6 +72,33 @@ def make_hourglass_step(module, optimizer: optax.GradientTransformation, *, loss
   return _jit_step(step, mesh)
 
 
+def crop_to_normalised(points: jax.Array, crop_size: int) -> jax.Array:
+  """Crop pixels -> the normalised coordinates of Eq. 2: u = (2 x + 1) / S - 1."""
+  return (2.0 * points + 1.0) / crop_size - 1.0
+
+
+def make_regression_step(module, optimizer: optax.GradientTransformation, *, crop_size: int,
+                         mesh) -> Callable:
+  """The Res-50 baseline's update (Sec. IV-G): L1 on normalised landmark coordinates.
+  batch: as the hourglass's."""
+
+  def step(state: TrainState, batch: dict):
+    model_state = state.models["resnet"]
+    images = images_to_float(batch["images"])
+    targets = crop_to_normalised(batch["landmarks"], crop_size)
+
+    def objective(params):
+      predicted, new_stats = _apply_train(module, model_state, params, images)
+      return losses.coordinate_l1_loss(predicted, targets, batch["visible"]), new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
+    new_model = apply_gradients(model_state, grads, optimizer, new_stats)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return state.replace(step=state.step + 1, models={"resnet": new_model}), metrics
+
+  return _jit_step(step, mesh)
+
+
 def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
                     theta_weight: float, adversarial_weight: float, mesh) -> Callable:
   """The ST-GAN update of Algorithm 1. batch: fake uint8 [B, S, S, 3] (perturbed detector-like
