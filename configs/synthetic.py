@@ -26,19 +26,16 @@ def get_config():
   config.data.worker_count = 0  # 2 cores: the training step needs both
 
   config.stgan.batch_size = 16
-  config.stgan.epochs = 4
-  config.stgan.lr_halve_epochs = (3,)
+  config.stgan.epochs = 2
+  config.stgan.lr_halve_epochs = (1.5,)
   config.stgan.discriminator_width = 0.25  # Table II's 1024-kernel layers are CPU-heavy
 
   config.hourglass.width = 64
   config.hourglass.stem_widths = (32, 32, 64)
   config.hourglass.batch_size = 16
-  config.hourglass.epochs = 4
+  config.hourglass.epochs = 2
   config.hourglass.learning_rate = 1e-3
-  config.hourglass.lr_halve_epochs = (3,)
-
-  config.shape.dictionary_size = 200  # fewer training shapes than the paper's datasets
-  config.shape.num_neighbours = 50
+  config.hourglass.lr_halve_epochs = (1.5,)
 
   config.checkpoint.every_steps = 200
   config.log_every_steps = 25

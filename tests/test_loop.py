@@ -136,3 +136,13 @@ def test_sigkilled_training_resumes_to_the_same_parameters(tmp_path):
   assert step_a == step_b == steps_total
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                params_a, params_b)
+
+
+def test_restoring_into_another_architecture_is_a_short_clear_error(tmp_path):
+  manager = checkpoints.checkpoint_manager(str(tmp_path), every_steps=1, keep=1)
+  checkpoints.save(manager, 1, _toy_state(), {"position": 1}, {}, force=True)
+  other = new_train_state(0, {"toy": ModelState(params={"v": jnp.zeros((3,))}, batch_stats={},
+                                                opt_state=())})
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="does not fit") as error:
+    checkpoints.restore_latest(manager, other)
+  assert len(str(error.value)) < 1000

@@ -15,6 +15,10 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not match the state the current config builds."""
+
+
 def checkpoint_manager(directory: str, every_steps: int, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps, max_to_keep=keep, create=True,
@@ -42,7 +46,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
   if step is None:
     return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-      meta=ocp.args.JsonRestore()))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+  except ValueError as error:
+    # Orbax's message lists every array of the tree; the first line says what differs.
+    first_line = str(error).split(". Metadata keys")[0][:500]
+    raise CheckpointMismatchError(
+        f"checkpoint {manager.directory}/{step} does not fit the model the config builds "
+        f"(was it trained with another config or code version?): {first_line}") from None
   return restored["state"], restored["data"], restored["meta"]

@@ -38,7 +38,7 @@ class TrainState:
 def halving_adam(learning_rate: float, steps_per_epoch: int,
                  halve_after_epochs: Sequence[int]) -> optax.GradientTransformation:
   """Adam whose learning rate halves after each listed epoch (Sec. IV-C: "reduced by half")."""
-  boundaries = {int(epoch) * int(steps_per_epoch): 0.5 for epoch in halve_after_epochs}
+  boundaries = {int(round(float(epoch) * steps_per_epoch)): 0.5 for epoch in halve_after_epochs}
   schedule = optax.piecewise_constant_schedule(learning_rate, boundaries)
   return optax.adam(schedule)
 

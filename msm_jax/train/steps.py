@@ -11,7 +11,8 @@ the host ships only uint8 images and coordinates.
 
 ST-GAN (Algorithm 1), all four sub-steps inside one compiled update:
   1. G step on L_G (Eq. 5);
-  2. D step on real canonical faces (first term of Eq. 3);
+  2. D step on real canonical faces (first term of Eq. 3), masked to the part of the face the
+     fake crop covers, so that real and fake differ in pose and not in black borders;
   3. D step on warped faces G(I_fake) (second term of Eq. 3);
   4. G step on the generator's part of Eq. 6: L_G plus the G-dependent term of L_D, i.e.
      a * ||theta - theta*|| + (b + 1) * L_A, against the freshly updated D.
@@ -122,6 +123,10 @@ def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
     g_state, d_state = state.models["generator"], state.models["discriminator"]
     fake, real = images_to_float(batch["fake"]), images_to_float(batch["real"])
     target_theta = batch["theta"]
+    # D sees I_real only where I_fake has content (where theta* samples inside the crop).
+    # Warping a finite crop brings in black corners; unmasked, D separates real from fake by
+    # those corners alone, which says nothing about pose, and drowns the theta loss.
+    real = real * sampler.warp(jnp.ones_like(fake[..., :1]), target_theta, fake.shape[1:3])
     g_grad = jax.value_and_grad(generator_objective, has_aux=True)
     d_grad = jax.value_and_grad(discriminator_objective, has_aux=True)
 
