@@ -28,37 +28,36 @@ leaves open marked "(choice)":
   the stack's input.
 
 BatchNorm uses PyTorch's defaults (momentum 0.1 i.e. Flax ``momentum=0.9``, eps 1e-5)
-since the paper trained in PyTorch. Parameter count at the defaults (68 landmarks):
-8,701,768 (``tests/test_hourglass.py`` derives it layer by layer).
+since the paper trained in PyTorch; every conv has a bias. Parameter count at the
+defaults (68 landmarks): 8,701,768 (``tests/test_hourglass.py`` derives it layer by
+layer); the head's BatchNorm placement is the only part of the count the paper does not
+pin down.
 
-The 2x2 deconvolution, max-pool and 1x1 convs are the CPU-fast forms of ``layers.py``.
+The BN-ReLU pairs, 2x2 deconvolutions, max-pools and 1x1 convs are the CPU-fast forms of
+``layers.py`` (same functions as the plain Flax layers, proven in
+``tests/test_layers.py``). Training on CPU is fastest with the process-level settings
+measured in ``layers.py``'s docstring.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msm_jax.models.layers import Conv1x1, Deconv2x2, Dtype, max_pool_2x2
+from msm_jax.models.layers import BatchNormReLU, Conv1x1, Deconv2x2, Dtype, max_pool_2x2
 
 
 def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
   """Deconv kernel ``[2, 2, C, C]`` whose every tap is the identity: nearest upsampling."""
   del key
-  height, width, in_features, out_features = shape
+  _, _, in_features, out_features = shape
   if in_features != out_features:
     raise ValueError(f"nearest-upsampling init needs Cin == Cout, got kernel shape {shape}")
   return jnp.broadcast_to(jnp.eye(in_features, dtype=dtype), shape)
 
 
-class PreActivation(nn.Module):
+def _pre_activation(x: jax.Array, train: bool, dtype: Dtype) -> jax.Array:
   """BN then ReLU: the "batch normalization before the convolution" of Sec. III-B."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, param_dtype=jnp.float32)(x)
-    return nn.relu(x)
+  return BatchNormReLU(dtype=dtype)(x, use_running_average=not train)
 
 
 class ResidualUnit(nn.Module):
@@ -69,11 +68,11 @@ class ResidualUnit(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     bottleneck = self.features // 2
-    y = PreActivation(self.dtype)(x, train)
+    y = _pre_activation(x, train, self.dtype)
     y = Conv1x1(bottleneck, dtype=self.dtype)(y)
-    y = PreActivation(self.dtype)(y, train)
+    y = _pre_activation(y, train, self.dtype)
     y = nn.Conv(bottleneck, (3, 3), padding=1, dtype=self.dtype)(y)
-    y = PreActivation(self.dtype)(y, train)
+    y = _pre_activation(y, train, self.dtype)
     y = Conv1x1(self.features, dtype=self.dtype)(y)
     skip = x if x.shape[-1] == self.features else Conv1x1(
         self.features, dtype=self.dtype, name="skip")(x)
@@ -135,9 +134,9 @@ class StackedHourglass(nn.Module):
     conv3x3 = lambda features, name: nn.Conv(features, (3, 3), padding=1,
                                               dtype=self.dtype, name=name)
     x = conv3x3(self.stem_widths[0], "stem_conv1")(images)
-    x = conv3x3(self.stem_widths[1], "stem_conv2")(PreActivation(self.dtype)(x, train))
+    x = conv3x3(self.stem_widths[1], "stem_conv2")(_pre_activation(x, train, self.dtype))
     x = max_pool_2x2(x)
-    x = conv3x3(self.stem_widths[2], "stem_conv3")(PreActivation(self.dtype)(x, train))
+    x = conv3x3(self.stem_widths[2], "stem_conv3")(_pre_activation(x, train, self.dtype))
     x = ResidualUnit(self.width, self.dtype, name="stem_residual")(x, train)
 
     heatmaps = []
@@ -145,8 +144,8 @@ class StackedHourglass(nn.Module):
       y = HourglassModule(self.width, self.depth, self.dtype, name=f"hourglass{stack}")(x, train)
       y = ResidualUnit(self.width, self.dtype, name=f"head_residual{stack}")(y, train)
       y = Conv1x1(self.width, dtype=self.dtype, name=f"head_conv{stack}")(
-          PreActivation(self.dtype)(y, train))
-      y = PreActivation(self.dtype)(y, train)
+          _pre_activation(y, train, self.dtype))
+      y = _pre_activation(y, train, self.dtype)
       stack_heatmaps = Conv1x1(self.num_landmarks, dtype=self.dtype,
                                name=f"heatmaps{stack}")(y)
       heatmaps.append(stack_heatmaps.astype(jnp.float32))

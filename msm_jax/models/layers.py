@@ -16,16 +16,21 @@ elementwise ops:
   (``kernel [1, 1, Cin, Cout]``) and outputs as ``nn.Conv(Cout, (1, 1))``.
 * ``max_pool_2x2``: window maxima of a reshape, same values as
   ``nn.max_pool(x, (2, 2), strides=(2, 2))``.
+* ``BatchNormReLU``: ``nn.BatchNorm`` then ReLU with a hand-written gradient that reads
+  the activations twice instead of materialising XLA's chain of intermediates. Same
+  parameters, statistics and outputs as ``nn.relu(nn.BatchNorm(...)(x))``.
 
 ``tests/test_layers.py`` proves each equal to the plain op in values and in gradients
 with respect to input and kernel. All layers take ``[B, H, W, C]`` inputs.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 
@@ -111,3 +116,93 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   batch, height, width, channels = x.shape
   windows = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
   return jnp.max(windows, axis=(2, 4))
+
+
+def _batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel mean and biased variance of ``x [..., C]`` in float32, as ``nn.BatchNorm``
+  computes them (E[x^2] - E[x]^2 in one pass, clipped at zero)."""
+  axes = tuple(range(x.ndim - 1))
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axes)
+  mean_of_squares = jnp.mean(x * x, axes)
+  return mean, jnp.maximum(0.0, mean_of_squares - mean * mean)
+
+
+def _normalize_relu(x, mean, var, scale, bias, epsilon, dtype):
+  # Same operation order as flax.linen.normalization._normalize, so outputs match bit for bit.
+  multiplier = lax.rsqrt(var + epsilon) * scale
+  return jnp.maximum((x - mean) * multiplier + bias, 0.0).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_relu_train(x, scale, bias, epsilon, dtype):
+  """Training-mode BN + ReLU: ``x [..., C] -> (y [..., C] dtype, mean [C], var [C])``.
+
+  Normalises with the batch statistics (which are also returned, for the running
+  averages). The gradient takes two passes over ``x`` and the output gradient.
+  """
+  return _batch_norm_relu_forward(x, scale, bias, epsilon, dtype)[0]
+
+
+def _batch_norm_relu_forward(x, scale, bias, epsilon, dtype):
+  mean, var = _batch_statistics(x)
+  y = _normalize_relu(x, mean, var, scale, bias, epsilon, dtype)
+  return (y, mean, var), (x, mean, var, scale, bias)
+
+
+def _batch_norm_relu_backward(epsilon, dtype, residuals, cotangents):
+  x, mean, var, scale, bias = residuals
+  grad_y, grad_mean, grad_var = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  inv_std = lax.rsqrt(var + epsilon)
+  centred = x.astype(jnp.float32) - mean
+  normalized = centred * inv_std
+  # ReLU passes the gradient where its input was positive (jax.nn.relu's convention at 0).
+  grad_z = jnp.where(centred * (inv_std * scale) + bias > 0, grad_y.astype(jnp.float32), 0.0)
+  grad_bias = jnp.sum(grad_z, axes)
+  grad_scale = jnp.sum(grad_z * normalized, axes)
+  # d/dx of the normalisation through the batch mean and variance, plus the direct
+  # gradients of the returned statistics (zero when they only feed running averages).
+  grad_x = (inv_std * scale) * (grad_z - grad_bias / count - normalized * (grad_scale / count))
+  grad_x = grad_x + grad_mean / count + centred * (2.0 * grad_var / count)
+  return grad_x.astype(x.dtype), grad_scale.astype(scale.dtype), grad_bias.astype(bias.dtype)
+
+
+batch_norm_relu_train.defvjp(_batch_norm_relu_forward, _batch_norm_relu_backward)
+
+
+class BatchNormReLU(nn.Module):
+  """Batch normalisation over all but the last axis, then ReLU: ``[..., C] -> [..., C]``.
+
+  Drop-in for ``nn.relu(nn.BatchNorm(momentum, epsilon)(x, use_running_average))``:
+  same ``params`` (``scale``, ``bias``) and ``batch_stats`` (``mean``, ``var``, biased
+  variance), same running-average update. Statistics are float32 whatever ``dtype``.
+
+  Attributes:
+    momentum: running-average decay (0.9 = PyTorch's momentum 0.1).
+    epsilon: added to the variance.
+    dtype: output (compute) dtype; None keeps the input's.
+    param_dtype: dtype of scale and bias.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+    channels = x.shape[-1]
+    dtype = self.dtype or x.dtype
+    scale = self.param("scale", nn.initializers.ones_init(), (channels,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), (channels,), self.param_dtype)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    if use_running_average:
+      return _normalize_relu(x, running_mean.value, running_var.value, scale, bias,
+                             self.epsilon, dtype)
+    y, mean, var = batch_norm_relu_train(x, scale, bias, self.epsilon, dtype)
+    if not self.is_initializing():
+      running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+      running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+    return y

@@ -1,0 +1,133 @@
+"""Stacked hourglass (Sec. III-B, Fig. 3-4): parameter count by hand, shapes, wiring."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msm_jax.models.hourglass import StackedHourglass, _nearest_upsampling_init
+from msm_jax.models.layers import Deconv2x2
+
+TINY = dict(num_landmarks=5, width=16, num_stacks=2, depth=2, stem_widths=(8, 8, 16))
+
+
+def _count(tree):
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _numpy_variables(model, images, seed=0):
+  """Random parameters without ``model.init``: compiling Flax's threefry initialisers
+  costs ~10 s on CPU, far more than the tiny network itself."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype),
+                        shapes["params"])
+  batch_stats = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype),
+                             shapes["batch_stats"])
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def _expected_parameter_count(width=256, stems=(64, 64, 128), depth=4, stacks=2, landmarks=68):
+  """Layer by layer from the architecture of the module docstring: conv k*k*cin*cout +
+  cout (all convs have a bias), BatchNorm 2*c (scale and bias)."""
+  conv = lambda k, cin, cout: k * k * cin * cout + cout
+  batch_norm = lambda c: 2 * c
+
+  def residual(cin, cout):
+    half = cout // 2
+    total = (batch_norm(cin) + conv(1, cin, half) + batch_norm(half) + conv(3, half, half)
+             + batch_norm(half) + conv(1, half, cout))
+    return total + (conv(1, cin, cout) if cin != cout else 0)
+
+  stem = (conv(3, 3, stems[0]) + batch_norm(stems[0]) + conv(3, stems[0], stems[1])
+          + batch_norm(stems[1]) + conv(3, stems[1], stems[2]) + residual(stems[2], width))
+  # Per level: skip, down and up residual units and a 2x2 deconvolution; one more
+  # residual unit at the bottom.
+  hourglass = depth * (3 * residual(width, width) + 2 * 2 * width * width + width)
+  hourglass += residual(width, width)
+  head = (residual(width, width) + batch_norm(width) + conv(1, width, width)
+          + batch_norm(width) + conv(1, width, landmarks))
+  back = conv(1, width, width) + conv(1, landmarks, width)
+  return stem + stacks * (hourglass + head) + (stacks - 1) * back
+
+
+def test_full_size_parameter_count():
+  model = StackedHourglass()  # paper defaults: 2 stacks, depth 4, width 256, 68 maps
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 128, 128, 3))))
+  assert _count(variables["params"]) == _expected_parameter_count() == 8_701_768
+
+
+def test_small_parameter_count_follows_the_same_formula():
+  model = StackedHourglass(**TINY)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  assert _count(variables["params"]) == _expected_parameter_count(
+      width=16, stems=(8, 8, 16), depth=2, stacks=2, landmarks=5)
+
+
+def test_tiny_network_shapes_and_gradient():
+  model = StackedHourglass(**TINY)
+  images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+  variables = _numpy_variables(model, images)
+
+  @jax.jit
+  def heatmaps_and_per_stack_grads(params):
+    def forward(params):
+      return model.apply({**variables, "params": params}, images, train=True,
+                         mutable=["batch_stats"])[0]
+    heatmaps, backward = jax.vjp(forward, params)
+    # Row s: the gradient of sum(heatmaps[s]) (one compiled backward pass for both).
+    selectors = jnp.eye(2)[:, :, None, None, None, None] * jnp.ones_like(heatmaps)
+    return heatmaps, jax.vmap(backward)(selectors)[0]
+
+  heatmaps, grads = heatmaps_and_per_stack_grads(variables["params"])
+  assert heatmaps.shape == (2, 2, 32, 32, 5) and heatmaps.dtype == jnp.float32
+  largest = lambda tree, stack: max(float(jnp.abs(leaf[stack]).max())
+                                    for leaf in jax.tree.leaves(tree))
+  # Intermediate supervision: the first stack's maps do not see the second hourglass ...
+  assert largest(grads["hourglass1"], stack=0) == 0.0
+  assert largest(grads["hourglass0"], stack=0) > 0.0
+  # ... and the second stack reads the first one's heatmaps through the 1x1 conv back.
+  assert largest(grads["heatmaps_back0"], stack=1) > 0.0
+  assert largest(grads["stem_conv1"], stack=1) > 0.0
+
+
+def test_eval_mode_is_per_face_and_train_mode_is_per_batch():
+  model = StackedHourglass(**TINY)
+  images = jax.random.uniform(jax.random.key(2), (3, 64, 64, 3))
+  other_companions = images.at[1:].set(jax.random.uniform(jax.random.key(4), (2, 64, 64, 3)))
+  variables = _numpy_variables(model, images)
+  # Running averages: a face's heatmaps do not depend on the other faces of the batch ...
+  apply = jax.jit(lambda x: model.apply(variables, x, train=False))
+  np.testing.assert_array_equal(apply(images)[:, 0], apply(other_companions)[:, 0])
+  # ... batch statistics do, and training moves every running average.
+  train = jax.jit(lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"]))
+  heatmaps, stats = train(images)
+  assert float(jnp.abs(heatmaps[:, 0] - train(other_companions)[0][:, 0]).max()) > 1e-3
+  moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()),
+                       stats["batch_stats"], variables["batch_stats"])
+  assert min(jax.tree.leaves(moved)) > 0.0
+
+
+def test_deconvolutions_start_as_nearest_upsampling():
+  kernel = _nearest_upsampling_init(jax.random.key(0), (2, 2, 3, 3))
+  x = jax.random.normal(jax.random.key(3), (1, 2, 3, 3))
+  y = Deconv2x2(3).apply({"params": {"kernel": kernel, "bias": jnp.zeros(3)}}, x)
+  np.testing.assert_array_equal(y, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  with pytest.raises(ValueError, match="Cin == Cout"):
+    _nearest_upsampling_init(jax.random.key(0), (2, 2, 3, 4))
+
+
+def test_bfloat16_compute_float32_parameters_and_heatmaps():
+  model = StackedHourglass(**TINY, dtype=jnp.bfloat16)
+  images = jnp.ones((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+  assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+  assert jax.eval_shape(lambda v: model.apply(v, images), variables).dtype == jnp.float32
+  jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, images))(variables))
+  assert "bf16[1,64,64,8] = conv_general_dilated" in jaxpr  # the first stem convolution
+
+
+@pytest.mark.parametrize("shape", [(1, 100, 128, 3), (128, 128, 3)])
+def test_bad_image_shapes_are_named(shape):
+  with pytest.raises(ValueError, match="divisible by"):
+    StackedHourglass().init(jax.random.key(0), jnp.zeros(shape))

@@ -1,0 +1,163 @@
+"""The CPU-fast layers equal the plain Flax/lax ops in values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msm_jax.models.layers import (BatchNormReLU, Conv1x1, Deconv2x2, batch_norm_relu_train,
+                                   max_pool_2x2)
+
+
+def _random(seed, shape, scale=1.0, offset=0.0):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape) * scale + offset
+
+
+def _assert_close(actual, expected, rtol=1e-5, atol=1e-6):
+  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol),
+               actual, expected)
+
+
+def _values_and_gradients(module, variables, x, **kwargs):
+  """Output, d(loss)/d(params) and d(loss)/dx for loss = sum(output * fixed weights)."""
+  output = module.apply(variables, x, **kwargs)
+  weights = _random(99, output.shape)
+
+  def loss(params, x):
+    return jnp.sum(module.apply({**variables, "params": params}, x, **kwargs) * weights)
+
+  grad_params, grad_x = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+  return output, grad_params, grad_x
+
+
+def _randomise(params, seed):
+  leaves, tree = jax.tree.flatten(params)
+  return jax.tree.unflatten(tree, [_random(seed + i, leaf.shape) for i, leaf in enumerate(leaves)])
+
+
+def test_deconv_matches_conv_transpose():
+  x = _random(0, (2, 5, 6, 3))
+  reference = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
+  params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=10)
+  expected = _values_and_gradients(reference, {"params": params}, x)
+  actual = _values_and_gradients(Deconv2x2(4), {"params": params}, x)
+  assert actual[0].shape == (2, 10, 12, 4)
+  _assert_close(actual, expected)
+
+
+def test_deconv_paints_each_pixel_into_a_2x2_block():
+  # One input pixel of value 1 at (0, 0), one channel in and out: the output block
+  # (i, j) holds kernel[1 - i, 1 - j] (lax correlates with the dilated input).
+  x = jnp.zeros((1, 2, 2, 1)).at[0, 0, 0, 0].set(1.0)
+  kernel = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(2, 2, 1, 1)
+  params = {"kernel": kernel, "bias": jnp.zeros(1)}
+  y = Deconv2x2(1).apply({"params": params}, x)[0, :, :, 0]
+  np.testing.assert_array_equal(y, [[4, 3, 0, 0], [2, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_conv1x1_matches_conv():
+  x = _random(2, (2, 4, 3, 5))
+  reference = nn.Conv(7, (1, 1))
+  params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=20)
+  _assert_close(_values_and_gradients(Conv1x1(7), {"params": params}, x),
+                _values_and_gradients(reference, {"params": params}, x))
+
+
+def test_max_pool_matches_flax_max_pool():
+  x = _random(3, (2, 6, 4, 3))  # continuous values: every window has a unique maximum
+
+  def loss(pool, x):
+    return jnp.sum(pool(x) * _random(4, (2, 3, 2, 3)))
+
+  flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+  np.testing.assert_array_equal(jax.grad(loss, 1)(max_pool_2x2, x),
+                                jax.grad(loss, 1)(flax_pool, x))
+
+
+def test_max_pool_hand_case_and_ties():
+  x = jnp.array([[1.0, 5.0, 2.0, 2.0],
+                 [3.0, 4.0, 0.0, 1.0]]).reshape(1, 2, 4, 1)
+  np.testing.assert_array_equal(max_pool_2x2(x).ravel(), [5.0, 2.0])
+  grad = jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(x).reshape(2, 4)
+  # The unique maximum 5 takes the whole gradient; the tied 2s share it (documented).
+  np.testing.assert_array_equal(grad, [[0, 1, 0.5, 0.5], [0, 0, 0, 0]])
+
+
+def test_max_pool_rejects_odd_sizes():
+  with pytest.raises(ValueError, match="even H and W"):
+    max_pool_2x2(jnp.zeros((1, 5, 4, 2)))
+
+
+def _flax_batch_norm_relu():
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x, use_running_average):
+      return nn.relu(nn.BatchNorm(momentum=0.9, epsilon=1e-5)(x, use_running_average))
+  return Reference()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_relu_matches_flax(train):
+  x = _random(5, (4, 3, 5, 6), scale=2.0, offset=0.7)
+  reference = _flax_batch_norm_relu()
+  variables = reference.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  params = {"BatchNorm_0": {"scale": _random(6, (6,), 0.5, 1.0), "bias": _random(7, (6,), 0.5)}}
+  batch_stats = {"BatchNorm_0": {"mean": _random(8, (6,)), "var": _random(9, (6,)) ** 2 + 0.1}}
+  mutable = ["batch_stats"] if train else False
+
+  expected_y, expected_stats = reference.apply(
+      {"params": params, "batch_stats": batch_stats}, x, use_running_average=not train,
+      mutable=["batch_stats"])
+  ours = {"params": params["BatchNorm_0"], "batch_stats": batch_stats["BatchNorm_0"]}
+  actual_y, actual_stats = BatchNormReLU().apply(ours, x, use_running_average=not train,
+                                                 mutable=["batch_stats"])
+  _assert_close(actual_y, expected_y)
+  _assert_close(actual_stats["batch_stats"], expected_stats["batch_stats"]["BatchNorm_0"])
+
+  def strip(output):
+    return output[0] if mutable else output
+  weights = _random(10, x.shape)
+  expected_grads = jax.grad(lambda p, x: jnp.sum(strip(reference.apply(
+      {"params": p, "batch_stats": batch_stats}, x, use_running_average=not train,
+      mutable=mutable)) * weights), argnums=(0, 1))(params, x)
+  actual_grads = jax.grad(lambda p, x: jnp.sum(strip(BatchNormReLU().apply(
+      {"params": p, "batch_stats": ours["batch_stats"]}, x, use_running_average=not train,
+      mutable=mutable)) * weights), argnums=(0, 1))(ours["params"], x)
+  _assert_close(actual_grads[0], expected_grads[0]["BatchNorm_0"], rtol=1e-4, atol=1e-5)
+  _assert_close(actual_grads[1], expected_grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_relu_gradient_through_statistics():
+  # A loss that also uses the returned batch mean and variance: the hand-written
+  # gradient must match autodiff of a plain two-pass implementation.
+  x = _random(11, (3, 4, 4, 5), scale=1.5, offset=-0.3)
+  scale, bias = _random(12, (5,), 0.3, 1.0), _random(13, (5,), 0.3)
+
+  def plain(x, scale, bias):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean((x - mean) ** 2, (0, 1, 2))
+    return jax.nn.relu((x - mean) / jnp.sqrt(var + 1e-5) * scale + bias), mean, var
+
+  def loss(function, x, scale, bias):
+    y, mean, var = function(x, scale, bias)
+    return jnp.sum(y * jnp.cos(x)) + jnp.sum(mean ** 3) + jnp.sum(jnp.sqrt(var))
+
+  fused = lambda x, s, b: batch_norm_relu_train(x, s, b, 1e-5, jnp.float32)
+  _assert_close(jax.grad(loss, (1, 2, 3))(fused, x, scale, bias),
+                jax.grad(loss, (1, 2, 3))(plain, x, scale, bias), rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  x = _random(14, (2, 4, 4, 3)).astype(jnp.bfloat16)
+  for module in (Deconv2x2(5, dtype=jnp.bfloat16), Conv1x1(5, dtype=jnp.bfloat16),
+                 BatchNormReLU(dtype=jnp.bfloat16)):
+    kwargs = {"use_running_average": False} if isinstance(module, BatchNormReLU) else {}
+    variables = module.init(jax.random.PRNGKey(0), x, **kwargs)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    output = module.apply(variables, x, mutable=["batch_stats"], **kwargs)[0]
+    assert output.dtype == jnp.bfloat16
+    grad_x = jax.grad(lambda x: jnp.sum(module.apply(
+        variables, x, mutable=["batch_stats"], **kwargs)[0].astype(jnp.float32)))(x)
+    assert grad_x.dtype == jnp.bfloat16
