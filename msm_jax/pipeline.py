@@ -26,7 +26,6 @@ shape (weights = reliability); with fewer than two reliable landmarks every land
 """
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import geometry, heatmaps, pipeline, sampler, shape_dictionary
+from msm_jax import geometry, heatmaps, pipeline, shape_dictionary
 from msm_jax.landmarks import get_scheme, region_thresholds
 
 CROP, MAPS, L = 128, 64, 68

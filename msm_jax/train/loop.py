@@ -13,7 +13,6 @@ import os
 import time
 from typing import Callable, Iterator
 
-import jax
 import numpy as np
 
 from msm_jax.train import checkpoints

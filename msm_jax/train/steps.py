@@ -18,7 +18,6 @@ ST-GAN (Algorithm 1), all four sub-steps inside one compiled update:
      a * ||theta - theta*|| + (b + 1) * L_A, against the freshly updated D.
 """
 
-import functools
 from typing import Callable
 
 import jax
