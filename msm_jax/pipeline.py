@@ -108,7 +108,7 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
 
     if options.landmark_network == "regression":
       normalised = landmark_model.apply(variables["resnet"], canonical, train=False)
-      points = ((normalised + 1.0) * size - 1.0) / 2.0
+      points = normalised_to_crop(normalised, size)
       scores = jnp.ones(points.shape[:2], jnp.float32)
       reliable = jnp.ones(points.shape[:2], bool)
     else:
@@ -132,15 +132,25 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
   return jax.jit(infer)
 
 
-def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions):
-  """Hourglass -> (crop-pixel landmarks, normalised Eq. 9 scores, reliability mask)."""
-  maps = hourglass.apply(variables["hourglass"], canonical, train=False)[-1]
+def normalised_to_crop(normalised: jax.Array, crop_size: int) -> jax.Array:
+  """Normalised coordinates of Eq. 2 (the Res-50 baseline's outputs) -> crop pixels."""
+  return ((normalised + 1.0) * crop_size - 1.0) / 2.0
+
+
+def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOptions):
+  """The last stack's maps (probabilities) and their decoded landmarks in crop pixels."""
+  maps = hourglass.apply(hourglass_variables, crops, train=False)[-1]
   if options.heatmaps_are_logits:
     maps = heatmap_lib.spatial_softmax(maps)
-  peaks = heatmap_lib.heatmap_argmax(maps)
   decoded = heatmap_lib.decode_heatmaps(maps, options.decode_method,
                                         blur_sigma=options.decode_blur_sigma)
-  points = heatmap_lib.heatmap_to_crop(decoded, options.crop_size, options.heatmap_size)
+  return maps, heatmap_lib.heatmap_to_crop(decoded, options.crop_size, options.heatmap_size)
+
+
+def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions):
+  """Hourglass -> (crop-pixel landmarks, normalised Eq. 9 scores, reliability mask)."""
+  maps, points = hourglass_points(hourglass, variables["hourglass"], canonical, options)
+  peaks = heatmap_lib.heatmap_argmax(maps)
   scores = heatmap_lib.normalise_scores(
       heatmap_lib.landmark_scores(maps, peaks, options.score_radius))
   return points, scores, heatmap_lib.reliable_mask(scores, variables["thresholds"])

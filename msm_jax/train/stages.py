@@ -13,8 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msm_jax import geometry, landmarks, metrics, shape_dictionary
-from msm_jax import heatmaps as heatmap_lib
+from msm_jax import geometry, landmarks, metrics, pipeline, shape_dictionary
 from msm_jax.data import datasets, input_pipeline, stgan_pairs
 from msm_jax.models.ddnn import DDNN
 from msm_jax.models.gdnn import GDNN
@@ -130,23 +129,17 @@ def _steps_per_epoch(source, batch_size: int) -> int:
   return max(1, len(source) // batch_size)
 
 
-def predict_crops(module, variables, crops, heatmap_size: int, logits: bool, sigma: float):
-  """Hourglass alone on 128x128 crops: landmarks [B, L, 2] in crop pixels (jit me)."""
-  maps = module.apply(variables, crops, train=False)[-1]
-  if logits:
-    maps = heatmap_lib.spatial_softmax(maps)
-  decoded = heatmap_lib.decode_heatmaps(maps, "dark", blur_sigma=sigma)
-  return heatmap_lib.heatmap_to_crop(decoded, crops.shape[1], heatmap_size)
-
-
 def predict_crop_landmarks(config, model_name: str, module, variables, crops):
-  """The landmark network alone on [B, S, S, 3] float crops -> [B, L, 2] crop pixels."""
+  """The landmark network alone on [B, S, S, 3] float crops -> [B, L, 2] crop pixels, decoded
+  exactly as the inference pipeline does."""
   if model_name == "resnet":
-    normalised = module.apply(variables, crops, train=False)
-    return ((normalised + 1.0) * config.data.crop_size - 1.0) / 2.0
-  logits = config.hourglass.loss == "softmax_cross_entropy"
-  return predict_crops(module, variables, crops, config.data.heatmap_size, logits,
-                       config.hourglass.sigma)
+    return pipeline.normalised_to_crop(module.apply(variables, crops, train=False),
+                                       config.data.crop_size)
+  options = pipeline.PipelineOptions(
+      crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size,
+      heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
+      decode_blur_sigma=config.hourglass.sigma)
+  return pipeline.hourglass_points(module, variables, crops, options)[1]
 
 
 def landmark_validation_nme(config, model_name: str, module):
