@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from msm_jax.cli import configure_training_process
+from msm_jax.cli import configure_training_process, restart_with_jemalloc
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
                                           lock_config=True)
@@ -31,5 +31,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  restart_with_jemalloc()
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ imports `configs`
   app.run(main)
