@@ -25,8 +25,8 @@ def get_config():
   config.hourglass.width = 128  # 2.3 M parameters; 6.9 images/s on 2 CPU cores
   config.hourglass.stem_widths = (32, 64, 64)
   config.hourglass.learning_rate = 1e-3
-  config.hourglass.epochs = 45
-  config.hourglass.lr_halve_epochs = (30, 40)
+  config.hourglass.epochs = 28
+  config.hourglass.lr_halve_epochs = (18, 24)
   # Faces at prediction time come from a detector, not from the landmark box: wider scale and
   # shift jitter than the paper's, and occluders so that Eq. 9's scores see occlusion.
   config.augment.scale = 0.15

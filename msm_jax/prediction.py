@@ -1,0 +1,249 @@
+"""Landmarks for photos: the Python API behind `predict.py` (Algorithm 2 on face boxes).
+
+Each face box (given, or a Haar box through `detection.calibrated_face_box`) is treated like
+a training box: grown by `config.data.box_margin` and squared (`data/augment.face_crop_matrix`),
+and that square is what the one-jit pipeline crops to 128x128.
+
+Faces, not images, are batched. Every face travels as its own *window*: an integer-aligned
+square of the image around its crop square (CONTEXT times its side, so the ST stage can zoom
+out or rotate without leaving it), zero where it leaves the image. Copying pixels at integer
+offsets changes no bilinear sample, and zeros are what the pipeline samples outside an image,
+so a window gives the same landmarks as the whole image would. All windows are zero-padded to
+one size, so the pipeline compiles once per model, whatever the photos' sizes, and a batch
+holds no whole photos. Faces whose crop would be downscaled more than MAX_CROP_DOWNSCALE
+times (a 1000-pixel face to 128) first have their window resized with PIL's antialiasing
+filter: bilinear sampling alone would alias, and the model was trained on crops close to
+their native resolution (300-W faces of ~130 px).
+
+Coordinates: 0-based pixel coordinates of the image *as displayed* (EXIF orientation applied
+to files), integers at pixel centres (msm_jax/__init__.py).
+"""
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from msm_jax import detection, pipeline
+from msm_jax.data import images as image_io
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CONTEXT = 2.0  # window side / crop-square side
+MAX_CROP_DOWNSCALE = 1.5  # larger faces are resized (antialiased) to this x crop size first
+RELIABLE_COLOUR, REPAIRED_COLOUR, BOX_COLOUR = (40, 220, 40), (240, 40, 40), (60, 140, 255)
+
+
+class NoFaceFoundError(ValueError):
+  """The detector found no face in an image."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FacePrediction:
+  """One face. box: [4] the landmark-like face box used (x0, y0, x1, y1); detector_box: [4]
+  the raw Haar box, or None for given boxes; landmarks: [L, 2] float32 (x, y); scores: [L]
+  float32 (Eq. 9, normalised); reliable: [L] bool (False: replaced by the shape repair)."""
+  box: np.ndarray
+  detector_box: np.ndarray | None
+  landmarks: np.ndarray
+  scores: np.ndarray
+  reliable: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePrediction:
+  """source: the path (or "image <i>" for arrays); image_size: (height, width) upright;
+  faces: largest detected face first (given boxes: in their order); error: why it failed."""
+  source: str
+  image_size: tuple[int, int] | None
+  faces: list
+  error: str | None = None
+
+
+def load_upright(path: str) -> np.ndarray:
+  """[H, W, 3] uint8 RGB, rotated/flipped upright by the EXIF orientation tag."""
+  return image_io.load_image(path, apply_exif=True)
+
+
+def crop_squares(boxes: np.ndarray, margin: float) -> np.ndarray:
+  """[N, 4] face boxes -> [N, 4] crop squares: side margin * max(w, h) about the centre."""
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+  half = margin * np.max(boxes[:, 2:] - boxes[:, :2], axis=1, keepdims=True) / 2
+  return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def window_size(crop_size: int) -> int:
+  """The one padded window side: the largest window (a crop square of MAX_CROP_DOWNSCALE x
+  crop_size with CONTEXT around it, +2 for rounding) rounded up to a power of two."""
+  largest = math.ceil(CONTEXT * MAX_CROP_DOWNSCALE * crop_size) + 2
+  return 1 << (largest - 1).bit_length()
+
+
+def face_window(image: np.ndarray, square: np.ndarray, crop_size: int):
+  """Cut (and for large faces downscale) the window of one crop square.
+
+  Returns (window [n, n, 3] uint8, square in window pixels [4], window->image [3, 3]).
+  """
+  side = square[2] - square[0]
+  centre = (square[:2] + square[2:]) / 2
+  origin = np.floor(centre - CONTEXT * side / 2).astype(int)  # window pixel 0 = image pixel
+  size = int(math.ceil(CONTEXT * side)) + 2
+  window = np.zeros((size, size, 3), np.uint8)
+  height, width = image.shape[:2]
+  x0, y0 = max(origin[0], 0), max(origin[1], 0)
+  x1, y1 = min(origin[0] + size, width), min(origin[1] + size, height)
+  if x1 > x0 and y1 > y0:
+    window[y0 - origin[1]:y1 - origin[1], x0 - origin[0]:x1 - origin[0]] = image[y0:y1, x0:x1]
+  scale = 1.0
+  if side > MAX_CROP_DOWNSCALE * crop_size:
+    resized = max(1, round(size * MAX_CROP_DOWNSCALE * crop_size / side))
+    window = np.asarray(Image.fromarray(window).resize((resized, resized),
+                                                       Image.Resampling.BILINEAR))
+    scale = resized / size  # pixel edges scale: x' = (x + 0.5) * scale - 0.5
+  # image -> window: shift by the origin, then scale about the pixel-edge origin.
+  to_window = np.array([[scale, 0.0, (0.5 - origin[0]) * scale - 0.5],
+                        [0.0, scale, (0.5 - origin[1]) * scale - 0.5], [0.0, 0.0, 1.0]])
+  corners = np.stack([square[:2], square[2:]])
+  in_window = corners * scale + to_window[:2, 2]
+  return window, in_window.reshape(4), np.linalg.inv(to_window)
+
+
+def _as_image(item, index: int) -> tuple[str, np.ndarray]:
+  if isinstance(item, (str, os.PathLike)):
+    return os.fspath(item), load_upright(item)
+  image = np.asarray(item)
+  if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or min(image.shape[:2]) < 1:
+    raise ValueError(f"image {index}: want [H, W, 3] uint8 RGB, got {image.dtype} {image.shape}")
+  return f"image {index}", image
+
+
+def _face_boxes(image, given, calibration, source):
+  """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None)."""
+  if given is not None:
+    boxes = np.asarray(given, np.float64)
+    if boxes.ndim == 1:
+      boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.all(np.isfinite(boxes)) or np.any(
+        boxes[:, 2:] <= boxes[:, :2]):
+      raise ValueError(f"{source}: boxes must be [N, 4] finite (x0, y0, x1, y1) with x1 > x0, "
+                       f"y1 > y0; got {boxes.tolist()}")
+    return boxes, None
+  detected = detection.detect_faces(image, calibration.cascade)
+  if len(detected) == 0:
+    raise NoFaceFoundError(f"{source}: no face found (pass its box: boxes= or --boxes)")
+  return detection.calibrated_face_box(detected, calibration), detected
+
+
+def predict_images(model, images_or_paths, boxes=None, batch_size: int = 8,
+                   errors: str = "raise") -> list[ImagePrediction]:
+  """Landmarks of every face in every image.
+
+  Args:
+    model: a `pretrained.PretrainedModel` (`load_pretrained`, or `from_trained`).
+    images_or_paths: file paths (EXIF orientation applied) or [H, W, 3] uint8 RGB arrays.
+    boxes: None (Haar detector) or one entry per image: [N, 4] landmark-like face boxes
+      (x0, y0, x1, y1) in upright image pixels; the crop is the box x box_margin, squared.
+    batch_size: faces per pipeline call (the last batch is padded: one compilation).
+    errors: "raise" the first per-image error, or "collect" it in that image's result.
+  Returns:
+    one ImagePrediction per input, in order.
+  """
+  if errors not in ("raise", "collect"):
+    raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  items = list(images_or_paths)
+  if boxes is not None and len(boxes) != len(items):
+    raise ValueError(f"boxes: {len(boxes)} entries for {len(items)} images")
+  crop_size, margin = model.options.crop_size, float(model.config.data.box_margin)
+  results, faces = [], []  # faces: (image index, model box, detector box, window, square, back)
+  for index, item in enumerate(items):
+    source = f"image {index}"
+    try:
+      source, image = _as_image(item, index)
+      face_boxes, detector_boxes = _face_boxes(
+          image, None if boxes is None else boxes[index], model.calibration, source)
+    except (OSError, ValueError) as error:
+      if errors == "raise":
+        raise
+      results.append(ImagePrediction(source, None, [], str(error)))
+      continue
+    results.append(ImagePrediction(source, image.shape[:2], []))
+    for face, square in enumerate(crop_squares(face_boxes, margin)):
+      window, window_square, back = face_window(image, square, crop_size)
+      faces.append((index, face_boxes[face], None if detector_boxes is None else
+                    detector_boxes[face], window, window_square, back))
+
+  side = window_size(crop_size)
+  for start in range(0, len(faces), batch_size):
+    chunk = faces[start:start + batch_size]
+    windows, _ = pipeline.pad_images([face[3] for face in chunk])
+    batch = np.zeros((batch_size, side, side, 3), np.uint8)
+    batch[:len(chunk), :windows.shape[1], :windows.shape[2]] = windows
+    squares = np.tile(np.array([-0.5, -0.5, crop_size - 0.5, crop_size - 0.5]), (batch_size, 1))
+    squares[:len(chunk)] = [face[4] for face in chunk]
+    out = model.infer(model.model.variables, batch, squares.astype(np.float32))
+    landmarks = np.asarray(out["landmarks"], np.float64)
+    scores, reliable = np.asarray(out["scores"]), np.asarray(out["reliable"])
+    for row, (index, box, detector_box, _, _, back) in enumerate(chunk):
+      points = landmarks[row] @ back[:2, :2].T + back[:2, 2]
+      results[index].faces.append(FacePrediction(
+          box=np.asarray(box, np.float32),
+          detector_box=None if detector_box is None else np.asarray(detector_box, np.float32),
+          landmarks=points.astype(np.float32), scores=scores[row].astype(np.float32),
+          reliable=reliable[row].astype(bool)))
+  return results
+
+
+def prediction_to_json(result: ImagePrediction, exif_orientation: int | None = None) -> dict:
+  """The JSON document `predict.py` writes per image."""
+  document = {
+      "image": result.source,
+      "coordinates": "0-based pixels of the upright image (EXIF orientation applied), "
+                     "x right, y down, integer values at pixel centres",
+      "image_size": None if result.image_size is None else
+      {"height": int(result.image_size[0]), "width": int(result.image_size[1])},
+      "exif_orientation": exif_orientation,
+      "faces": [{
+          "box": [round(float(v), 2) for v in face.box],
+          "box_source": "given" if face.detector_box is None else "haar_calibrated",
+          "detector_box": None if face.detector_box is None else
+          [round(float(v), 2) for v in face.detector_box],
+          "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in face.landmarks],
+          "scores": [round(float(s), 4) for s in face.scores],
+          "reliable": [bool(r) for r in face.reliable],
+      } for face in result.faces],
+  }
+  if result.error:
+    document["error"] = result.error
+  return document
+
+
+def exif_orientation(path: str) -> int | None:
+  """The EXIF orientation tag (1-8) of a file, None when absent or unreadable."""
+  try:
+    with Image.open(path) as image:
+      value = image.getexif().get(0x0112)
+  except (OSError, ValueError, SyntaxError):
+    return None
+  return None if value is None else int(value)
+
+
+def save_overlay(path: str, image: np.ndarray, faces) -> None:
+  """PNG of the image with each face's box (blue), reliable landmarks (green) and repaired
+  landmarks (red: unreliable, replaced by the shape dictionary)."""
+  canvas = Image.fromarray(np.asarray(image, np.uint8))
+  draw = ImageDraw.Draw(canvas)
+  for face in faces:
+    box = [float(v) for v in face.box]
+    side = max(box[2] - box[0], box[3] - box[1])
+    radius, width = max(1.0, side / 90), max(1, round(side / 150))
+    draw.rectangle([box[0] + 0.5, box[1] + 0.5, box[2] + 0.5, box[3] + 0.5],
+                   outline=BOX_COLOUR, width=width)
+    for (x, y), reliable in zip(face.landmarks, face.reliable):
+      x, y = float(x) + 0.5, float(y) + 0.5  # PIL draws in pixel-edge coordinates
+      draw.ellipse([x - radius, y - radius, x + radius, y + radius],
+                   fill=RELIABLE_COLOUR if reliable else REPAIRED_COLOUR)
+  canvas.save(path, format="PNG")

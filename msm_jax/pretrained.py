@@ -1,0 +1,271 @@
+"""The shipped-model format (`pretrained/`): what Algorithm 2 needs at inference, no pickle.
+
+A package is a folder with two files:
+
+  config.json   {"format": "msm-jax-pretrained", "format_version": 1,
+                 "config":    the training config (ml_collections, as JSON),
+                 "inference": {"use_spatial_transformer": bool,   # the ST of Tables VII/VIII
+                               "use_shape_reconstruction": bool}, # the SR
+                 "stages":    the trained stages packaged (stgan, hourglass, dictionary),
+                 "detector":  the Haar-box calibration (msm_jax.detection)}
+  weights.npz   float32 arrays under "/"-joined keys: generator/params/... (only when the
+                ST-GAN was trained), hourglass/params/..., hourglass/batch_stats/...,
+                dictionary [N, L, 2] (Sec. III-C) and thresholds [L] (Table IX).
+
+Only inference variables are kept (no optimiser state, no discriminator). The modules are
+rebuilt from the config, and every array is checked against the shapes those modules expect,
+so a package from another config or code version fails with a message naming the file.
+
+  python -m msm_jax.pretrained --config configs/300w_subset.py --workdir runs/300w_subset \
+      --out pretrained/ [--detector_calibration calibration.json] [--spatial_transformer off]
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from msm_jax import detection, landmarks, model_io, pipeline
+from msm_jax.train import stages
+
+FORMAT = "msm-jax-pretrained"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.npz"
+_NETWORKS = ("generator", "hourglass")  # the Flax variables trees packaged, by key prefix
+
+
+class PackageError(ValueError):
+  """A pretrained package is missing, unreadable or does not fit the code."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PretrainedModel:
+  """Everything `prediction.predict_images` needs.
+
+  model: modules + variables (as `model_io.load_trained` returns them; no Res-50).
+  options: the pipeline options (crop size, ST/SR switches, decoding, repair).
+  config: the training config (box_margin, landmark scheme, ...).
+  calibration: Haar box -> landmark-box convention.
+  """
+  model: model_io.TrainedModel
+  options: pipeline.PipelineOptions
+  config: ml_collections.ConfigDict
+  calibration: detection.DetectorCalibration
+
+  @functools.cached_property
+  def infer(self):
+    """The one-jit pipeline, built once so every call reuses its compilations."""
+    return pipeline.make_inference_fn(self.model.generator, self.model.hourglass, self.options)
+
+
+def from_trained(model: model_io.TrainedModel, config, use_spatial_transformer: bool | None = None,
+                 calibration: detection.DetectorCalibration | None = None) -> PretrainedModel:
+  """A live `TrainedModel` as a PretrainedModel (ST on when trained unless told otherwise,
+  SR on when the dictionary exists)."""
+  use_st = "stgan" in model.available if use_spatial_transformer is None else (
+      use_spatial_transformer)
+  if use_st and "stgan" not in model.available:
+    raise ValueError("use_spatial_transformer=True but the ST-GAN stage was not trained")
+  options = model_io.pipeline_options(config, use_st, "dictionary" in model.available)
+  return PretrainedModel(model, options, config,
+                         calibration or detection.DEFAULT_CALIBRATION)
+
+
+def _flat_weights(model: model_io.TrainedModel) -> dict[str, np.ndarray]:
+  variables = {name: model.variables[name] for name in _NETWORKS if model.variables.get(name)}
+  flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
+  flat["dictionary"] = model.variables["dictionary"]
+  flat["thresholds"] = model.variables["thresholds"]
+  return {key: np.asarray(value, np.float32) for key, value in flat.items()}
+
+
+def write_package(pretrained: PretrainedModel, out_dir: str) -> dict:
+  """Write `pretrained` as a package folder (see the module docstring).
+
+  Returns {"directory", "stages", "bytes" (total), "files": {name: bytes}}.
+  """
+  model = pretrained.model
+  stages_packaged = sorted(model.available - {"resnet"})
+  os.makedirs(out_dir, exist_ok=True)
+  weights_path = os.path.join(out_dir, WEIGHTS_FILE)
+  with open(weights_path + ".tmp", "wb") as file:  # renamed when complete: never half-written
+    np.savez(file, **_flat_weights(model))
+  os.replace(weights_path + ".tmp", weights_path)
+  header = {
+      "format": FORMAT, "format_version": FORMAT_VERSION,
+      "config": json.loads(pretrained.config.to_json_best_effort()),
+      "inference": {"use_spatial_transformer": pretrained.options.use_spatial_transformer,
+                    "use_shape_reconstruction": pretrained.options.use_shape_reconstruction},
+      "stages": stages_packaged,
+      "detector": pretrained.calibration.to_dict(),
+  }
+  config_path = os.path.join(out_dir, CONFIG_FILE)
+  with open(config_path + ".tmp", "w") as file:
+    json.dump(header, file, indent=2)
+  os.replace(config_path + ".tmp", config_path)
+  files = {name: os.path.getsize(os.path.join(out_dir, name))
+           for name in (CONFIG_FILE, WEIGHTS_FILE)}
+  return {"directory": out_dir, "stages": stages_packaged, "bytes": sum(files.values()),
+          "files": files}
+
+
+def package_pretrained(config, workdir: str, out_dir: str,
+                       detector_calibration: detection.DetectorCalibration | None = None,
+                       use_spatial_transformer: bool | None = None) -> dict:
+  """Package `workdir`'s newest checkpoints (`model_io.load_trained`) into `out_dir`.
+
+  use_spatial_transformer: None = on when the ST-GAN stage was trained.
+  Returns what `write_package` returns (the size in bytes included).
+  """
+  model = model_io.load_trained(config, workdir)
+  return write_package(from_trained(model, config, use_spatial_transformer,
+                                    detector_calibration), out_dir)
+
+
+def _read_header(path: str) -> dict:
+  try:
+    with open(path) as file:
+      header = json.load(file)
+  except json.JSONDecodeError as error:
+    raise PackageError(f"{path}: not valid JSON ({error})") from None
+  if not isinstance(header, dict) or header.get("format") != FORMAT:
+    raise PackageError(f"{path}: not an msm-jax pretrained package (no \"format\": \"{FORMAT}\")")
+  if header.get("format_version") != FORMAT_VERSION:
+    raise PackageError(f"{path}: format_version {header.get('format_version')} is not "
+                       f"supported (this code reads {FORMAT_VERSION})")
+  for key in ("config", "inference", "stages"):
+    if key not in header:
+      raise PackageError(f"{path}: missing the \"{key}\" section")
+  return header
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      return {name: archive[name] for name in archive.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    raise PackageError(f"{path}: not a readable weights .npz ({type(error).__name__}: "
+                       f"{error})") from None
+
+
+def _expected_shapes(module, config) -> dict[str, tuple]:
+  size = config.data.crop_size
+  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0),
+                                                jnp.zeros((1, size, size, 3)), train=False))
+  return {key: tuple(value.shape)
+          for key, value in traverse_util.flatten_dict(abstract, sep="/").items()}
+
+
+def _network_variables(weights, prefix, module, config, path) -> dict:
+  """The `prefix/...` arrays, checked against the module's own shapes, as a variables tree."""
+  found = {key[len(prefix) + 1:]: value for key, value in weights.items()
+           if key.startswith(prefix + "/")}
+  expected = _expected_shapes(module, config)
+  missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+  if missing or extra:
+    raise PackageError(f"{path}: {prefix} weights do not fit the network config.json builds "
+                       f"(missing {missing[:3]}, unexpected {extra[:3]}): package made with "
+                       f"another config or code version?")
+  for key, shape in expected.items():
+    if found[key].shape != shape:
+      raise PackageError(f"{path}: {prefix}/{key} has shape {found[key].shape}, the network "
+                         f"of config.json expects {shape}")
+  return traverse_util.unflatten_dict({key: jnp.asarray(value) for key, value in found.items()},
+                                      sep="/")
+
+
+def load_pretrained(directory: str) -> PretrainedModel:
+  """Read a package written by `package_pretrained`.
+
+  Raises FileNotFoundError (no folder / file) or PackageError (a ValueError naming the file:
+  corrupt, wrong format version, arrays that do not fit the config's networks).
+  """
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"pretrained package folder not found: {directory}")
+  config_path = os.path.join(directory, CONFIG_FILE)
+  weights_path = os.path.join(directory, WEIGHTS_FILE)
+  for path in (config_path, weights_path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"pretrained package incomplete: {path} not found")
+  header = _read_header(config_path)
+  config = ml_collections.ConfigDict(header["config"])
+  available = frozenset(header["stages"])
+  try:
+    use_st = bool(header["inference"]["use_spatial_transformer"])
+    use_sr = bool(header["inference"]["use_shape_reconstruction"])
+    scheme = landmarks.get_scheme(config.data.scheme)
+    generator, hourglass = stages.generator_module(config), stages.hourglass_module(config)
+  except (KeyError, AttributeError, TypeError, ValueError) as error:
+    raise PackageError(f"{config_path}: incomplete config or inference section "
+                       f"({type(error).__name__}: {error})") from None
+  calibration = detection.DetectorCalibration.from_dict(
+      header.get("detector", detection.DEFAULT_CALIBRATION.to_dict()), config_path)
+  if use_st and "stgan" not in available:
+    raise PackageError(f"{config_path}: use_spatial_transformer is true but the package has "
+                       f"no ST-GAN stage")
+  if use_sr and "dictionary" not in available:
+    raise PackageError(f"{config_path}: use_shape_reconstruction is true but the package has "
+                       f"no dictionary")
+
+  weights = _read_weights(weights_path)
+  variables = {"generator": {}}
+  if "stgan" in available:
+    variables["generator"] = _network_variables(weights, "generator", generator, config,
+                                                weights_path)
+  variables["hourglass"] = _network_variables(weights, "hourglass", hourglass, config,
+                                              weights_path)
+  for key, shape in (("dictionary", (None, scheme.num_points, 2)),
+                     ("thresholds", (scheme.num_points,))):
+    value = weights.get(key)
+    if value is None or value.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(value.shape, shape)):
+      raise PackageError(f"{weights_path}: '{key}' must have shape {shape} (None: any), got "
+                         f"{None if value is None else value.shape}")
+    variables[key] = jnp.asarray(value, jnp.float32)
+  model = model_io.TrainedModel(generator, hourglass, None, variables, available)
+  options = model_io.pipeline_options(config, use_st, use_sr)
+  return PretrainedModel(model, options, config, calibration)
+
+
+def _cli() -> None:
+  """`python -m msm_jax.pretrained`: flags are defined here, not at import, so importing this
+  module from train.py / evaluate.py (which define --config) cannot clash."""
+  import sys
+  from absl import app, flags
+  from ml_collections import config_flags
+  sys.path.insert(0, os.getcwd())  # config files import `configs`
+  config_flag = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
+                                                lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  out = flags.DEFINE_string("out", "pretrained", "Package folder to write.")
+  calibration_file = flags.DEFINE_string(
+      "detector_calibration", None, "JSON of `python -m msm_jax.detection` (default: the "
+      "built-in 300-W calibration).")
+  st_switch = flags.DEFINE_enum("spatial_transformer", "auto", ["auto", "on", "off"],
+                                "Use the ST stage by default (auto: when it was trained).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    del argv
+    calibration = None
+    if calibration_file.value:
+      with open(calibration_file.value) as file:
+        calibration = detection.DetectorCalibration.from_dict(json.load(file),
+                                                              calibration_file.value)
+    use_st = {"auto": None, "on": True, "off": False}[st_switch.value]
+    info = package_pretrained(config_flag.value, workdir.value, out.value, calibration, use_st)
+    print(json.dumps(info, indent=2))
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _cli()

@@ -1,0 +1,174 @@
+"""68 face landmarks for photos with the shipped pretrained MSM (Algorithm 2).
+
+  python predict.py face.jpg
+  python predict.py photos/ more.png --out predictions/ --batch-size 8
+  python predict.py group.jpg --boxes boxes.json --model pretrained/
+
+Folders are walked for image files (.jpg .jpeg .png .bmp .tif .tiff .webp). Faces are found
+with OpenCV's Haar cascade, calibrated to the training crops, unless --boxes gives them:
+
+  boxes.json = {"photos/a.jpg": [[x0, y0, x1, y1], ...], "b.png": [[x0, y0, x1, y1]]}
+
+A key is the image path as given (or as found in a folder) or its file name alone; boxes are
+in pixels of the upright image (EXIF orientation applied), ideally the tight box around the
+68 landmarks: the model crops that box grown 1.25 times and squared, as in training.
+
+Writes per image <stem>.json (faces: box, 68 landmarks in 0-based pixels of the upright image,
+per-landmark scores, reliable flags) and <stem>_overlay.png (green: reliable landmarks, red:
+repaired by the shape dictionary, blue: the box) into --out. A file that cannot be read, or
+with no face found, is reported and skipped; the exit status is 1 if any file failed, 2 for a
+bad boxes.json or a missing model.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+  parser.add_argument("--boxes", help="boxes.json (format above); default: the Haar face detector")
+  parser.add_argument("--out", default="predictions", help="output folder")
+  parser.add_argument("--batch-size", type=int, default=8, help="faces per model call")
+  parser.add_argument("--model", default=DEFAULT_MODEL, help="pretrained package folder")
+  return parser.parse_args(argv)
+
+
+def collect_images(paths, extensions) -> tuple[list[str], list[tuple[str, str]]]:
+  """(image files, [(path, error)] for paths that do not exist)."""
+  files, missing = [], []
+  for path in paths:
+    if os.path.isdir(path):
+      for folder, subfolders, names in os.walk(path):
+        subfolders.sort()
+        files += [os.path.join(folder, name) for name in sorted(names)
+                  if name.lower().endswith(extensions)]
+    elif os.path.isfile(path):
+      files.append(path)
+    else:
+      missing.append((path, f"{path}: no such file or folder"))
+  return files, missing
+
+
+def read_boxes(path: str) -> dict[str, np.ndarray]:
+  """boxes.json -> {key: [N, 4] float64}; ValueError naming the file and key if malformed."""
+  try:
+    with open(path) as file:
+      table = json.load(file)
+  except (OSError, json.JSONDecodeError) as error:
+    raise ValueError(f"{path}: cannot read boxes ({error})") from None
+  if not isinstance(table, dict):
+    raise ValueError(f"{path}: want an object {{\"image\": [[x0, y0, x1, y1], ...]}}")
+  boxes = {}
+  for key, value in table.items():
+    try:
+      array = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+      array = np.zeros((0,))
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != 4 or not np.all(
+        np.isfinite(array)) or np.any(array[:, 2:] <= array[:, :2]):
+      raise ValueError(f"{path}: entry {key!r} must be a non-empty list of [x0, y0, x1, y1] "
+                       f"boxes with x1 > x0 and y1 > y0, got {value!r}")
+    boxes[key] = array
+  return boxes
+
+
+def boxes_for(image_path: str, table: dict) -> np.ndarray | None:
+  for key, boxes in table.items():
+    if os.path.abspath(key) == os.path.abspath(image_path):
+      return boxes
+  name = os.path.basename(image_path)
+  return table.get(name)
+
+
+def output_stem(path: str, used: set) -> str:
+  """<stem>, or <stem>_2, _3... when two inputs share a file name."""
+  stem = os.path.splitext(os.path.basename(path))[0]
+  candidate, count = stem, 1
+  while candidate in used:
+    count += 1
+    candidate = f"{stem}_{count}"
+  used.add(candidate)
+  return candidate
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.batch_size < 1:
+    print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+    return 2
+  try:
+    table = read_boxes(args.boxes) if args.boxes else None
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+  from tqdm import tqdm
+  from msm_jax import prediction, pretrained
+  try:
+    model = pretrained.load_pretrained(args.model)
+  except FileNotFoundError as error:
+    print(f"error: no pretrained model in {args.model} ({error}). Pass --model DIR, or make one "
+          f"from a training run: python -m msm_jax.pretrained --config configs/300w_subset.py "
+          f"--workdir runs/300w_subset --out pretrained/", file=sys.stderr)
+    return 2
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+  files, failures = collect_images(args.paths, prediction.IMAGE_EXTENSIONS)
+  for _, message in failures:
+    print(f"error: {message}", file=sys.stderr)
+  todo = []
+  for path in files:
+    boxes = None if table is None else boxes_for(path, table)
+    if table is not None and boxes is None:
+      failures.append((path, f"{path}: no entry in {args.boxes}"))
+      print(f"error: {failures[-1][1]}", file=sys.stderr)
+    else:
+      todo.append((path, boxes))
+
+  os.makedirs(args.out, exist_ok=True)
+  used_stems, face_count, written = set(), 0, 0
+  show_progress = any(os.path.isdir(path) for path in args.paths)
+  with tqdm(total=len(todo), unit="image", disable=not show_progress) as progress:
+    # batch_size files per call (about one batch of faces): memory stays bounded on big
+    # folders and the progress bar moves; the compiled pipeline is reused across calls.
+    for start in range(0, len(todo), args.batch_size):
+      chunk = todo[start:start + args.batch_size]
+      results = prediction.predict_images(
+          model, [path for path, _ in chunk],
+          boxes=None if table is None else [boxes for _, boxes in chunk],
+          batch_size=args.batch_size, errors="collect")
+      for (path, _), result in zip(chunk, results):
+        try:
+          if result.error:
+            raise ValueError(result.error)
+          stem = os.path.join(args.out, output_stem(path, used_stems))
+          document = prediction.prediction_to_json(result, prediction.exif_orientation(path))
+          with open(stem + ".json", "w") as file:
+            json.dump(document, file, indent=1)
+          prediction.save_overlay(stem + "_overlay.png", prediction.load_upright(path),
+                                  result.faces)
+          face_count += len(result.faces)
+          written += 1
+        except (OSError, ValueError) as error:
+          failures.append((path, str(error)))
+          progress.write(f"error: {error}", file=sys.stderr)
+        progress.update(1)
+
+  print(f"{written} image(s), {face_count} face(s) written to {args.out}; {len(failures)} failed")
+  for _, message in failures:
+    print(f"  failed: {message}")
+  return 1 if failures else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,244 @@
+"""prediction.py (the Python API) and predict.py (the command line), on a tiny random model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import synthetic as synthetic_config  # noqa: E402
+
+from msm_jax import detection, geometry, landmarks, model_io, prediction, pretrained  # noqa: E402
+from msm_jax.data import augment, synthetic  # noqa: E402
+from msm_jax.train import stages  # noqa: E402
+
+BATCH = 2  # every call below uses it: one compilation of the pipeline for the whole file
+ZOOM_SHIFT_THETA = np.array([0.9, 0.1, 0.05, -0.1, 0.9, -0.03], np.float32)
+
+
+def _random_variables(module, config, rng):
+  """Init-scale random variables from the abstract shapes (no init compile)."""
+  size = config.data.crop_size
+  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0),
+                                                jnp.zeros((1, size, size, 3)), train=False))
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['var']"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+    if name.endswith("['scale']"):
+      return jnp.asarray(1 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
+    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(max(1, np.prod(leaf.shape[:-1]))),
+                       leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.fixture(scope="module")
+def model():
+  """A tiny MSM with the ST stage on (a fixed zoom + shift theta) and a random dictionary."""
+  config = synthetic_config.get_config()
+  config.hourglass.width, config.hourglass.depth = 8, 2
+  config.hourglass.stem_widths = (4, 4, 8)
+  config.stgan.generator_width, config.shape.num_neighbours = 0.25, 5
+  rng = np.random.default_rng(0)
+  generator, hourglass = stages.generator_module(config), stages.hourglass_module(config)
+  generator_variables = _random_variables(generator, config, rng)
+  generator_variables["params"]["conv11"]["bias"] = jnp.asarray(ZOOM_SHIFT_THETA)
+  generator_variables["params"]["conv11"]["kernel"] *= 0.0
+  angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+  mean = np.stack([64 + 40 * np.cos(angles), 64 + 48 * np.sin(angles)], -1)
+  variables = {
+      "generator": generator_variables,
+      "hourglass": _random_variables(hourglass, config, rng),
+      "dictionary": jnp.asarray(mean + rng.normal(0, 2.0, (12, 68, 2)), jnp.float32),
+      # Mid-range thresholds: the random maps give some reliable and some repaired points.
+      "thresholds": jnp.asarray(landmarks.region_thresholds(landmarks.get_scheme("300w"),
+                                                            0.9, 0.95)),
+  }
+  trained = model_io.TrainedModel(generator, hourglass, None, variables,
+                                  frozenset({"stgan", "hourglass", "dictionary"}))
+  return pretrained.from_trained(trained, config)
+
+
+def test_crop_squares_are_the_training_crops():
+  # Box [10, 20, 50, 80]: centre (30, 50), long side 60, x1.25 -> half 37.5.
+  box = np.array([10.0, 20.0, 50.0, 80.0])
+  square = prediction.crop_squares(box, 1.25)
+  np.testing.assert_allclose(square, [[-7.5, 12.5, 67.5, 87.5]])
+  np.testing.assert_allclose(geometry.crop_matrix(square[0], 128),
+                             augment.face_crop_matrix(box, 128, 1.25), atol=1e-12)
+
+
+def test_predict_images_equals_the_pipeline_on_whole_images(model):
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (2, 150, 170, 3), dtype=np.uint8)
+  boxes = [np.array([[30.0, 40.0, 120.0, 140.0], [-10.0, -5.0, 60.0, 70.0]]),
+           np.array([[90.0, 20.0, 175.0, 100.0]])]  # the last one leaves the image
+  results = prediction.predict_images(model, list(images), boxes=boxes, batch_size=BATCH)
+  # Reference: the one-jit pipeline itself, the whole image and the training crop square.
+  squares = prediction.crop_squares(np.concatenate(boxes), 1.25).astype(np.float32)
+  expected = model.infer(model.model.variables, images[[0, 0, 1]], squares)
+  faces = results[0].faces + results[1].faces
+  assert [len(r.faces) for r in results] == [2, 1] and results[0].image_size == (150, 170)
+  for row, face in enumerate(faces):
+    # float32 rounding differs (other image size in the normalised coordinates); the random
+    # model's repair throws points hundreds of pixels out, hence the relative part.
+    np.testing.assert_allclose(face.landmarks, expected["landmarks"][row], rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(face.scores, expected["scores"][row], atol=1e-4)
+    np.testing.assert_array_equal(face.reliable, expected["reliable"][row])
+    np.testing.assert_array_equal(face.box, np.concatenate(boxes)[row].astype(np.float32))
+    assert face.detector_box is None
+  reliable = np.concatenate([face.reliable for face in faces])
+  assert reliable.any() and not reliable.all()  # both kinds are exercised
+
+
+def test_large_faces_are_downscaled_with_exact_coordinates():
+  # A ramp image whose value is the x coordinate: after the antialiased resize, a window pixel
+  # must hold the x its window->image matrix maps it to (the ramp is linear: filters keep it).
+  image = np.broadcast_to(np.arange(250, dtype=np.uint8)[None, :, None], (250, 250, 3)).copy()
+  square = np.array([5.0, 5.0, 245.0, 245.0])  # 240 > 1.5 x 128: downscaled to 192
+  window, window_square, back = prediction.face_window(image, square, 128)
+  assert window_square[2] - window_square[0] == pytest.approx(192, rel=0.01)
+  np.testing.assert_allclose(geometry.apply_affine(window_square.reshape(2, 2), back),
+                             square.reshape(2, 2), atol=1e-9)
+  rows, cols = np.mgrid[0:window.shape[0], 0:window.shape[1]]
+  image_xy = geometry.apply_affine(np.stack([cols, rows], -1).reshape(-1, 2).astype(float), back)
+  inside = np.all((image_xy > 3) & (image_xy < 246), axis=1)  # away from the zero border
+  values = window[..., 0].reshape(-1)[inside].astype(float)
+  assert np.abs(values - image_xy[inside, 0]).max() <= 1.0
+  assert window.shape[0] <= prediction.window_size(128)
+
+
+def test_exif_rotated_copies_give_the_upright_landmarks(model, tmp_path):
+  upright = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+  paths = [str(tmp_path / "upright.png")]
+  Image.fromarray(upright).save(paths[0])
+  # Stored rotated, with the EXIF tag that turns it upright again.
+  for orientation, stored in ((6, Image.Transpose.ROTATE_90), (3, Image.Transpose.ROTATE_180)):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    paths.append(str(tmp_path / f"rotated{orientation}.png"))
+    Image.fromarray(upright).transpose(stored).save(paths[-1], exif=exif)
+    assert np.array_equal(prediction.load_upright(paths[-1]), upright)
+  box = np.array([[20.0, 10.0, 100.0, 85.0]])
+  results = prediction.predict_images(model, paths, boxes=[box] * 3, batch_size=BATCH)
+  assert all(result.image_size == (90, 120) for result in results)
+  for result in results[1:]:
+    np.testing.assert_allclose(result.faces[0].landmarks, results[0].faces[0].landmarks,
+                               atol=1e-5)
+  assert prediction.exif_orientation(paths[1]) == 6
+  assert prediction.exif_orientation(paths[0]) is None
+
+
+def test_per_file_errors_are_named_and_collected(model, tmp_path):
+  corrupt = tmp_path / "corrupt.jpg"
+  corrupt.write_bytes(b"\xff\xd8\xff not a jpeg")
+  missing = str(tmp_path / "missing.png")
+  blank = np.full((120, 120, 3), 128, np.uint8)
+  results = prediction.predict_images(model, [str(corrupt), missing, blank], errors="collect",
+                                      batch_size=BATCH)
+  assert "cannot read image" in results[0].error and "corrupt.jpg" in results[0].error
+  assert "missing.png" in results[1].error
+  assert "image 2: no face found" in results[2].error
+  assert all(result.faces == [] for result in results)
+  with pytest.raises(prediction.NoFaceFoundError, match="no face found"):
+    prediction.predict_images(model, [blank])
+  with pytest.raises(ValueError, match="boxes must be \\[N, 4\\]"):
+    prediction.predict_images(model, [blank], boxes=[np.array([[10.0, 10.0, 5.0, 20.0]])])
+
+
+def test_save_overlay_colours(tmp_path):
+  points = np.array([[20.0, 20.0], [40.0, 30.0]], np.float32)
+  face = prediction.FacePrediction(box=np.array([10.0, 10.0, 50.0, 50.0], np.float32),
+                                   detector_box=None, landmarks=points,
+                                   scores=np.array([0.9, 0.1], np.float32),
+                                   reliable=np.array([True, False]))
+  path = str(tmp_path / "overlay.png")
+  prediction.save_overlay(path, np.zeros((64, 64, 3), np.uint8), [face])
+  drawn = np.asarray(Image.open(path).convert("RGB"))
+  assert drawn.shape == (64, 64, 3)
+  assert tuple(drawn[20, 20]) == prediction.RELIABLE_COLOUR  # row y=20, column x=20
+  assert tuple(drawn[30, 40]) == prediction.REPAIRED_COLOUR
+  assert prediction.BOX_COLOUR in {tuple(drawn[30, x]) for x in (10, 11)}  # the left edge
+  assert tuple(drawn[30, 25]) == (0, 0, 0)  # inside the box, away from the points
+
+
+def test_prediction_to_json_fields():
+  face = prediction.FacePrediction(
+      box=np.array([1, 2, 3, 4], np.float32), detector_box=np.array([0, 1, 5, 6], np.float32),
+      landmarks=np.full((68, 2), 1.23456, np.float32), scores=np.ones(68, np.float32),
+      reliable=np.ones(68, bool))
+  document = json.loads(json.dumps(prediction.prediction_to_json(
+      prediction.ImagePrediction("a.jpg", (10, 20), [face]), exif_orientation=6)))
+  assert document["image_size"] == {"height": 10, "width": 20}
+  assert "EXIF orientation applied" in document["coordinates"]
+  assert document["exif_orientation"] == 6
+  [entry] = document["faces"]
+  assert entry["box_source"] == "haar_calibrated" and entry["detector_box"] == [0, 1, 5, 6]
+  assert len(entry["landmarks"]) == 68 and entry["landmarks"][0] == [1.235, 1.235]
+  assert len(entry["scores"]) == 68 and entry["reliable"][0] is True
+
+
+def _detectable_face(cascade):
+  """A rendered frontal face the cascade finds (the cascades find about a third of them)."""
+  settings = dict(image_size=256, max_roll_deg=0.0, max_yaw_deg=0.0, max_pitch_deg=0.0,
+                  occlusion_prob=0.0, blur_prob=0.0, max_noise_std=0.0, background_clutter=0)
+  for index in range(12):
+    image = synthetic.render_face(0, index, settings)["image"]
+    if len(detection.detect_faces(image, cascade)):
+      return image
+  pytest.fail(f"{cascade} found none of 12 rendered faces")
+
+
+def _run_predict(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_predict_command_end_to_end(model, tmp_path):
+  package = str(tmp_path / "package")
+  pretrained.write_package(model, package)
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  face_image = _detectable_face(model.calibration.cascade)
+  Image.fromarray(face_image).save(photos / "face.png")
+  Image.fromarray(np.full((100, 140, 3), 200, np.uint8)).save(photos / "blank.png")
+  (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+  (photos / "notes.txt").write_text("not an image: not picked up from the folder")
+  out = tmp_path / "out"
+
+  result = _run_predict(str(photos), "--out", str(out), "--model", package,
+                        "--batch-size", str(BATCH))
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "no face found" in result.stderr and "blank.png" in result.stderr
+  assert "cannot read image" in result.stderr and "broken.jpg" in result.stderr
+  assert "1 image(s)" in result.stdout and "2 failed" in result.stdout
+  assert sorted(os.listdir(out)) == ["face.json", "face_overlay.png"]
+  document = json.load(open(out / "face.json"))
+  assert document["faces"] and len(document["faces"][0]["landmarks"]) == 68
+  # The command's numbers are the Python API's for the same file and model.
+  [expected] = prediction.predict_images(model, [str(photos / "face.png")], batch_size=BATCH)
+  np.testing.assert_allclose(document["faces"][0]["landmarks"], expected.faces[0].landmarks,
+                             atol=1e-3)
+  assert Image.open(out / "face_overlay.png").size == (256, 256)
+
+
+def test_predict_command_rejects_bad_boxes_and_missing_model(tmp_path):
+  image = tmp_path / "a.png"
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+  boxes = tmp_path / "boxes.json"
+  boxes.write_text(json.dumps({"a.png": [[1, 2, 3]]}))
+  result = _run_predict(str(image), "--boxes", str(boxes), "--model", str(tmp_path))
+  assert result.returncode == 2
+  assert "boxes.json: entry 'a.png' must be a non-empty list of [x0, y0, x1, y1]" in result.stderr
+  result = _run_predict(str(image), "--model", str(tmp_path / "nowhere"))
+  assert result.returncode == 2
+  assert "no pretrained model" in result.stderr and "python -m msm_jax.pretrained" in result.stderr

@@ -1,0 +1,253 @@
+"""The pretrained package: round trip against the live pipeline, the ST switch, clear errors."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import synthetic as synthetic_config  # noqa: E402
+
+from msm_jax import detection, model_io, pretrained, shape_dictionary  # noqa: E402
+from msm_jax.train import checkpoints, stages  # noqa: E402
+
+# A GDNN output that is not the identity, so the ST stage visibly changes the landmarks.
+ZOOM_SHIFT_THETA = np.array([0.9, 0.1, 0.05, -0.1, 0.9, -0.03], np.float32)
+TINY_OVERRIDES = {"hourglass.width": 8, "hourglass.depth": 2, "stgan.generator_width": 0.25,
+                  "stgan.discriminator_width": 0.0625, "shape.num_neighbours": 5}
+
+
+def _tiny_config():
+  config = synthetic_config.get_config()
+  for key, value in TINY_OVERRIDES.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  config.hourglass.stem_widths = (4, 4, 8)
+  return config
+
+
+def _save_stage(workdir, stage, state, config):
+  manager = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints", stage),
+                                           config.checkpoint.every_steps, config.checkpoint.keep)
+  checkpoints.save(manager, 1, state, {}, {}, force=True)
+  manager.close()
+
+
+def _random_state(make_states, config, seed):
+  """A fresh TrainState of `make_states`, filled with random numbers of init-like scale.
+
+  Filled from the abstract shapes: running the networks' init would compile (tens of seconds
+  on busy cores) and nothing here depends on how the weights were drawn.
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "opt_state" in name or not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if name.endswith("['var']"):
+      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+    if name.endswith("['scale']"):
+      return jnp.asarray(1 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+  abstract = jax.eval_shape(lambda: make_states(config, 1)[-1])
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def _make_workdir(workdir, config, with_stgan=True):
+  """A training workdir as train.py leaves it: random states, a random dictionary."""
+  _save_stage(workdir, "hourglass", _random_state(stages.hourglass_states, config, 0), config)
+  if with_stgan:
+    state = _random_state(stages.stgan_states, config, 1)
+    generator = state.models["generator"]
+    params = jax.tree.map(lambda x: x, generator.params)
+    params["conv11"]["bias"] = jnp.asarray(ZOOM_SHIFT_THETA)
+    params["conv11"]["kernel"] = jnp.zeros_like(params["conv11"]["kernel"])
+    state = state.replace(models=dict(state.models, generator=generator.replace(params=params)))
+    _save_stage(workdir, "stgan", state, config)
+  rng = np.random.default_rng(0)
+  angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+  mean = np.stack([64 + 40 * np.cos(angles), 64 + 48 * np.sin(angles)], -1)
+  dictionary = mean + rng.normal(0, 2.0, (12, 68, 2))
+  shape_dictionary.save_dictionary(os.path.join(workdir, stages.DICTIONARY_FILE), dictionary)
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+  """(config, workdir, package folder, what package_pretrained returned, the live model)."""
+  root = tmp_path_factory.mktemp("pretrained")
+  config, workdir, out = _tiny_config(), str(root / "run"), str(root / "package")
+  _make_workdir(workdir, config)
+  calibration = detection.DetectorCalibration((0.01, 0.12), 0.87, "haarcascade_x.xml")
+  info = pretrained.package_pretrained(config, workdir, out, calibration)
+  return config, workdir, out, info, model_io.load_trained(config, workdir)
+
+
+def _inputs():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (2, 150, 170, 3), dtype=np.uint8)
+  boxes = np.array([[10.0, 12.0, 140.0, 142.0], [-20.0, 5.0, 120.0, 145.0]], np.float32)
+  return images, boxes
+
+
+def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
+  config, _, out, _, live = packaged
+  loaded = pretrained.load_pretrained(out)
+  assert loaded.options == model_io.pipeline_options(config, True, True)
+  assert loaded.model.available == {"stgan", "hourglass", "dictionary"}
+  # The same networks (rebuilt from config.json) and bit-identical variables ...
+  assert (loaded.model.generator, loaded.model.hourglass) == (live.generator, live.hourglass)
+  flat_live, flat_loaded = (traverse_util.flatten_dict(
+      {k: v for k, v in variables.items()}, sep="/") for variables in (live.variables,
+                                                                       loaded.model.variables))
+  assert sorted(flat_live) == sorted(flat_loaded)
+  for key, value in flat_live.items():
+    np.testing.assert_array_equal(np.asarray(flat_loaded[key]), np.asarray(value), err_msg=key)
+  # ... so the live variables through the pipeline give exactly the packaged model's output
+  # (one jitted function for both: one compilation).
+  images, boxes = _inputs()
+  expected = loaded.infer(live.variables, images, boxes)
+  got = loaded.infer(loaded.model.variables, images, boxes)
+  for key in ("landmarks", "hourglass_landmarks", "scores", "reliable", "theta"):
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]), err_msg=key)
+  # The ST stage is really in there: the packaged generator's theta, not the identity.
+  np.testing.assert_allclose(np.asarray(got["theta"][0]).ravel(), ZOOM_SHIFT_THETA, atol=1e-6)
+  assert loaded.calibration.side_ratio == 0.87
+  assert loaded.calibration.cascade == "haarcascade_x.xml"
+
+
+def test_package_contents_and_reported_size(packaged):
+  _, _, out, info, live = packaged
+  files = {name: os.path.getsize(os.path.join(out, name)) for name in ("config.json",
+                                                                       "weights.npz")}
+  assert info["files"] == files and info["bytes"] == sum(files.values())
+  assert sorted(os.listdir(out)) == ["config.json", "weights.npz"]  # no .tmp left behind
+  header = json.load(open(os.path.join(out, "config.json")))
+  assert header["inference"] == {"use_spatial_transformer": True,
+                                 "use_shape_reconstruction": True}
+  assert header["config"]["hourglass"]["width"] == 8
+  assert header["stages"] == ["dictionary", "hourglass", "stgan"]
+  with np.load(os.path.join(out, "weights.npz"), allow_pickle=False) as archive:
+    names = list(archive.files)
+    assert all(archive[name].dtype == np.float32 for name in names)
+    assert archive["dictionary"].shape == (12, 68, 2)
+  # Inference variables only: no optimiser state, no discriminator, no step counter.
+  prefixes = {name.split("/")[0] + "/" + name.split("/")[1] for name in names if "/" in name}
+  assert prefixes == {"generator/params", "generator/batch_stats", "hourglass/params",
+                      "hourglass/batch_stats"}
+  # 4 bytes per parameter, plus the dictionary and thresholds, plus the zip headers.
+  parameters = sum(x.size for x in jax.tree.leaves(
+      {k: v for k, v in live.variables.items() if k in ("generator", "hourglass")}))
+  arrays = 4 * (parameters + 12 * 68 * 2 + 68)
+  assert arrays < files["weights.npz"] < arrays + 400 * len(names) + 1000
+
+
+def test_package_without_stgan(tmp_path):
+  config = _tiny_config()
+  _make_workdir(str(tmp_path / "run"), config, with_stgan=False)
+  model = model_io.load_trained(config, str(tmp_path / "run"))
+  with pytest.raises(ValueError, match="ST-GAN stage was not trained"):
+    pretrained.from_trained(model, config, use_spatial_transformer=True)
+  info = pretrained.write_package(pretrained.from_trained(model, config), str(tmp_path / "p"))
+  loaded = pretrained.load_pretrained(str(tmp_path / "p"))
+  assert info["stages"] == ["dictionary", "hourglass"]
+  assert not loaded.options.use_spatial_transformer and loaded.options.use_shape_reconstruction
+  assert loaded.calibration == detection.DEFAULT_CALIBRATION
+  with np.load(str(tmp_path / "p" / "weights.npz")) as archive:
+    assert not any(name.startswith("generator/") for name in archive.files)
+
+
+def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):
+  config, workdir, *_ = packaged
+  pretrained.package_pretrained(config, workdir, str(tmp_path), use_spatial_transformer=False)
+  assert json.load(open(tmp_path / "config.json"))["inference"][
+      "use_spatial_transformer"] is False
+  loaded = pretrained.load_pretrained(str(tmp_path))
+  assert not loaded.options.use_spatial_transformer and "stgan" in loaded.model.available
+  # The switch changes nothing else (test_pipeline checks what ST off does to the landmarks).
+  assert loaded.options == dataclasses.replace(model_io.pipeline_options(config, True, True),
+                                               use_spatial_transformer=False)
+
+
+def _copy_package(source, target):
+  os.makedirs(target)
+  for name in ("config.json", "weights.npz"):
+    with open(os.path.join(source, name), "rb") as src, open(os.path.join(target, name),
+                                                              "wb") as dst:
+      dst.write(src.read())
+  return target
+
+
+def test_missing_files_name_the_file(packaged, tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json not found"):
+    pretrained.load_pretrained(str(tmp_path))
+  broken = _copy_package(packaged[2], str(tmp_path / "p"))
+  os.remove(os.path.join(broken, "weights.npz"))
+  with pytest.raises(FileNotFoundError, match="weights.npz not found"):
+    pretrained.load_pretrained(broken)
+
+
+def test_corrupt_files_name_the_file(packaged, tmp_path):
+  broken = _copy_package(packaged[2], str(tmp_path / "a"))
+  with open(os.path.join(broken, "weights.npz"), "wb") as file:
+    file.write(b"PK\x03\x04 not really a zip")
+  with pytest.raises(pretrained.PackageError, match="weights.npz: not a readable weights"):
+    pretrained.load_pretrained(broken)
+  broken = _copy_package(packaged[2], str(tmp_path / "b"))
+  with open(os.path.join(broken, "config.json"), "w") as file:
+    file.write("{ truncated")
+  with pytest.raises(pretrained.PackageError, match="config.json: not valid JSON"):
+    pretrained.load_pretrained(broken)
+
+
+def _edit_header(package, edit):
+  path = os.path.join(package, "config.json")
+  header = json.load(open(path))
+  edit(header)
+  json.dump(header, open(path, "w"))
+
+
+def test_mismatched_package_names_the_file(packaged, tmp_path):
+  broken = _copy_package(packaged[2], str(tmp_path / "a"))
+  _edit_header(broken, lambda header: header["config"]["hourglass"].update(stem_widths=[6, 4, 8]))
+  # The first stem layer now has 6 channels, the stored arrays 4.
+  with pytest.raises(pretrained.PackageError,
+                     match=r"weights.npz: hourglass/.* has shape \(4,\), .* expects \(6,\)"):
+    pretrained.load_pretrained(broken)
+  broken = _copy_package(packaged[2], str(tmp_path / "b"))
+  _edit_header(broken, lambda header: header.update(format_version=99))
+  with pytest.raises(pretrained.PackageError, match="config.json: format_version 99"):
+    pretrained.load_pretrained(broken)
+  broken = _copy_package(packaged[2], str(tmp_path / "c"))
+  _edit_header(broken, lambda header: header["config"]["hourglass"].update(depth=3))
+  with pytest.raises(pretrained.PackageError, match="weights.npz: hourglass weights do not fit"):
+    pretrained.load_pretrained(broken)
+
+
+def test_command_line_writes_a_loadable_package(packaged, tmp_path):
+  config, workdir, *_ = packaged
+  overrides = [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
+  calibration = tmp_path / "calibration.json"
+  calibration.write_text(json.dumps({"centre_offset": [0.0, 0.2], "side_ratio": 0.9}))
+  command = [sys.executable, "-m", "msm_jax.pretrained", "--config=configs/synthetic.py",
+             *overrides, "--config.hourglass.stem_widths=(4, 4, 8)", f"--workdir={workdir}",
+             f"--out={tmp_path / 'cli'}", f"--detector_calibration={calibration}",
+             "--spatial_transformer=off"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  info = json.loads(result.stdout)
+  assert info["bytes"] == sum(os.path.getsize(tmp_path / "cli" / name)
+                              for name in ("config.json", "weights.npz"))
+  loaded = pretrained.load_pretrained(str(tmp_path / "cli"))
+  assert not loaded.options.use_spatial_transformer
+  assert loaded.calibration.centre_offset == (0.0, 0.2)
