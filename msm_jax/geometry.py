@@ -48,32 +48,54 @@ def _check_last_dims(array, allowed, name):
         raise ValueError(f"{name} must have shape {expected}, got {tuple(array.shape)}")
 
 
+def _is_symbolic(size):
+    """True for a ``jax.export`` symbolic dimension (a shape-polymorphic export's H or W)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax import export
+
+    return export.is_symbolic_dim(size)
+
+
 def _check_hw(hw, name):
+    if len(hw) == 2 and any(_is_symbolic(size) for size in hw):
+        return tuple(hw)  # known only when the exported function is called: no check here
     if len(hw) != 2 or any(int(size) != size or size <= 0 for size in hw):
         raise ValueError(f"{name} must be (height, width) positive integers, got {hw}")
     return int(hw[0]), int(hw[1])
 
 
+def _size_matrix(rows, height, width):
+    """``[3, 3]`` float64 NumPy; float32 ``jnp`` if a size is symbolic (not known yet)."""
+    if _is_symbolic(height) or _is_symbolic(width):
+        import jax.numpy as jnp
+
+        return jnp.array(rows, jnp.float32)
+    return np.array(rows)
+
+
 def pixel_to_normalised_matrix(height, width):
     """Pixel -> normalised coordinates, ``u = (2 x + 1) / W - 1`` (same for v, H).
 
-    Returns ``[3, 3]`` float64 NumPy; pixel ``-0.5`` (the left image edge) maps to
+    Returns ``[3, 3]`` float64 NumPy (float32 ``jnp`` for symbolic sizes, as in a
+    shape-polymorphic ``jax.export``); pixel ``-0.5`` (the left image edge) maps to
     ``-1`` and ``W - 0.5`` (the right edge) to ``+1``.
     """
     height, width = _check_hw((height, width), "(height, width)")
-    return np.array(
+    return _size_matrix(
         [[2.0 / width, 0.0, 1.0 / width - 1.0],
          [0.0, 2.0 / height, 1.0 / height - 1.0],
-         [0.0, 0.0, 1.0]])
+         [0.0, 0.0, 1.0]], height, width)
 
 
 def normalised_to_pixel_matrix(height, width):
-    """Normalised -> pixel coordinates, ``x = ((u + 1) W - 1) / 2``. ``[3, 3]`` float64."""
+    """Normalised -> pixel coordinates, ``x = ((u + 1) W - 1) / 2``. ``[3, 3]`` float64
+    (float32 ``jnp`` for symbolic sizes)."""
     height, width = _check_hw((height, width), "(height, width)")
-    return np.array(
+    return _size_matrix(
         [[width / 2.0, 0.0, (width - 1.0) / 2.0],
          [0.0, height / 2.0, (height - 1.0) / 2.0],
-         [0.0, 0.0, 1.0]])
+         [0.0, 0.0, 1.0]], height, width)
 
 
 def to_homogeneous(matrix):

@@ -5,67 +5,23 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from configs import synthetic as synthetic_config  # noqa: E402
+from msm_jax import geometry, prediction, pretrained
+from msm_jax.data import augment
 
-from msm_jax import detection, geometry, landmarks, model_io, prediction, pretrained  # noqa: E402
-from msm_jax.data import augment, synthetic  # noqa: E402
-from msm_jax.train import stages  # noqa: E402
+from tests import tiny_models
+
+ROOT = tiny_models.ROOT
 
 BATCH = 2  # every call below uses it: one compilation of the pipeline for the whole file
-ZOOM_SHIFT_THETA = np.array([0.9, 0.1, 0.05, -0.1, 0.9, -0.03], np.float32)
-
-
-def _random_variables(module, config, rng):
-  """Init-scale random variables from the abstract shapes (no init compile)."""
-  size = config.data.crop_size
-  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0),
-                                                jnp.zeros((1, size, size, 3)), train=False))
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['var']"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-    if name.endswith("['scale']"):
-      return jnp.asarray(1 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
-    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(max(1, np.prod(leaf.shape[:-1]))),
-                       leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 @pytest.fixture(scope="module")
 def model():
-  """A tiny MSM with the ST stage on (a fixed zoom + shift theta) and a random dictionary."""
-  config = synthetic_config.get_config()
-  config.hourglass.width, config.hourglass.depth = 8, 2
-  config.hourglass.stem_widths = (4, 4, 8)
-  config.stgan.generator_width, config.shape.num_neighbours = 0.25, 5
-  rng = np.random.default_rng(0)
-  generator, hourglass = stages.generator_module(config), stages.hourglass_module(config)
-  generator_variables = _random_variables(generator, config, rng)
-  generator_variables["params"]["conv11"]["bias"] = jnp.asarray(ZOOM_SHIFT_THETA)
-  generator_variables["params"]["conv11"]["kernel"] *= 0.0
-  angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
-  mean = np.stack([64 + 40 * np.cos(angles), 64 + 48 * np.sin(angles)], -1)
-  variables = {
-      "generator": generator_variables,
-      "hourglass": _random_variables(hourglass, config, rng),
-      "dictionary": jnp.asarray(mean + rng.normal(0, 2.0, (12, 68, 2)), jnp.float32),
-      # Mid-range thresholds: the random maps give some reliable and some repaired points.
-      "thresholds": jnp.asarray(landmarks.region_thresholds(landmarks.get_scheme("300w"),
-                                                            0.9, 0.95)),
-  }
-  trained = model_io.TrainedModel(generator, hourglass, None, variables,
-                                  frozenset({"stgan", "hourglass", "dictionary"}))
-  return pretrained.from_trained(trained, config)
+  return tiny_models.tiny_pretrained()
 
 
 def test_crop_squares_are_the_training_crops():
@@ -187,17 +143,6 @@ def test_prediction_to_json_fields():
   assert len(entry["scores"]) == 68 and entry["reliable"][0] is True
 
 
-def _detectable_face(cascade):
-  """A rendered frontal face the cascade finds (the cascades find about a third of them)."""
-  settings = dict(image_size=256, max_roll_deg=0.0, max_yaw_deg=0.0, max_pitch_deg=0.0,
-                  occlusion_prob=0.0, blur_prob=0.0, max_noise_std=0.0, background_clutter=0)
-  for index in range(12):
-    image = synthetic.render_face(0, index, settings)["image"]
-    if len(detection.detect_faces(image, cascade)):
-      return image
-  pytest.fail(f"{cascade} found none of 12 rendered faces")
-
-
 def _run_predict(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
@@ -208,7 +153,7 @@ def test_predict_command_end_to_end(model, tmp_path):
   pretrained.write_package(model, package)
   photos = tmp_path / "photos"
   photos.mkdir()
-  face_image = _detectable_face(model.calibration.cascade)
+  face_image = tiny_models.detectable_face(model.calibration.cascade)["image"]
   Image.fromarray(face_image).save(photos / "face.png")
   Image.fromarray(np.full((100, 140, 3), 200, np.uint8)).save(photos / "blank.png")
   (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")

@@ -12,27 +12,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from configs import synthetic as synthetic_config  # noqa: E402
+from msm_jax import detection, model_io, pretrained, shape_dictionary
+from msm_jax.train import checkpoints, stages
 
-from msm_jax import detection, model_io, pretrained, shape_dictionary  # noqa: E402
-from msm_jax.train import checkpoints, stages  # noqa: E402
+from tests import tiny_models
 
-# A GDNN output that is not the identity, so the ST stage visibly changes the landmarks.
-ZOOM_SHIFT_THETA = np.array([0.9, 0.1, 0.05, -0.1, 0.9, -0.03], np.float32)
-TINY_OVERRIDES = {"hourglass.width": 8, "hourglass.depth": 2, "stgan.generator_width": 0.25,
-                  "stgan.discriminator_width": 0.0625, "shape.num_neighbours": 5}
-
-
-def _tiny_config():
-  config = synthetic_config.get_config()
-  for key, value in TINY_OVERRIDES.items():
-    section, field = key.split(".")
-    config[section][field] = value
-  config.hourglass.stem_widths = (4, 4, 8)
-  return config
-
+ROOT = tiny_models.ROOT
 
 def _save_stage(workdir, stage, state, config):
   manager = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints", stage),
@@ -42,26 +27,9 @@ def _save_stage(workdir, stage, state, config):
 
 
 def _random_state(make_states, config, seed):
-  """A fresh TrainState of `make_states`, filled with random numbers of init-like scale.
-
-  Filled from the abstract shapes: running the networks' init would compile (tens of seconds
-  on busy cores) and nothing here depends on how the weights were drawn.
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "opt_state" in name or not jnp.issubdtype(leaf.dtype, jnp.floating):
-      return jnp.zeros(leaf.shape, leaf.dtype)
-    if name.endswith("['var']"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-    if name.endswith("['scale']"):
-      return jnp.asarray(1 + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
-    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-    return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
+  """A fresh TrainState of `make_states` with random weights (tests/tiny_models.py)."""
   abstract = jax.eval_shape(lambda: make_states(config, 1)[-1])
-  return jax.tree_util.tree_map_with_path(fill, abstract)
+  return tiny_models.random_like(abstract, np.random.default_rng(seed))
 
 
 def _make_workdir(workdir, config, with_stgan=True):
@@ -71,7 +39,7 @@ def _make_workdir(workdir, config, with_stgan=True):
     state = _random_state(stages.stgan_states, config, 1)
     generator = state.models["generator"]
     params = jax.tree.map(lambda x: x, generator.params)
-    params["conv11"]["bias"] = jnp.asarray(ZOOM_SHIFT_THETA)
+    params["conv11"]["bias"] = jnp.asarray(tiny_models.ZOOM_SHIFT_THETA)
     params["conv11"]["kernel"] = jnp.zeros_like(params["conv11"]["kernel"])
     state = state.replace(models=dict(state.models, generator=generator.replace(params=params)))
     _save_stage(workdir, "stgan", state, config)
@@ -86,7 +54,7 @@ def _make_workdir(workdir, config, with_stgan=True):
 def packaged(tmp_path_factory):
   """(config, workdir, package folder, what package_pretrained returned, the live model)."""
   root = tmp_path_factory.mktemp("pretrained")
-  config, workdir, out = _tiny_config(), str(root / "run"), str(root / "package")
+  config, workdir, out = tiny_models.tiny_config(), str(root / "run"), str(root / "package")
   _make_workdir(workdir, config)
   calibration = detection.DetectorCalibration((0.01, 0.12), 0.87, "haarcascade_x.xml")
   info = pretrained.package_pretrained(config, workdir, out, calibration)
@@ -121,7 +89,7 @@ def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
   for key in ("landmarks", "hourglass_landmarks", "scores", "reliable", "theta"):
     np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]), err_msg=key)
   # The ST stage is really in there: the packaged generator's theta, not the identity.
-  np.testing.assert_allclose(np.asarray(got["theta"][0]).ravel(), ZOOM_SHIFT_THETA, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got["theta"][0]).ravel(), tiny_models.ZOOM_SHIFT_THETA, atol=1e-6)
   assert loaded.calibration.side_ratio == 0.87
   assert loaded.calibration.cascade == "haarcascade_x.xml"
 
@@ -153,7 +121,7 @@ def test_package_contents_and_reported_size(packaged):
 
 
 def test_package_without_stgan(tmp_path):
-  config = _tiny_config()
+  config = tiny_models.tiny_config()
   _make_workdir(str(tmp_path / "run"), config, with_stgan=False)
   model = model_io.load_trained(config, str(tmp_path / "run"))
   with pytest.raises(ValueError, match="ST-GAN stage was not trained"):
@@ -236,7 +204,7 @@ def test_mismatched_package_names_the_file(packaged, tmp_path):
 
 def test_command_line_writes_a_loadable_package(packaged, tmp_path):
   config, workdir, *_ = packaged
-  overrides = [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
+  overrides = [f"--config.{key}={value}" for key, value in tiny_models.TINY_OVERRIDES.items()]
   calibration = tmp_path / "calibration.json"
   calibration.write_text(json.dumps({"centre_offset": [0.0, 0.2], "side_ratio": 0.9}))
   command = [sys.executable, "-m", "msm_jax.pretrained", "--config=configs/synthetic.py",
