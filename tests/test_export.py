@@ -265,3 +265,25 @@ def test_corrupt_file_names_the_file(tiny, tmp_path, how, message):
 def test_missing_file():
   with pytest.raises(FileNotFoundError, match="nowhere.jaxexport"):
     export.load_exported("/nonexistent/nowhere.jaxexport")
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SHIPPED, "msm_pipeline.jaxexport")),
+                    reason="no shipped artefact in pretrained/")
+def test_shipped_artefact_matches_the_shipped_package():
+  from msm_jax import prediction, pretrained
+  from msm_jax.data import synthetic
+
+  model = pretrained.load_pretrained(SHIPPED)
+  faces = [synthetic.render_face(7, index, dict(image_size=160)) for index in range(2)]
+  images = np.stack([face["image"] for face in faces])
+  squares = prediction.crop_squares(np.stack([face["box"] for face in faces]),
+                                    model.config.data.box_margin).astype(np.float32)
+  live = model.infer(model.model.variables, images, squares)
+  shipped = export.load_exported(os.path.join(SHIPPED, "msm_pipeline.jaxexport"))(images, squares)
+  np.testing.assert_allclose(shipped["hourglass_landmarks"], live["hourglass_landmarks"],
+                             atol=1e-3)
+  np.testing.assert_allclose(shipped["landmarks"], live["landmarks"], atol=5e-2)
+  np.testing.assert_array_equal(shipped["reliable"], live["reliable"])
