@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.scheme = "300w"  # landmark scheme: 300w (68) | wflw (98) | cofw (29)
   config.data.train_split = "train"
   config.data.eval_splits = ("common", "challenge", "full")
+  # Evaluate on another dataset than the one trained on: "" (the same), "cofw68" (the
+  # paper's COFW protocol) or "folder" (any folder tree of images + .pts); its root:
+  config.data.eval_dataset = ""
+  config.data.eval_root = ""
   config.data.validation_fraction = 0.0  # carve a seeded by-image split off train
   config.data.box_source = "landmarks"  # 300-W: landmarks | detector | ground_truth boxes
   config.data.crop_size = 128  # network input, Sec. III-A / III-B

@@ -91,3 +91,20 @@ def test_missing_or_empty_roots_are_named(tmp_path):
   config.data.eval_dataset, config.data.eval_root = "folder", str(tmp_path)
   with pytest.raises(FileNotFoundError, match="no .pts files"):
     datasets.eval_sources(config)
+
+
+@pytest.mark.parametrize("name", ["300w", "300w_subset", "cofw", "cofw_ablation", "synthetic",
+                                  "wflw", "wflw_ablation"])
+def test_every_config_can_evaluate_a_folder_from_the_command_line(name):
+  # config_flags locks the config: an override of a field the config lacks is an error, so
+  # `--config.data.eval_dataset=folder --config.data.eval_root=DIR` needs both fields in all.
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.lock()
+  config.data.eval_dataset, config.data.eval_root = "folder", "/data/faces"
+  assert config.data.eval_dataset == "folder"
