@@ -135,7 +135,8 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
         curves.setdefault(subset_name, {})[method] = evaluation.subset_nmes(subset, scheme)
       if after_name or overlay is None:  # the last repaired variant: the full model
         overlay = predictions
-    save_overlays(os.path.join(out_dir, f"overlay_{subset_name}.png"), overlay)
+    save_overlays(os.path.join(out_dir, f"overlay_{reports.file_stem(subset_name)}.png"),
+                  overlay)
     baseline = evaluation.mean_shape_baseline(baseline_shapes, config.data.crop_size,
                                               predictions["crop_to_image"])
     baseline_subset = evaluation.SubsetPredictions(subset_name, baseline, predictions["gt"])

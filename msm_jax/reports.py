@@ -494,7 +494,8 @@ def plot_ced(curves: Mapping[str, Iterable[float]], threshold: float, path,
     return path
 
 
-def _file_stem(text: str) -> str:
+def file_stem(text: str) -> str:
+    """A subset or curve name as a safe file-name part ("helen/trainset" -> "helen_trainset")."""
     return re.sub(r"[^\w-]+", "_", text).strip("_") or "curve"
 
 
@@ -522,7 +523,7 @@ def write_report(out_dir, name: str, tables: Mapping[str, Mapping],
     sections = [f"# {name}\n"] + [markdown_table(table) for table in tables.values()]
     ced = {}
     for key, methods in (curves or {}).items():
-        png = f"{name}_ced_{_file_stem(key)}.png"
+        png = f"{name}_ced_{file_stem(key)}.png"
         title = f"CED, {SUBSET_LABELS.get(key, key)}"
         plot_ced(methods, threshold, os.path.join(out_dir, png), title)
         sections.append(f"### {title}\n\n![{title}]({png})\n")

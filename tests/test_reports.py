@@ -218,3 +218,9 @@ def test_markdown_escapes_pipes_and_rejects_non_numbers():
     assert "| a\\|b | 10 |" in markdown
     with pytest.raises(ValueError, match="must be numbers, got \\[1.0\\]"):
         reports.results_table({"A": {"test": {"auc": [1.0]}}}, [("test", "auc")])
+
+
+def test_file_stem_makes_subset_names_safe_file_names():
+  assert reports.file_stem("helen/trainset") == "helen_trainset"
+  assert reports.file_stem("300W/01_Indoor") == "300W_01_Indoor"
+  assert reports.file_stem("///") == "curve"
