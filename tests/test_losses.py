@@ -77,3 +77,15 @@ def test_softmax_cross_entropy_against_numpy_loop():
 def test_unknown_heatmap_loss_is_named():
   with pytest.raises(ValueError, match="hourglass.loss='l1'"):
     losses.heatmap_loss("l1")
+
+
+def test_one_sided_label_smoothing_is_cross_entropy_with_a_soft_target():
+  logits = np.array([2.0, -1.0, 0.5])
+  probability = 1 / (1 + np.exp(-logits))
+  # Cross-entropy against the target 0.9: -(0.9 log D + 0.1 log(1 - D)), averaged.
+  expected = -np.mean(0.9 * np.log(probability) + 0.1 * np.log(1 - probability))
+  assert float(losses.discriminator_real_loss(logits, 0.9)) == pytest.approx(expected, rel=1e-5)
+  # Its minimum over the logit sits where D = 0.9, not at an infinite logit.
+  gradient = jax.grad(lambda z: losses.discriminator_real_loss(z, 0.9))(
+      jnp.array([math.log(0.9 / 0.1)]))
+  assert abs(float(gradient[0])) < 1e-6

@@ -16,13 +16,17 @@ import jax
 import jax.numpy as jnp
 
 
-def discriminator_real_loss(real_logits: jax.Array) -> jax.Array:
+def discriminator_real_loss(real_logits: jax.Array, real_label: float = 1.0) -> jax.Array:
   """First term of Eq. 3 as a loss to minimise: -E[log D(I_real)].
 
-  Algorithm 1 step 2 optimises D on real faces with this term alone.
+  Algorithm 1 step 2 optimises D on real faces with this term alone. `real_label` < 1 is
+  one-sided label smoothing (Salimans et al. 2016, Sec. 3.4): the target for real faces
+  becomes `real_label`, i.e. -E[s log D + (1 - s) log(1 - D)], which keeps D from growing
+  over-confident logits; 1.0 is Eq. 3 exactly.
   real_logits: [B] discriminator logits on canonical faces.
   """
-  return -jnp.mean(jax.nn.log_sigmoid(real_logits))
+  return -jnp.mean(real_label * jax.nn.log_sigmoid(real_logits)
+                   + (1.0 - real_label) * jax.nn.log_sigmoid(-real_logits))
 
 
 def discriminator_fake_loss(fake_logits: jax.Array) -> jax.Array:

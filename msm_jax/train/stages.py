@@ -114,9 +114,10 @@ def resnet_states(config, steps_per_epoch: int):
 def stgan_states(config, steps_per_epoch: int):
   """(generator, discriminator, their optimizers, fresh TrainState) of the ST-GAN stage."""
   generator, discriminator = generator_module(config), discriminator_module(config)
-  make_optimizer = lambda: halving_adam(config.stgan.learning_rate, steps_per_epoch,
-                                        config.stgan.lr_halve_epochs)
-  g_optimizer, d_optimizer = make_optimizer(), make_optimizer()
+  make_optimizer = lambda learning_rate: halving_adam(learning_rate, steps_per_epoch,
+                                                      config.stgan.lr_halve_epochs)
+  g_optimizer = make_optimizer(config.stgan.learning_rate)
+  d_optimizer = make_optimizer(config.stgan.discriminator_learning_rate)
   g_rng, d_rng = jax.random.split(jax.random.key(config.seed))
   state = new_train_state(config.seed, {
       "generator": init_model_state(generator, g_optimizer, g_rng, _example_images(config)),
@@ -226,7 +227,9 @@ def train_stgan(config, workdir: str, mesh, log=print):
       make_dataset=input_pipeline.stgan_train_dataset, make_states=stgan_states,
       make_step=lambda states: steps.make_stgan_step(
           *states[:4], theta_weight=config.stgan.theta_weight,
-          adversarial_weight=config.stgan.adversarial_weight, mesh=mesh),
+          adversarial_weight=config.stgan.adversarial_weight, mesh=mesh,
+          theta_loss_units=config.stgan.theta_loss_units, real_label=config.stgan.real_label,
+          adversarial_warmup_steps=config.stgan.adversarial_warmup_steps),
       make_eval=lambda states: template_distance(config, states[0]))
 
 

@@ -16,6 +16,13 @@ ST-GAN (Algorithm 1), all four sub-steps inside one compiled update:
   3. D step on warped faces G(I_fake) (second term of Eq. 3);
   4. G step on the generator's part of Eq. 6: L_G plus the G-dependent term of L_D, i.e.
      a * ||theta - theta*|| + (b + 1) * L_A, against the freshly updated D.
+
+Balance (measured on the synthetic default, issue 4): with ||theta - theta*|| in theta's own
+normalised units the gradient of L_A with respect to theta is ~20x that of the theta term
+(the sampler's image gradient sums over every output pixel), so a = 1, b = 0.5 let the
+adversarial term alone steer G and theta did not learn. The theta term is therefore measured in
+crop pixels (x S/2, `theta_loss_scale`); one-sided label smoothing and a slower D keep D from
+saturating (config.stgan, configs/base.py).
 """
 
 from typing import Callable
@@ -99,20 +106,49 @@ def make_regression_step(module, optimizer: optax.GradientTransformation, *, cro
   return _jit_step(step, mesh)
 
 
-def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
-                    theta_weight: float, adversarial_weight: float, mesh) -> Callable:
-  """The ST-GAN update of Algorithm 1. batch: fake uint8 [B, S, S, 3] (perturbed detector-like
-  crops), real uint8 [B, S, S, 3] (canonical faces), theta [B, 2, 3] (the STN matrix that
-  turns fake into real)."""
+THETA_LOSS_UNITS = ("pixels", "normalised")
 
-  def generator_objective(g_params, g_state, d_state, fake, target_theta, extra_adversarial):
+
+def theta_loss_scale(units: str, crop_size: int) -> float:
+  """What multiplies ||theta - theta*|| (Eq. 5) to express it in `units`.
+
+  theta maps normalised coordinates, in which the crop spans 2 units, so an error of 1 in a
+  theta entry moves sampled points by up to S / 2 pixels: "pixels" multiplies by S / 2,
+  "normalised" leaves theta's own units.
+  """
+  if units not in THETA_LOSS_UNITS:
+    raise ValueError(f"theta_loss_units (config stgan.theta_loss_units) is {units!r}: "
+                     f"expected one of {THETA_LOSS_UNITS}")
+  return crop_size / 2.0 if units == "pixels" else 1.0
+
+
+def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
+                    theta_weight: float, adversarial_weight: float, mesh,
+                    theta_loss_units: str = "pixels", real_label: float = 1.0,
+                    adversarial_warmup_steps: int = 0) -> Callable:
+  """The ST-GAN update of Algorithm 1.
+
+  batch: fake uint8 [B, S, S, 3] (perturbed detector-like crops), real uint8 [B, S, S, 3]
+  (canonical faces), theta [B, 2, 3] (the STN matrix that turns fake into real).
+
+  Args:
+    theta_weight, adversarial_weight: a and b of Eq. 5.
+    theta_loss_units: "pixels" or "normalised", see `theta_loss_scale`.
+    real_label: D's target on real faces (< 1: one-sided label smoothing).
+    adversarial_warmup_steps: G trains on the theta term alone before this step; D trains
+      throughout, so the adversarial term starts against a discriminator that has learned.
+  """
+  theta_loss_scale(theta_loss_units, 2)  # a bad name fails here, not inside jit
+
+  def generator_objective(g_params, g_state, d_state, fake, target_theta, adversarial_scale):
     theta, g_stats = _apply_train(generator, g_state, g_params, fake)
     warped = sampler.warp(fake, theta, fake.shape[1:3])
     fake_logits, _ = _apply_train(discriminator, d_state, d_state.params, warped)
     adversarial = losses.adversarial_loss(fake_logits)
-    loss = (theta_weight * losses.theta_loss(theta, target_theta)
-            + (adversarial_weight + extra_adversarial) * adversarial)
-    return loss, (g_stats, theta)
+    scale = theta_loss_scale(theta_loss_units, fake.shape[1])  # square crops
+    loss = (theta_weight * scale * losses.theta_loss(theta, target_theta)
+            + adversarial_scale * adversarial)
+    return loss, (g_stats, theta, adversarial)
 
   def discriminator_objective(d_params, d_state, images, term):
     logits, d_stats = _apply_train(discriminator, d_state, d_params, images)
@@ -126,15 +162,19 @@ def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
     # Warping a finite crop brings in black corners; unmasked, D separates real from fake by
     # those corners alone, which says nothing about pose, and drowns the theta loss.
     real = real * sampler.warp(jnp.ones_like(fake[..., :1]), target_theta, fake.shape[1:3])
+    adversarial_on = (state.step >= adversarial_warmup_steps).astype(jnp.float32)
     g_grad = jax.value_and_grad(generator_objective, has_aux=True)
     d_grad = jax.value_and_grad(discriminator_objective, has_aux=True)
 
     # 1. G on Eq. 5.
-    (g_loss, (g_stats, _)), grads = g_grad(g_state.params, g_state, d_state, fake, target_theta, 0.0)
+    (g_loss, (g_stats, _, _)), grads = g_grad(
+        g_state.params, g_state, d_state, fake, target_theta,
+        adversarial_weight * adversarial_on)
     g_state = apply_gradients(g_state, grads, g_optimizer, g_stats)
     # 2. D on real faces (first term of Eq. 3).
-    (d_real, d_stats), grads = d_grad(d_state.params, d_state, real,
-                                      losses.discriminator_real_loss)
+    (d_real, d_stats), grads = d_grad(
+        d_state.params, d_state, real,
+        lambda logits: losses.discriminator_real_loss(logits, real_label))
     d_state = apply_gradients(d_state, grads, d_optimizer, d_stats)
     # 3. D on generated faces (second term of Eq. 3); G is fixed here.
     theta, _ = _apply_train(generator, g_state, g_state.params, fake)
@@ -143,11 +183,13 @@ def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
                                       losses.discriminator_fake_loss)
     d_state = apply_gradients(d_state, grads, d_optimizer, d_stats)
     # 4. G on its part of Eq. 6, against the updated D.
-    (g_adv, (g_stats, theta)), grads = g_grad(g_state.params, g_state, d_state, fake,
-                                              target_theta, 1.0)
+    (g_adv, (g_stats, theta, adversarial)), grads = g_grad(
+        g_state.params, g_state, d_state, fake, target_theta,
+        (adversarial_weight + 1.0) * adversarial_on)
     g_state = apply_gradients(g_state, grads, g_optimizer, g_stats)
 
     metrics = {"generator_loss": g_loss, "generator_adversarial_step_loss": g_adv,
+               "adversarial_loss": adversarial,
                "discriminator_real_loss": d_real, "discriminator_fake_loss": d_fake,
                "theta_error": losses.theta_loss(jax.lax.stop_gradient(theta), target_theta)}
     models = {"generator": g_state, "discriminator": d_state}
