@@ -1,20 +1,15 @@
-"""Speed of the exemplar shape reconstruction (Sec. III-C, Eq. 11): prints Markdown tables.
+"""Speed of the exemplar shape reconstruction (Sec. III-C, Eq. 11) (issue 7, item 3).
 
-  python benchmarks/bench_reconstruction.py [--repeats 7] [--loop_faces 64]
+  python -m benchmarks.bench_reconstruction [--repeats 7] [--loop_faces 64] [--quick]
 
 Times ``msm_jax.shape_dictionary.reconstruct`` (jitted, batched) at batch 1, 32 and 256
 against a per-face NumPy loop and a per-face scikit-learn ``Ridge`` loop, with the
 paper's sizes: N = 500 exemplars, k = 100 neighbours, 68 points, lambda = 60. Each
 number is microseconds per face, median (and minimum) of ``--repeats`` timed calls
-after a warm-up call. A second table splits one 32-face chunk of the kernel into its
-stages. Machines here are shared: the load average is printed with the results, and
-only ratios measured in the same run are comparable.
+after a warm-up call. Target (issue 7): <= 20 us/face at batch 256, 1000x the paper's
+20 ms. A second table splits one 32-face chunk of the kernel into its stages. Machines
+here are shared: only ratios measured in the same run are comparable.
 """
-
-import argparse
-import os
-import platform
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +18,13 @@ import scipy.linalg
 from jax import lax
 from sklearn.linear_model import Ridge
 
+from benchmarks import common
 from msm_jax import landmarks
 from msm_jax import shape_dictionary as sd
 from msm_jax.data import synthetic_shapes
 
 NUM_EXEMPLARS, NUM_NEIGHBOURS, RIDGE_LAMBDA = 500, 100, 60.0
+TARGET_US_PER_FACE, PAPER_US_PER_FACE = 20.0, 20_000.0
 
 
 def realistic_faces(rng, count):
@@ -68,15 +65,10 @@ def sklearn_reconstruct_one(shape, reliable, flat_dictionary):
     return np.where(reliable[:, None], shape, (ridge.coef_ @ neighbours).reshape(-1, 2))
 
 
-def time_per_face(function, args, num_faces, repeats):
-    """(median, min) microseconds per face over ``repeats`` calls after one warm-up."""
-    jax.block_until_ready(function(*args))
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(function(*args))
-        seconds.append(time.perf_counter() - start)
-    return np.median(seconds) * 1e6 / num_faces, np.min(seconds) * 1e6 / num_faces
+def time_per_face(function, args, num_faces, repeats, warmup=1):
+    """(median, min) microseconds per face over ``repeats`` calls after ``warmup``."""
+    timing = common.time_calls(lambda: function(*args), repeats, warmup)
+    return timing.median * 1e6 / num_faces, timing.minimum * 1e6 / num_faces
 
 
 def stage_functions():
@@ -93,11 +85,15 @@ def stage_functions():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser = common.parser("bench_reconstruction", __doc__)
+    parser.set_defaults(repeats=7)
     parser.add_argument("--loop_faces", type=int, default=64,
                         help="faces timed in the per-face NumPy / scikit-learn loops")
     args = parser.parse_args()
+    common.check_args(args)
+    loop_faces = 8 if args.quick else args.loop_faces
+    machine = common.machine_info()
+    common.print_machine(machine)
 
     rng = np.random.default_rng(0)
     dictionary = realistic_faces(rng, NUM_EXEMPLARS)
@@ -109,25 +105,28 @@ def main():
     rows = []
     for batch in (1, 32, 256):
         inputs = (jnp.asarray(shapes[:batch]), jnp.asarray(reliable[:batch]), device_dictionary)
-        rows.append((f"JAX `reconstruct`, jit, batch {batch}",
-                     *time_per_face(lambda *a: sd.reconstruct(*a)[0], inputs, batch, args.repeats)))
+        rows.append((f"JAX `reconstruct`, jit, batch {batch}", batch, *time_per_face(
+            lambda *a: sd.reconstruct(*a)[0], inputs, batch, args.repeats, args.warmup)))
     flat_dictionary = dictionary.reshape(NUM_EXEMPLARS, -1).astype(np.float64)
-    count = args.loop_faces
     for name, one_face in (("NumPy/SciPy loop, per face", numpy_reconstruct_one),
                            ("scikit-learn Ridge loop, per face", sklearn_reconstruct_one)):
         loop = lambda: [one_face(s, r, flat_dictionary)
-                        for s, r in zip(shapes[:count].astype(np.float64), reliable[:count])]
-        rows.append((name, *time_per_face(loop, (), count, args.repeats)))
+                        for s, r in zip(shapes[:loop_faces].astype(np.float64),
+                                        reliable[:loop_faces])]
+        rows.append((name, 1, *time_per_face(loop, (), loop_faces, args.repeats, args.warmup)))
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"Machine: {cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} "
-          f"(shared), jax {jax.__version__} on {jax.devices()[0].platform}; "
-          f"N={NUM_EXEMPLARS}, k={NUM_NEIGHBOURS}, L=68, lambda={RIDGE_LAMBDA}, float32 "
-          f"(loops float64); median (min) of {args.repeats} calls after warm-up.\n")
-    print("| method | us/face median | us/face min |\n|---|---:|---:|")
-    for name, median, minimum in rows:
-        print(f"| {name} | {median:.1f} | {minimum:.1f} |")
+    print(f"N={NUM_EXEMPLARS}, k={NUM_NEIGHBOURS}, L=68, lambda={RIDGE_LAMBDA}, float32 (loops "
+          f"float64, {loop_faces} faces); median (min) of {args.repeats} calls after "
+          f"{args.warmup} warm-up.\n")
+    numpy_median = rows[-2][2]
+    table = [[name, f"{median:.1f}", f"{minimum:.1f}", f"{numpy_median / median:.2f}x",
+              f"{PAPER_US_PER_FACE / median:.0f}x"] for name, _, median, minimum in rows]
+    print(common.markdown_table(["method", "us/face median", "us/face min", "vs NumPy loop",
+                                 "vs paper (20 ms)"], table))
+    at_256 = rows[2][2]
+    status = "met" if at_256 <= TARGET_US_PER_FACE else "not met"
+    print(f"\nTarget <= {TARGET_US_PER_FACE:.0f} us/face at batch 256: {at_256:.1f} us/face, "
+          f"{status}.")
 
     chunk = 32
     stage_inputs = (jnp.asarray(shapes[:chunk]), jnp.asarray(reliable[:chunk], jnp.float32))
@@ -139,11 +138,23 @@ def main():
     stage_args = [(*stage_inputs, device_dictionary), (distances,),
                   (device_dictionary, neighbours_idx),
                   (neighbours, coordinate_mask, targets, RIDGE_LAMBDA)]
-    print(f"\nStages of one {chunk}-face chunk (each jitted alone, so the sum exceeds the "
-          "fused kernel):\n\n| stage | us/face median | us/face min |\n|---|---:|---:|")
+    stage_rows = []
     for (name, function), stage_arg in zip(stage_functions().items(), stage_args):
-        median, minimum = time_per_face(function, stage_arg, chunk, args.repeats)
-        print(f"| {name} | {median:.1f} | {minimum:.1f} |")
+        stage_rows.append((name, *time_per_face(function, stage_arg, chunk, args.repeats,
+                                                args.warmup)))
+    print(f"\nStages of one {chunk}-face chunk (each jitted alone, so the sum exceeds the "
+          "fused kernel):\n")
+    print(common.markdown_table(["stage", "us/face median", "us/face min"],
+                                [[name, f"{median:.1f}", f"{minimum:.1f}"]
+                                 for name, median, minimum in stage_rows]))
+    common.write_json(args.json, "bench_reconstruction", args, machine, {
+        "sizes": {"exemplars": NUM_EXEMPLARS, "neighbours": NUM_NEIGHBOURS, "landmarks": 68,
+                  "ridge_lambda": RIDGE_LAMBDA, "loop_faces": loop_faces},
+        "methods": [{"name": name, "batch": batch, "us_per_face_median": median,
+                     "us_per_face_min": minimum} for name, batch, median, minimum in rows],
+        "target_us_per_face_at_256": TARGET_US_PER_FACE, "target_met": status == "met",
+        "chunk_stages": [{"name": name, "us_per_face_median": median, "us_per_face_min": minimum}
+                         for name, median, minimum in stage_rows]})
 
 
 if __name__ == "__main__":
