@@ -19,18 +19,13 @@ from msm_jax.model_io import TrainedModel
 from msm_jax.models.gdnn import GDNN, IDENTITY_THETA as GDNN_IDENTITY
 from msm_jax.models.hourglass import StackedHourglass
 
+from tests import tiny_models
+
 L = 68
 MAX_BATCH = 3  # small, so that a batch of 6 exercises ExportedPipeline's chunking
 SIZE_A = (3, 90, 120)  # (batch, height, width)
 SIZE_B = (2, 70, 64)
 OPTIONS = pipeline.PipelineOptions(num_neighbours=5)
-
-
-def _face_dictionary(rng, size=12):
-  """Face-like exemplars (a jittered ellipse layout in the 128 canonical frame)."""
-  angles = np.linspace(0, 2 * np.pi, L, endpoint=False)
-  base = np.stack([64 + 40 * np.cos(angles), 64 + 48 * np.sin(angles)], -1)
-  return (base + rng.normal(0, 2.0, (size, L, 2))).astype(np.float32)
 
 
 def _random_variables(module, rng):
@@ -71,7 +66,7 @@ def tiny():
   variables = {
       "generator": generator_variables,
       "hourglass": _random_variables(hourglass, rng),
-      "dictionary": jnp.asarray(_face_dictionary(rng)),
+      "dictionary": jnp.asarray(tiny_models.face_dictionary(rng)),
       "thresholds": jnp.zeros(L),
   }
   live = pipeline.make_inference_fn(generator, hourglass, OPTIONS)
