@@ -286,7 +286,6 @@ def torch_cases(base_model, images: np.ndarray, targets: np.ndarray, repeats: in
                       "train_step": train_timing.as_dict()})
       print(f"  {name}: forward {forward_timing.median:.3f} s, train step "
             f"{train_timing.median:.3f} s", flush=True)
-      del model, optimizer
   return results
 
 

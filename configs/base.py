@@ -70,8 +70,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.stgan.perturb_rotation_degrees = 30.0
   config.stgan.perturb_scale = 0.10
   config.stgan.perturb_translation = 0.10
-  # I_real: the canonical face; pupils and mouth centre on fixed template positions
-  # (128x128 frame, pixel-centre coordinates).
+  # I_real: the canonical face, its pupils and mouth centre on a template (128x128 frame,
+  # pixel-centre coordinates). "training_crops": where they sit on average in the ground-truth
+  # box crops the hourglass trains on (computed from the training landmarks at the start of
+  # the ST stage), so that a perfect warp lands faces in the hourglass's own frame; "fixed":
+  # the three points below. The fixed ones are ~16 px from that frame on the synthetic faces
+  # (pupils at y ~ 39, mouth at y ~ 80 there); with them the ST + HG rows trailed HG.
+  config.stgan.template_source = "training_crops"
   config.stgan.template_left_pupil = (44.0, 50.0)
   config.stgan.template_right_pupil = (84.0, 50.0)
   config.stgan.template_mouth = (64.0, 96.0)

@@ -1,5 +1,6 @@
 """From config.data to sources: synthetic splits, validation carve-out, folder evaluation."""
 
+import dataclasses
 import os
 import sys
 
@@ -10,7 +11,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import synthetic as synthetic_config  # noqa: E402
 
-from msm_jax.data import datasets  # noqa: E402
+from msm_jax.data import datasets, input_pipeline  # noqa: E402
 from msm_jax.data.records import FaceRecord  # noqa: E402
 
 
@@ -35,6 +36,18 @@ def test_synthetic_splits_are_disjoint_ranges_of_one_generator():
   # The clean test split has no occluders; the occluded one has them on every face.
   assert not any(evaluation["test"][i]["occluded"].any() for i in range(3))
   assert all(evaluation["occluded_test"][i]["occluded"].any() for i in range(3))
+
+
+def test_training_shapes_keep_the_first_faces_up_to_the_limit():
+  train, _ = datasets.train_and_validation_sources(_tiny_synthetic())
+  shapes = datasets.training_shapes(None, train)
+  assert shapes.shape == (6, 68, 2)
+  np.testing.assert_array_equal(shapes[1], train[1]["landmarks"])
+  np.testing.assert_array_equal(datasets.training_shapes(None, train, limit=4), shapes[:4])
+  records = [_record("a.jpg"), _record("b.jpg"), _record("c.jpg")]
+  records[1] = dataclasses.replace(records[1], landmarks=records[1].landmarks + 2)
+  from_records = datasets.training_shapes(None, input_pipeline.RecordSource(records), limit=2)
+  np.testing.assert_array_equal(from_records, [records[0].landmarks, records[1].landmarks])
 
 
 def _record(name):

@@ -39,6 +39,9 @@ def test_train_all_stages_then_evaluate(tmp_path):
   logs = []
   run.train(config, workdir, log=logs.append)
   assert any("[stgan] step 2 eval template_distance_px" in line for line in logs), logs
+  # The ST template comes from the training crops (configs/base.py), and is logged.
+  assert any(line.startswith("[stgan] template from 16 ground-truth-box crops")
+             for line in logs), logs
   assert any("[hourglass] step 2 eval nme_inter_ocular" in line for line in logs), logs
   for stage in ("stgan", "hourglass"):
     lines = open(os.path.join(workdir, "metrics", f"{stage}.jsonl")).read().splitlines()

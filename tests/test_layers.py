@@ -102,7 +102,6 @@ def _flax_batch_norm_relu():
 def test_batch_norm_relu_matches_flax(train):
   x = _random(5, (4, 3, 5, 6), scale=2.0, offset=0.7)
   reference = _flax_batch_norm_relu()
-  variables = reference.init(jax.random.PRNGKey(0), x, use_running_average=False)
   params = {"BatchNorm_0": {"scale": _random(6, (6,), 0.5, 1.0), "bias": _random(7, (6,), 0.5)}}
   batch_stats = {"BatchNorm_0": {"mean": _random(8, (6,)), "var": _random(9, (6,)) ** 2 + 0.1}}
   mutable = ["batch_stats"] if train else False

@@ -160,11 +160,69 @@ def test_options_from_config():
     config.data = dict(crop_size=64, box_margin=1.3)
     config.augment = dict(flip=True, color_jitter=0.1)
     config.stgan = dict(perturb_rotation_degrees=20.0, perturb_scale=0.05,
-                        perturb_translation=0.02, template_left_pupil=(1.0, 2.0),
-                        template_right_pupil=(3.0, 4.0), template_mouth=(5.0, 6.0))
+                        perturb_translation=0.02, template_source="fixed",
+                        template_left_pupil=(1.0, 2.0), template_right_pupil=(3.0, 4.0),
+                        template_mouth=(5.0, 6.0))
     options = stgan_pairs.StganPairOptions.from_config(config)
     assert options == stgan_pairs.StganPairOptions(
         64, 1.3, 20.0, 0.05, 0.02, ((1.0, 2.0), (3.0, 4.0), (5.0, 6.0)), True, 0.1)
+    # An unresolved data-derived template, or an unknown source, is refused by name.
+    config.stgan.template_source = "training_crops"
+    with pytest.raises(ValueError, match="resolve_template"):
+        stgan_pairs.StganPairOptions.from_config(config)
+    config.stgan.template_source = "mean"
+    with pytest.raises(ValueError, match="template_source"):
+        stgan_pairs.StganPairOptions.from_config(config)
+
+
+# Two shapes (pupils 0, 1; mouth corners 3, 4) with the landmark box x 0..80, y 0..100:
+# margin 1.25 makes the square crop [-22.5, 112.5] x [-12.5, 112.5] (side 125), so in the
+# 128 frame x_crop = (x + 22.5) * 128 / 125 - 0.5 and y_crop = (y + 12.5) * 128 / 125 - 0.5.
+GT_BOX_SHAPES = np.array([
+    [[20.0, 30.0], [60.0, 30.0], [0.0, 0.0], [30.0, 70.0], [50.0, 70.0], [80.0, 100.0]],
+    [[24.0, 30.0], [60.0, 30.0], [0.0, 0.0], [30.0, 70.0], [50.0, 70.0], [80.0, 100.0]],
+])
+GT_BOX_ANCHORS = stgan_pairs.CanonicalAnchors(left_pupil=(0,), right_pupil=(1,), mouth=(3, 4))
+
+
+def test_ground_truth_crop_template_by_hand():
+    def crop_x(x):
+        return (x + 22.5) * 128 / 125 - 0.5
+
+    def crop_y(y):
+        return (y + 12.5) * 128 / 125 - 0.5
+
+    # Mean anchors: left pupil x = mean(20, 24) = 22, right 60, mouth 40; then the mirror
+    # average about x = 63.5 (127 - x, pupils swapped).
+    left_x = (crop_x(22.0) + 127.0 - crop_x(60.0)) / 2
+    expected = ((left_x, crop_y(30.0)), (127.0 - left_x, crop_y(30.0)),
+                (crop_x(40.0), crop_y(70.0)))
+    template = stgan_pairs.ground_truth_crop_template(GT_BOX_SHAPES, GT_BOX_ANCHORS, 1.25)
+    np.testing.assert_allclose(np.array(template), np.array(expected), atol=1e-9)
+    assert crop_x(40.0) == pytest.approx(63.5)  # the mouth of a symmetric box is centred
+    with pytest.raises(ValueError, match="shapes must be"):
+        stgan_pairs.ground_truth_crop_template(GT_BOX_SHAPES[:0], GT_BOX_ANCHORS, 1.25)
+
+
+def test_resolve_template_writes_a_fixed_template_into_a_copy():
+    ml_collections = pytest.importorskip("ml_collections")
+    config = ml_collections.ConfigDict()
+    config.data = dict(box_margin=1.25)
+    config.stgan = dict(template_source="training_crops", template_left_pupil=(44.0, 50.0),
+                        template_right_pupil=(84.0, 50.0), template_mouth=(64.0, 96.0))
+    resolved = stgan_pairs.resolve_template(config, GT_BOX_SHAPES, GT_BOX_ANCHORS)
+    template = stgan_pairs.ground_truth_crop_template(GT_BOX_SHAPES, GT_BOX_ANCHORS, 1.25)
+    assert resolved.stgan.template_source == "fixed"
+    assert (resolved.stgan.template_left_pupil, resolved.stgan.template_right_pupil,
+            resolved.stgan.template_mouth) == template
+    assert config.stgan.template_source == "training_crops"  # the caller's config is untouched
+    assert config.stgan.template_mouth == (64.0, 96.0)
+    # A fixed template stays as given.
+    again = stgan_pairs.resolve_template(resolved, GT_BOX_SHAPES[:1], GT_BOX_ANCHORS)
+    assert again.stgan.template_left_pupil == template[0]
+    config.stgan.template_source = "mean"
+    with pytest.raises(ValueError, match="template_source"):
+        stgan_pairs.resolve_template(config, GT_BOX_SHAPES, GT_BOX_ANCHORS)
 
 
 def test_pairs_from_synthetic_faces():

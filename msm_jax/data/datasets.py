@@ -163,9 +163,11 @@ def eval_sources(config) -> dict:
   return sources
 
 
-def training_shapes(config, source) -> np.ndarray:
-  """[N, L, 2] training landmarks (image pixels) for the shape dictionary (Sec. IV-C)."""
+def training_shapes(config, source, limit: int | None = None) -> np.ndarray:
+  """[N, L, 2] training landmarks (image pixels): the shape dictionary's (Sec. IV-C) and
+  the ST template's; ``limit`` keeps the first faces only."""
+  count = len(source) if limit is None else min(len(source), limit)
   if isinstance(source, SyntheticSource):
     # Rendering is the only way to a synthetic face's landmarks (~3 ms a face).
-    return np.stack([source[index]["landmarks"] for index in range(len(source))])
-  return np.stack([record.landmarks for record in source.records])
+    return np.stack([source[index]["landmarks"] for index in range(count)])
+  return np.stack([record.landmarks for record in source.records[:count]])

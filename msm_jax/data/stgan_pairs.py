@@ -10,7 +10,11 @@
   background": the canonical face. The paper defines the canonical pose by the
   ground-truth pupils and mouth centre (Sec. IV-C); here the least-squares
   similarity (``geometry.estimate_similarity``) puts those three points on a
-  fixed template (``config.stgan.template_*``, given in a 128 x 128 frame).
+  template given in a 128 x 128 frame. By default (``config.stgan.template_source =
+  "training_crops"``) the template is where the anchors sit on average in the
+  ground-truth-box crops the hourglass trains on (:func:`ground_truth_crop_template`),
+  so that the ST-GAN's canonical pose is the hourglass's frame; "fixed" takes
+  ``config.stgan.template_*`` as given.
 * ``theta*`` (Eq. 5) is the STN matrix that turns I_fake into I_real:
   ``sampler.warp(I_fake, theta*, (S, S)) ~ I_real`` wherever I_fake shows the face.
   Its output frame is I_real's, its input frame I_fake's, so in pixels it is
@@ -29,13 +33,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_collections
 import numpy as np
 
 from msm_jax import geometry
 from msm_jax.data import augment
+from msm_jax.data import records
 
 # The frame the template coordinates in the config refer to.
 TEMPLATE_FRAME_SIZE = 128
+TEMPLATE_SOURCES = ("training_crops", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,14 @@ class StganPairOptions:
 
     @classmethod
     def from_config(cls, config) -> StganPairOptions:
+        """Raises ValueError while the template is still to be derived from the data."""
+        source = config.stgan.template_source
+        if source not in TEMPLATE_SOURCES:
+            raise ValueError(f"config.stgan.template_source must be one of {TEMPLATE_SOURCES}, "
+                             f"got {source!r}")
+        if source != "fixed":
+            raise ValueError("config.stgan.template_source='training_crops': derive the template "
+                             "from the training landmarks first (stgan_pairs.resolve_template)")
         return cls(
             crop_size=int(config.data.crop_size),
             box_margin=float(config.data.box_margin),
@@ -120,6 +135,57 @@ def template_points(template, crop_size: int) -> np.ndarray:
         raise ValueError(f"template must be 3 (x, y) points (left pupil, right pupil, "
                          f"mouth), got shape {points.shape}")
     return (points + 0.5) * (crop_size / TEMPLATE_FRAME_SIZE) - 0.5
+
+
+def ground_truth_crop_template(shapes: np.ndarray, anchors: CanonicalAnchors,
+                               box_margin: float) -> tuple:
+    """Where the anchors sit on average in ground-truth-box crops (the hourglass's frame).
+
+    Each shape is cropped as the hourglass's training faces are (the tight landmark box
+    grown by ``box_margin``, ``augment.face_crop_matrix``), its pupils and mouth centre
+    are averaged over the shapes, and the result is made left-right symmetric about the
+    crop's centre (x -> 127 - x with the pupils swapped), as random flips make the
+    hourglass's frame symmetric.
+
+    Args:
+      shapes: [N, L, 2] training landmarks, image pixels.
+      anchors: which landmarks make the pupils and the mouth centre.
+      box_margin: ``config.data.box_margin``.
+    Returns:
+      ((x, y) image-left pupil, image-right pupil, mouth centre) in the 128 x 128 frame.
+    """
+    shapes = np.asarray(shapes, np.float64)
+    if shapes.ndim != 3 or shapes.shape[0] == 0 or shapes.shape[2] != 2:
+        raise ValueError(f"shapes must be [N, L, 2] with N > 0, got shape {shapes.shape}")
+    size = TEMPLATE_FRAME_SIZE
+    points = np.mean([geometry.apply_affine(
+        anchors.points(shape),
+        augment.face_crop_matrix(records.box_from_landmarks(shape), size, box_margin))
+        for shape in shapes], axis=0)
+    mirrored = points[[1, 0, 2]] * np.array([-1.0, 1.0]) + np.array([size - 1.0, 0.0])
+    return tuple(tuple(float(v) for v in point) for point in (points + mirrored) / 2)
+
+
+def resolve_template(config, shapes: np.ndarray,
+                     anchors: CanonicalAnchors) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose ``stgan.template_*`` are fixed.
+
+    With ``template_source = "training_crops"`` they become
+    :func:`ground_truth_crop_template` of ``shapes`` (and the source "fixed");
+    a "fixed" config is returned as a copy, unchanged.
+    """
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    if config.stgan.template_source == "fixed":
+        return resolved
+    if config.stgan.template_source != "training_crops":
+        raise ValueError(f"config.stgan.template_source must be one of {TEMPLATE_SOURCES}, "
+                         f"got {config.stgan.template_source!r}")
+    left, right, mouth = ground_truth_crop_template(shapes, anchors, config.data.box_margin)
+    resolved.stgan.template_left_pupil = left
+    resolved.stgan.template_right_pupil = right
+    resolved.stgan.template_mouth = mouth
+    resolved.stgan.template_source = "fixed"
+    return resolved
 
 
 def canonical_matrix(landmarks: np.ndarray, anchors: CanonicalAnchors, template,

@@ -220,8 +220,29 @@ def _run_stage(config, workdir: str, mesh, log, *, stage: str, section: str, mak
       eval_every=config.eval_every_steps, log=log)
 
 
+# Faces whose ground-truth-box crops define the ST template (the mean moves < 0.1 px beyond).
+TEMPLATE_SHAPES = 1000
+
+
+def resolve_stgan_template(config, log=print):
+  """``config`` with the ST template fixed (``stgan.template_source``, see configs/base.py)."""
+  if config.stgan.template_source != "training_crops":
+    return config  # "fixed"; StganPairOptions.from_config rejects anything else
+  train_source, _ = datasets.train_and_validation_sources(config)
+  shapes = datasets.training_shapes(config, train_source, limit=TEMPLATE_SHAPES)
+  anchors = stgan_pairs.CanonicalAnchors.from_scheme(landmarks.get_scheme(config.data.scheme))
+  config = stgan_pairs.resolve_template(config, shapes, anchors)
+  points = ", ".join(f"{name} ({x:.1f}, {y:.1f})" for name, (x, y) in zip(
+      ("left pupil", "right pupil", "mouth"), (config.stgan.template_left_pupil,
+                                               config.stgan.template_right_pupil,
+                                               config.stgan.template_mouth)))
+  log(f"[stgan] template from {len(shapes)} ground-truth-box crops (128 frame): {points}")
+  return config
+
+
 def train_stgan(config, workdir: str, mesh, log=print):
   """Stage 1 (Sec. III-A, Algorithm 1): GDNN + DDNN on (I_fake, I_real, theta*)."""
+  config = resolve_stgan_template(config, log)
   return _run_stage(
       config, workdir, mesh, log, stage="stgan", section="stgan",
       make_dataset=input_pipeline.stgan_train_dataset, make_states=stgan_states,
