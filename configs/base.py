@@ -11,6 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.stages = "all"  # comma list of stgan, hourglass, dictionary, resnet; "all" = first 3
+  # train.py ends with evaluate.py's report (tables, CED plots, overlays in <workdir>/eval).
+  config.evaluate_after_training = True
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "300w"  # 300w | cofw | wflw | synthetic | folder

@@ -93,7 +93,8 @@ def _train_command(workdir, total_epochs):
           "--config.data.validation_size=0", "--config.hourglass.batch_size=4",
           f"--config.hourglass.epochs={total_epochs}", "--config.hourglass.width=8",
           "--config.hourglass.depth=2", "--config.hourglass.stem_widths=(4, 4, 8)",
-          "--config.checkpoint.every_steps=2", "--config.log_every_steps=1"]
+          "--config.checkpoint.every_steps=2", "--config.log_every_steps=1",
+          "--config.evaluate_after_training=false"]
 
 
 def _final_params(workdir):

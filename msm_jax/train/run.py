@@ -1,4 +1,5 @@
-"""`train.py`'s body: set up devices, save the config, run the chosen stages in order."""
+"""`train.py`'s body: set up devices, save the config, run the chosen stages in order, then
+evaluate (``config.evaluate_after_training``)."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import time
 
 import jax
 
+from msm_jax import evaluation_run
 from msm_jax.train import parallel, stages
 
 
@@ -30,3 +32,9 @@ def train(config, workdir: str, log=print) -> None:
   with open(os.path.join(workdir, "train_time.json"), "w") as file:
     json.dump(timing, file)
   log(f"training finished in {timing['train_seconds']:.0f} s")
+  if not config.evaluate_after_training:
+    return
+  if jax.process_count() > 1:  # the report is written by one process reading every checkpoint
+    log("multi-host run: evaluate with `python evaluate.py --config ... --workdir ...` on one host")
+    return
+  evaluation_run.evaluate(config, workdir, log=log)
