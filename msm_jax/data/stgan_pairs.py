@@ -26,7 +26,7 @@ the pupils on the template (flipping the 128 x 128 canonical crop itself would
 move them by half a pixel, the template being centred on x = 64, not 63.5).
 Colour jitter uses one draw for both images, so the pair differs only in geometry.
 
-NumPy + PIL only (runs in Grain workers, see ``augment.py``).
+NumPy, PIL and ml_collections only, no JAX (runs in Grain workers, see ``augment.py``).
 """
 
 from __future__ import annotations
