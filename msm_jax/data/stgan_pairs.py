@@ -45,6 +45,12 @@ TEMPLATE_FRAME_SIZE = 128
 TEMPLATE_SOURCES = ("training_crops", "fixed")
 
 
+def _check_template_source(source) -> None:
+    if source not in TEMPLATE_SOURCES:
+        raise ValueError(f"config.stgan.template_source must be one of {TEMPLATE_SOURCES}, "
+                         f"got {source!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class CanonicalAnchors:
     """Which landmarks define the canonical pose: each anchor is the mean of its points.
@@ -104,11 +110,8 @@ class StganPairOptions:
     @classmethod
     def from_config(cls, config) -> StganPairOptions:
         """Raises ValueError while the template is still to be derived from the data."""
-        source = config.stgan.template_source
-        if source not in TEMPLATE_SOURCES:
-            raise ValueError(f"config.stgan.template_source must be one of {TEMPLATE_SOURCES}, "
-                             f"got {source!r}")
-        if source != "fixed":
+        _check_template_source(config.stgan.template_source)
+        if config.stgan.template_source != "fixed":
             raise ValueError("config.stgan.template_source='training_crops': derive the template "
                              "from the training landmarks first (stgan_pairs.resolve_template)")
         return cls(
@@ -174,12 +177,10 @@ def resolve_template(config, shapes: np.ndarray,
     :func:`ground_truth_crop_template` of ``shapes`` (and the source "fixed");
     a "fixed" config is returned as a copy, unchanged.
     """
+    _check_template_source(config.stgan.template_source)
     resolved = ml_collections.ConfigDict(config.to_dict())
     if config.stgan.template_source == "fixed":
         return resolved
-    if config.stgan.template_source != "training_crops":
-        raise ValueError(f"config.stgan.template_source must be one of {TEMPLATE_SOURCES}, "
-                         f"got {config.stgan.template_source!r}")
     left, right, mouth = ground_truth_crop_template(shapes, anchors, config.data.box_margin)
     resolved.stgan.template_left_pupil = left
     resolved.stgan.template_right_pupil = right
