@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_dataset = ""
   config.data.eval_root = ""
   config.data.validation_fraction = 0.0  # carve a seeded by-image split off train
+  # Or name the validation images: a text file, one image path per line relative to data.root
+  # (takes precedence over validation_fraction).
+  config.data.validation_list = ""
   config.data.box_source = "landmarks"  # 300-W: landmarks | detector | ground_truth boxes
   config.data.crop_size = 128  # network input, Sec. III-A / III-B
   config.data.heatmap_size = 64  # hourglass output resolution, Sec. III-B
@@ -41,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.translation = 0.05  # fraction of the crop; not given in the paper
   config.augment.color_jitter = 0.2  # "colour jittering"; strength not given in the paper
   config.augment.random_erasing = 0.0  # probability of a random occluding patch (option)
+  # Probability of a patch of natural texture (a window of the same photo) as an occluder.
+  config.augment.natural_occluder = 0.0
 
   # ST-GAN, Sec. III-A and IV-C, Algorithm 1.
   config.stgan = ml_collections.ConfigDict()
@@ -98,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (shared/notes/cpu_and_stack.md), spatial softmax cross-entropy did.
   config.hourglass.loss = "softmax_cross_entropy"  # or "mse"
   config.hourglass.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+  # Fine-tuning: start from the hourglass of this pretrained package folder ("" = random
+  # init). Used only when the workdir has no hourglass checkpoint yet.
+  config.hourglass.init_from = ""
 
   # Res-50 coordinate-regression baseline of the ablation (Sec. IV-G; stage "resnet").
   config.resnet = ml_collections.ConfigDict()
@@ -116,6 +124,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.shape.num_neighbours = 100  # k, Sec. IV-C
   config.shape.ridge_lambda = 60.0  # Sec. IV-C
   config.shape.replace = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+
+  # Inference (msm_jax/pipeline.py): passes re-run on a crop fitted to the previous pass's
+  # landmarks, turned upright by the face's roll (not in the paper; what a detector's box
+  # and a rolled face cost without it: docs/robustness.md).
+  config.inference = ml_collections.ConfigDict()
+  config.inference.recrop_passes = 1
+  config.inference.upright_recrop = True
 
   # Evaluation, Sec. IV-B.
   config.eval = ml_collections.ConfigDict()

@@ -98,10 +98,10 @@ def main(argv):
   from msm_jax import pretrained  # after flags: keeps `import msm_jax.detector_evaluation` light
   config = _CONFIG.value
   model = pretrained.load_pretrained(_MODEL.value)
-  _, validation = datasets.split_validation(datasets.read_training_records(config),
-                                            float(config.data.validation_fraction), config.seed)
+  _, validation = datasets.split_records(config, datasets.read_training_records(config))
   if not validation:
-    raise SystemExit("the config carves no validation split (data.validation_fraction = 0)")
+    raise SystemExit("the config carves no validation split (data.validation_fraction = 0 "
+                     "and no data.validation_list)")
   results = evaluate_with_detector(model, validation, config.eval.failure_threshold)
   print(markdown(results))
   if _OUT.value:

@@ -42,7 +42,10 @@ def pipeline_options(config, use_st: bool = True, use_sr: bool = True,
       heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
       decode_blur_sigma=config.hourglass.sigma, score_radius=config.shape.score_radius,
       num_neighbours=config.shape.num_neighbours, ridge_lambda=config.shape.ridge_lambda,
-      replace=config.shape.replace)
+      replace=config.shape.replace,
+      recrop_passes=int(config.get("inference", {}).get("recrop_passes", 0)),
+      upright_recrop=bool(config.get("inference", {}).get("upright_recrop", True)),
+      box_margin=float(config.data.box_margin))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@
  -> decode (Eq. 8 + sub-pixel) and scores (Eq. 9), normalised by the best score (lines 4-10)
  -> canonicalise, masked kNN + ridge repair       (lines 11-13, Sec. III-C; switchable: SR)
  -> back through theta^-1 and the crop to original-image pixels (line 14)
+ -> optionally again, from a crop fitted to these landmarks (`recrop_passes`, see below)
 
 No per-face Python loop and no host round-trip: every step is a batched jnp kernel, so the
 function lowers to a single XLA computation (tests/test_pipeline.py checks it).
@@ -18,6 +19,13 @@ Two composition choices, both exact rewrites rather than approximations:
 * Images of different sizes in one batch are zero-padded at the bottom/right to a common
   size by the caller (`pad_images`). Zero padding is exactly what `warp` does outside an
   image, and a box's pixel coordinates do not move, so padding changes no result.
+
+Re-cropping (not in the paper; `recrop_passes`): a detector's box is framed differently from
+the landmark boxes the hourglass is trained on, and a rolled face is not upright in it. Each
+re-crop pass takes the previous pass's final landmarks, turns them upright (the roll of the
+similarity that maps them onto the dictionary's mean shape, whose pupils are level), crops
+their tight box x `box_margin` as a square in that upright frame (the training crop's
+convention), and runs the whole pipeline again on that crop. The outputs are the last pass's.
 
 Canonical frame for the shape repair: the dictionary shapes were aligned by their pupils
 (Sec. IV-C). At test time the eyes may be the occluded part, so instead of the predicted
@@ -54,6 +62,9 @@ class PipelineOptions:
   num_neighbours: int = 100  # k, Sec. IV-C
   ridge_lambda: float = 60.0  # Sec. IV-C
   replace: str = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+  recrop_passes: int = 0  # further passes on a crop fitted to the landmarks (see above)
+  box_margin: float = 1.25  # the training crop: landmark box x this, squared
+  upright_recrop: bool = True  # re-crop turned by the face's roll (needs the dictionary)
 
 
 def pad_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -91,12 +102,12 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
     theta [B, 2, 3] (GDNN output, identity when ST is off), canonical_faces [B, S, S, 3].
   """
   size = options.crop_size
+  if options.recrop_passes < 0:
+    raise ValueError(f"recrop_passes must be >= 0, got {options.recrop_passes}")
 
-  def infer(variables, images, boxes):
-    if images.dtype == jnp.uint8:
-      images = images.astype(jnp.float32) / 255.0
+  def one_pass(variables, images, crop_to_image):
     image_hw = images.shape[1:3]
-    crop_theta = geometry.crop_theta(boxes.astype(jnp.float32), image_hw, size)  # [B, 2, 3]
+    crop_theta = geometry.pixel_matrix_to_theta(crop_to_image, image_hw, (size, size))
     crops = sampler.warp(images, crop_theta, (size, size))
     if options.use_spatial_transformer:
       st_theta = generator.apply(variables["generator"], crops, train=False)
@@ -129,7 +140,42 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
         "canonical_faces": canonical,
     }
 
+  def infer(variables, images, boxes):
+    if images.dtype == jnp.uint8:
+      images = images.astype(jnp.float32) / 255.0
+    crop_to_image = geometry.invert_affine(geometry.crop_matrix(boxes.astype(jnp.float32), size))
+    outputs = one_pass(variables, images, crop_to_image)
+    for _ in range(options.recrop_passes):
+      crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"],
+                                             options)
+      outputs = one_pass(variables, images, crop_to_image)
+    return outputs
+
   return jax.jit(infer)
+
+
+def landmark_crop_to_image(points: jax.Array, dictionary: jax.Array,
+                           options: PipelineOptions) -> jax.Array:
+  """[B, 3, 3] crop -> image pixel matrices of the re-crop around landmarks [B, L, 2] (image
+  pixels): their tight box x ``box_margin``, squared, in the frame where the face is upright
+  (``upright_recrop``; the roll of the similarity onto the dictionary's mean shape) or the
+  image's own frame."""
+  if options.upright_recrop:
+    mean_shape = jnp.mean(dictionary, axis=0)
+    to_canonical = geometry.estimate_similarity(points, jnp.broadcast_to(mean_shape,
+                                                                         points.shape))
+    roll = jnp.arctan2(to_canonical[:, 1, 0], to_canonical[:, 0, 0])
+    cos, sin, zero, one = jnp.cos(roll), jnp.sin(roll), jnp.zeros_like(roll), jnp.ones_like(roll)
+    upright = jnp.stack([jnp.stack([cos, -sin, zero], -1), jnp.stack([sin, cos, zero], -1),
+                         jnp.stack([zero, zero, one], -1)], -2)  # image -> upright frame
+  else:
+    upright = jnp.broadcast_to(jnp.eye(3, dtype=points.dtype), points.shape[:-2] + (3, 3))
+  turned = geometry.apply_affine(points, upright)
+  low, high = jnp.min(turned, axis=-2), jnp.max(turned, axis=-2)
+  centre = (low + high) / 2
+  half = options.box_margin * jnp.max(high - low, axis=-1, keepdims=True) / 2
+  square = jnp.concatenate([centre - half, centre + half], axis=-1)
+  return geometry.invert_affine(geometry.crop_matrix(square, options.crop_size) @ upright)
 
 
 def normalised_to_crop(normalised: jax.Array, crop_size: int) -> jax.Array:

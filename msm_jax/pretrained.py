@@ -182,6 +182,16 @@ def _network_variables(weights, prefix, module, config, path) -> dict:
                                       sep="/")
 
 
+def package_network_variables(directory: str, prefix: str, module, config) -> dict:
+  """One network's variables (``prefix`` "hourglass" or "generator") from a package's
+  weights, checked against ``module`` as ``config`` builds it: the starting point of a
+  fine-tuning run (``hourglass.init_from``)."""
+  weights_path = os.path.join(directory, WEIGHTS_FILE)
+  if not os.path.isfile(weights_path):
+    raise FileNotFoundError(f"pretrained package incomplete: {weights_path} not found")
+  return _network_variables(_read_weights(weights_path), prefix, module, config, weights_path)
+
+
 def load_pretrained(directory: str) -> PretrainedModel:
   """Read a package written by `package_pretrained`.
 

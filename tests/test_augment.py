@@ -180,6 +180,29 @@ def test_random_erasing_marks_exactly_the_landmarks_under_the_patch():
         assert 0.015 <= rectangle.mean() <= 0.34
 
 
+def test_natural_occluder_pastes_a_photo_window_over_exactly_the_covered_landmarks():
+    size = 48
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    grid = np.stack([cols.ravel(), rows.ravel()], axis=-1).astype(np.float32)
+    crop = np.zeros((size, size, 3), np.uint8)
+    # A photo of one flat colour: every pasted pixel takes it (resizing keeps a flat colour).
+    photo = np.zeros((90, 120, 3), np.uint8) + np.array([200, 30, 90], np.uint8)
+    shapes = set()
+    for seed in range(12):
+        occluded, covered = augment.natural_occluder(crop, grid, photo,
+                                                     np.random.default_rng(seed))
+        pasted = occluded.any(axis=-1)
+        # A landmark on every pixel centre: "covered" is exactly the pasted pixels.
+        np.testing.assert_array_equal(covered.reshape(size, size), pasted)
+        np.testing.assert_array_equal(occluded[pasted], np.tile([200, 30, 90], (pasted.sum(), 1)))
+        ys, xs = np.nonzero(pasted)
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        assert 0.04 <= box / size**2 <= 0.37  # 5-35 % of the crop, +- rounding
+        shapes.add(bool(pasted.sum() < box))  # an ellipse leaves its box's corners
+    assert shapes == {True, False}  # both rectangles and ellipses are drawn
+    np.testing.assert_array_equal(crop, 0)  # the input is not modified
+
+
 def _dot_image(landmarks, height, width, sigma):
     """Channel 0: a Gaussian blob at each landmark; channel 1: 40 + 20 * index nearby."""
     rows, cols = np.mgrid[0:height, 0:width]
@@ -255,6 +278,8 @@ def test_augment_options_from_config():
                                             random_erasing=0.0))
     options = augment.AugmentOptions.from_config(config)
     assert options == augment.AugmentOptions(True, 30.0, 0.1, 0.05, 0.2, 0.0)
+    config.natural_occluder = 0.3
+    assert augment.AugmentOptions.from_config(config).natural_occluder == 0.3
 
 
 def test_synthetic_face_landmarks_keep_their_colour_after_augmentation():

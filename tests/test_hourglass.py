@@ -98,7 +98,9 @@ def test_eval_mode_is_per_face_and_train_mode_is_per_batch():
   variables = _numpy_variables(model, images)
   # Running averages: a face's heatmaps do not depend on the other faces of the batch ...
   apply = jax.jit(lambda x: model.apply(variables, x, train=False))
-  np.testing.assert_array_equal(apply(images)[:, 0], apply(other_companions)[:, 0])
+  # (equal up to rounding: a kernel may block a batch differently when its contents change)
+  np.testing.assert_allclose(apply(images)[:, 0], apply(other_companions)[:, 0], rtol=1e-4,
+                             atol=1e-5)
   # ... batch statistics do, and training moves every running average.
   train = jax.jit(lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"]))
   heatmaps, stats = train(images)

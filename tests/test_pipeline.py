@@ -1,5 +1,7 @@
 """The one-jit inference pipeline (Algorithm 2): coordinates end to end, stages, batching."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -158,7 +160,54 @@ def test_lowers_to_one_computation_without_host_callbacks(setup):
   text = lowered.as_text()
   assert "callback" not in text and "host" not in text.lower().replace("host_memory", "")
   compiled = lowered.compile()
-  assert compiled is not None
+  # The compiled function runs and gives the same result as the jitted one.
+  variables = _variables(face, dictionary)
+  images, boxes = np.zeros((3, 160, 140, 3), np.uint8), np.tile([[10, 20, 130, 140]], (3, 1))
+  np.testing.assert_allclose(compiled(variables, images, boxes.astype(np.float32))["landmarks"],
+                             infer(variables, images, boxes.astype(np.float32))["landmarks"],
+                             atol=1e-4)
+
+
+@pytest.mark.parametrize("roll_degrees", [0.0, 35.0, -50.0])
+def test_recrop_is_the_upright_landmark_box_square(setup, roll_degrees):
+  face, dictionary = setup
+  options = pipeline.PipelineOptions(box_margin=1.25)
+  # The dictionary's mean shape, scaled by 1.7, turned and moved: the face in a photo.
+  mean_shape = np.asarray(dictionary, np.float64).mean(0)
+  angle = np.deg2rad(roll_degrees)
+  turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  in_photo = 1.7 * mean_shape @ turn.T + [310.0, 240.0]
+  crop_to_image = np.asarray(pipeline.landmark_crop_to_image(
+      jnp.asarray(in_photo[None], jnp.float32), jnp.asarray(dictionary), options)[0], np.float64)
+  in_crop = geometry.apply_affine(in_photo, np.linalg.inv(crop_to_image))
+  # Upright: in the crop the face is the mean shape scaled and shifted, not turned.
+  fit = geometry.estimate_similarity(mean_shape, in_crop)
+  assert abs(np.arctan2(fit[1, 0], fit[0, 0])) < 1e-4
+  # The tight box of the points is centred in the crop, its long side 128 / 1.25 pixels.
+  low, high = in_crop.min(0), in_crop.max(0)
+  np.testing.assert_allclose((low + high) / 2, [63.5, 63.5], atol=1e-3)
+  np.testing.assert_allclose(np.max(high - low), CROP / 1.25, rtol=1e-5)
+
+
+def test_recrop_without_turning_equals_a_second_call_on_the_landmark_square(setup):
+  face, dictionary = setup
+  options = pipeline.PipelineOptions(use_shape_reconstruction=False, num_neighbours=10)
+  variables = _variables(face, dictionary)
+  images = np.random.default_rng(3).integers(0, 255, (2, 300, 260, 3), dtype=np.uint8)
+  boxes = np.array([[40, 60, 200, 220], [30.0, 20.0, 230.0, 250.0]], np.float32)
+  once = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
+  twice = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), dataclasses.replace(
+      options, recrop_passes=1, upright_recrop=False))
+  first = np.asarray(once(variables, images, boxes)["landmarks"], np.float64)
+  # The training crop of the first landmarks, computed here with NumPy.
+  low, high = first.min(1), first.max(1)
+  half = 1.25 * np.max(high - low, axis=1, keepdims=True) / 2
+  squares = np.concatenate([(low + high) / 2 - half, (low + high) / 2 + half], 1)
+  expected = once(variables, images, squares.astype(np.float32))
+  got = twice(variables, images, boxes)
+  np.testing.assert_allclose(got["landmarks"], expected["landmarks"], atol=2e-2)
+  # The second crop really differs from the first: the landmarks moved with it.
+  assert np.abs(np.asarray(got["landmarks"]) - first).max() > 1.0
 
 
 def test_pad_images_rejects_empty():

@@ -12,9 +12,12 @@ from PIL import Image
 from msm_jax import geometry, prediction, pretrained
 from msm_jax.data import augment
 
-from tests import tiny_models
+from tests import float_checks, tiny_models
 
 ROOT = tiny_models.ROOT
+# Eq. 9's scores sum a spatial softmax over a 64 x 64 map (float32 rounding ~4096 eps).
+SCORE_TOLERANCE = float_checks.sum_tolerance(64 * 64)
+SCORE_MARGIN = 4 * SCORE_TOLERANCE
 
 BATCH = 2  # every call below uses it: one compilation of the pipeline for the whole file
 
@@ -44,14 +47,23 @@ def test_predict_images_equals_the_pipeline_on_whole_images(model):
   expected = model.infer(model.model.variables, images[[0, 0, 1]], squares)
   faces = results[0].faces + results[1].faces
   assert [len(r.faces) for r in results] == [2, 1] and results[0].image_size == (150, 170)
+  compared = 0
   for row, face in enumerate(faces):
-    # float32 rounding differs (other image size in the normalised coordinates); the random
-    # model's repair throws points hundreds of pixels out, hence the relative part.
-    np.testing.assert_allclose(face.landmarks, expected["landmarks"][row], rtol=1e-4, atol=2e-3)
-    np.testing.assert_allclose(face.scores, expected["scores"][row], atol=1e-4)
-    np.testing.assert_array_equal(face.reliable, expected["reliable"][row])
+    # A flag decided by a score within rounding of its threshold may differ (and then so does
+    # the repair); elsewhere the flags are equal.
+    np.testing.assert_allclose(face.scores, expected["scores"][row], atol=SCORE_TOLERANCE)
+    float_checks.assert_flags_equal_where_clear(
+        face.reliable[None], expected["reliable"][row][None], expected["scores"][row][None],
+        model.model.variables["thresholds"], SCORE_MARGIN)
+    if (face.reliable == expected["reliable"][row]).all():
+      # float32 rounding differs (other image size in the normalised coordinates); the random
+      # model's repair throws points hundreds of pixels out, hence the relative part.
+      np.testing.assert_allclose(face.landmarks, expected["landmarks"][row], rtol=1e-4,
+                                 atol=2e-3)
+      compared += 1
     np.testing.assert_array_equal(face.box, np.concatenate(boxes)[row].astype(np.float32))
     assert face.detector_box is None
+  assert compared >= 1  # a flip needs a score within ~1e-5 of its threshold: rare
   reliable = np.concatenate([face.reliable for face in faces])
   assert reliable.any() and not reliable.all()  # both kinds are exercised
 

@@ -104,3 +104,15 @@ def detectable_face(cascade: str) -> dict:
     if len(detection.detect_faces(face["image"], cascade)):
       return face
   pytest.fail(f"{cascade} found none of 12 rendered faces")
+
+
+def face_records(count: int = 2, seed: int = 3) -> list:
+  """Rendered synthetic faces as dataset records (pixels in the record, no files)."""
+  from msm_jax.data.records import FaceRecord, box_from_landmarks
+  records = []
+  for index in range(count):
+    face = synthetic.render_face(seed, index, dict(image_size=192, occlusion_prob=0.0))
+    records.append(FaceRecord(image_path=None, landmarks=face["landmarks"],
+                              box=box_from_landmarks(face["landmarks"]), subset="synthetic",
+                              image=face["image"]))
+  return records

@@ -64,6 +64,8 @@ class AugmentOptions:
       color_jitter: brightness, contrast and saturation factors uniform in
         [1 - c, 1 + c] each.
       random_erasing: probability of pasting one noise patch (an occluder).
+      natural_occluder: probability of pasting one patch of natural texture (a
+        window of the same photo, rectangle or ellipse) over 5-35 % of the crop.
     """
 
     flip: bool = False
@@ -72,6 +74,7 @@ class AugmentOptions:
     translation: float = 0.0
     color_jitter: float = 0.0
     random_erasing: float = 0.0
+    natural_occluder: float = 0.0
 
     @classmethod
     def from_config(cls, augment_config) -> AugmentOptions:
@@ -82,7 +85,8 @@ class AugmentOptions:
             scale=float(augment_config.scale),
             translation=float(augment_config.translation),
             color_jitter=float(augment_config.color_jitter),
-            random_erasing=float(augment_config.random_erasing))
+            random_erasing=float(augment_config.random_erasing),
+            natural_occluder=float(augment_config.get("natural_occluder", 0.0)))
 
 
 def face_crop_matrix(box, crop_size: int, margin: float) -> np.ndarray:
@@ -262,6 +266,58 @@ def random_erasing(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Gene
     return erased, covered
 
 
+# Natural-texture occluders: area fraction of the crop, aspect ratio, and the side of the
+# photo window they are cut from (fraction of the photo's shorter side).
+_OCCLUDER_AREA_RANGE = (0.05, 0.35)
+_OCCLUDER_ASPECT_RANGE = (0.5, 2.0)
+_OCCLUDER_WINDOW_RANGE = (0.1, 0.5)
+
+
+def natural_occluder(crop: np.ndarray, landmarks: np.ndarray, photo: np.ndarray,
+                     rng: np.random.Generator):
+    """Pastes a patch of natural texture into the crop: a random window of ``photo``
+    (background, clothing, hair, other faces), resized to the patch, as a rectangle or an
+    ellipse (one half each). Real occluders are textured, unlike random erasing's noise.
+
+    Args:
+      crop: [S, S, 3] uint8 (not modified).
+      landmarks: [L, 2] crop pixel coordinates.
+      photo: [H, W, 3] uint8, the image the texture is cut from.
+      rng: draws area, log aspect, position, shape, then the photo window.
+    Returns:
+      (crop [S, S, 3] uint8 with the patch, covered [L] bool: landmarks under the patch).
+    """
+    size = crop.shape[0]
+    area = rng.uniform(*_OCCLUDER_AREA_RANGE) * size * size
+    aspect = np.exp(rng.uniform(*np.log(_OCCLUDER_ASPECT_RANGE)))
+    patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 2, size))
+    patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 2, size))
+    top = int(rng.integers(0, size - patch_h + 1))
+    left = int(rng.integers(0, size - patch_w + 1))
+    elliptical = rng.uniform() < 0.5
+    height, width = photo.shape[:2]
+    side = max(2, int(rng.uniform(*_OCCLUDER_WINDOW_RANGE) * min(height, width)))
+    y0 = int(rng.integers(0, height - side + 1))
+    x0 = int(rng.integers(0, width - side + 1))
+    texture = np.asarray(Image.fromarray(photo[y0:y0 + side, x0:x0 + side]).resize(
+        (patch_w, patch_h), Image.Resampling.BILINEAR))
+    # Pixel (row, column) of the patch is covered when its centre is inside the shape.
+    rows = (np.arange(patch_h) + 0.5) / patch_h * 2 - 1
+    cols = (np.arange(patch_w) + 0.5) / patch_w * 2 - 1
+    mask = ((rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0) if elliptical
+            else np.ones((patch_h, patch_w), bool))
+    occluded_crop = crop.copy()
+    window = occluded_crop[top:top + patch_h, left:left + patch_w]
+    window[mask] = texture[mask]
+    # A landmark is covered when the patch pixel it falls in is covered.
+    column = np.floor(landmarks[:, 0] + 0.5).astype(int) - left
+    row = np.floor(landmarks[:, 1] + 0.5).astype(int) - top
+    inside = (row >= 0) & (row < patch_h) & (column >= 0) & (column < patch_w)
+    covered = np.zeros(landmarks.shape[0], bool)
+    covered[inside] = mask[row[inside], column[inside]]
+    return occluded_crop, covered
+
+
 def inside_crop(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     """[L] bool: finite and within the crop's area [-0.5, S - 0.5]^2."""
     with np.errstate(invalid="ignore"):
@@ -316,6 +372,9 @@ def augment_face(image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray 
         crop = color_jitter(crop, rng, options.color_jitter)
     if options.random_erasing > 0 and rng.uniform() < options.random_erasing:
         crop, covered = random_erasing(crop, crop_landmarks, rng)
+        occluded = occluded | covered
+    if options.natural_occluder > 0 and rng.uniform() < options.natural_occluder:
+        crop, covered = natural_occluder(crop, crop_landmarks, image, rng)
         occluded = occluded | covered
     return {
         "image": crop,

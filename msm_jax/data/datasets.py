@@ -10,8 +10,9 @@ are the random-access objects of `input_pipeline` (`RecordSource`, `SyntheticSou
   folder     any folder of images + .pts (`read_pts_folder`); subset name = folder name
   eval_dataset = "cofw68" evaluates on the COFW-68 test set (`data.eval_root`) instead.
 
-A validation split (`data.validation_fraction`) is carved off the training faces by image,
-seeded, so it never overlaps training.
+A validation split is carved off the training faces by image, so it never overlaps
+training: either the images named in `data.validation_list` (a text file, one image path
+per line relative to `data.root`), or a seeded `data.validation_fraction` of them.
 """
 
 import os
@@ -88,14 +89,55 @@ def split_validation(records: list, fraction: float, seed: int) -> tuple[list, l
   return train, validation
 
 
+def read_validation_list(path: str) -> list[str]:
+  """Image paths (relative, "/"-separated) of a validation list file; blank lines and lines
+  starting with # are ignored."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config data.validation_list={path!r}: file not found")
+  with open(path, encoding="utf-8") as file:
+    lines = [line.strip() for line in file]
+  names = [line for line in lines if line and not line.startswith("#")]
+  if not names:
+    raise ValueError(f"{path}: no image paths listed")
+  return names
+
+
+def split_validation_by_list(records: list, names: list[str], root: str,
+                             list_path: str) -> tuple[list, list]:
+  """(train, validation): the faces of the listed images (paths relative to ``root``) validate.
+
+  Every listed image must be among the records, so a typo or a missing folder is an error
+  naming the list file, not a silently smaller validation split."""
+  def relative(record):
+    return os.path.relpath(record.source, root).replace(os.sep, "/")
+
+  listed = set(names)
+  validation = [record for record in records if relative(record) in listed]
+  missing = sorted(listed - {relative(record) for record in validation})
+  if missing:
+    raise ValueError(f"{list_path}: {len(missing)} listed image(s) are not among the training "
+                     f"faces under {root}, e.g. {missing[:3]}")
+  train = [record for record in records if relative(record) not in listed]
+  return train, validation
+
+
+def split_records(config, records: list) -> tuple[list, list]:
+  """(train, validation) records as the config says (`data.validation_list` or
+  `data.validation_fraction`)."""
+  list_path = config.data.get("validation_list", "")
+  if list_path:
+    return split_validation_by_list(records, read_validation_list(list_path),
+                                    _require_root(config), list_path)
+  return split_validation(records, float(config.data.validation_fraction), config.seed)
+
+
 def train_and_validation_sources(config):
   """(train source, validation source or None) for the configured dataset."""
   if config.data.dataset == "synthetic":
     validation = (synthetic_source(config, "validation")
                   if config.data.validation_size else None)
     return synthetic_source(config, "train"), validation
-  train, validation = split_validation(read_training_records(config),
-                                       float(config.data.validation_fraction), config.seed)
+  train, validation = split_records(config, read_training_records(config))
   skip = bool(config.data.skip_bad_samples)
   return (RecordSource(train, skip),
           RecordSource(validation, skip) if validation else None)

@@ -96,9 +96,21 @@ def hourglass_states(config, steps_per_epoch: int):
   optimizer = halving_adam(config.hourglass.learning_rate, steps_per_epoch,
                            config.hourglass.lr_halve_epochs)
   rng = jax.random.key(config.seed)
-  state = new_train_state(config.seed, {
-      "hourglass": init_model_state(module, optimizer, rng, _example_images(config))})
-  return module, optimizer, state
+  model_state = init_model_state(module, optimizer, rng, _example_images(config))
+  if config.hourglass.get("init_from", ""):
+    model_state = _start_from_package(model_state, module, optimizer, config)
+  return module, optimizer, new_train_state(config.seed, {"hourglass": model_state})
+
+
+def _start_from_package(model_state, module, optimizer, config):
+  """The hourglass's parameters and BatchNorm statistics from a pretrained package (fresh
+  optimiser state): fine-tuning. A checkpoint in the workdir still takes precedence."""
+  from msm_jax import pretrained  # it imports this module
+  variables = pretrained.package_network_variables(config.hourglass.init_from, "hourglass",
+                                                   module, config)
+  return model_state.replace(params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}),
+                             opt_state=optimizer.init(variables["params"]))
 
 
 def resnet_states(config, steps_per_epoch: int):

@@ -1,0 +1,110 @@
+"""The robustness protocol (msm_jax/robustness.py): each perturbation against a hand-computed or
+independent reference, the table's numbers against a hand-computed case, and a run end to end
+on a tiny random model."""
+
+import numpy as np
+import pytest
+
+from msm_jax import robustness
+from msm_jax.data.records import box_from_landmarks
+
+from tests import tiny_models
+
+
+def test_rotation_about_turns_counter_clockwise_as_displayed():
+  # y points down: a point right of the centre goes up (smaller y) when turned by +90 degrees.
+  matrix = robustness.rotation_about((10.0, 20.0), 90.0)
+  np.testing.assert_allclose(matrix @ [11.0, 20.0, 1.0], [10.0, 19.0, 1.0], atol=1e-12)
+  np.testing.assert_allclose(matrix @ [10.0, 20.0, 1.0], [10.0, 20.0, 1.0], atol=1e-12)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 30.0, -45.0])
+def test_face_window_moves_the_landmarks_with_the_pixels(degrees):
+  # Bright 5x5 squares at three "landmarks" of a dark photo: in the window, each square's
+  # centroid is where the returned landmark is.
+  points = np.array([[60.0, 50.0], [100.0, 58.0], [80.0, 95.0]], np.float32)
+  photo = np.zeros((160, 200, 3), np.uint8)
+  for x, y in points.astype(int):
+    photo[y - 2:y + 3, x - 2:x + 3] = 255
+  window, moved = robustness.face_window(photo, points, degrees)
+  side = 3 * (95 - 50)
+  assert window.shape == (side, side, 3)
+  for x, y in moved:
+    rows, cols = np.mgrid[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7]
+    weights = window[rows, cols, 0].astype(np.float64)
+    centroid = [(weights * cols).sum() / weights.sum(), (weights * rows).sum() / weights.sum()]
+    np.testing.assert_allclose(centroid, [x, y], atol=0.3)
+
+
+def test_sloppy_boxes_stay_in_their_ranges():
+  box = np.array([100.0, 50.0, 200.0, 170.0])
+  rng = np.random.default_rng(0)
+  boxes = np.stack([robustness.sloppy_box(box, rng) for _ in range(2000)])
+  size, centre = box[2:] - box[:2], (box[:2] + box[2:]) / 2
+  scales = (boxes[:, 2:] - boxes[:, :2]) / size
+  shifts = ((boxes[:, :2] + boxes[:, 2:]) / 2 - centre) / size
+  np.testing.assert_allclose(scales[:, 0], scales[:, 1])  # one scale for both sides
+  assert 0.8 <= scales.min() < 0.82 and 1.23 < scales.max() <= 1.25
+  assert -0.15 <= shifts.min() < -0.14 and 0.14 < shifts.max() <= 0.15
+
+
+def test_occluder_covers_its_share_of_the_box_and_flags_the_landmarks_under_it():
+  # Every pixel of the photo is unique (x in red, y in green), so the pasted rectangle is
+  # exactly the set of changed pixels, and a landmark on every pixel centre of the box tells
+  # which ones it covers.
+  rows, cols = np.mgrid[0:200, 0:240]
+  photo = np.stack([cols % 256, rows % 256, np.full_like(rows, 7)], -1).astype(np.uint8)
+  box_points = np.stack(np.meshgrid(np.arange(60, 160), np.arange(50, 150)), -1).reshape(-1, 2)
+  points = box_points.astype(np.float32)
+  box = box_from_landmarks(points)
+  area = (box[2] - box[0]) * (box[3] - box[1])
+  for seed in range(8):
+    occluded, covered = robustness.occlude(photo, points, np.random.default_rng(seed))
+    changed = np.any(occluded != photo, axis=-1)
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)  # one rectangle
+    assert 0.28 <= changed.sum() / area <= 0.52
+    np.testing.assert_array_equal(covered, changed[points[:, 1].astype(int),
+                                                   points[:, 0].astype(int)])
+
+
+def test_summary_numbers_by_hand():
+  # Two faces of a 68-point scheme with outer eye corners 36 and 45 100 px apart; face 0 off
+  # by 2 px everywhere, face 1 off by 10 px on landmarks 0-9 only; a third face not found.
+  truth = np.zeros((3, 68, 2), np.float32)
+  truth[:, :, 0] = np.arange(68)
+  truth[:, 45, 0] = truth[:, 36, 0] + 100.0
+  predicted = truth.copy()
+  predicted[0, :, 0] += 2.0
+  predicted[1, :10, 1] += 10.0
+  predicted[2] = np.nan
+  occluded = np.zeros((3, 68), bool)
+  occluded[:, :10] = True
+  reliable = np.ones((3, 68), bool)
+  reliable[:, 5:15] = False  # flags 10 per face, 5 of them occluded
+  row = robustness.summarise(predicted, truth, reliable, occluded, "300w")
+  face_nme = np.array([2.0 / 100, 10 * 10.0 / 68 / 100])
+  assert (row["faces"], row["found"]) == (3, 2)
+  np.testing.assert_allclose(row["nme"], 100 * face_nme.mean())
+  np.testing.assert_allclose(row["median"], 100 * np.median(face_nme))
+  assert row["failure_rate"] == 0.0
+  np.testing.assert_allclose(row["occluded_nme"], 100 * (2.0 / 100 + 10.0 / 100) / 2)
+  np.testing.assert_allclose(row["visible_nme"], 100 * (2.0 / 100 + 0.0) / 2)
+  assert row["occlusion_precision"] == 0.5 and row["occlusion_recall"] == 0.5
+
+
+def test_a_tiny_model_runs_every_condition_and_variant():
+  model = tiny_models.tiny_pretrained()
+  records = tiny_models.face_records(count=2)
+  table = robustness.evaluate(model, records, seed=0, batch_size=2, log=lambda _: None)
+  assert set(table) == {"landmark box", "detector", "rotated 15", "rotated 30", "rotated 45",
+                        "sloppy box", "occluded"}
+  # The tiny package has the ST stage and the dictionary: every variant is run.
+  assert set(table["landmark box"]) == set(robustness.VARIANTS)
+  for condition, rows in table.items():
+    for row in rows.values():
+      assert row["faces"] == 2
+      if condition != "detector":  # given boxes: every face is predicted
+        assert row["found"] == 2 and np.isfinite(row["nme"])
+  assert "occlusion_recall" in table["occluded"]["HG + SR"]
+  assert "| occluded | HG + SR |" in robustness.markdown(table)
