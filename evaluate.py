@@ -13,11 +13,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "A configs/<name>.py file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "Read the model from this workdir instead of --workdir.")
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", None, "Read the model from this workdir instead of --workdir."
+)
 _OUT = flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval).")
 flags.mark_flag_as_required("config")
 
@@ -28,6 +30,7 @@ def main(argv):
   if not model_dir:
     raise app.UsageError("give --workdir (or --checkpoint)")
   from msm_jax import evaluation_run
+
   out_dir = _OUT.value or os.path.join(_WORKDIR.value or model_dir, "eval")
   evaluation_run.evaluate(_CONFIG.value, model_dir, out_dir)
 

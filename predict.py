@@ -31,8 +31,9 @@ DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretra
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
   parser.add_argument("--boxes", help="boxes.json (format above); default: the Haar face detector")
   parser.add_argument("--out", default="predictions", help="output folder")
@@ -48,8 +49,9 @@ def collect_images(paths, extensions) -> tuple[list[str], list[tuple[str, str]]]
     if os.path.isdir(path):
       for folder, subfolders, names in os.walk(path):
         subfolders.sort()
-        files += [os.path.join(folder, name) for name in sorted(names)
-                  if name.lower().endswith(extensions)]
+        files += [
+          os.path.join(folder, name) for name in sorted(names) if name.lower().endswith(extensions)
+        ]
     elif os.path.isfile(path):
       files.append(path)
     else:
@@ -65,17 +67,24 @@ def read_boxes(path: str) -> dict[str, np.ndarray]:
   except (OSError, json.JSONDecodeError) as error:
     raise ValueError(f"{path}: cannot read boxes ({error})") from None
   if not isinstance(table, dict):
-    raise ValueError(f"{path}: want an object {{\"image\": [[x0, y0, x1, y1], ...]}}")
+    raise ValueError(f'{path}: want an object {{"image": [[x0, y0, x1, y1], ...]}}')
   boxes = {}
   for key, value in table.items():
     try:
       array = np.asarray(value, np.float64)
     except (TypeError, ValueError):
       array = np.zeros((0,))
-    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != 4 or not np.all(
-        np.isfinite(array)) or np.any(array[:, 2:] <= array[:, :2]):
-      raise ValueError(f"{path}: entry {key!r} must be a non-empty list of [x0, y0, x1, y1] "
-                       f"boxes with x1 > x0 and y1 > y0, got {value!r}")
+    if (
+      array.ndim != 2
+      or array.shape[0] == 0
+      or array.shape[1] != 4
+      or not np.all(np.isfinite(array))
+      or np.any(array[:, 2:] <= array[:, :2])
+    ):
+      raise ValueError(
+        f"{path}: entry {key!r} must be a non-empty list of [x0, y0, x1, y1] "
+        f"boxes with x1 > x0 and y1 > y0, got {value!r}"
+      )
     boxes[key] = array
   return boxes
 
@@ -112,12 +121,16 @@ def main(argv=None) -> int:
 
   from tqdm import tqdm
   from msm_jax import prediction, pretrained
+
   try:
     model = pretrained.load_pretrained(args.model)
   except FileNotFoundError as error:
-    print(f"error: no pretrained model in {args.model} ({error}). Pass --model DIR, or make one "
-          f"from a training run: python -m msm_jax.pretrained --config configs/300w_subset.py "
-          f"--workdir runs/300w_subset --out pretrained/", file=sys.stderr)
+    print(
+      f"error: no pretrained model in {args.model} ({error}). Pass --model DIR, or make one "
+      f"from a training run: python -m msm_jax.pretrained --config configs/300w_subset.py "
+      f"--workdir runs/300w_subset --out pretrained/",
+      file=sys.stderr,
+    )
     return 2
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
@@ -142,11 +155,14 @@ def main(argv=None) -> int:
     # batch_size files per call (about one batch of faces): memory stays bounded on big
     # folders and the progress bar moves; the compiled pipeline is reused across calls.
     for start in range(0, len(todo), args.batch_size):
-      chunk = todo[start:start + args.batch_size]
+      chunk = todo[start : start + args.batch_size]
       results = prediction.predict_images(
-          model, [path for path, _ in chunk],
-          boxes=None if table is None else [boxes for _, boxes in chunk],
-          batch_size=args.batch_size, errors="collect")
+        model,
+        [path for path, _ in chunk],
+        boxes=None if table is None else [boxes for _, boxes in chunk],
+        batch_size=args.batch_size,
+        errors="collect",
+      )
       for (path, _), result in zip(chunk, results):
         try:
           if result.error:
@@ -155,8 +171,9 @@ def main(argv=None) -> int:
           document = prediction.prediction_to_json(result, prediction.exif_orientation(path))
           with open(stem + ".json", "w") as file:
             json.dump(document, file, indent=1)
-          prediction.save_overlay(stem + "_overlay.png", prediction.load_upright(path),
-                                  result.faces)
+          prediction.save_overlay(
+            stem + "_overlay.png", prediction.load_upright(path), result.faces
+          )
           face_count += len(result.faces)
           written += 1
         except (OSError, ValueError) as error:

@@ -17,8 +17,9 @@ from ml_collections import config_flags
 
 from msm_jax.cli import configure_training_process, restart_with_jemalloc
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "A configs/<name>.py file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -27,6 +28,7 @@ def main(argv):
   del argv
   configure_training_process()
   from msm_jax.train import run  # after the XLA flags are set
+
   run.train(_CONFIG.value, _WORKDIR.value)
 
 

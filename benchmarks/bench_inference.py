@@ -38,24 +38,36 @@ def _models(quick: bool):
   from benchmarks import bench_reconstruction, bench_training  # pylint: disable=g-import-not-at-top
   from msm_jax import landmarks, pipeline  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
-  overrides = (["hourglass.width=16", "hourglass.stem_widths=8,8,8",
-                "stgan.generator_width=0.25"] if quick else [])
+
+  overrides = (
+    ["hourglass.width=16", "hourglass.stem_widths=8,8,8", "stgan.generator_width=0.25"]
+    if quick
+    else []
+  )
   config = bench_training.load_config("paper", overrides)
   generator, hourglass = stages.generator_module(config), stages.hourglass_module(config)
   crops = jnp.zeros((1, config.data.crop_size, config.data.crop_size, 3), jnp.float32)
   scheme = landmarks.get_scheme(config.data.scheme)
   variables = {
-      "generator": generator.init(jax.random.key(1), crops, train=False),
-      "hourglass": hourglass.init(jax.random.key(2), crops, train=False),
-      "dictionary": jnp.asarray(bench_reconstruction.realistic_faces(
-          np.random.default_rng(3), config.shape.dictionary_size)),
-      "thresholds": jnp.asarray(landmarks.region_thresholds(
-          scheme, config.shape.contour_threshold, config.shape.feature_threshold)),
+    "generator": generator.init(jax.random.key(1), crops, train=False),
+    "hourglass": hourglass.init(jax.random.key(2), crops, train=False),
+    "dictionary": jnp.asarray(
+      bench_reconstruction.realistic_faces(np.random.default_rng(3), config.shape.dictionary_size)
+    ),
+    "thresholds": jnp.asarray(
+      landmarks.region_thresholds(
+        scheme, config.shape.contour_threshold, config.shape.feature_threshold
+      )
+    ),
   }
   options = pipeline.PipelineOptions(
-      crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size,
-      decode_blur_sigma=config.hourglass.sigma, score_radius=config.shape.score_radius,
-      num_neighbours=config.shape.num_neighbours, ridge_lambda=config.shape.ridge_lambda)
+    crop_size=config.data.crop_size,
+    heatmap_size=config.data.heatmap_size,
+    decode_blur_sigma=config.hourglass.sigma,
+    score_radius=config.shape.score_radius,
+    num_neighbours=config.shape.num_neighbours,
+    ridge_lambda=config.shape.ridge_lambda,
+  )
   return generator, hourglass, options, variables
 
 
@@ -66,15 +78,18 @@ def stage_functions(generator, hourglass, options):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from msm_jax import geometry, heatmaps, pipeline, sampler  # pylint: disable=g-import-not-at-top
+
   size = options.crop_size
 
   def spatial_transformer(variables, images, boxes):
     images = images.astype(jnp.float32) / 255.0
     crop_theta = geometry.crop_theta(boxes, images.shape[1:3], size)
-    st_theta = generator.apply(variables["generator"], sampler.warp(images, crop_theta,
-                                                                    (size, size)), train=False)
-    total_theta = (pipeline._normalised_homogeneous(crop_theta)
-                   @ pipeline._normalised_homogeneous(st_theta))[:, :2]
+    st_theta = generator.apply(
+      variables["generator"], sampler.warp(images, crop_theta, (size, size)), train=False
+    )
+    total_theta = (
+      pipeline._normalised_homogeneous(crop_theta) @ pipeline._normalised_homogeneous(st_theta)
+    )[:, :2]
     return sampler.warp(images, total_theta, (size, size)), total_theta
 
   def landmark_network(variables, canonical):
@@ -83,11 +98,13 @@ def stage_functions(generator, hourglass, options):
   def decode_and_score(logits, thresholds):
     maps = heatmaps.spatial_softmax(logits) if options.heatmaps_are_logits else logits
     points = heatmaps.heatmap_to_crop(
-        heatmaps.decode_heatmaps(maps, options.decode_method,
-                                 blur_sigma=options.decode_blur_sigma),
-        size, options.heatmap_size)
+      heatmaps.decode_heatmaps(maps, options.decode_method, blur_sigma=options.decode_blur_sigma),
+      size,
+      options.heatmap_size,
+    )
     scores = heatmaps.normalise_scores(
-        heatmaps.landmark_scores(maps, heatmaps.heatmap_argmax(maps), options.score_radius))
+      heatmaps.landmark_scores(maps, heatmaps.heatmap_argmax(maps), options.score_radius)
+    )
     return points, heatmaps.reliable_mask(scores, thresholds)
 
   def shape_repair(points, reliable, dictionary, total_theta, image_hw):
@@ -95,8 +112,12 @@ def stage_functions(generator, hourglass, options):
     to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
     return geometry.apply_affine(repaired, to_image)
 
-  return (jax.jit(spatial_transformer), jax.jit(landmark_network), jax.jit(decode_and_score),
-          jax.jit(shape_repair, static_argnums=4))
+  return (
+    jax.jit(spatial_transformer),
+    jax.jit(landmark_network),
+    jax.jit(decode_and_score),
+    jax.jit(shape_repair, static_argnums=4),
+  )
 
 
 def _inputs(batch: int):
@@ -110,6 +131,7 @@ def measure_batch(batch: int, quick: bool, repeats: int, warmup: int) -> dict:
   """One batch size: compile, one-jit timing, per-stage timings, peak RSS (in a worker)."""
   import jax  # pylint: disable=g-import-not-at-top
   from msm_jax import pipeline  # pylint: disable=g-import-not-at-top
+
   generator, hourglass, options, variables = _models(quick)
   images, boxes = (jax.device_put(array) for array in _inputs(batch))
   infer = pipeline.make_inference_fn(generator, hourglass, options)
@@ -125,24 +147,31 @@ def measure_batch(batch: int, quick: bool, repeats: int, warmup: int) -> dict:
   points, reliable = decode(logits, variables["thresholds"])
   final = repair(points, reliable, variables["dictionary"], total_theta, images.shape[1:3])
   stage_calls = {
-      "ST": lambda: st(variables, images, boxes),
-      "hourglass": lambda: network(variables, canonical),
-      "decode + score": lambda: decode(logits, variables["thresholds"]),
-      "SR": lambda: repair(points, reliable, variables["dictionary"], total_theta,
-                           images.shape[1:3]),
+    "ST": lambda: st(variables, images, boxes),
+    "hourglass": lambda: network(variables, canonical),
+    "decode + score": lambda: decode(logits, variables["thresholds"]),
+    "SR": lambda: repair(points, reliable, variables["dictionary"], total_theta, images.shape[1:3]),
   }
-  stage_timings = {name: common.time_calls(call, repeats, warmup).as_dict()
-                   for name, call in stage_calls.items()}
+  stage_timings = {
+    name: common.time_calls(call, repeats, warmup).as_dict() for name, call in stage_calls.items()
+  }
   # The pieces must compute what the pipeline computes (same reliable set, same points).
   reliable_agreement = float(np.mean(np.asarray(reliable) == np.asarray(outputs["reliable"])))
   final_difference = float(np.max(np.abs(np.asarray(final) - np.asarray(outputs["landmarks"]))))
   if reliable_agreement < 0.99 or final_difference > 0.5:
-    raise AssertionError(f"stage pieces differ from the one-jit pipeline: reliable agreement "
-                         f"{reliable_agreement:.3f}, max landmark difference "
-                         f"{final_difference:.3f} px")
-  return {"batch": batch, "compile_s": compile_s, "pipeline": whole.as_dict(),
-          "stages": stage_timings, "peak_rss_mb": common.peak_rss_mb(),
-          "pieces_max_landmark_difference_px": final_difference}
+    raise AssertionError(
+      f"stage pieces differ from the one-jit pipeline: reliable agreement "
+      f"{reliable_agreement:.3f}, max landmark difference "
+      f"{final_difference:.3f} px"
+    )
+  return {
+    "batch": batch,
+    "compile_s": compile_s,
+    "pipeline": whole.as_dict(),
+    "stages": stage_timings,
+    "peak_rss_mb": common.peak_rss_mb(),
+    "pieces_max_landmark_difference_px": final_difference,
+  }
 
 
 def main():
@@ -152,8 +181,9 @@ def main():
   args = parser.parse_args()
   common.check_args(args)
   if args.worker_batch:
-    common.emit_worker_result(measure_batch(args.worker_batch, args.quick, args.repeats,
-                                            args.warmup))
+    common.emit_worker_result(
+      measure_batch(args.worker_batch, args.quick, args.repeats, args.warmup)
+    )
     return
 
   machine = common.machine_info()
@@ -161,41 +191,95 @@ def main():
   batch_sizes = [1, 2] if args.quick else [int(size) for size in args.batch_sizes.split(",")]
   results = []
   for batch in batch_sizes:
-    arguments = ["--worker_batch", str(batch), "--repeats", str(args.repeats),
-                 "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
-    results.append(common.run_worker("benchmarks.bench_inference", arguments,
-                                     common.process_env(training=False)))
-    print(f"  batch {batch}: {batch / results[-1]['pipeline']['median_s']:.1f} faces/s",
-          flush=True)
+    arguments = [
+      "--worker_batch",
+      str(batch),
+      "--repeats",
+      str(args.repeats),
+      "--warmup",
+      str(args.warmup),
+    ] + (["--quick"] if args.quick else [])
+    results.append(
+      common.run_worker("benchmarks.bench_inference", arguments, common.process_env(training=False))
+    )
+    print(f"  batch {batch}: {batch / results[-1]['pipeline']['median_s']:.1f} faces/s", flush=True)
 
-  rows = [["paper (GTX 1080, Sec. IV-F)", 1, "-", f"{1e3 / PAPER_FACES_PER_S:.1f}",
-           f"{1e3 / PAPER_FACES_PER_S:.1f}", f"{PAPER_FACES_PER_S:.1f}", "-"]]
+  rows = [
+    [
+      "paper (GTX 1080, Sec. IV-F)",
+      1,
+      "-",
+      f"{1e3 / PAPER_FACES_PER_S:.1f}",
+      f"{1e3 / PAPER_FACES_PER_S:.1f}",
+      f"{PAPER_FACES_PER_S:.1f}",
+      "-",
+    ]
+  ]
   for result in results:
     seconds, batch = result["pipeline"]["median_s"], result["batch"]
-    rows.append(["msm-jax one-jit pipeline", batch, f"{result['compile_s']:.1f}",
-                 f"{seconds * 1e3:.1f}", f"{seconds * 1e3 / batch:.2f}",
-                 f"{batch / seconds:.1f}", f"{result['peak_rss_mb']:.0f}"])
-  print(f"\nOne-jit inference (Algorithm 2), uint8 {IMAGE_SIZE}x{IMAGE_SIZE} images, one face "
-        "each:\n")
-  print(common.markdown_table(["pipeline", "batch", "compile s", "ms/batch (median)",
-                               "ms/face", "faces/s", "peak RSS MB"], rows))
+    rows.append(
+      [
+        "msm-jax one-jit pipeline",
+        batch,
+        f"{result['compile_s']:.1f}",
+        f"{seconds * 1e3:.1f}",
+        f"{seconds * 1e3 / batch:.2f}",
+        f"{batch / seconds:.1f}",
+        f"{result['peak_rss_mb']:.0f}",
+      ]
+    )
+  print(
+    f"\nOne-jit inference (Algorithm 2), uint8 {IMAGE_SIZE}x{IMAGE_SIZE} images, one face each:\n"
+  )
+  print(
+    common.markdown_table(
+      ["pipeline", "batch", "compile s", "ms/batch (median)", "ms/face", "faces/s", "peak RSS MB"],
+      rows,
+    )
+  )
 
-  stage_rows = [["paper", 1, f"{PAPER_CNN_MS:.0f} (ST + hourglass)", "-", "-",
-                 f"{PAPER_RECONSTRUCTION_MS:.0f}", f"{PAPER_CNN_MS + PAPER_RECONSTRUCTION_MS:.0f}",
-                 f"{1e3 / PAPER_FACES_PER_S:.1f}"]]
+  stage_rows = [
+    [
+      "paper",
+      1,
+      f"{PAPER_CNN_MS:.0f} (ST + hourglass)",
+      "-",
+      "-",
+      f"{PAPER_RECONSTRUCTION_MS:.0f}",
+      f"{PAPER_CNN_MS + PAPER_RECONSTRUCTION_MS:.0f}",
+      f"{1e3 / PAPER_FACES_PER_S:.1f}",
+    ]
+  ]
   for result in results:
     batch = result["batch"]
     per_face = {name: result["stages"][name]["median_s"] * 1e3 / batch for name in STAGES}
-    stage_rows.append(["msm-jax", batch] + [f"{per_face[name]:.2f}" for name in STAGES] + [
-        f"{sum(per_face.values()):.2f}", f"{result['pipeline']['median_s'] * 1e3 / batch:.2f}"])
+    stage_rows.append(
+      ["msm-jax", batch]
+      + [f"{per_face[name]:.2f}" for name in STAGES]
+      + [f"{sum(per_face.values()):.2f}", f"{result['pipeline']['median_s'] * 1e3 / batch:.2f}"]
+    )
   print("\nPer stage, ms/face (each piece jitted alone):\n")
-  print(common.markdown_table(["", "batch"] + list(STAGES) + ["sum of pieces", "one jit"],
-                              stage_rows))
-  print(f"\nMedian of {args.repeats} calls after {args.warmup} warm-up; compile time excluded "
-        "from the timings; peak RSS of the worker process (includes compilation).")
-  common.write_json(args.json, "bench_inference", args, machine, {
-      "batches": results, "paper": {"faces_per_s": PAPER_FACES_PER_S, "cnn_ms": PAPER_CNN_MS,
-                                    "reconstruction_ms": PAPER_RECONSTRUCTION_MS}})
+  print(
+    common.markdown_table(["", "batch"] + list(STAGES) + ["sum of pieces", "one jit"], stage_rows)
+  )
+  print(
+    f"\nMedian of {args.repeats} calls after {args.warmup} warm-up; compile time excluded "
+    "from the timings; peak RSS of the worker process (includes compilation)."
+  )
+  common.write_json(
+    args.json,
+    "bench_inference",
+    args,
+    machine,
+    {
+      "batches": results,
+      "paper": {
+        "faces_per_s": PAPER_FACES_PER_S,
+        "cnn_ms": PAPER_CNN_MS,
+        "reconstruction_ms": PAPER_RECONSTRUCTION_MS,
+      },
+    },
+  )
 
 
 if __name__ == "__main__":

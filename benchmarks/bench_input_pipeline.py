@@ -48,8 +48,9 @@ def _w300_records(root: str):
   return records
 
 
-def faces_per_second(dataset, batch_size: int, num_batches: int, warmup_batches: int,
-                     repeats: int) -> common.Timing:
+def faces_per_second(
+  dataset, batch_size: int, num_batches: int, warmup_batches: int, repeats: int
+) -> common.Timing:
   """Timing of faces/s over ``repeats`` runs of ``num_batches`` batches on one iterator."""
   iterator = iter(dataset)
   try:
@@ -84,18 +85,44 @@ def step_costs(name: str, source, config, repeats: int, faces: int) -> list:
   rng = np.random.default_rng(0)
   examples = [source[i] for i in range(min(len(source), faces))]
   return [
-      (f"{name}: read / render", _per_face_seconds(
-          lambda example: source[example["index"]], examples, repeats)),
-      (f"{name}: hourglass crop + augmentation", _per_face_seconds(
-          lambda e: augment.augment_face(
-              e["image"], e["landmarks"], e["occluded"], e["box"], rng,
-              crop_size=config.data.crop_size, margin=config.data.box_margin,
-              options=options, flip_permutation=tables.flip_permutation), examples, repeats)),
-      (f"{name}: ST-GAN pair", _per_face_seconds(
-          lambda e: stgan_pairs.make_stgan_pair(
-              e["image"], e["landmarks"], e["box"], rng, options=pair_options,
-              anchors=tables.anchors, flip_permutation=tables.flip_permutation),
-          examples, repeats)),
+    (
+      f"{name}: read / render",
+      _per_face_seconds(lambda example: source[example["index"]], examples, repeats),
+    ),
+    (
+      f"{name}: hourglass crop + augmentation",
+      _per_face_seconds(
+        lambda e: augment.augment_face(
+          e["image"],
+          e["landmarks"],
+          e["occluded"],
+          e["box"],
+          rng,
+          crop_size=config.data.crop_size,
+          margin=config.data.box_margin,
+          options=options,
+          flip_permutation=tables.flip_permutation,
+        ),
+        examples,
+        repeats,
+      ),
+    ),
+    (
+      f"{name}: ST-GAN pair",
+      _per_face_seconds(
+        lambda e: stgan_pairs.make_stgan_pair(
+          e["image"],
+          e["landmarks"],
+          e["box"],
+          rng,
+          options=pair_options,
+          anchors=tables.anchors,
+          flip_permutation=tables.flip_permutation,
+        ),
+        examples,
+        repeats,
+      ),
+    ),
   ]
 
 
@@ -103,11 +130,10 @@ def _training_consumption() -> str:
   """The training steps' images/s from bench_training's JSON, if it has been run."""
   path = common.RESULTS_DIR / "bench_training.json"
   if not path.exists():
-    return ("(run bench_training first to compare with what the training steps consume)")
+    return "(run bench_training first to compare with what the training steps consume)"
   with open(path) as file:
     results = json.load(file)["results"]["per_stage"]
-  rates = ", ".join(f"{row['config']} {row['stage']} {row['images_per_s']:.1f}"
-                    for row in results)
+  rates = ", ".join(f"{row['config']} {row['stage']} {row['images_per_s']:.1f}" for row in results)
   return f"Training steps consume (images/s, {path.name}): {rates}."
 
 
@@ -126,45 +152,68 @@ def main():
   machine = common.machine_info()
   common.print_machine(machine)
   config = _config(args.batch_size)
-  sources = {"synthetic (rendered, 160 px)": input_pipeline.SyntheticSource(
-      seed=0, num_faces=args.num_synthetic, config=synthetic.SyntheticConfig(image_size=160))}
+  sources = {
+    "synthetic (rendered, 160 px)": input_pipeline.SyntheticSource(
+      seed=0, num_faces=args.num_synthetic, config=synthetic.SyntheticConfig(image_size=160)
+    )
+  }
   if args.root:
     records = _w300_records(args.root)
-    sources[f"300-W folder ({len(records)} faces, JPEG/PNG)"] = input_pipeline.RecordSource(
-        records)
-  builders = {"hourglass": input_pipeline.hourglass_train_dataset,
-              "ST-GAN": input_pipeline.stgan_train_dataset}
+    sources[f"300-W folder ({len(records)} faces, JPEG/PNG)"] = input_pipeline.RecordSource(records)
+  builders = {
+    "hourglass": input_pipeline.hourglass_train_dataset,
+    "ST-GAN": input_pipeline.stgan_train_dataset,
+  }
 
   results, rows = {"pipeline": [], "steps": []}, []
   for source_name, source in sources.items():
     for stage, build in builders.items():
       for workers in (int(count) for count in args.workers.split(",")):
         start = time.perf_counter()
-        rate = faces_per_second(build(source, config, worker_count=workers), args.batch_size,
-                                args.num_batches, args.warmup_batches, args.repeats)
-        results["pipeline"].append({"source": source_name, "stage": stage, "workers": workers,
-                                    "faces_per_s": rate.median, "faces_per_s_max": rate.minimum,
-                                    "samples": list(rate.samples),
-                                    "wall_s": time.perf_counter() - start})
+        rate = faces_per_second(
+          build(source, config, worker_count=workers),
+          args.batch_size,
+          args.num_batches,
+          args.warmup_batches,
+          args.repeats,
+        )
+        results["pipeline"].append(
+          {
+            "source": source_name,
+            "stage": stage,
+            "workers": workers,
+            "faces_per_s": rate.median,
+            "faces_per_s_max": rate.minimum,
+            "samples": list(rate.samples),
+            "wall_s": time.perf_counter() - start,
+          }
+        )
         rows.append([source_name, stage, workers, f"{rate.median:.0f}", f"{rate.minimum:.0f}"])
-        print(f"  {source_name}, {stage}, {workers} workers: {rate.median:.0f} faces/s",
-              flush=True)
-  print(f"\nGrain pipeline with augmentation, batch {args.batch_size}, crop "
-        f"{config.data.crop_size} px:\n")
-  print(common.markdown_table(["source", "batches", "workers", "faces/s (median)",
-                               "faces/s (best)"], rows))
+        print(f"  {source_name}, {stage}, {workers} workers: {rate.median:.0f} faces/s", flush=True)
+  print(
+    f"\nGrain pipeline with augmentation, batch {args.batch_size}, crop "
+    f"{config.data.crop_size} px:\n"
+  )
+  print(
+    common.markdown_table(
+      ["source", "batches", "workers", "faces/s (median)", "faces/s (best)"], rows
+    )
+  )
 
   step_rows = []
   for source_name, source in sources.items():
-    for step, seconds in step_costs(source_name.split(" (")[0], source, config, args.repeats,
-                                    8 if args.quick else 50):
+    for step, seconds in step_costs(
+      source_name.split(" (")[0], source, config, args.repeats, 8 if args.quick else 50
+    ):
       results["steps"].append({"step": step, "ms_per_face": seconds * 1e3})
       step_rows.append([step, f"{seconds * 1e3:.2f}", f"{1.0 / seconds:.0f}"])
   print("\nEach step alone, one process:\n")
   print(common.markdown_table(["step", "ms/face (median)", "faces/s"], step_rows))
-  print(f"\n{args.num_batches} timed batches per run, median of {args.repeats} runs after "
-        f"{args.warmup_batches} warm-up batches; augmentation: "
-        f"{augment.AugmentOptions.from_config(config.augment)}")
+  print(
+    f"\n{args.num_batches} timed batches per run, median of {args.repeats} runs after "
+    f"{args.warmup_batches} warm-up batches; augmentation: "
+    f"{augment.AugmentOptions.from_config(config.augment)}"
+  )
   print(_training_consumption())
   common.write_json(args.json, "bench_input_pipeline", args, machine, results)
 

@@ -25,6 +25,7 @@ def jax_matmul_rates(size: int, repeats: int, warmup: int) -> dict:
   """GFLOP/s of ``[n, n] @ [n, n]`` in float32 and bfloat16 (float32 accumulate)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   rates = {}
   for dtype in (jnp.float32, jnp.bfloat16):
     keys = jax.random.split(jax.random.key(0))
@@ -38,6 +39,7 @@ def jax_matmul_rates(size: int, repeats: int, warmup: int) -> dict:
 def torch_matmul_rates(size: int, repeats: int, warmup: int) -> dict:
   """The same matmuls in PyTorch eager (bfloat16 inputs, bfloat16 output as autocast)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   rates = {}
   for dtype in (torch.float32, torch.bfloat16):
     generator = torch.Generator().manual_seed(0)
@@ -53,6 +55,7 @@ def hourglass_forward(batch: int, overrides, repeats: int, warmup: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
+
   config = bench_training.load_config("paper", overrides)
   module = stages.hourglass_module(config)
   images = jnp.zeros((batch, config.data.crop_size, config.data.crop_size, 3), jnp.float32)
@@ -64,13 +67,25 @@ def hourglass_forward(batch: int, overrides, repeats: int, warmup: int) -> dict:
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   timing = common.time_calls(lambda: compiled(variables, images), repeats, warmup)
-  return {"batch": batch, "flops_per_face": flops / batch, "compile_s": compile_s,
-          "time": timing.as_dict(), "gflops_per_s": flops / timing.median / 1e9}
+  return {
+    "batch": batch,
+    "flops_per_face": flops / batch,
+    "compile_s": compile_s,
+    "time": timing.as_dict(),
+    "gflops_per_s": flops / timing.median / 1e9,
+  }
 
 
 def _rate_row(name, gflop_per_face, seconds, batch, rate, peaks):
-  return [name, f"{gflop_per_face:.2f}", batch, f"{seconds:.3f}", f"{rate:.1f}",
-          f"{100 * rate / peaks['jax_float32']:.0f} %", f"{100 * rate / peaks['best']:.0f} %"]
+  return [
+    name,
+    f"{gflop_per_face:.2f}",
+    batch,
+    f"{seconds:.3f}",
+    f"{rate:.1f}",
+    f"{100 * rate / peaks['jax_float32']:.0f} %",
+    f"{100 * rate / peaks['best']:.0f} %",
+  ]
 
 
 def main():
@@ -86,55 +101,114 @@ def main():
     return
 
   from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+
   restart_with_jemalloc()  # the train-step worker runs as train.py does
   machine = common.machine_info()
   common.print_machine(machine)
   batch = 2 if args.quick else args.batch
   overrides = [f"hourglass.batch_size={batch}"] + (
-      ["hourglass.width=16", "hourglass.stem_widths=8,8,8"] if args.quick else [])
+    ["hourglass.width=16", "hourglass.stem_widths=8,8,8"] if args.quick else []
+  )
 
-  matmul_arguments = ["--matmul_worker", "--matmul_size", str(size), "--repeats",
-                      str(args.repeats), "--warmup", str(args.warmup)] + (
-                          ["--quick"] if args.quick else [])
+  matmul_arguments = [
+    "--matmul_worker",
+    "--matmul_size",
+    str(size),
+    "--repeats",
+    str(args.repeats),
+    "--warmup",
+    str(args.warmup),
+  ] + (["--quick"] if args.quick else [])
   rates = {}
   for training, label in ((False, "JAX"), (True, "JAX + YNN flag")):
-    worker = common.run_worker("benchmarks.bench_limit", matmul_arguments,
-                               common.process_env(training=training))
+    worker = common.run_worker(
+      "benchmarks.bench_limit", matmul_arguments, common.process_env(training=training)
+    )
     rates.update({f"{label} {dtype}": rate for dtype, rate in worker.items()})
   try:
-    rates.update({f"PyTorch {dtype}": rate for dtype, rate in
-                  torch_matmul_rates(size, args.repeats, args.warmup).items()})
+    rates.update(
+      {
+        f"PyTorch {dtype}": rate
+        for dtype, rate in torch_matmul_rates(size, args.repeats, args.warmup).items()
+      }
+    )
   except ImportError:
     print("PyTorch not installed: its matmul rows are left out (benchmarks/requirements.txt)")
-  peaks = {"jax_float32": max(rate for name, rate in rates.items()
-                              if name.startswith("JAX") and name.endswith("float32")),
-           "best": max(rates.values())}
+  peaks = {
+    "jax_float32": max(
+      rate for name, rate in rates.items() if name.startswith("JAX") and name.endswith("float32")
+    ),
+    "best": max(rates.values()),
+  }
   print(f"\nMatmul [{size}, {size}] @ [{size}, {size}], median of {args.repeats}:\n")
-  print(common.markdown_table(["matmul", "GFLOP/s"],
-                              [[name, f"{rate:.1f}"] for name, rate in rates.items()]))
+  print(
+    common.markdown_table(
+      ["matmul", "GFLOP/s"], [[name, f"{rate:.1f}"] for name, rate in rates.items()]
+    )
+  )
 
   forward = hourglass_forward(batch, overrides, args.repeats, args.warmup)
-  train = common.run_worker("benchmarks.bench_training", bench_training.worker_arguments(
-      "paper", "hourglass", overrides, args.repeats, args.warmup),
-                            common.process_env(training=True))
+  train = common.run_worker(
+    "benchmarks.bench_training",
+    bench_training.worker_arguments("paper", "hourglass", overrides, args.repeats, args.warmup),
+    common.process_env(training=True),
+  )
   forward_seconds = forward["time"]["median_s"]
   train_seconds = train["step"]["median_s"]
   train_rate = train["flops_per_step"] / train_seconds / 1e9
-  print(f"\nStacked hourglass ({'--quick sizes' if args.quick else 'full size'}), batch "
-        f"{batch}; fractions of the best JAX float32 matmul ({peaks['jax_float32']:.1f} "
-        f"GFLOP/s) and of the best matmul measured ({peaks['best']:.1f} GFLOP/s):\n")
-  print(common.markdown_table(
-      ["computation", "GFLOP/face", "batch", "s (median)", "GFLOP/s", "of JAX f32 peak",
-       "of best peak"],
-      [_rate_row("forward (no YNN flag)", forward["flops_per_face"] / 1e9, forward_seconds,
-                 batch, forward["gflops_per_s"], peaks),
-       _rate_row("train step (YNN flag)", train["flops_per_image"] / 1e9, train_seconds, batch,
-                 train_rate, peaks)]))
-  print(f"\nFLOPs: XLA cost analysis of the lowered (unoptimised) computation; train step / "
-        f"forward FLOPs = {train['flops_per_image'] / forward['flops_per_face']:.2f}.")
-  common.write_json(args.json, "bench_limit", args, machine, {
-      "matmul_size": size, "matmul_gflops_per_s": rates, "peaks_gflops_per_s": peaks,
-      "forward": forward, "train_step": {**train, "gflops_per_s": train_rate}})
+  print(
+    f"\nStacked hourglass ({'--quick sizes' if args.quick else 'full size'}), batch "
+    f"{batch}; fractions of the best JAX float32 matmul ({peaks['jax_float32']:.1f} "
+    f"GFLOP/s) and of the best matmul measured ({peaks['best']:.1f} GFLOP/s):\n"
+  )
+  print(
+    common.markdown_table(
+      [
+        "computation",
+        "GFLOP/face",
+        "batch",
+        "s (median)",
+        "GFLOP/s",
+        "of JAX f32 peak",
+        "of best peak",
+      ],
+      [
+        _rate_row(
+          "forward (no YNN flag)",
+          forward["flops_per_face"] / 1e9,
+          forward_seconds,
+          batch,
+          forward["gflops_per_s"],
+          peaks,
+        ),
+        _rate_row(
+          "train step (YNN flag)",
+          train["flops_per_image"] / 1e9,
+          train_seconds,
+          batch,
+          train_rate,
+          peaks,
+        ),
+      ],
+    )
+  )
+  print(
+    f"\nFLOPs: XLA cost analysis of the lowered (unoptimised) computation; train step / "
+    f"forward FLOPs = {train['flops_per_image'] / forward['flops_per_face']:.2f}."
+  )
+  common.write_json(
+    args.json,
+    "bench_limit",
+    args,
+    machine,
+    {
+      "matmul_size": size,
+      "matmul_gflops_per_s": rates,
+      "peaks_gflops_per_s": peaks,
+      "forward": forward,
+      "train_step": {**train, "gflops_per_s": train_rate},
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -42,16 +42,22 @@ def main() -> None:
     os.sched_setaffinity(0, {core})
     pinned = f"pinned to core {core}"
 
-  print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs ({pinned}); Python {platform.python_version()}, "
-        f"NumPy {np.__version__}, Pillow {PIL.__version__}")
+  print(
+    f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+    f"{os.cpu_count()} CPUs ({pinned}); Python {platform.python_version()}, "
+    f"NumPy {np.__version__}, Pillow {PIL.__version__}"
+  )
   print()
   print("| image size | faces/s, no occluders | faces/s, with occluders |")
   print("|---|---|---|")
   for size in (128, 256):
     faces = max(10, args.faces * 128 // size)
-    rates = [faces_per_second(synthetic.SyntheticConfig(image_size=size, occlusion_prob=p),
-                              faces, args.repeats) for p in (0.0, 1.0)]
+    rates = [
+      faces_per_second(
+        synthetic.SyntheticConfig(image_size=size, occlusion_prob=p), faces, args.repeats
+      )
+      for p in (0.0, 1.0)
+    ]
     print(f"| {size} x {size} | {rates[0]:.0f} | {rates[1]:.0f} |")
 
 

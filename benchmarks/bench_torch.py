@@ -37,6 +37,7 @@ INFERENCE_TARGET, TRAIN_TARGET = 1.5, 1.0
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   """The hourglass and batch the run uses (full size unless --quick)."""
+
   batch: int
   crop_size: int = 128
   width: int = 256
@@ -45,10 +46,13 @@ class Sizes:
 
   def overrides(self) -> list:
     """bench_training --set overrides of configs/base.py giving these sizes."""
-    return [f"hourglass.width={self.width}",
-            "hourglass.stem_widths=" + ",".join(map(str, self.stem_widths)),
-            f"hourglass.batch_size={self.batch}", f"data.crop_size={self.crop_size}",
-            f"data.heatmap_size={self.crop_size // 2}"]
+    return [
+      f"hourglass.width={self.width}",
+      "hourglass.stem_widths=" + ",".join(map(str, self.stem_widths)),
+      f"hourglass.batch_size={self.batch}",
+      f"data.crop_size={self.crop_size}",
+      f"data.heatmap_size={self.crop_size // 2}",
+    ]
 
 
 def build_torch_twin(sizes: Sizes, num_stacks: int = 2, depth: int = 4):
@@ -134,8 +138,11 @@ def build_torch_twin(sizes: Sizes, num_stacks: int = 2, depth: int = 4):
         stack_heatmaps = getattr(self, f"heatmaps{stack}")(y)
         heatmaps.append(stack_heatmaps.float())
         if stack < num_stacks - 1:
-          x = (x + getattr(self, f"features_back{stack}")(y)
-               + getattr(self, f"heatmaps_back{stack}")(stack_heatmaps))
+          x = (
+            x
+            + getattr(self, f"features_back{stack}")(y)
+            + getattr(self, f"heatmaps_back{stack}")(stack_heatmaps)
+          )
       return torch.stack(heatmaps)
 
   return StackedHourglass()
@@ -151,9 +158,12 @@ def copy_flax_weights(torch_model, variables) -> None:
   """
   import torch  # pylint: disable=g-import-not-at-top
   from flax.traverse_util import flatten_dict  # pylint: disable=g-import-not-at-top
-  flax_leaves = {"/".join(path): np.asarray(leaf, np.float32) for collection in
-                 ("params", "batch_stats") for path, leaf in
-                 flatten_dict(variables[collection]).items()}
+
+  flax_leaves = {
+    "/".join(path): np.asarray(leaf, np.float32)
+    for collection in ("params", "batch_stats")
+    for path, leaf in flatten_dict(variables[collection]).items()
+  }
   used = set()
 
   def take(key):
@@ -186,6 +196,7 @@ def randomise_variables(variables, seed: int = 0):
   as identical identity taps, the BatchNorm statistics as 0 and 1)."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax.traverse_util import flatten_dict, unflatten_dict  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   flat = flatten_dict(variables)
   for path, leaf in flat.items():
@@ -202,6 +213,7 @@ def randomise_variables(variables, seed: int = 0):
 
 def _count(tree) -> int:
   import jax  # pylint: disable=g-import-not-at-top
+
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
@@ -212,6 +224,7 @@ def check_twin(flax_model, variables, torch_model, images: np.ndarray) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   flax_count = _count(variables["params"])
   torch_count = sum(parameter.numel() for parameter in torch_model.parameters())
   assert flax_count == torch_count, f"parameters: Flax {flax_count:,} vs PyTorch {torch_count:,}"
@@ -239,15 +252,18 @@ def check_twin(flax_model, variables, torch_model, images: np.ndarray) -> dict:
 def gaussian_targets(landmarks: np.ndarray, sizes: Sizes, sigma: float = 1.5) -> np.ndarray:
   """[B, L, 2] crop pixels -> [B, L, h, w] Gaussian maps (as the JAX step renders them)."""
   from msm_jax import heatmaps  # pylint: disable=g-import-not-at-top
+
   points = heatmaps.crop_to_heatmap(landmarks, sizes.crop_size, sizes.crop_size // 2)
   maps = heatmaps.gaussian_heatmaps(points, sizes.crop_size // 2, sigma)
   return np.asarray(maps).transpose(0, 3, 1, 2)
 
 
-def torch_cases(base_model, images: np.ndarray, targets: np.ndarray, repeats: int,
-                warmup: int) -> list:
+def torch_cases(
+  base_model, images: np.ndarray, targets: np.ndarray, repeats: int, warmup: int
+) -> list:
   """Forward (inference mode) and train step of every PyTorch eager configuration."""
   import torch  # pylint: disable=g-import-not-at-top
+
   # XLA:CPU flushes denormals to zero; PyTorch does so only when asked.
   torch.set_flush_denormal(True)
   results = []
@@ -281,22 +297,29 @@ def torch_cases(base_model, images: np.ndarray, targets: np.ndarray, repeats: in
       model.train()
       train_timing = common.time_calls(train_step, repeats, warmup)
       name = f"PyTorch {dtype}{' autocast' if dtype == 'bfloat16' else ''}" + (
-          ", channels-last" if channels_last else ", NCHW")
-      results.append({"name": name, "forward": forward_timing.as_dict(),
-                      "train_step": train_timing.as_dict()})
-      print(f"  {name}: forward {forward_timing.median:.3f} s, train step "
-            f"{train_timing.median:.3f} s", flush=True)
+        ", channels-last" if channels_last else ", NCHW"
+      )
+      results.append(
+        {"name": name, "forward": forward_timing.as_dict(), "train_step": train_timing.as_dict()}
+      )
+      print(
+        f"  {name}: forward {forward_timing.median:.3f} s, train step {train_timing.median:.3f} s",
+        flush=True,
+      )
   return results
 
 
-def jax_forward_case(sizes: Sizes, dtype: str, variables, images: np.ndarray, repeats: int,
-                     warmup: int) -> dict:
+def jax_forward_case(
+  sizes: Sizes, dtype: str, variables, images: np.ndarray, repeats: int, warmup: int
+) -> dict:
   """The Flax forward pass (inference mode) in this process, with the config's compute dtype
   (``variables`` stay float32 either way)."""
   import jax  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
+
   config = bench_training.load_config(
-      "paper", sizes.overrides() + [f"hourglass.compute_dtype={dtype}"])
+    "paper", sizes.overrides() + [f"hourglass.compute_dtype={dtype}"]
+  )
   module = stages.hourglass_module(config)
   forward = jax.jit(lambda variables, images: module.apply(variables, images, train=False))
   device_images = jax.device_put(images)
@@ -314,29 +337,47 @@ def _ratio_rows(jax_results: dict, torch_best: dict) -> list:
       if key not in result:
         continue
       ratio = torch_best[key]["median_s"] / result[key]["median_s"]
-      rows.append([name, "inference" if key == "forward" else "train step",
-                   f"{result[key]['median_s']:.3f}", torch_best[key]["name"],
-                   f"{torch_best[key]['median_s']:.3f}", f"{ratio:.2f}x", f">= {target}x",
-                   "met" if ratio >= target else "not met"])
+      rows.append(
+        [
+          name,
+          "inference" if key == "forward" else "train step",
+          f"{result[key]['median_s']:.3f}",
+          torch_best[key]["name"],
+          f"{torch_best[key]['median_s']:.3f}",
+          f"{ratio:.2f}x",
+          f">= {target}x",
+          "met" if ratio >= target else "not met",
+        ]
+      )
   return rows
 
 
 def main():
   parser = common.parser("bench_torch", __doc__)
   parser.add_argument("--batch", type=int, default=16, help="faces per batch (Sec. IV-C: 16)")
-  parser.add_argument("--no_jemalloc", action="store_true",
-                      help="keep the system allocator (default: jemalloc, as train.py)")
+  parser.add_argument(
+    "--no_jemalloc",
+    action="store_true",
+    help="keep the system allocator (default: jemalloc, as train.py)",
+  )
   parser.add_argument("--skip_train", action="store_true", help="forward passes only")
-  parser.add_argument("--train_devices", default="1,2",
-                      help="forced CPU device counts of the JAX float32 train step (train.py "
-                      "uses 1; 2 virtual devices were faster on 2 cores)")
+  parser.add_argument(
+    "--train_devices",
+    default="1,2",
+    help="forced CPU device counts of the JAX float32 train step (train.py "
+    "uses 1; 2 virtual devices were faster on 2 cores)",
+  )
   args = parser.parse_args()
   common.check_args(args)
   if not args.no_jemalloc:
     from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+
     restart_with_jemalloc()
-  sizes = (Sizes(batch=2, crop_size=64, width=32, stem_widths=(8, 8, 16)) if args.quick
-           else Sizes(batch=args.batch))
+  sizes = (
+    Sizes(batch=2, crop_size=64, width=32, stem_widths=(8, 8, 16))
+    if args.quick
+    else Sizes(batch=args.batch)
+  )
   machine = common.machine_info()
   common.print_machine(machine)
 
@@ -344,74 +385,122 @@ def main():
   jax_results = {"JAX float32": {}, "JAX bfloat16 compute": {}}
   device_counts = sorted({int(count) for count in args.train_devices.split(",")} | {1})
   train_cases = [("JAX float32", "float32", 1), ("JAX bfloat16 compute", "bfloat16", 1)] + [
-      (f"JAX float32, {count} virtual devices", "float32", count)
-      for count in device_counts if count > 1]
-  for name, dtype, devices in ([] if args.skip_train else train_cases):
-    worker = common.run_worker("benchmarks.bench_training", bench_training.worker_arguments(
-        "paper", "hourglass", sizes.overrides() + [f"hourglass.compute_dtype={dtype}"],
-        args.repeats, args.warmup), common.process_env(training=True, devices=devices))
-    jax_results.setdefault(name, {}).update(train_step=worker["step"],
-                                            train_compile_s=worker["compile_s"])
+    (f"JAX float32, {count} virtual devices", "float32", count)
+    for count in device_counts
+    if count > 1
+  ]
+  for name, dtype, devices in [] if args.skip_train else train_cases:
+    worker = common.run_worker(
+      "benchmarks.bench_training",
+      bench_training.worker_arguments(
+        "paper",
+        "hourglass",
+        sizes.overrides() + [f"hourglass.compute_dtype={dtype}"],
+        args.repeats,
+        args.warmup,
+      ),
+      common.process_env(training=True, devices=devices),
+    )
+    jax_results.setdefault(name, {}).update(
+      train_step=worker["step"], train_compile_s=worker["compile_s"]
+    )
     print(f"  {name}: train step {worker['step']['median_s']:.3f} s", flush=True)
 
   import jax  # pylint: disable=g-import-not-at-top  (after the workers: see above)
   import torch  # pylint: disable=g-import-not-at-top
   from msm_jax.models.hourglass import StackedHourglass  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   images = rng.uniform(0.0, 1.0, (sizes.batch, sizes.crop_size, sizes.crop_size, 3))
   images = images.astype(np.float32)
   landmarks = rng.uniform(0.2, 0.8, (sizes.batch, sizes.num_landmarks, 2)) * sizes.crop_size
 
-  flax_model = StackedHourglass(num_landmarks=sizes.num_landmarks, width=sizes.width,
-                                stem_widths=sizes.stem_widths)
+  flax_model = StackedHourglass(
+    num_landmarks=sizes.num_landmarks, width=sizes.width, stem_widths=sizes.stem_widths
+  )
   variables = randomise_variables(flax_model.init(jax.random.key(0), images[:1], train=False))
   torch_model = build_torch_twin(sizes)
   check_images = images[:2]
   twin = check_twin(flax_model, variables, torch_model, check_images)
-  print(f"Twin check: {twin['parameters']:,} parameters in both; max relative heatmap error "
-        f"{twin['eval_max_relative_error']:.1e} (inference mode), "
-        f"{twin['train_max_relative_error']:.1e} (training mode) with the same weights\n",
-        flush=True)
+  print(
+    f"Twin check: {twin['parameters']:,} parameters in both; max relative heatmap error "
+    f"{twin['eval_max_relative_error']:.1e} (inference mode), "
+    f"{twin['train_max_relative_error']:.1e} (training mode) with the same weights\n",
+    flush=True,
+  )
 
   for dtype, name in (("float32", "JAX float32"), ("bfloat16", "JAX bfloat16 compute")):
-    jax_results[name].update(jax_forward_case(sizes, dtype, variables, images,
-                                                  args.repeats, args.warmup))
+    jax_results[name].update(
+      jax_forward_case(sizes, dtype, variables, images, args.repeats, args.warmup)
+    )
     print(f"  {name}: forward {jax_results[name]['forward']['median_s']:.3f} s", flush=True)
-  torch_results = torch_cases(torch_model, images, gaussian_targets(landmarks, sizes),
-                              args.repeats, args.warmup)
+  torch_results = torch_cases(
+    torch_model, images, gaussian_targets(landmarks, sizes), args.repeats, args.warmup
+  )
 
-  headers = ["configuration", "forward s (median)", "forward s (min)", "faces/s inference",
-             "train step s (median)", "train step s (min)", "images/s training"]
+  headers = [
+    "configuration",
+    "forward s (median)",
+    "forward s (min)",
+    "faces/s inference",
+    "train step s (median)",
+    "train step s (min)",
+    "images/s training",
+  ]
   rows = []
   for name, result in list(jax_results.items()) + [(r["name"], r) for r in torch_results]:
     forward, train = result.get("forward"), result.get("train_step")
-    rows.append([name, f"{forward['median_s']:.3f}" if forward else "-",
-                 f"{forward['min_s']:.3f}" if forward else "-",
-                 f"{sizes.batch / forward['median_s']:.1f}" if forward else "-",
-                 f"{train['median_s']:.3f}" if train else "-",
-                 f"{train['min_s']:.3f}" if train else "-",
-                 f"{sizes.batch / train['median_s']:.1f}" if train else "-"])
-  print(f"\nStacked hourglass, batch {sizes.batch}, {sizes.crop_size}x{sizes.crop_size} input, "
-        f"width {sizes.width}, {twin['parameters']:,} parameters; torch threads "
-        f"{torch.get_num_threads()}:\n")
+    rows.append(
+      [
+        name,
+        f"{forward['median_s']:.3f}" if forward else "-",
+        f"{forward['min_s']:.3f}" if forward else "-",
+        f"{sizes.batch / forward['median_s']:.1f}" if forward else "-",
+        f"{train['median_s']:.3f}" if train else "-",
+        f"{train['min_s']:.3f}" if train else "-",
+        f"{sizes.batch / train['median_s']:.1f}" if train else "-",
+      ]
+    )
+  print(
+    f"\nStacked hourglass, batch {sizes.batch}, {sizes.crop_size}x{sizes.crop_size} input, "
+    f"width {sizes.width}, {twin['parameters']:,} parameters; torch threads "
+    f"{torch.get_num_threads()}:\n"
+  )
   print(common.markdown_table(headers, rows))
 
   torch_best = {}
   for key in ("forward", "train_step"):
     best = min((r for r in torch_results), key=lambda r: r[key]["median_s"])
     torch_best[key] = {"name": best["name"], **best[key]}
-  print("\nJAX / PyTorch speed (PyTorch time / JAX time, > 1: JAX faster), against PyTorch's "
-        "fastest eager configuration:\n")
-  print(common.markdown_table(
+  print(
+    "\nJAX / PyTorch speed (PyTorch time / JAX time, > 1: JAX faster), against PyTorch's "
+    "fastest eager configuration:\n"
+  )
+  print(
+    common.markdown_table(
       ["JAX", "task", "JAX s", "best PyTorch", "PyTorch s", "ratio", "target", "status"],
-      _ratio_rows(jax_results, torch_best)))
-  print(f"\nMedian (min) of {args.repeats} calls after {args.warmup} warm-up; JAX inference in "
-        "this process without the YNN flag, JAX train steps in a worker with it.")
-  common.write_json(args.json, "bench_torch", args, machine, {
-      "sizes": dataclasses.asdict(sizes), "twin_check": twin, "torch_threads":
-      torch.get_num_threads(), "jax": jax_results, "torch": torch_results,
-      "torch_best": torch_best, "targets": {"inference": INFERENCE_TARGET,
-                                            "train_step": TRAIN_TARGET}})
+      _ratio_rows(jax_results, torch_best),
+    )
+  )
+  print(
+    f"\nMedian (min) of {args.repeats} calls after {args.warmup} warm-up; JAX inference in "
+    "this process without the YNN flag, JAX train steps in a worker with it."
+  )
+  common.write_json(
+    args.json,
+    "bench_torch",
+    args,
+    machine,
+    {
+      "sizes": dataclasses.asdict(sizes),
+      "twin_check": twin,
+      "torch_threads": torch.get_num_threads(),
+      "jax": jax_results,
+      "torch": torch_results,
+      "torch_best": torch_best,
+      "targets": {"inference": INFERENCE_TARGET, "train_step": TRAIN_TARGET},
+    },
+  )
 
 
 if __name__ == "__main__":

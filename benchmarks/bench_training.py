@@ -26,19 +26,28 @@ from benchmarks import common
 
 STAGES = ("stgan", "hourglass", "resnet")
 _SCALING_CAVEAT = (
-    "Caveat: forced host devices are slices of the same {cores} usable core(s), not extra "
-    "hardware. These rows show the overhead of sharding (collectives, smaller per-device "
-    "matmuls, thread scheduling), not the speed-up that real devices would give.")
+  "Caveat: forced host devices are slices of the same {cores} usable core(s), not extra "
+  "hardware. These rows show the overhead of sharding (collectives, smaller per-device "
+  "matmuls, thread scheduling), not the speed-up that real devices would give."
+)
 # --quick: the same code paths at sizes that compile and run in seconds.
-_QUICK_OVERRIDES = ("hourglass.width=16", "hourglass.stem_widths=8,8,8", "resnet.width=0.125",
-                    "stgan.generator_width=0.25", "stgan.discriminator_width=0.125",
-                    "hourglass.batch_size=4", "stgan.batch_size=4", "resnet.batch_size=4")
+_QUICK_OVERRIDES = (
+  "hourglass.width=16",
+  "hourglass.stem_widths=8,8,8",
+  "resnet.width=0.125",
+  "stgan.generator_width=0.25",
+  "stgan.discriminator_width=0.125",
+  "hourglass.batch_size=4",
+  "stgan.batch_size=4",
+  "resnet.batch_size=4",
+)
 
 
 def load_config(name: str, overrides=()):
   """``synthetic`` (configs/synthetic.py) or ``paper`` (configs/base.py), with ``a.b=v``
   overrides typed like the field they replace (tuples as comma lists)."""
   from configs import base, synthetic  # pylint: disable=g-import-not-at-top
+
   if name not in ("synthetic", "paper"):
     raise ValueError(f"--config must be 'synthetic' or 'paper', got {name!r}")
   config = synthetic.get_config() if name == "synthetic" else base.get_config()
@@ -46,8 +55,9 @@ def load_config(name: str, overrides=()):
     key, separator, text = override.partition("=")
     section, _, field = key.partition(".")
     if not separator or section not in config or field not in config[section]:
-      raise ValueError(f"override {override!r}: expected section.field=value with an "
-                       "existing field")
+      raise ValueError(
+        f"override {override!r}: expected section.field=value with an existing field"
+      )
     old = config[section][field]
     if isinstance(old, tuple):
       value = tuple(type(old[0])(part) for part in text.split(","))
@@ -62,6 +72,7 @@ def load_config(name: str, overrides=()):
 def _random_batch(stage: str, config, rng):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages as stage_lib  # pylint: disable=g-import-not-at-top
+
   size = config.data.crop_size
   batch_size = config[stage].batch_size
   images = lambda: rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
@@ -71,25 +82,38 @@ def _random_batch(stage: str, config, rng):
     return {"fake": images(), "real": images(), "theta": theta}
   num_points = stage_lib.num_landmarks(config)
   landmarks = rng.uniform(0.2 * size, 0.8 * size, (batch_size, num_points, 2))
-  return {"images": images(), "landmarks": landmarks.astype(np.float32),
-          "visible": np.ones((batch_size, num_points), bool)}
+  return {
+    "images": images(),
+    "landmarks": landmarks.astype(np.float32),
+    "visible": np.ones((batch_size, num_points), bool),
+  }
 
 
 def _step_and_state(stage: str, config, mesh):
   from msm_jax.train import stages as stage_lib, steps  # pylint: disable=g-import-not-at-top
+
   if stage == "hourglass":
     module, optimizer, state = stage_lib.hourglass_states(config, 100)
     step = steps.make_hourglass_step(
-        module, optimizer, loss_name=config.hourglass.loss, sigma=config.hourglass.sigma,
-        crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size, mesh=mesh)
+      module,
+      optimizer,
+      loss_name=config.hourglass.loss,
+      sigma=config.hourglass.sigma,
+      crop_size=config.data.crop_size,
+      heatmap_size=config.data.heatmap_size,
+      mesh=mesh,
+    )
   elif stage == "resnet":
     module, optimizer, state = stage_lib.resnet_states(config, 100)
-    step = steps.make_regression_step(module, optimizer, crop_size=config.data.crop_size,
-                                      mesh=mesh)
+    step = steps.make_regression_step(module, optimizer, crop_size=config.data.crop_size, mesh=mesh)
   else:
     *modules, state = stage_lib.stgan_states(config, 100)
-    step = steps.make_stgan_step(*modules, theta_weight=config.stgan.theta_weight,
-                                 adversarial_weight=config.stgan.adversarial_weight, mesh=mesh)
+    step = steps.make_stgan_step(
+      *modules,
+      theta_weight=config.stgan.theta_weight,
+      adversarial_weight=config.stgan.adversarial_weight,
+      mesh=mesh,
+    )
   return step, state
 
 
@@ -98,6 +122,7 @@ def time_train_step(stage: str, config, repeats: int, warmup: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from msm_jax.train import parallel  # pylint: disable=g-import-not-at-top
+
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config[stage].batch_size, mesh, f"{stage}.batch_size")
   step, state = _step_and_state(stage, config, mesh)
@@ -117,17 +142,33 @@ def time_train_step(stage: str, config, repeats: int, warmup: int) -> dict:
   timing = common.time_calls(one_step, repeats, warmup)
   jax.block_until_ready(holder["state"])
   batch_size = config[stage].batch_size
-  return {"stage": stage, "batch_size": batch_size, "devices": jax.device_count(),
-          "compile_s": compile_s, "step": timing.as_dict(),
-          "images_per_s": batch_size / timing.median, "flops_per_step": flops,
-          "flops_per_image": flops / batch_size, "peak_rss_mb": common.peak_rss_mb(),
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return {
+    "stage": stage,
+    "batch_size": batch_size,
+    "devices": jax.device_count(),
+    "compile_s": compile_s,
+    "step": timing.as_dict(),
+    "images_per_s": batch_size / timing.median,
+    "flops_per_step": flops,
+    "flops_per_image": flops / batch_size,
+    "peak_rss_mb": common.peak_rss_mb(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
 
 
 def worker_arguments(config: str, stage: str, overrides, repeats: int, warmup: int) -> list:
   """Command-line arguments of a ``--worker`` run (used by bench_torch and bench_limit)."""
-  arguments = ["--worker", "--config", config, "--stage", stage, "--repeats", str(repeats),
-               "--warmup", str(warmup)]
+  arguments = [
+    "--worker",
+    "--config",
+    config,
+    "--stage",
+    stage,
+    "--repeats",
+    str(repeats),
+    "--warmup",
+    str(warmup),
+  ]
   for override in overrides:
     arguments += ["--set", override]
   return arguments
@@ -135,29 +176,51 @@ def worker_arguments(config: str, stage: str, overrides, repeats: int, warmup: i
 
 def _run_case(config: str, stage: str, overrides, args, devices: int = 1) -> dict:
   env = common.process_env(training=True, devices=devices)
-  return common.run_worker("benchmarks.bench_training",
-                           worker_arguments(config, stage, overrides, args.repeats,
-                                            args.warmup), env)
+  return common.run_worker(
+    "benchmarks.bench_training",
+    worker_arguments(config, stage, overrides, args.repeats, args.warmup),
+    env,
+  )
 
 
 def _row(config: str, result: dict) -> list:
-  return [config, result["stage"], result["batch_size"], result["devices"],
-          f"{result['compile_s']:.1f}", f"{result['step']['median_s']:.3f}",
-          f"{result['step']['min_s']:.3f}", f"{result['images_per_s']:.1f}",
-          f"{result['flops_per_image'] / 1e9:.2f}", f"{result['peak_rss_mb']:.0f}"]
+  return [
+    config,
+    result["stage"],
+    result["batch_size"],
+    result["devices"],
+    f"{result['compile_s']:.1f}",
+    f"{result['step']['median_s']:.3f}",
+    f"{result['step']['min_s']:.3f}",
+    f"{result['images_per_s']:.1f}",
+    f"{result['flops_per_image'] / 1e9:.2f}",
+    f"{result['peak_rss_mb']:.0f}",
+  ]
 
 
-_HEADERS = ["config", "stage", "batch", "devices", "compile s", "step s (median)",
-            "step s (min)", "images/s", "GFLOP/image", "peak RSS MB"]
+_HEADERS = [
+  "config",
+  "stage",
+  "batch",
+  "devices",
+  "compile s",
+  "step s (median)",
+  "step s (min)",
+  "images/s",
+  "GFLOP/image",
+  "peak RSS MB",
+]
 
 
 def main():
   parser = common.parser("bench_training", __doc__)
-  parser.add_argument("--configs", default="synthetic,paper",
-                      help="comma list of synthetic, paper")
+  parser.add_argument("--configs", default="synthetic,paper", help="comma list of synthetic, paper")
   parser.add_argument("--stages", default=",".join(STAGES), help="comma list of stages")
-  parser.add_argument("--scaling_config", default="synthetic",
-                      help="config of the data-parallel scaling rows (hourglass stage)")
+  parser.add_argument(
+    "--scaling_config",
+    default="synthetic",
+    help="config of the data-parallel scaling rows (hourglass stage)",
+  )
   parser.add_argument("--device_counts", default="1,2,4", help="forced CPU device counts")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--config", default="synthetic", help=argparse.SUPPRESS)
@@ -174,6 +237,7 @@ def main():
     return
 
   from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+
   restart_with_jemalloc()  # as train.py: the workers inherit the preload
   machine = common.machine_info()
   common.print_machine(machine)
@@ -192,9 +256,11 @@ def main():
       results["per_stage"].append({"config": config, **result})
       rows.append(_row(config, result))
       print(f"  {config} {stage}: {result['images_per_s']:.1f} images/s", flush=True)
-  print("\nUpdate step per stage (1 device, YNN flag; random batch, no input pipeline)"
-        + (" - --quick: every config shrunk to the same tiny widths" if args.quick else "")
-        + ":\n")
+  print(
+    "\nUpdate step per stage (1 device, YNN flag; random batch, no input pipeline)"
+    + (" - --quick: every config shrunk to the same tiny widths" if args.quick else "")
+    + ":\n"
+  )
   print(common.markdown_table(_HEADERS, rows))
 
   scaling_rows = []
@@ -206,13 +272,18 @@ def main():
   for row, result in zip(scaling_rows, results["scaling"]):
     row.append(f"{result['images_per_s'] / single:.2f}x")
   print(f"\nData parallelism, hourglass stage, {args.scaling_config} config:\n")
-  print(common.markdown_table(_HEADERS + [f"vs {results['scaling'][0]['devices']} device"],
-                              scaling_rows))
+  print(
+    common.markdown_table(
+      _HEADERS + [f"vs {results['scaling'][0]['devices']} device"], scaling_rows
+    )
+  )
   caveat = _SCALING_CAVEAT.format(cores=machine["usable_cpus"])
   results["scaling_caveat"] = caveat
   print(f"\n{caveat}")
-  print(f"Median (min) of {args.repeats} steps after {args.warmup} warm-up step(s); compile "
-        "time excluded; GFLOP/image from XLA's cost analysis of the lowered step.")
+  print(
+    f"Median (min) of {args.repeats} steps after {args.warmup} warm-up step(s); compile "
+    "time excluded; GFLOP/image from XLA's cost analysis of the lowered step."
+  )
   common.write_json(args.json, "bench_training", args, machine, results)
 
 

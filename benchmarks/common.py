@@ -67,45 +67,63 @@ def machine_info() -> dict:
   """CPU, cores, package versions and the process settings that change speed."""
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return {
-      "cpu": cpu_model(),
-      "cpu_features": _cpu_flags(),
-      "logical_cpus": os.cpu_count(),
-      "usable_cpus": cores,
-      "load_average_1min": round(os.getloadavg()[0], 2),
-      "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "versions": {package: _version(package) for package in _PACKAGES},
-      "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-      "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
-      "MALLOC_CONF": os.environ.get("MALLOC_CONF", ""),
-      "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "cpu": cpu_model(),
+    "cpu_features": _cpu_flags(),
+    "logical_cpus": os.cpu_count(),
+    "usable_cpus": cores,
+    "load_average_1min": round(os.getloadavg()[0], 2),
+    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "versions": {package: _version(package) for package in _PACKAGES},
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
+    "MALLOC_CONF": os.environ.get("MALLOC_CONF", ""),
+    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
 
 
 def print_machine(info: dict) -> None:
   versions = ", ".join(f"{name} {version}" for name, version in info["versions"].items())
-  print(f"Machine: {info['cpu']} ({' '.join(info['cpu_features']) or 'no AVX-512'}), "
-        f"{info['usable_cpus']} of {info['logical_cpus']} logical CPUs usable, "
-        f"{info['memory_gb']} GB, load average {info['load_average_1min']} at start; "
-        f"Python {info['python']}; {versions}")
-  print(f"XLA_FLAGS={info['XLA_FLAGS']!r} LD_PRELOAD={info['LD_PRELOAD']!r} "
-        f"MALLOC_CONF={info['MALLOC_CONF']!r}\n", flush=True)
+  print(
+    f"Machine: {info['cpu']} ({' '.join(info['cpu_features']) or 'no AVX-512'}), "
+    f"{info['usable_cpus']} of {info['logical_cpus']} logical CPUs usable, "
+    f"{info['memory_gb']} GB, load average {info['load_average_1min']} at start; "
+    f"Python {info['python']}; {versions}"
+  )
+  print(
+    f"XLA_FLAGS={info['XLA_FLAGS']!r} LD_PRELOAD={info['LD_PRELOAD']!r} "
+    f"MALLOC_CONF={info['MALLOC_CONF']!r}\n",
+    flush=True,
+  )
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
   """An ArgumentParser with the options every benchmark shares."""
   result = argparse.ArgumentParser(
-      prog=f"python -m benchmarks.{name}", description=description,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  result.add_argument("--repeats", type=int, default=5,
-                      help="timed calls per case; the median is reported (default 5)")
-  result.add_argument("--warmup", type=int, default=1,
-                      help="untimed calls before timing (compilation, caches)")
-  result.add_argument("--quick", action="store_true",
-                      help="tiny sizes: a smoke run that checks the script, not the speed")
-  result.add_argument("--json", default=str(RESULTS_DIR / f"{name}.json"),
-                      help="where to write the results (default benchmarks/results/<name>.json)")
+    prog=f"python -m benchmarks.{name}",
+    description=description,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  result.add_argument(
+    "--repeats",
+    type=int,
+    default=5,
+    help="timed calls per case; the median is reported (default 5)",
+  )
+  result.add_argument(
+    "--warmup", type=int, default=1, help="untimed calls before timing (compilation, caches)"
+  )
+  result.add_argument(
+    "--quick",
+    action="store_true",
+    help="tiny sizes: a smoke run that checks the script, not the speed",
+  )
+  result.add_argument(
+    "--json",
+    default=str(RESULTS_DIR / f"{name}.json"),
+    help="where to write the results (default benchmarks/results/<name>.json)",
+  )
   return result
 
 
@@ -119,6 +137,7 @@ def check_args(args: argparse.Namespace) -> None:
 @dataclasses.dataclass(frozen=True)
 class Timing:
   """Seconds per call over the timed repeats."""
+
   median: float
   minimum: float
   samples: tuple[float, ...]
@@ -162,23 +181,31 @@ def peak_rss_mb() -> float:
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
   """Rows of already formatted cells -> a Markdown table; numbers right-aligned."""
+
   def is_number(cell):  # "-" marks a missing number
     text = str(cell).replace(",", "").replace(".", "", 1).removesuffix("x").removesuffix(" %")
     return isinstance(cell, (int, float)) or text == "-" or text.lstrip("-").isdigit()
 
-  align = ["---:" if rows and all(is_number(row[i]) for row in rows) else "---"
-           for i in range(len(headers))]
+  align = [
+    "---:" if rows and all(is_number(row[i]) for row in rows) else "---"
+    for i in range(len(headers))
+  ]
   lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
   lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
   return "\n".join(lines)
 
 
-def write_json(path: str, name: str, args: argparse.Namespace, machine: dict,
-               results: dict) -> None:
+def write_json(
+  path: str, name: str, args: argparse.Namespace, machine: dict, results: dict
+) -> None:
   """The results with the machine and the command-line arguments that produced them."""
-  payload = {"benchmark": name, "command": " ".join([f"python -m benchmarks.{name}"]
-                                                    + sys.argv[1:]),
-             "arguments": vars(args), "machine": machine, "results": results}
+  payload = {
+    "benchmark": name,
+    "command": " ".join([f"python -m benchmarks.{name}"] + sys.argv[1:]),
+    "arguments": vars(args),
+    "machine": machine,
+    "results": results,
+  }
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w") as file:
     json.dump(payload, file, indent=2, default=str)
@@ -188,8 +215,11 @@ def write_json(path: str, name: str, args: argparse.Namespace, machine: dict,
 def process_env(*, training: bool, devices: int = 1, extra: dict | None = None) -> dict:
   """The environment of a JAX child process: the YNN flag for training processes only,
   ``devices`` forced host CPU devices, everything else inherited (jemalloc included)."""
-  flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
-           if "ynn_fusion" not in flag and "force_host_platform_device_count" not in flag]
+  flags = [
+    flag
+    for flag in os.environ.get("XLA_FLAGS", "").split()
+    if "ynn_fusion" not in flag and "force_host_platform_device_count" not in flag
+  ]
   if training:
     flags.append(TRAINING_XLA_FLAG)
   if devices > 1:
@@ -197,7 +227,8 @@ def process_env(*, training: bool, devices: int = 1, extra: dict | None = None) 
   env = dict(os.environ, XLA_FLAGS=" ".join(flags))
   # The children import `benchmarks` and `configs` from the repository root.
   env["PYTHONPATH"] = os.pathsep.join(
-      filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+  )
   env.update(extra or {})
   return env
 
@@ -209,14 +240,17 @@ def run_worker(module: str, arguments: Sequence[str], env: dict, timeout_s: floa
   RuntimeError with its last lines, so one bad case is visible, not silently missing.
   """
   command = [sys.executable, "-m", module, *arguments]
-  completed = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=timeout_s, check=False)
-  results = [line[len(_RESULT_PREFIX):] for line in completed.stdout.splitlines()
-             if line.startswith(_RESULT_PREFIX)]
+  completed = subprocess.run(
+    command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+  )
+  results = [
+    line[len(_RESULT_PREFIX) :]
+    for line in completed.stdout.splitlines()
+    if line.startswith(_RESULT_PREFIX)
+  ]
   if completed.returncode != 0 or not results:
     tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-25:])
-    raise RuntimeError(f"worker {' '.join(command)} failed (exit {completed.returncode}):\n"
-                       f"{tail}")
+    raise RuntimeError(f"worker {' '.join(command)} failed (exit {completed.returncode}):\n{tail}")
   return json.loads(results[-1])
 
 

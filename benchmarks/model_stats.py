@@ -33,10 +33,10 @@ def model_stats(model, image_size: int = 128) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   output = jax.eval_shape(forward, variables, images)
   return {
-      "parameters": _count(variables["params"]),
-      "batch_stats": _count(variables.get("batch_stats", {})),
-      "gflops": float(cost["flops"]) / 1e9,
-      "output": f"{list(output.shape)} {output.dtype}",
+    "parameters": _count(variables["params"]),
+    "batch_stats": _count(variables.get("batch_stats", {})),
+    "gflops": float(cost["flops"]) / 1e9,
+    "output": f"{list(output.shape)} {output.dtype}",
   }
 
 
@@ -45,17 +45,19 @@ def main():
   parser.add_argument("--num_landmarks", type=int, default=68)
   args = parser.parse_args()
   models = [
-      ("GDNN (Table I)", GDNN()),
-      ("DDNN (Table II)", DDNN()),
-      ("Stacked hourglass (Sec. III-B)", StackedHourglass(num_landmarks=args.num_landmarks)),
-      ("Res-50 baseline (Sec. IV-G)", ResNet50(num_landmarks=args.num_landmarks)),
+    ("GDNN (Table I)", GDNN()),
+    ("DDNN (Table II)", DDNN()),
+    ("Stacked hourglass (Sec. III-B)", StackedHourglass(num_landmarks=args.num_landmarks)),
+    ("Res-50 baseline (Sec. IV-G)", ResNet50(num_landmarks=args.num_landmarks)),
   ]
   print("| model | parameters | BN statistics | forward GFLOP / face | output (batch 1) |")
   print("|---|---:|---:|---:|---|")
   for name, model in models:
     stats = model_stats(model)
-    print(f"| {name} | {stats['parameters']:,} | {stats['batch_stats']:,} | "
-          f"{stats['gflops']:.3f} | {stats['output']} |")
+    print(
+      f"| {name} | {stats['parameters']:,} | {stats['batch_stats']:,} | "
+      f"{stats['gflops']:.3f} | {stats['output']} |"
+    )
 
 
 if __name__ == "__main__":

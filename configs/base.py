@@ -91,7 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Stacked hourglass, Sec. III-B and IV-C.
   config.hourglass = ml_collections.ConfigDict()
   config.hourglass.width = 256  # Fig. 3
-  config.hourglass.stem_widths = (64, 64, 128)  # two 3x3 convs, pool, 3x3 conv; Fig. 3 has no numbers
+  config.hourglass.stem_widths = (
+    64,
+    64,
+    128,
+  )  # two 3x3 convs, pool, 3x3 conv; Fig. 3 has no numbers
   config.hourglass.num_stacks = 2  # "two hourglass modules"
   config.hourglass.depth = 4  # "four-layer recursive structure"
   config.hourglass.batch_size = 16  # "similar procedure" to ST-GAN

@@ -19,10 +19,12 @@ def get_config():
   config.data.test_size = 300  # each of test (no occluders) and occluded_test
   config.data.eval_splits = ("test", "occluded_test")
   # Fields of msm_jax.data.synthetic.SyntheticConfig; the rest keep its defaults.
-  config.data.synthetic = ml_collections.ConfigDict({
+  config.data.synthetic = ml_collections.ConfigDict(
+    {
       "image_size": 160,  # rendered canvas; the face box is cropped to 128x128
       "occlusion_prob": 0.3,  # training faces with occluders
-  })
+    }
+  )
   config.data.worker_count = 0  # 2 cores: the training step needs both
 
   config.stgan.batch_size = 16

@@ -14,7 +14,14 @@ def get_config():
   config.data.dataset = "wflw"
   config.data.scheme = "wflw"
   config.data.train_split = "train"
-  config.data.eval_splits = ("full", "pose", "expression", "illumination", "makeup",
-                             "occlusion", "blur")
+  config.data.eval_splits = (
+    "full",
+    "pose",
+    "expression",
+    "illumination",
+    "makeup",
+    "occlusion",
+    "blur",
+  )
   config.eval.failure_threshold = 0.10
   return config

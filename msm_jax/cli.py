@@ -10,8 +10,11 @@ _TRAINING_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
 # glibc's malloc returns and re-faults XLA's large per-step temporaries; jemalloc with decay
 # off keeps them mapped. Measured on the full-size hourglass train step (batch 16, YNN flag
 # on): 5.0 s with jemalloc vs 6.2 s without. The price: the process keeps its peak memory.
-_JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-                   "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2")
+_JEMALLOC_PATHS = (
+  "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+  "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+  "/usr/lib64/libjemalloc.so.2",
+)
 _JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
@@ -35,8 +38,12 @@ def restart_with_jemalloc() -> None:
   """
   library = jemalloc_path()
   preloaded = os.environ.get("LD_PRELOAD", "")
-  if (library is None or "jemalloc" in preloaded or os.environ.get("MSM_JAX_NO_JEMALLOC")
-      or not sys.platform.startswith("linux")):
+  if (
+    library is None
+    or "jemalloc" in preloaded
+    or os.environ.get("MSM_JAX_NO_JEMALLOC")
+    or not sys.platform.startswith("linux")
+  ):
     return
   environment = dict(os.environ, LD_PRELOAD=f"{library} {preloaded}".strip())
   environment.setdefault("MALLOC_CONF", _JEMALLOC_CONF)

@@ -39,7 +39,7 @@ DETECTION_MAX_SIDE = 1024  # larger photos are searched downscaled (speed; boxes
 MIN_FACE_FRACTION = 0.05  # smallest face searched, as a fraction of the shorter image side
 MIN_NEIGHBOURS = 5  # OpenCV's detection-quality knob: overlapping hits needed to report a face
 MATCH_MIN_IOU = 0.3  # a Haar box and a landmark box of one face overlap less than two boxes
-                     # of one kind would: they cover different parts of the face
+# of one kind would: they cover different parts of the face
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +51,19 @@ class DetectorCalibration:
   cascade: the cascade file (in `cv2.data.haarcascades`) the numbers were fitted for.
   statistics: how the fit went (pairs, detection rate, residual spread); informational.
   """
+
   centre_offset: tuple[float, float]
   side_ratio: float
   cascade: str = DEFAULT_CASCADE
   statistics: dict = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict:
-    return {"centre_offset": [float(v) for v in self.centre_offset],
-            "side_ratio": float(self.side_ratio), "cascade": self.cascade,
-            "statistics": self.statistics}
+    return {
+      "centre_offset": [float(v) for v in self.centre_offset],
+      "side_ratio": float(self.side_ratio),
+      "cascade": self.cascade,
+      "statistics": self.statistics,
+    }
 
   @classmethod
   def from_dict(cls, data: dict, source: str = "calibration") -> DetectorCalibration:
@@ -69,43 +73,63 @@ class DetectorCalibration:
       ratio = float(data["side_ratio"])
       cascade = str(data.get("cascade", DEFAULT_CASCADE))
     except (KeyError, TypeError, ValueError) as error:
-      raise ValueError(f"{source}: detector calibration needs 'centre_offset' [dx, dy] and "
-                       f"'side_ratio' numbers ({type(error).__name__}: {error})") from None
-    if len(offset) != 2 or not np.all(np.isfinite(offset)) or not (np.isfinite(ratio)
-                                                                   and ratio > 0):
-      raise ValueError(f"{source}: bad detector calibration: centre_offset={offset}, "
-                       f"side_ratio={ratio} (want 2 finite numbers and a positive ratio)")
+      raise ValueError(
+        f"{source}: detector calibration needs 'centre_offset' [dx, dy] and "
+        f"'side_ratio' numbers ({type(error).__name__}: {error})"
+      ) from None
+    if (
+      len(offset) != 2 or not np.all(np.isfinite(offset)) or not (np.isfinite(ratio) and ratio > 0)
+    ):
+      raise ValueError(
+        f"{source}: bad detector calibration: centre_offset={offset}, "
+        f"side_ratio={ratio} (want 2 finite numbers and a positive ratio)"
+      )
     return cls(offset, ratio, cascade, dict(data.get("statistics", {})))
 
 
 # Fitted on the 300-W training subset (1,207 faces) with the command in the module docstring
 # (haarcascade_frontalface_default: 89.2 % of the faces found; alt2 found 86.1 %).
 DEFAULT_CALIBRATION = DetectorCalibration(
-    centre_offset=(0.0042, 0.1408), side_ratio=0.8594,
-    cascade="haarcascade_frontalface_default.xml",
-    statistics={"faces": 1207, "pairs": 1076, "detection_rate": 0.8915, "other_detections": 209,
-                "min_iou": 0.3, "centre_x_median_abs": 0.0552, "centre_x_p90_abs": 0.1453,
-                "centre_y_median_abs": 0.028, "centre_y_p90_abs": 0.0727,
-                "log_side_median_abs": 0.0588, "log_side_p90_abs": 0.1593,
-                "seconds_per_image": 0.1525})
+  centre_offset=(0.0042, 0.1408),
+  side_ratio=0.8594,
+  cascade="haarcascade_frontalface_default.xml",
+  statistics={
+    "faces": 1207,
+    "pairs": 1076,
+    "detection_rate": 0.8915,
+    "other_detections": 209,
+    "min_iou": 0.3,
+    "centre_x_median_abs": 0.0552,
+    "centre_x_p90_abs": 0.1453,
+    "centre_y_median_abs": 0.028,
+    "centre_y_p90_abs": 0.0727,
+    "log_side_median_abs": 0.0588,
+    "log_side_p90_abs": 0.1593,
+    "seconds_per_image": 0.1525,
+  },
+)
 
 
 @functools.lru_cache(maxsize=4)
 def load_cascade(name: str = DEFAULT_CASCADE):
   """The OpenCV cascade classifier shipped in the cv2 wheel, loaded once per process."""
   import cv2  # imported here: only detection needs OpenCV
+
   path = os.path.join(cv2.data.haarcascades, name)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"Haar cascade {path} not found: install opencv-python-headless "
-                            f"4.x (the 5.x wheels no longer ship cascade files)")
+    raise FileNotFoundError(
+      f"Haar cascade {path} not found: install opencv-python-headless "
+      f"4.x (the 5.x wheels no longer ship cascade files)"
+    )
   classifier = cv2.CascadeClassifier(path)
   if classifier.empty():
     raise ValueError(f"Haar cascade {path} could not be loaded (corrupt file?)")
   return classifier
 
 
-def detect_faces(image: np.ndarray, cascade: str = DEFAULT_CASCADE,
-                 max_side: int = DETECTION_MAX_SIDE) -> np.ndarray:
+def detect_faces(
+  image: np.ndarray, cascade: str = DEFAULT_CASCADE, max_side: int = DETECTION_MAX_SIDE
+) -> np.ndarray:
   """Haar-cascade face boxes, largest first.
 
   Args:
@@ -117,20 +141,26 @@ def detect_faces(image: np.ndarray, cascade: str = DEFAULT_CASCADE,
     so OpenCV's rectangle (x, y, w, h) covers [x - 0.5, x + w - 0.5]); N may be 0.
   """
   import cv2
+
   image = np.asarray(image)
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-    raise ValueError(f"detect_faces: image must be [H, W, 3] uint8, got {image.dtype} "
-                     f"{image.shape}")
+    raise ValueError(
+      f"detect_faces: image must be [H, W, 3] uint8, got {image.dtype} {image.shape}"
+    )
   height, width = image.shape[:2]
   scale = min(1.0, max_side / max(height, width))
   gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
   if scale < 1.0:
-    gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                      interpolation=cv2.INTER_AREA)
+    gray = cv2.resize(
+      gray,
+      (max(1, round(width * scale)), max(1, round(height * scale))),
+      interpolation=cv2.INTER_AREA,
+    )
   gray = cv2.equalizeHist(gray)  # the cascades were trained on contrast-normalised windows
   min_side = max(20, int(MIN_FACE_FRACTION * min(gray.shape)))
   rects = load_cascade(cascade).detectMultiScale(
-      gray, scaleFactor=1.1, minNeighbors=MIN_NEIGHBOURS, minSize=(min_side, min_side))
+    gray, scaleFactor=1.1, minNeighbors=MIN_NEIGHBOURS, minSize=(min_side, min_side)
+  )
   rects = np.asarray(rects, np.float64).reshape(-1, 4)
   # Back to the full image: pixel edges scale, in the pixel-centre convention edge = x - 0.5.
   edges = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
@@ -143,16 +173,16 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
   """Intersection over union of every pair: [N, 4] x [M, 4] -> [N, M]."""
   a = np.asarray(boxes_a, np.float64).reshape(-1, 1, 4)
   b = np.asarray(boxes_b, np.float64).reshape(1, -1, 4)
-  overlap = (np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0,
-                     None) *
-             np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0,
-                     None))
+  overlap = np.clip(
+    np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None
+  ) * np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
   area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
   return overlap / (area(a) + area(b) - overlap)
 
 
-def match_boxes(detections: np.ndarray, references: np.ndarray,
-                min_iou: float = MATCH_MIN_IOU) -> list[tuple[int, int]]:
+def match_boxes(
+  detections: np.ndarray, references: np.ndarray, min_iou: float = MATCH_MIN_IOU
+) -> list[tuple[int, int]]:
   """Greedy one-to-one matching by IoU (best pair first); pairs below `min_iou` are dropped.
 
   Returns (detection index, reference index) pairs.
@@ -178,8 +208,9 @@ def _centre_and_side(boxes: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarr
   return (boxes[:, :2] + boxes[:, 2:]) / 2, sides
 
 
-def calibrate(haar_boxes: np.ndarray, landmark_boxes: np.ndarray,
-              cascade: str = DEFAULT_CASCADE) -> DetectorCalibration:
+def calibrate(
+  haar_boxes: np.ndarray, landmark_boxes: np.ndarray, cascade: str = DEFAULT_CASCADE
+) -> DetectorCalibration:
   """Median centre offset and side ratio from matched pairs.
 
   Args:
@@ -189,17 +220,24 @@ def calibrate(haar_boxes: np.ndarray, landmark_boxes: np.ndarray,
     the calibration, with the residual spread after it in `statistics`.
   """
   haar_boxes, landmark_boxes = np.asarray(haar_boxes), np.asarray(landmark_boxes)
-  if haar_boxes.shape != landmark_boxes.shape or haar_boxes.ndim != 2 or (
-      haar_boxes.shape[1] != 4) or len(haar_boxes) == 0:
-    raise ValueError(f"calibrate: want two [N, 4] box arrays with N >= 1, got "
-                     f"{haar_boxes.shape} and {landmark_boxes.shape}")
+  if (
+    haar_boxes.shape != landmark_boxes.shape
+    or haar_boxes.ndim != 2
+    or (haar_boxes.shape[1] != 4)
+    or len(haar_boxes) == 0
+  ):
+    raise ValueError(
+      f"calibrate: want two [N, 4] box arrays with N >= 1, got "
+      f"{haar_boxes.shape} and {landmark_boxes.shape}"
+    )
   haar_centre, haar_side = _centre_and_side(haar_boxes, "geometric")
   landmark_centre, landmark_side = _centre_and_side(landmark_boxes, "max")
   offset = np.median((landmark_centre - haar_centre) / haar_side[:, None], axis=0)
   ratio = float(np.median(landmark_side / haar_side))
   calibration = DetectorCalibration((float(offset[0]), float(offset[1])), ratio, cascade)
-  return dataclasses.replace(calibration, statistics=calibration_residuals(
-      haar_boxes, landmark_boxes, calibration))
+  return dataclasses.replace(
+    calibration, statistics=calibration_residuals(haar_boxes, landmark_boxes, calibration)
+  )
 
 
 def calibrated_face_box(haar_box: np.ndarray, calibration: DetectorCalibration) -> np.ndarray:
@@ -221,19 +259,24 @@ def calibration_residuals(haar_boxes, landmark_boxes, calibration) -> dict:
   centre_error = np.abs(predicted_centre - landmark_centre) / landmark_side[:, None]
   scale_error = np.abs(np.log(predicted_side / landmark_side))
   stats = {"pairs": int(len(predicted))}
-  for name, values in (("centre_x", centre_error[:, 0]), ("centre_y", centre_error[:, 1]),
-                       ("log_side", scale_error)):
+  for name, values in (
+    ("centre_x", centre_error[:, 0]),
+    ("centre_y", centre_error[:, 1]),
+    ("log_side", scale_error),
+  ):
     stats[f"{name}_median_abs"] = round(float(np.median(values)), 4)
     stats[f"{name}_p90_abs"] = round(float(np.percentile(values, 90)), 4)
   return stats
 
 
-def calibrate_on_records(records, cascade: str = DEFAULT_CASCADE,
-                         min_iou: float = MATCH_MIN_IOU) -> DetectorCalibration:
+def calibrate_on_records(
+  records, cascade: str = DEFAULT_CASCADE, min_iou: float = MATCH_MIN_IOU
+) -> DetectorCalibration:
   """Detect on every record's image (stored pixel grid: EXIF not applied, as annotated),
   match by IoU against the landmark boxes, and fit; detection rate and time in statistics."""
   from msm_jax.data import images as image_io
   from msm_jax.data.records import box_from_landmarks
+
   haar, reference, unmatched_detections = [], [], 0
   start = time.perf_counter()
   for record in records:
@@ -247,21 +290,29 @@ def calibrate_on_records(records, cascade: str = DEFAULT_CASCADE,
   if not haar:
     raise ValueError(f"calibrate_on_records: {cascade} matched none of {len(records)} faces")
   calibration = calibrate(np.stack(haar), np.stack(reference), cascade)
-  statistics = dict(calibration.statistics, faces=len(records),
-                    detection_rate=round(len(haar) / len(records), 4),
-                    other_detections=unmatched_detections, min_iou=min_iou,
-                    seconds_per_image=round(seconds / len(records), 4))
+  statistics = dict(
+    calibration.statistics,
+    faces=len(records),
+    detection_rate=round(len(haar) / len(records), 4),
+    other_detections=unmatched_detections,
+    min_iou=min_iou,
+    seconds_per_image=round(seconds / len(records), 4),
+  )
   return dataclasses.replace(calibration, statistics=statistics)
 
 
 def main() -> None:
   import argparse
   from msm_jax.data import w300
+
   parser = argparse.ArgumentParser(description="Fit the Haar-box calibration on 300-W data.")
   parser.add_argument("--data_root", required=True, help="a 300-W folder (official layout)")
   parser.add_argument("--split", default="train")
-  parser.add_argument("--cascades", default=",".join(CASCADES),
-                      help="comma list; the one with the higher detection rate is saved")
+  parser.add_argument(
+    "--cascades",
+    default=",".join(CASCADES),
+    help="comma list; the one with the higher detection rate is saved",
+  )
   parser.add_argument("--out", required=True, help="JSON file for the calibration")
   args = parser.parse_args()
   records = w300.read_300w(args.data_root, args.split)

@@ -30,12 +30,14 @@ def _landmark_box(points: np.ndarray) -> np.ndarray:
 
 def _metrics(pred, gt, scheme, failure_threshold) -> dict:
   subset = evaluation.SubsetPredictions(name="faces", pred=np.asarray(pred), gt=np.asarray(gt))
-  return evaluation.subset_metrics(subset, scheme, norms=("inter_ocular",),
-                                   failure_threshold=failure_threshold)
+  return evaluation.subset_metrics(
+    subset, scheme, norms=("inter_ocular",), failure_threshold=failure_threshold
+  )
 
 
-def evaluate_with_detector(model, records, failure_threshold: float = 0.08,
-                           batch_size: int = 8) -> dict:
+def evaluate_with_detector(
+  model, records, failure_threshold: float = 0.08, batch_size: int = 8
+) -> dict:
   """Metrics with ground-truth boxes and with detector boxes, on the same records.
 
   Args:
@@ -57,8 +59,7 @@ def evaluate_with_detector(model, records, failure_threshold: float = 0.08,
   gt_boxes = [np.stack([_landmark_box(record.landmarks) for record in group]) for group in groups]
 
   with_gt = prediction.predict_images(model, pixels, boxes=gt_boxes, batch_size=batch_size)
-  with_detector = prediction.predict_images(model, pixels, batch_size=batch_size,
-                                            errors="collect")
+  with_detector = prediction.predict_images(model, pixels, batch_size=batch_size, errors="collect")
   gt_points, gt_preds, detected_points, detected_preds = [], [], [], []
   for group, boxes, given, found in zip(groups, gt_boxes, with_gt, with_detector):
     for record, face in zip(group, given.faces):
@@ -71,37 +72,51 @@ def evaluate_with_detector(model, records, failure_threshold: float = 0.08,
       detected_points.append(group[record_index].landmarks)
       detected_preds.append(found.faces[face_index].landmarks)
 
-  results = {"faces": len(gt_points), "detected": len(detected_points),
-             "detection_rate": len(detected_points) / max(1, len(gt_points)),
-             "ground_truth_boxes": _metrics(gt_preds, gt_points, scheme, failure_threshold)}
+  results = {
+    "faces": len(gt_points),
+    "detected": len(detected_points),
+    "detection_rate": len(detected_points) / max(1, len(gt_points)),
+    "ground_truth_boxes": _metrics(gt_preds, gt_points, scheme, failure_threshold),
+  }
   if detected_points:
-    results["detector_boxes"] = _metrics(detected_preds, detected_points, scheme,
-                                         failure_threshold)
+    results["detector_boxes"] = _metrics(detected_preds, detected_points, scheme, failure_threshold)
   return results
 
 
 def markdown(results: dict) -> str:
-  rows = ["| faces cropped from | faces | inter-ocular NME % | FR % | AUC |", "|---|---:|---:|---:|---:|"]
-  for key, label in (("ground_truth_boxes", "landmark box x 1.25"),
-                     ("detector_boxes", "Haar detector (calibrated)")):
+  rows = [
+    "| faces cropped from | faces | inter-ocular NME % | FR % | AUC |",
+    "|---|---:|---:|---:|---:|",
+  ]
+  for key, label in (
+    ("ground_truth_boxes", "landmark box x 1.25"),
+    ("detector_boxes", "Haar detector (calibrated)"),
+  ):
     if key in results:
       row = results[key]
-      rows.append(f"| {label} | {row['count']} | {row['nme_inter_ocular']:.2f} | "
-                  f"{row['failure_rate']:.2f} | {row['auc']:.4f} |")
-  rows.append(f"\nDetected {results['detected']} of {results['faces']} faces "
-              f"({100 * results['detection_rate']:.1f} %).")
+      rows.append(
+        f"| {label} | {row['count']} | {row['nme_inter_ocular']:.2f} | "
+        f"{row['failure_rate']:.2f} | {row['auc']:.4f} |"
+      )
+  rows.append(
+    f"\nDetected {results['detected']} of {results['faces']} faces "
+    f"({100 * results['detection_rate']:.1f} %)."
+  )
   return "\n".join(rows)
 
 
 def main(argv):
   del argv
   from msm_jax import pretrained  # after flags: keeps `import msm_jax.detector_evaluation` light
+
   config = _CONFIG.value
   model = pretrained.load_pretrained(_MODEL.value)
   _, validation = datasets.split_records(config, datasets.read_training_records(config))
   if not validation:
-    raise SystemExit("the config carves no validation split (data.validation_fraction = 0 "
-                     "and no data.validation_list)")
+    raise SystemExit(
+      "the config carves no validation split (data.validation_fraction = 0 "
+      "and no data.validation_list)"
+    )
   results = evaluate_with_detector(model, validation, config.eval.failure_threshold)
   print(markdown(results))
   if _OUT.value:

@@ -31,34 +31,57 @@ def predict_source(infer, variables, source, config) -> dict:
   """Run `infer` over a source's evaluation crops; arrays over all faces of the source."""
   size, batch_size = config.data.crop_size, config.eval.batch_size
   whole_crop = np.array([-0.5, -0.5, size - 0.5, size - 0.5], np.float32)
-  collected = {key: [] for key in ("final", "hourglass", "scores", "reliable", "gt", "occluded",
-                                   "crop_to_image", "crops")}
+  collected = {
+    key: []
+    for key in (
+      "final",
+      "hourglass",
+      "scores",
+      "reliable",
+      "gt",
+      "occluded",
+      "crop_to_image",
+      "crops",
+    )
+  }
   for batch in input_pipeline.eval_dataset(source, config, batch_size=batch_size, worker_count=0):
     count = len(batch["index"])
     images = np.zeros((batch_size, size, size, 3), np.uint8)  # one shape: one compilation
     images[:count] = batch["images"]
     out = infer(variables, jnp.asarray(images), jnp.broadcast_to(whole_crop, (batch_size, 4)))
     to_image = geometry.invert_affine(batch["crop_matrix"].astype(np.float64))
-    collected["final"].append(geometry.apply_affine(np.asarray(out["landmarks"][:count],
-                                                               np.float64), to_image))
-    collected["hourglass"].append(geometry.apply_affine(
-        np.asarray(out["hourglass_landmarks"][:count], np.float64), to_image))
+    collected["final"].append(
+      geometry.apply_affine(np.asarray(out["landmarks"][:count], np.float64), to_image)
+    )
+    collected["hourglass"].append(
+      geometry.apply_affine(np.asarray(out["hourglass_landmarks"][:count], np.float64), to_image)
+    )
     collected["scores"].append(np.asarray(out["scores"][:count]))
     collected["reliable"].append(np.asarray(out["reliable"][:count]))
     collected["gt"].append(batch["image_landmarks"])
     collected["occluded"].append(batch["occluded"])
     collected["crop_to_image"].append(to_image)
-    collected["crops"].append(np.stack([batch["images"][:count],
-                                        np.asarray(out["canonical_faces"][:count] * 255,
-                                                   ).clip(0, 255).astype(np.uint8)], 1))
+    collected["crops"].append(
+      np.stack(
+        [
+          batch["images"][:count],
+          np.asarray(out["canonical_faces"][:count] * 255).clip(0, 255).astype(np.uint8),
+        ],
+        1,
+      )
+    )
   return {key: np.concatenate(value) for key, value in collected.items()}
 
 
 def _subset(name, predictions, landmarks_key, with_occlusion: bool):
   return evaluation.SubsetPredictions(
-      name=name, pred=predictions[landmarks_key], gt=predictions["gt"],
-      occluded=predictions["occluded"] if with_occlusion else None,
-      reliable=predictions["reliable"], scores=predictions["scores"])
+    name=name,
+    pred=predictions[landmarks_key],
+    gt=predictions["gt"],
+    occluded=predictions["occluded"] if with_occlusion else None,
+    reliable=predictions["reliable"],
+    scores=predictions["scores"],
+  )
 
 
 def mean_shape_in_crops(config, count: int = MEAN_SHAPE_TRAINING_FACES) -> np.ndarray:
@@ -69,8 +92,7 @@ def mean_shape_in_crops(config, count: int = MEAN_SHAPE_TRAINING_FACES) -> np.nd
     example = train_source[index]
     if example is None:
       continue
-    matrix = augment.face_crop_matrix(example["box"], config.data.crop_size,
-                                      config.data.box_margin)
+    matrix = augment.face_crop_matrix(example["box"], config.data.crop_size, config.data.box_margin)
     shapes.append(geometry.apply_affine(example["landmarks"].astype(np.float64), matrix))
   return np.stack(shapes)
 
@@ -83,10 +105,17 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
     crop, canonical = predictions["crops"][index]
     crop_matrix = np.linalg.inv(predictions["crop_to_image"][index])
     in_crop = geometry.apply_affine(predictions["final"][index], crop_matrix)
-    tiles.append(np.concatenate([
-        np.asarray(draw_landmarks(crop, in_crop, ~predictions["reliable"][index], zoom)),
-        np.asarray(Image.fromarray(canonical).resize((crop.shape[1] * zoom,
-                                                      crop.shape[0] * zoom)))], axis=1))
+    tiles.append(
+      np.concatenate(
+        [
+          np.asarray(draw_landmarks(crop, in_crop, ~predictions["reliable"][index], zoom)),
+          np.asarray(
+            Image.fromarray(canonical).resize((crop.shape[1] * zoom, crop.shape[0] * zoom))
+          ),
+        ],
+        axis=1,
+      )
+    )
   Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
 
 
@@ -97,13 +126,16 @@ def _variants(model: model_io.TrainedModel, config) -> list[tuple[str, str | Non
   variants = []
   for st in st_settings:
     prefix = "ST-GAN + " if st else ""
-    infer = pipeline.make_inference_fn(model.generator, model.hourglass,
-                                       model_io.pipeline_options(config, st, use_sr))
+    infer = pipeline.make_inference_fn(
+      model.generator, model.hourglass, model_io.pipeline_options(config, st, use_sr)
+    )
     variants.append((prefix + "HG", prefix + "HG + SR" if use_sr else None, infer))
     if "resnet" in model.available:
       infer = pipeline.make_inference_fn(
-          model.generator, model.resnet,
-          model_io.pipeline_options(config, st, False, landmark_network="regression"))
+        model.generator,
+        model.resnet,
+        model_io.pipeline_options(config, st, False, landmark_network="regression"),
+      )
       variants.append((prefix + "Res-50", None, infer))
   return variants
 
@@ -131,25 +163,30 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
       for method, key in named:
         subset = _subset(subset_name, predictions, key, with_occlusion)
         rows.setdefault(method, {})[subset_name] = evaluation.subset_metrics(
-            subset, scheme, norms, threshold)
+          subset, scheme, norms, threshold
+        )
         curves.setdefault(subset_name, {})[method] = evaluation.subset_nmes(subset, scheme)
       if after_name or overlay is None:  # the last repaired variant: the full model
         overlay = predictions
-    save_overlays(os.path.join(out_dir, f"overlay_{reports.file_stem(subset_name)}.png"),
-                  overlay)
-    baseline = evaluation.mean_shape_baseline(baseline_shapes, config.data.crop_size,
-                                              predictions["crop_to_image"])
+    save_overlays(os.path.join(out_dir, f"overlay_{reports.file_stem(subset_name)}.png"), overlay)
+    baseline = evaluation.mean_shape_baseline(
+      baseline_shapes, config.data.crop_size, predictions["crop_to_image"]
+    )
     baseline_subset = evaluation.SubsetPredictions(subset_name, baseline, predictions["gt"])
     rows.setdefault(reports.MEAN_SHAPE_METHOD, {})[subset_name] = evaluation.subset_metrics(
-        baseline_subset, scheme, norms, threshold)
+      baseline_subset, scheme, norms, threshold
+    )
     log(f"  {subset_name}: {len(predictions['gt'])} faces")
 
   tables = _tables(config, rows, sources, with_occlusion)
   sweep_subset = config.eval.get("threshold_sweep_subset", "") or next(iter(sources))
   full = [infer for _, after, infer in variants if after == FULL_MODEL]
   if full and sweep_subset in sources:
-    tables.update(_threshold_sweep(full[0], model.variables, sources[sweep_subset],
-                                   sweep_subset, config, scheme))
+    tables.update(
+      _threshold_sweep(
+        full[0], model.variables, sources[sweep_subset], sweep_subset, config, scheme
+      )
+    )
   markdown = reports.write_report(out_dir, "report", tables, curves, threshold)
   log(markdown)
   return markdown
@@ -167,11 +204,14 @@ def _tables(config, rows, sources, with_occlusion: bool) -> dict:
   elif dataset == "wflw" and full_rows:
     tables.update(reports.tables_wflw(full_rows, fullset="full"))
     tables.update(reports.ablation_tables(rows, "wflw", subset="full"))
-  columns = [(subset, metric) for subset in sources
-             for metric in ("nme_inter_ocular", "failure_rate", "auc")]
+  columns = [
+    (subset, metric) for subset in sources for metric in ("nme_inter_ocular", "failure_rate", "auc")
+  ]
   tables["ablation"] = reports.results_table(
-      _ordered(rows), [(s, m, f"{s} {reports.metric_label(m)}") for s, m in columns],
-      "Ablation (inter-ocular NME %, failure rate %, AUC)")
+    _ordered(rows),
+    [(s, m, f"{s} {reports.metric_label(m)}") for s, m in columns],
+    "Ablation (inter-ocular NME %, failure rate %, AUC)",
+  )
   if with_occlusion:
     for subset in sources:
       tables.update(reports.occlusion_table(_ordered(rows), subset))
@@ -186,12 +226,15 @@ def _ordered(rows: dict) -> dict:
 
 def _threshold_sweep(infer, variables, source, subset_name, config, scheme) -> dict:
   def predict_with(contour, feature):
-    swept = dict(variables, thresholds=jnp.asarray(
-        landmarks.region_thresholds(scheme, contour, feature)))
+    swept = dict(
+      variables, thresholds=jnp.asarray(landmarks.region_thresholds(scheme, contour, feature))
+    )
     predictions = predict_source(infer, swept, source, config)
     return _subset(subset_name, predictions, "final", with_occlusion=False)
 
-  sweep = evaluation.threshold_sweep(predict_with, scheme, failure_threshold=
-                                     config.eval.failure_threshold)
-  return reports.threshold_table(sweep, subset=subset_name,
-                                 with_paper=config.data.get("eval_dataset", "") == "cofw68")
+  sweep = evaluation.threshold_sweep(
+    predict_with, scheme, failure_threshold=config.eval.failure_threshold
+  )
+  return reports.threshold_table(
+    sweep, subset=subset_name, with_paper=config.data.get("eval_dataset", "") == "cofw68"
+  )

@@ -81,41 +81,53 @@ def _input_specs(image_size, batch, max_batch):
   """ShapeDtypeStructs for (images, boxes): symbolic where a size is None."""
   if batch is not None and (int(batch) != batch or batch < 1):
     raise ValueError(f"batch must be a positive integer or None (symbolic), got {batch!r}")
-  if image_size is not None and (len(image_size) != 2 or any(
-      int(size) != size or size < 1 for size in image_size)):
-    raise ValueError(f"image_size must be (height, width) positive integers or None "
-                     f"(symbolic), got {image_size!r}")
+  if image_size is not None and (
+    len(image_size) != 2 or any(int(size) != size or size < 1 for size in image_size)
+  ):
+    raise ValueError(
+      f"image_size must be (height, width) positive integers or None (symbolic), got {image_size!r}"
+    )
   if batch is None and not 1 <= max_batch <= MAX_SYMBOLIC_BATCH:
-    raise ValueError(f"max_batch must be in [1, {MAX_SYMBOLIC_BATCH}] for a symbolic batch "
-                     f"(see the module docstring), got {max_batch!r}")
+    raise ValueError(
+      f"max_batch must be in [1, {MAX_SYMBOLIC_BATCH}] for a symbolic batch "
+      f"(see the module docstring), got {max_batch!r}"
+    )
   height, width = ("h", "w") if image_size is None else map(int, image_size)
   spec = f"{'b' if batch is None else int(batch)}, {height}, {width}"
   constraints = (f"b <= {max_batch}",) if batch is None else ()
   b, h, w = jax_export.symbolic_shape(spec, constraints=constraints)
-  return (jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8),
-          jax.ShapeDtypeStruct((b, 4), jnp.float32))
+  return (jax.ShapeDtypeStruct((b, h, w, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 4), jnp.float32))
 
 
 def _used_variables(variables: dict, options: pipeline.PipelineOptions) -> dict:
   """The entries of `variables` the pipeline reads with these options: closed-over arrays are
   embedded in the artefact even when unused (e.g. 1.45 MB of GDNN weights with ST off)."""
   heatmaps = options.landmark_network == "hourglass"
-  names = (["generator"] * options.use_spatial_transformer
-           + (["hourglass", "thresholds"] if heatmaps else ["resnet"])
-           + ["dictionary"] * (heatmaps and options.use_shape_reconstruction))
+  names = (
+    ["generator"] * options.use_spatial_transformer
+    + (["hourglass", "thresholds"] if heatmaps else ["resnet"])
+    + ["dictionary"] * (heatmaps and options.use_shape_reconstruction)
+  )
   missing = [name for name in names if name not in variables]
   if missing:
-    raise ValueError(f"variables lacks {missing}, which the pipeline options "
-                     f"(ST {options.use_spatial_transformer}, SR "
-                     f"{options.use_shape_reconstruction}, {options.landmark_network}) need")
+    raise ValueError(
+      f"variables lacks {missing}, which the pipeline options "
+      f"(ST {options.use_spatial_transformer}, SR "
+      f"{options.use_shape_reconstruction}, {options.landmark_network}) need"
+    )
   return {name: variables[name] for name in names}
 
 
-def export_pipeline(generator, landmark_model, variables: dict,
-                    options: pipeline.PipelineOptions,
-                    image_size: tuple[int, int] | None = None, batch: int | None = None,
-                    platforms: Sequence[str] = ("cpu",),
-                    max_batch: int = MAX_SYMBOLIC_BATCH) -> jax_export.Exported:
+def export_pipeline(
+  generator,
+  landmark_model,
+  variables: dict,
+  options: pipeline.PipelineOptions,
+  image_size: tuple[int, int] | None = None,
+  batch: int | None = None,
+  platforms: Sequence[str] = ("cpu",),
+  max_batch: int = MAX_SYMBOLIC_BATCH,
+) -> jax_export.Exported:
   """Lower `pipeline.make_inference_fn` with `variables` baked in to a jax.export.Exported.
 
   generator, landmark_model, variables, options: as for `pipeline.make_inference_fn`.
@@ -138,9 +150,11 @@ def export_pipeline(generator, landmark_model, variables: dict,
   try:
     return jax_export.export(jax.jit(msm_pipeline), platforms=tuple(platforms))(*specs)
   except jax.errors.InconclusiveDimensionOperation as error:
-    raise ValueError(f"export_pipeline: the pipeline cannot be exported for symbolic shapes "
-                     f"{[spec.shape for spec in specs]} ({str(error).splitlines()[0]}); "
-                     f"give image_size=(H, W) and/or batch=B to export fixed sizes") from None
+    raise ValueError(
+      f"export_pipeline: the pipeline cannot be exported for symbolic shapes "
+      f"{[spec.shape for spec in specs]} ({str(error).splitlines()[0]}); "
+      f"give image_size=(H, W) and/or batch=B to export fixed sizes"
+    ) from None
 
 
 def export_from_trained(model, options: pipeline.PipelineOptions, **kwargs) -> jax_export.Exported:
@@ -151,8 +165,13 @@ def export_from_trained(model, options: pipeline.PipelineOptions, **kwargs) -> j
 
 def _signature(avals, names) -> dict:
   """{name: {"shape": [int or symbol name], "dtype": str}}, JSON-ready."""
-  return {name: {"shape": [int(d) if isinstance(d, int) else str(d) for d in aval.shape],
-                 "dtype": aval.dtype.name} for name, aval in zip(names, avals)}
+  return {
+    name: {
+      "shape": [int(d) if isinstance(d, int) else str(d) for d in aval.shape],
+      "dtype": aval.dtype.name,
+    }
+    for name, aval in zip(names, avals)
+  }
 
 
 def _batch_bound(batch) -> int | None:
@@ -170,19 +189,23 @@ def _batch_bound(batch) -> int | None:
 
 def _header(exported: jax_export.Exported, payload: bytes, metadata: dict | None) -> dict:
   flat_index = jax.tree.unflatten(exported.out_tree, range(len(exported.out_avals)))
-  outputs = _signature([exported.out_avals[flat_index[name]] for name in OUTPUT_NAMES],
-                       OUTPUT_NAMES)
+  outputs = _signature(
+    [exported.out_avals[flat_index[name]] for name in OUTPUT_NAMES], OUTPUT_NAMES
+  )
   max_batch = _batch_bound(exported.in_avals[0].shape[0])
   return {
-      "format": FORMAT, "format_version": FORMAT_VERSION,
-      "msm_jax_version": msm_jax.__version__, "jax_version": jax.__version__,
-      "platforms": list(exported.platforms),
-      "inputs": _signature(exported.in_avals, INPUT_NAMES),
-      "constraints": [] if max_batch is None else [f"b <= {max_batch}"],
-      "max_batch": max_batch, "outputs": outputs,
-      "num_landmarks": outputs["landmarks"]["shape"][1],
-      "payload_sha256": hashlib.sha256(payload).hexdigest(),
-      "metadata": metadata or {},
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "msm_jax_version": msm_jax.__version__,
+    "jax_version": jax.__version__,
+    "platforms": list(exported.platforms),
+    "inputs": _signature(exported.in_avals, INPUT_NAMES),
+    "constraints": [] if max_batch is None else [f"b <= {max_batch}"],
+    "max_batch": max_batch,
+    "outputs": outputs,
+    "num_landmarks": outputs["landmarks"]["shape"][1],
+    "payload_sha256": hashlib.sha256(payload).hexdigest(),
+    "metadata": metadata or {},
   }
 
 
@@ -212,10 +235,13 @@ def _read(path: str) -> tuple[dict, bytes]:
     magic = file.readline()
     if magic != MAGIC:
       if magic.startswith(FORMAT.encode()):
-        raise ExportFileError(f"{path}: format {magic.decode(errors='replace').strip()!r} "
-                              f"is not supported (this code reads {MAGIC.decode().strip()!r})")
-      raise ExportFileError(f"{path}: not an msm-jax exported pipeline (no "
-                            f"{MAGIC.decode().strip()!r} first line)")
+        raise ExportFileError(
+          f"{path}: format {magic.decode(errors='replace').strip()!r} "
+          f"is not supported (this code reads {MAGIC.decode().strip()!r})"
+        )
+      raise ExportFileError(
+        f"{path}: not an msm-jax exported pipeline (no {MAGIC.decode().strip()!r} first line)"
+      )
     try:
       header = json.loads(file.readline())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -224,8 +250,10 @@ def _read(path: str) -> tuple[dict, bytes]:
   if not isinstance(header, dict) or "payload_sha256" not in header:
     raise ExportFileError(f"{path}: corrupt header (no payload_sha256)")
   if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-    raise ExportFileError(f"{path}: corrupt or truncated payload ({len(payload)} bytes; "
-                          f"its sha256 differs from the header's)")
+    raise ExportFileError(
+      f"{path}: corrupt or truncated payload ({len(payload)} bytes; "
+      f"its sha256 differs from the header's)"
+    )
   return header, payload
 
 
@@ -241,6 +269,7 @@ class ExportedPipeline:
   images: [B, H, W, 3] uint8; boxes: [B, 4] crop boxes (see the module docstring).
   Batches above the artefact's max_batch run in chunks.
   """
+
   path: str
   header: dict
   exported: jax_export.Exported
@@ -251,16 +280,21 @@ class ExportedPipeline:
 
   def _check(self, images: np.ndarray, boxes: np.ndarray) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"{self.path}: images must be uint8 [B, H, W, 3], got "
-                       f"{images.dtype} {images.shape}")
+      raise ValueError(
+        f"{self.path}: images must be uint8 [B, H, W, 3], got {images.dtype} {images.shape}"
+      )
     if boxes.shape != (images.shape[0], 4) or images.shape[0] < 1:
-      raise ValueError(f"{self.path}: boxes must be [B, 4] with B = {images.shape[0]} "
-                       f"(>= 1) like the images, got {boxes.shape}")
+      raise ValueError(
+        f"{self.path}: boxes must be [B, 4] with B = {images.shape[0]} "
+        f"(>= 1) like the images, got {boxes.shape}"
+      )
     for name, array in (("images", images), ("boxes", boxes)):
       for axis, want in enumerate(self.header["inputs"][name]["shape"]):
         if isinstance(want, int) and array.shape[axis] != want:
-          raise ValueError(f"{self.path}: exported for {name} of shape "
-                           f"{self.header['inputs'][name]['shape']}, got {array.shape}")
+          raise ValueError(
+            f"{self.path}: exported for {name} of shape "
+            f"{self.header['inputs'][name]['shape']}, got {array.shape}"
+          )
 
   def __call__(self, images, boxes) -> dict[str, np.ndarray]:
     images, boxes = np.asarray(images), np.asarray(boxes, np.float32)
@@ -269,7 +303,7 @@ class ExportedPipeline:
     parts = []
     for start in range(0, images.shape[0], chunk):
       try:
-        outputs = self._call(images[start:start + chunk], boxes[start:start + chunk])
+        outputs = self._call(images[start : start + chunk], boxes[start : start + chunk])
       except ValueError as error:  # e.g. run on a platform it was not exported for
         raise ValueError(f"{self.path}: {error}") from None
       parts.append(jax.device_get(outputs))
@@ -286,42 +320,70 @@ def load_exported(path: str) -> ExportedPipeline:
   try:
     exported = jax_export.deserialize(bytearray(payload))
   except Exception as error:  # flatbuffers / version errors surface as many types
-    raise ExportFileError(f"{path}: cannot deserialise the StableHLO payload with jax "
-                          f"{jax.__version__} (written by jax {header.get('jax_version')}): "
-                          f"{type(error).__name__}: {error}") from None
+    raise ExportFileError(
+      f"{path}: cannot deserialise the StableHLO payload with jax "
+      f"{jax.__version__} (written by jax {header.get('jax_version')}): "
+      f"{type(error).__name__}: {error}"
+    ) from None
   return ExportedPipeline(path, header, exported)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
   """`python -m msm_jax.export`: export a pretrained package (`msm_jax.pretrained`)."""
-  parser = argparse.ArgumentParser(description="Export the MSM pipeline with its weights "
-                                   "(jax.export StableHLO).")
+  parser = argparse.ArgumentParser(
+    description="Export the MSM pipeline with its weights (jax.export StableHLO)."
+  )
   parser.add_argument("--model", required=True, help="pretrained package folder")
   parser.add_argument("--out", required=True, help="artefact file to write")
-  parser.add_argument("--platforms", default="cpu",
-                      help="comma list of cpu, cuda, rocm, tpu (default: cpu)")
-  parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                      help="export for one image size only (default: any)")
+  parser.add_argument(
+    "--platforms", default="cpu", help="comma list of cpu, cuda, rocm, tpu (default: cpu)"
+  )
+  parser.add_argument(
+    "--image-size",
+    type=int,
+    nargs=2,
+    metavar=("H", "W"),
+    help="export for one image size only (default: any)",
+  )
   parser.add_argument("--batch", type=int, help="export for one batch size only")
-  parser.add_argument("--max-batch", type=int, default=MAX_SYMBOLIC_BATCH,
-                      help="largest batch of one call when the batch is symbolic")
+  parser.add_argument(
+    "--max-batch",
+    type=int,
+    default=MAX_SYMBOLIC_BATCH,
+    help="largest batch of one call when the batch is symbolic",
+  )
   args = parser.parse_args(argv)
   from msm_jax.pretrained import load_pretrained  # lazy: only the CLI reads packages
 
   pretrained = load_pretrained(args.model)
   start = time.perf_counter()
   exported = export_from_trained(
-      pretrained.model, pretrained.options, image_size=args.image_size, batch=args.batch,
-      platforms=tuple(args.platforms.split(",")), max_batch=args.max_batch)
+    pretrained.model,
+    pretrained.options,
+    image_size=args.image_size,
+    batch=args.batch,
+    platforms=tuple(args.platforms.split(",")),
+    max_batch=args.max_batch,
+  )
   seconds = time.perf_counter() - start
-  header = save_exported(args.out, exported, {
+  header = save_exported(
+    args.out,
+    exported,
+    {
       "source": os.path.abspath(args.model),
-      "pipeline_options": dataclasses.asdict(pretrained.options)})
-  summary = {"out": args.out, "bytes": os.path.getsize(args.out),
-             "export_seconds": round(seconds, 1), "platforms": header["platforms"],
-             "inputs": ", ".join(f"{name} {spec['dtype']}{spec['shape']}"
-                                 for name, spec in header["inputs"].items()),
-             "max_batch": header["max_batch"]}
+      "pipeline_options": dataclasses.asdict(pretrained.options),
+    },
+  )
+  summary = {
+    "out": args.out,
+    "bytes": os.path.getsize(args.out),
+    "export_seconds": round(seconds, 1),
+    "platforms": header["platforms"],
+    "inputs": ", ".join(
+      f"{name} {spec['dtype']}{spec['shape']}" for name, spec in header["inputs"].items()
+    ),
+    "max_batch": header["max_batch"],
+  }
   print(json.dumps(summary))
   return summary
 

@@ -45,10 +45,14 @@ def _as_height_width(size: int | Sequence[int], name: str) -> tuple[int, int]:
   """Returns ``(height, width)`` from an int (square) or a ``(height, width)`` pair."""
   if isinstance(size, int) and not isinstance(size, bool):
     size = (size, size)
-  if (not isinstance(size, Sequence) or len(size) != 2 or
-      not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-    raise ValueError(f"{name} must be a positive int or a (height, width) pair of "
-                     f"positive ints, got {size!r}")
+  if (
+    not isinstance(size, Sequence)
+    or len(size) != 2
+    or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+  ):
+    raise ValueError(
+      f"{name} must be a positive int or a (height, width) pair of positive ints, got {size!r}"
+    )
   return int(size[0]), int(size[1])
 
 
@@ -78,8 +82,9 @@ def _check_positive(value: float, name: str) -> None:
 # ----------------------------------------------------------------------------
 
 
-def crop_to_heatmap(points: jax.Array, crop_size: int | Sequence[int],
-                    heatmap_size: int | Sequence[int]) -> jax.Array:
+def crop_to_heatmap(
+  points: jax.Array, crop_size: int | Sequence[int], heatmap_size: int | Sequence[int]
+) -> jax.Array:
   """Maps crop pixel coordinates to heatmap pixel coordinates.
 
   ``x_hm = (x_crop + 0.5) * w_hm / w_crop - 0.5`` (and the same for y with the
@@ -102,8 +107,9 @@ def crop_to_heatmap(points: jax.Array, crop_size: int | Sequence[int],
   return (points + 0.5) * scale - 0.5
 
 
-def heatmap_to_crop(points: jax.Array, crop_size: int | Sequence[int],
-                    heatmap_size: int | Sequence[int]) -> jax.Array:
+def heatmap_to_crop(
+  points: jax.Array, crop_size: int | Sequence[int], heatmap_size: int | Sequence[int]
+) -> jax.Array:
   """Inverse of ``crop_to_heatmap``: heatmap pixels ``[..., 2]`` -> crop pixels ``[..., 2]``."""
   points = _check_points(points, "points")
   crop_h, crop_w = _as_height_width(crop_size, "crop_size")
@@ -117,8 +123,7 @@ def heatmap_to_crop(points: jax.Array, crop_size: int | Sequence[int],
 # ----------------------------------------------------------------------------
 
 
-def heatmap_valid_mask(landmarks: jax.Array, size: int | Sequence[int],
-                       sigma: float) -> jax.Array:
+def heatmap_valid_mask(landmarks: jax.Array, size: int | Sequence[int], sigma: float) -> jax.Array:
   """Which landmarks get a (non-zero) target heatmap.
 
   A landmark is valid when it is finite and lies within
@@ -144,8 +149,7 @@ def heatmap_valid_mask(landmarks: jax.Array, size: int | Sequence[int],
   return inside_x & inside_y
 
 
-def gaussian_heatmaps(landmarks: jax.Array, size: int | Sequence[int],
-                      sigma: float) -> jax.Array:
+def gaussian_heatmaps(landmarks: jax.Array, size: int | Sequence[int], sigma: float) -> jax.Array:
   """Renders one unnormalised Gaussian target per landmark.
 
   ``H[b, i, j, l] = exp(-((j - x)^2 + (i - y)^2) / (2 sigma^2))`` with
@@ -226,8 +230,9 @@ def _neighbourhood(heatmaps: jax.Array, peaks: jax.Array) -> jax.Array:
   y = peaks[..., 1, None, None] + offsets[:, None]  # [B, L, 3, 1]
   x, y = jnp.broadcast_arrays(x, y)
   batch, num_landmarks = peaks.shape[:2]
-  values = _values_at(heatmaps, x.reshape(batch, num_landmarks, 9),
-                      y.reshape(batch, num_landmarks, 9))
+  values = _values_at(
+    heatmaps, x.reshape(batch, num_landmarks, 9), y.reshape(batch, num_landmarks, 9)
+  )
   return values.reshape(batch, num_landmarks, 3, 3)
 
 
@@ -248,8 +253,9 @@ def _quarter_offsets(heatmaps: jax.Array, peaks: jax.Array) -> jax.Array:
   interior_x, interior_y = _interior(peaks, height, width)
   shift_x = 0.25 * jnp.sign(values[..., 1, 2] - values[..., 1, 0])
   shift_y = 0.25 * jnp.sign(values[..., 2, 1] - values[..., 0, 1])
-  return jnp.stack([jnp.where(interior_x, shift_x, 0.0),
-                    jnp.where(interior_y, shift_y, 0.0)], axis=-1)
+  return jnp.stack(
+    [jnp.where(interior_x, shift_x, 0.0), jnp.where(interior_y, shift_y, 0.0)], axis=-1
+  )
 
 
 def _gaussian_blur(heatmaps: jax.Array, sigma: float) -> jax.Array:
@@ -259,14 +265,15 @@ def _gaussian_blur(heatmaps: jax.Array, sigma: float) -> jax.Array:
   heatmap's surroundings are; the kernel is cut at 3 sigma and renormalised.
   """
   radius = max(1, math.ceil(3.0 * sigma))
-  taps = jnp.exp(-jnp.square(jnp.arange(-radius, radius + 1, dtype=jnp.float32)) /
-                 (2.0 * sigma * sigma))
+  taps = jnp.exp(
+    -jnp.square(jnp.arange(-radius, radius + 1, dtype=jnp.float32)) / (2.0 * sigma * sigma)
+  )
   taps = taps / jnp.sum(taps)
   height, width = heatmaps.shape[1:3]
   padded = jnp.pad(heatmaps, ((0, 0), (radius, radius), (0, 0), (0, 0)))
-  heatmaps = sum(taps[k] * padded[:, k:k + height] for k in range(2 * radius + 1))
+  heatmaps = sum(taps[k] * padded[:, k : k + height] for k in range(2 * radius + 1))
   padded = jnp.pad(heatmaps, ((0, 0), (0, 0), (radius, radius), (0, 0)))
-  return sum(taps[k] * padded[:, :, k:k + width] for k in range(2 * radius + 1))
+  return sum(taps[k] * padded[:, :, k : k + width] for k in range(2 * radius + 1))
 
 
 def _dark_offsets(heatmaps: jax.Array, peaks: jax.Array) -> jax.Array:
@@ -308,16 +315,25 @@ def _soft_argmax(heatmaps: jax.Array, beta: float) -> jax.Array:
   """Expected ``(x, y)`` under ``softmax(beta * heatmaps)`` over each map's pixels."""
   height, width = heatmaps.shape[1:3]
   weights = spatial_softmax(beta * heatmaps)
-  expected_x = jnp.einsum("bhwl,w->bl", weights, jnp.arange(width, dtype=jnp.float32),
-                          precision=jax.lax.Precision.HIGHEST)
-  expected_y = jnp.einsum("bhwl,h->bl", weights, jnp.arange(height, dtype=jnp.float32),
-                          precision=jax.lax.Precision.HIGHEST)
+  expected_x = jnp.einsum(
+    "bhwl,w->bl", weights, jnp.arange(width, dtype=jnp.float32), precision=jax.lax.Precision.HIGHEST
+  )
+  expected_y = jnp.einsum(
+    "bhwl,h->bl",
+    weights,
+    jnp.arange(height, dtype=jnp.float32),
+    precision=jax.lax.Precision.HIGHEST,
+  )
   return jnp.stack([expected_x, expected_y], axis=-1)
 
 
-def decode_heatmaps(heatmaps: jax.Array, method: str = DEFAULT_DECODING_METHOD, *,
-                    blur_sigma: float | None = None,
-                    softmax_beta: float = 1.0) -> jax.Array:
+def decode_heatmaps(
+  heatmaps: jax.Array,
+  method: str = DEFAULT_DECODING_METHOD,
+  *,
+  blur_sigma: float | None = None,
+  softmax_beta: float = 1.0,
+) -> jax.Array:
   """Landmark locations from heatmaps (Eq. 8 and its sub-pixel refinements).
 
   Methods:
@@ -356,8 +372,10 @@ def decode_heatmaps(heatmaps: jax.Array, method: str = DEFAULT_DECODING_METHOD, 
     return _soft_argmax(heatmaps, softmax_beta)
   if method == "dark" and blur_sigma is not None:
     if not isinstance(blur_sigma, (int, float)) or isinstance(blur_sigma, bool):
-      raise ValueError(f"blur_sigma must be a Python number (it sets the kernel size), "
-                       f"got {type(blur_sigma).__name__}")
+      raise ValueError(
+        f"blur_sigma must be a Python number (it sets the kernel size), "
+        f"got {type(blur_sigma).__name__}"
+      )
     _check_positive(blur_sigma, "blur_sigma")
     # The refinement starts from the blurred map's own maximum: under noise the raw
     # argmax is often a pixel off, further than one clipped Newton step can recover
@@ -396,8 +414,10 @@ def landmark_scores(heatmaps: jax.Array, peaks: jax.Array, radius: int) -> jax.A
   peaks = jnp.asarray(peaks)
   batch, height, width, num_landmarks = heatmaps.shape
   if peaks.shape != (batch, num_landmarks, 2) or not jnp.issubdtype(peaks.dtype, jnp.integer):
-    raise ValueError(f"peaks must be int [B, L, 2] = {(batch, num_landmarks, 2)} matching "
-                     f"the heatmaps, got {peaks.dtype} {peaks.shape}")
+    raise ValueError(
+      f"peaks must be int [B, L, 2] = {(batch, num_landmarks, 2)} matching "
+      f"the heatmaps, got {peaks.dtype} {peaks.shape}"
+    )
   if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
     raise ValueError(f"radius must be a non-negative int, got {radius!r}")
   side = 2 * radius + 1
@@ -452,8 +472,11 @@ def reliable_mask(normalised_scores: jax.Array, thresholds: jax.Array | float) -
   thresholds = jnp.asarray(thresholds, jnp.float32)
   if normalised_scores.ndim != 2:
     raise ValueError(f"normalised_scores must have shape [B, L], got {normalised_scores.shape}")
-  if thresholds.ndim > 1 or (thresholds.ndim == 1 and
-                             thresholds.shape[0] != normalised_scores.shape[1]):
-    raise ValueError(f"thresholds must be a scalar or [L] = [{normalised_scores.shape[1]}], "
-                     f"got shape {thresholds.shape}")
+  if thresholds.ndim > 1 or (
+    thresholds.ndim == 1 and thresholds.shape[0] != normalised_scores.shape[1]
+  ):
+    raise ValueError(
+      f"thresholds must be a scalar or [L] = [{normalised_scores.shape[1]}], "
+      f"got shape {thresholds.shape}"
+    )
   return normalised_scores > thresholds

@@ -78,7 +78,7 @@ def pad_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   width = max(image.shape[1] for image in images)
   batch = np.zeros((len(images), height, width, 3), images[0].dtype)
   for index, image in enumerate(images):
-    batch[index, :image.shape[0], :image.shape[1]] = image
+    batch[index, : image.shape[0], : image.shape[1]] = image
   return batch, np.array([image.shape[:2] for image in images], np.int32)
 
 
@@ -123,8 +123,7 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
       scores = jnp.ones(points.shape[:2], jnp.float32)
       reliable = jnp.ones(points.shape[:2], bool)
     else:
-      points, scores, reliable = _heatmap_landmarks(landmark_model, variables, canonical,
-                                                    options)
+      points, scores, reliable = _heatmap_landmarks(landmark_model, variables, canonical, options)
 
     final = points
     if options.use_shape_reconstruction and options.landmark_network == "hourglass":
@@ -132,12 +131,12 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
 
     to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
     return {
-        "landmarks": geometry.apply_affine(final, to_image),
-        "hourglass_landmarks": geometry.apply_affine(points, to_image),
-        "scores": scores,
-        "reliable": reliable,
-        "theta": st_theta,
-        "canonical_faces": canonical,
+      "landmarks": geometry.apply_affine(final, to_image),
+      "hourglass_landmarks": geometry.apply_affine(points, to_image),
+      "scores": scores,
+      "reliable": reliable,
+      "theta": st_theta,
+      "canonical_faces": canonical,
     }
 
   def infer(variables, images, boxes):
@@ -146,28 +145,33 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
     crop_to_image = geometry.invert_affine(geometry.crop_matrix(boxes.astype(jnp.float32), size))
     outputs = one_pass(variables, images, crop_to_image)
     for _ in range(options.recrop_passes):
-      crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"],
-                                             options)
+      crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"], options)
       outputs = one_pass(variables, images, crop_to_image)
     return outputs
 
   return jax.jit(infer)
 
 
-def landmark_crop_to_image(points: jax.Array, dictionary: jax.Array,
-                           options: PipelineOptions) -> jax.Array:
+def landmark_crop_to_image(
+  points: jax.Array, dictionary: jax.Array, options: PipelineOptions
+) -> jax.Array:
   """[B, 3, 3] crop -> image pixel matrices of the re-crop around landmarks [B, L, 2] (image
   pixels): their tight box x ``box_margin``, squared, in the frame where the face is upright
   (``upright_recrop``; the roll of the similarity onto the dictionary's mean shape) or the
   image's own frame."""
   if options.upright_recrop:
     mean_shape = jnp.mean(dictionary, axis=0)
-    to_canonical = geometry.estimate_similarity(points, jnp.broadcast_to(mean_shape,
-                                                                         points.shape))
+    to_canonical = geometry.estimate_similarity(points, jnp.broadcast_to(mean_shape, points.shape))
     roll = jnp.arctan2(to_canonical[:, 1, 0], to_canonical[:, 0, 0])
     cos, sin, zero, one = jnp.cos(roll), jnp.sin(roll), jnp.zeros_like(roll), jnp.ones_like(roll)
-    upright = jnp.stack([jnp.stack([cos, -sin, zero], -1), jnp.stack([sin, cos, zero], -1),
-                         jnp.stack([zero, zero, one], -1)], -2)  # image -> upright frame
+    upright = jnp.stack(
+      [
+        jnp.stack([cos, -sin, zero], -1),
+        jnp.stack([sin, cos, zero], -1),
+        jnp.stack([zero, zero, one], -1),
+      ],
+      -2,
+    )  # image -> upright frame
   else:
     upright = jnp.broadcast_to(jnp.eye(3, dtype=points.dtype), points.shape[:-2] + (3, 3))
   turned = geometry.apply_affine(points, upright)
@@ -188,8 +192,9 @@ def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOpt
   maps = hourglass.apply(hourglass_variables, crops, train=False)[-1]
   if options.heatmaps_are_logits:
     maps = heatmap_lib.spatial_softmax(maps)
-  decoded = heatmap_lib.decode_heatmaps(maps, options.decode_method,
-                                        blur_sigma=options.decode_blur_sigma)
+  decoded = heatmap_lib.decode_heatmaps(
+    maps, options.decode_method, blur_sigma=options.decode_blur_sigma
+  )
   return maps, heatmap_lib.heatmap_to_crop(decoded, options.crop_size, options.heatmap_size)
 
 
@@ -198,7 +203,8 @@ def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions
   maps, points = hourglass_points(hourglass, variables["hourglass"], canonical, options)
   peaks = heatmap_lib.heatmap_argmax(maps)
   scores = heatmap_lib.normalise_scores(
-      heatmap_lib.landmark_scores(maps, peaks, options.score_radius))
+    heatmap_lib.landmark_scores(maps, peaks, options.score_radius)
+  )
   return points, scores, heatmap_lib.reliable_mask(scores, variables["thresholds"])
 
 
@@ -209,9 +215,15 @@ def _repair(points, reliable, dictionary, options: PipelineOptions):
   enough = jnp.sum(weights, axis=-1, keepdims=True) >= 2
   weights = jnp.where(enough, weights, 1.0)
   to_canonical = geometry.estimate_similarity(
-      points, jnp.broadcast_to(mean_shape, points.shape), weights)  # [B, 3, 3]
+    points, jnp.broadcast_to(mean_shape, points.shape), weights
+  )  # [B, 3, 3]
   canonical_points = geometry.apply_affine(points, to_canonical)
   repaired, _ = shape_dictionary.reconstruct(
-      canonical_points, reliable, dictionary, k=options.num_neighbours,
-      ridge_lambda=options.ridge_lambda, replace=options.replace)
+    canonical_points,
+    reliable,
+    dictionary,
+    k=options.num_neighbours,
+    ridge_lambda=options.ridge_lambda,
+    replace=options.replace,
+  )
   return geometry.apply_affine(repaired, geometry.invert_affine(to_canonical))

@@ -44,6 +44,7 @@ class FacePrediction:
   """One face. box: [4] the landmark-like face box used (x0, y0, x1, y1); detector_box: [4]
   the raw Haar box, or None for given boxes; landmarks: [L, 2] float32 (x, y); scores: [L]
   float32 (Eq. 9, normalised); reliable: [L] bool (False: replaced by the shape repair)."""
+
   box: np.ndarray
   detector_box: np.ndarray | None
   landmarks: np.ndarray
@@ -55,6 +56,7 @@ class FacePrediction:
 class ImagePrediction:
   """source: the path (or "image <i>" for arrays); image_size: (height, width) upright;
   faces: largest detected face first (given boxes: in their order); error: why it failed."""
+
   source: str
   image_size: tuple[int, int] | None
   faces: list
@@ -95,16 +97,22 @@ def face_window(image: np.ndarray, square: np.ndarray, crop_size: int):
   x0, y0 = max(origin[0], 0), max(origin[1], 0)
   x1, y1 = min(origin[0] + size, width), min(origin[1] + size, height)
   if x1 > x0 and y1 > y0:
-    window[y0 - origin[1]:y1 - origin[1], x0 - origin[0]:x1 - origin[0]] = image[y0:y1, x0:x1]
+    window[y0 - origin[1] : y1 - origin[1], x0 - origin[0] : x1 - origin[0]] = image[y0:y1, x0:x1]
   scale = 1.0
   if side > MAX_CROP_DOWNSCALE * crop_size:
     resized = max(1, round(size * MAX_CROP_DOWNSCALE * crop_size / side))
-    window = np.asarray(Image.fromarray(window).resize((resized, resized),
-                                                       Image.Resampling.BILINEAR))
+    window = np.asarray(
+      Image.fromarray(window).resize((resized, resized), Image.Resampling.BILINEAR)
+    )
     scale = resized / size  # pixel edges scale: x' = (x + 0.5) * scale - 0.5
   # image -> window: shift by the origin, then scale about the pixel-edge origin.
-  to_window = np.array([[scale, 0.0, (0.5 - origin[0]) * scale - 0.5],
-                        [0.0, scale, (0.5 - origin[1]) * scale - 0.5], [0.0, 0.0, 1.0]])
+  to_window = np.array(
+    [
+      [scale, 0.0, (0.5 - origin[0]) * scale - 0.5],
+      [0.0, scale, (0.5 - origin[1]) * scale - 0.5],
+      [0.0, 0.0, 1.0],
+    ]
+  )
   corners = np.stack([square[:2], square[2:]])
   in_window = corners * scale + to_window[:2, 2]
   return window, in_window.reshape(4), np.linalg.inv(to_window)
@@ -125,10 +133,16 @@ def _face_boxes(image, given, calibration, source):
     boxes = np.asarray(given, np.float64)
     if boxes.ndim == 1:
       boxes = boxes[None]
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.all(np.isfinite(boxes)) or np.any(
-        boxes[:, 2:] <= boxes[:, :2]):
-      raise ValueError(f"{source}: boxes must be [N, 4] finite (x0, y0, x1, y1) with x1 > x0, "
-                       f"y1 > y0; got {boxes.tolist()}")
+    if (
+      boxes.ndim != 2
+      or boxes.shape[1] != 4
+      or not np.all(np.isfinite(boxes))
+      or np.any(boxes[:, 2:] <= boxes[:, :2])
+    ):
+      raise ValueError(
+        f"{source}: boxes must be [N, 4] finite (x0, y0, x1, y1) with x1 > x0, "
+        f"y1 > y0; got {boxes.tolist()}"
+      )
     return boxes, None
   detected = detection.detect_faces(image, calibration.cascade)
   if len(detected) == 0:
@@ -136,8 +150,9 @@ def _face_boxes(image, given, calibration, source):
   return detection.calibrated_face_box(detected, calibration), detected
 
 
-def predict_images(model, images_or_paths, boxes=None, batch_size: int = 8,
-                   errors: str = "raise") -> list[ImagePrediction]:
+def predict_images(
+  model, images_or_paths, boxes=None, batch_size: int = 8, errors: str = "raise"
+) -> list[ImagePrediction]:
   """Landmarks of every face in every image.
 
   Args:
@@ -164,7 +179,8 @@ def predict_images(model, images_or_paths, boxes=None, batch_size: int = 8,
     try:
       source, image = _as_image(item, index)
       face_boxes, detector_boxes = _face_boxes(
-          image, None if boxes is None else boxes[index], model.calibration, source)
+        image, None if boxes is None else boxes[index], model.calibration, source
+      )
     except (OSError, ValueError) as error:
       if errors == "raise":
         raise
@@ -173,48 +189,65 @@ def predict_images(model, images_or_paths, boxes=None, batch_size: int = 8,
     results.append(ImagePrediction(source, image.shape[:2], []))
     for face, square in enumerate(crop_squares(face_boxes, margin)):
       window, window_square, back = face_window(image, square, crop_size)
-      faces.append((index, face_boxes[face], None if detector_boxes is None else
-                    detector_boxes[face], window, window_square, back))
+      faces.append(
+        (
+          index,
+          face_boxes[face],
+          None if detector_boxes is None else detector_boxes[face],
+          window,
+          window_square,
+          back,
+        )
+      )
 
   side = window_size(crop_size)
   for start in range(0, len(faces), batch_size):
-    chunk = faces[start:start + batch_size]
+    chunk = faces[start : start + batch_size]
     windows, _ = pipeline.pad_images([face[3] for face in chunk])
     batch = np.zeros((batch_size, side, side, 3), np.uint8)
-    batch[:len(chunk), :windows.shape[1], :windows.shape[2]] = windows
+    batch[: len(chunk), : windows.shape[1], : windows.shape[2]] = windows
     squares = np.tile(np.array([-0.5, -0.5, crop_size - 0.5, crop_size - 0.5]), (batch_size, 1))
-    squares[:len(chunk)] = [face[4] for face in chunk]
+    squares[: len(chunk)] = [face[4] for face in chunk]
     out = model.infer(model.model.variables, batch, squares.astype(np.float32))
     landmarks = np.asarray(out["landmarks"], np.float64)
     scores, reliable = np.asarray(out["scores"]), np.asarray(out["reliable"])
     for row, (index, box, detector_box, _, _, back) in enumerate(chunk):
       points = landmarks[row] @ back[:2, :2].T + back[:2, 2]
-      results[index].faces.append(FacePrediction(
+      results[index].faces.append(
+        FacePrediction(
           box=np.asarray(box, np.float32),
           detector_box=None if detector_box is None else np.asarray(detector_box, np.float32),
-          landmarks=points.astype(np.float32), scores=scores[row].astype(np.float32),
-          reliable=reliable[row].astype(bool)))
+          landmarks=points.astype(np.float32),
+          scores=scores[row].astype(np.float32),
+          reliable=reliable[row].astype(bool),
+        )
+      )
   return results
 
 
 def prediction_to_json(result: ImagePrediction, exif_orientation: int | None = None) -> dict:
   """The JSON document `predict.py` writes per image."""
   document = {
-      "image": result.source,
-      "coordinates": "0-based pixels of the upright image (EXIF orientation applied), "
-                     "x right, y down, integer values at pixel centres",
-      "image_size": None if result.image_size is None else
-      {"height": int(result.image_size[0]), "width": int(result.image_size[1])},
-      "exif_orientation": exif_orientation,
-      "faces": [{
-          "box": [round(float(v), 2) for v in face.box],
-          "box_source": "given" if face.detector_box is None else "haar_calibrated",
-          "detector_box": None if face.detector_box is None else
-          [round(float(v), 2) for v in face.detector_box],
-          "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in face.landmarks],
-          "scores": [round(float(s), 4) for s in face.scores],
-          "reliable": [bool(r) for r in face.reliable],
-      } for face in result.faces],
+    "image": result.source,
+    "coordinates": "0-based pixels of the upright image (EXIF orientation applied), "
+    "x right, y down, integer values at pixel centres",
+    "image_size": None
+    if result.image_size is None
+    else {"height": int(result.image_size[0]), "width": int(result.image_size[1])},
+    "exif_orientation": exif_orientation,
+    "faces": [
+      {
+        "box": [round(float(v), 2) for v in face.box],
+        "box_source": "given" if face.detector_box is None else "haar_calibrated",
+        "detector_box": None
+        if face.detector_box is None
+        else [round(float(v), 2) for v in face.detector_box],
+        "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in face.landmarks],
+        "scores": [round(float(s), 4) for s in face.scores],
+        "reliable": [bool(r) for r in face.reliable],
+      }
+      for face in result.faces
+    ],
   }
   if result.error:
     document["error"] = result.error
@@ -240,10 +273,13 @@ def save_overlay(path: str, image: np.ndarray, faces) -> None:
     box = [float(v) for v in face.box]
     side = max(box[2] - box[0], box[3] - box[1])
     radius, width = max(1.0, side / 90), max(1, round(side / 150))
-    draw.rectangle([box[0] + 0.5, box[1] + 0.5, box[2] + 0.5, box[3] + 0.5],
-                   outline=BOX_COLOUR, width=width)
+    draw.rectangle(
+      [box[0] + 0.5, box[1] + 0.5, box[2] + 0.5, box[3] + 0.5], outline=BOX_COLOUR, width=width
+    )
     for (x, y), reliable in zip(face.landmarks, face.reliable):
       x, y = float(x) + 0.5, float(y) + 0.5  # PIL draws in pixel-edge coordinates
-      draw.ellipse([x - radius, y - radius, x + radius, y + radius],
-                   fill=RELIABLE_COLOUR if reliable else REPAIRED_COLOUR)
+      draw.ellipse(
+        [x - radius, y - radius, x + radius, y + radius],
+        fill=RELIABLE_COLOUR if reliable else REPAIRED_COLOUR,
+      )
   canvas.save(path, format="PNG")

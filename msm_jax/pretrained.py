@@ -55,6 +55,7 @@ class PretrainedModel:
   config: the training config (box_margin, landmark scheme, ...).
   calibration: Haar box -> landmark-box convention.
   """
+
   model: model_io.TrainedModel
   options: pipeline.PipelineOptions
   config: ml_collections.ConfigDict
@@ -66,17 +67,21 @@ class PretrainedModel:
     return pipeline.make_inference_fn(self.model.generator, self.model.hourglass, self.options)
 
 
-def from_trained(model: model_io.TrainedModel, config, use_spatial_transformer: bool | None = None,
-                 calibration: detection.DetectorCalibration | None = None) -> PretrainedModel:
+def from_trained(
+  model: model_io.TrainedModel,
+  config,
+  use_spatial_transformer: bool | None = None,
+  calibration: detection.DetectorCalibration | None = None,
+) -> PretrainedModel:
   """A live `TrainedModel` as a PretrainedModel (ST on when trained unless told otherwise,
   SR on when the dictionary exists)."""
-  use_st = "stgan" in model.available if use_spatial_transformer is None else (
-      use_spatial_transformer)
+  use_st = (
+    "stgan" in model.available if use_spatial_transformer is None else (use_spatial_transformer)
+  )
   if use_st and "stgan" not in model.available:
     raise ValueError("use_spatial_transformer=True but the ST-GAN stage was not trained")
   options = model_io.pipeline_options(config, use_st, "dictionary" in model.available)
-  return PretrainedModel(model, options, config,
-                         calibration or detection.DEFAULT_CALIBRATION)
+  return PretrainedModel(model, options, config, calibration or detection.DEFAULT_CALIBRATION)
 
 
 def _flat_weights(model: model_io.TrainedModel) -> dict[str, np.ndarray]:
@@ -100,34 +105,47 @@ def write_package(pretrained: PretrainedModel, out_dir: str) -> dict:
     np.savez(file, **_flat_weights(model))
   os.replace(weights_path + ".tmp", weights_path)
   header = {
-      "format": FORMAT, "format_version": FORMAT_VERSION,
-      "config": json.loads(pretrained.config.to_json_best_effort()),
-      "inference": {"use_spatial_transformer": pretrained.options.use_spatial_transformer,
-                    "use_shape_reconstruction": pretrained.options.use_shape_reconstruction},
-      "stages": stages_packaged,
-      "detector": pretrained.calibration.to_dict(),
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "config": json.loads(pretrained.config.to_json_best_effort()),
+    "inference": {
+      "use_spatial_transformer": pretrained.options.use_spatial_transformer,
+      "use_shape_reconstruction": pretrained.options.use_shape_reconstruction,
+    },
+    "stages": stages_packaged,
+    "detector": pretrained.calibration.to_dict(),
   }
   config_path = os.path.join(out_dir, CONFIG_FILE)
   with open(config_path + ".tmp", "w") as file:
     json.dump(header, file, indent=2)
   os.replace(config_path + ".tmp", config_path)
-  files = {name: os.path.getsize(os.path.join(out_dir, name))
-           for name in (CONFIG_FILE, WEIGHTS_FILE)}
-  return {"directory": out_dir, "stages": stages_packaged, "bytes": sum(files.values()),
-          "files": files}
+  files = {
+    name: os.path.getsize(os.path.join(out_dir, name)) for name in (CONFIG_FILE, WEIGHTS_FILE)
+  }
+  return {
+    "directory": out_dir,
+    "stages": stages_packaged,
+    "bytes": sum(files.values()),
+    "files": files,
+  }
 
 
-def package_pretrained(config, workdir: str, out_dir: str,
-                       detector_calibration: detection.DetectorCalibration | None = None,
-                       use_spatial_transformer: bool | None = None) -> dict:
+def package_pretrained(
+  config,
+  workdir: str,
+  out_dir: str,
+  detector_calibration: detection.DetectorCalibration | None = None,
+  use_spatial_transformer: bool | None = None,
+) -> dict:
   """Package `workdir`'s newest checkpoints (`model_io.load_trained`) into `out_dir`.
 
   use_spatial_transformer: None = on when the ST-GAN stage was trained.
   Returns what `write_package` returns (the size in bytes included).
   """
   model = model_io.load_trained(config, workdir)
-  return write_package(from_trained(model, config, use_spatial_transformer,
-                                    detector_calibration), out_dir)
+  return write_package(
+    from_trained(model, config, use_spatial_transformer, detector_calibration), out_dir
+  )
 
 
 def _read_header(path: str) -> dict:
@@ -137,13 +155,15 @@ def _read_header(path: str) -> dict:
   except json.JSONDecodeError as error:
     raise PackageError(f"{path}: not valid JSON ({error})") from None
   if not isinstance(header, dict) or header.get("format") != FORMAT:
-    raise PackageError(f"{path}: not an msm-jax pretrained package (no \"format\": \"{FORMAT}\")")
+    raise PackageError(f'{path}: not an msm-jax pretrained package (no "format": "{FORMAT}")')
   if header.get("format_version") != FORMAT_VERSION:
-    raise PackageError(f"{path}: format_version {header.get('format_version')} is not "
-                       f"supported (this code reads {FORMAT_VERSION})")
+    raise PackageError(
+      f"{path}: format_version {header.get('format_version')} is not "
+      f"supported (this code reads {FORMAT_VERSION})"
+    )
   for key in ("config", "inference", "stages"):
     if key not in header:
-      raise PackageError(f"{path}: missing the \"{key}\" section")
+      raise PackageError(f'{path}: missing the "{key}" section')
   return header
 
 
@@ -152,34 +172,43 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as archive:
       return {name: archive[name] for name in archive.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-    raise PackageError(f"{path}: not a readable weights .npz ({type(error).__name__}: "
-                       f"{error})") from None
+    raise PackageError(
+      f"{path}: not a readable weights .npz ({type(error).__name__}: {error})"
+    ) from None
 
 
 def _expected_shapes(module, config) -> dict[str, tuple]:
   size = config.data.crop_size
-  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0),
-                                                jnp.zeros((1, size, size, 3)), train=False))
-  return {key: tuple(value.shape)
-          for key, value in traverse_util.flatten_dict(abstract, sep="/").items()}
+  abstract = jax.eval_shape(
+    lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+  )
+  return {
+    key: tuple(value.shape) for key, value in traverse_util.flatten_dict(abstract, sep="/").items()
+  }
 
 
 def _network_variables(weights, prefix, module, config, path) -> dict:
   """The `prefix/...` arrays, checked against the module's own shapes, as a variables tree."""
-  found = {key[len(prefix) + 1:]: value for key, value in weights.items()
-           if key.startswith(prefix + "/")}
+  found = {
+    key[len(prefix) + 1 :]: value for key, value in weights.items() if key.startswith(prefix + "/")
+  }
   expected = _expected_shapes(module, config)
   missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
   if missing or extra:
-    raise PackageError(f"{path}: {prefix} weights do not fit the network config.json builds "
-                       f"(missing {missing[:3]}, unexpected {extra[:3]}): package made with "
-                       f"another config or code version?")
+    raise PackageError(
+      f"{path}: {prefix} weights do not fit the network config.json builds "
+      f"(missing {missing[:3]}, unexpected {extra[:3]}): package made with "
+      f"another config or code version?"
+    )
   for key, shape in expected.items():
     if found[key].shape != shape:
-      raise PackageError(f"{path}: {prefix}/{key} has shape {found[key].shape}, the network "
-                         f"of config.json expects {shape}")
-  return traverse_util.unflatten_dict({key: jnp.asarray(value) for key, value in found.items()},
-                                      sep="/")
+      raise PackageError(
+        f"{path}: {prefix}/{key} has shape {found[key].shape}, the network "
+        f"of config.json expects {shape}"
+      )
+  return traverse_util.unflatten_dict(
+    {key: jnp.asarray(value) for key, value in found.items()}, sep="/"
+  )
 
 
 def package_network_variables(directory: str, prefix: str, module, config) -> dict:
@@ -214,31 +243,42 @@ def load_pretrained(directory: str) -> PretrainedModel:
     scheme = landmarks.get_scheme(config.data.scheme)
     generator, hourglass = stages.generator_module(config), stages.hourglass_module(config)
   except (KeyError, AttributeError, TypeError, ValueError) as error:
-    raise PackageError(f"{config_path}: incomplete config or inference section "
-                       f"({type(error).__name__}: {error})") from None
+    raise PackageError(
+      f"{config_path}: incomplete config or inference section ({type(error).__name__}: {error})"
+    ) from None
   calibration = detection.DetectorCalibration.from_dict(
-      header.get("detector", detection.DEFAULT_CALIBRATION.to_dict()), config_path)
+    header.get("detector", detection.DEFAULT_CALIBRATION.to_dict()), config_path
+  )
   if use_st and "stgan" not in available:
-    raise PackageError(f"{config_path}: use_spatial_transformer is true but the package has "
-                       f"no ST-GAN stage")
+    raise PackageError(
+      f"{config_path}: use_spatial_transformer is true but the package has no ST-GAN stage"
+    )
   if use_sr and "dictionary" not in available:
-    raise PackageError(f"{config_path}: use_shape_reconstruction is true but the package has "
-                       f"no dictionary")
+    raise PackageError(
+      f"{config_path}: use_shape_reconstruction is true but the package has no dictionary"
+    )
 
   weights = _read_weights(weights_path)
   variables = {"generator": {}}
   if "stgan" in available:
-    variables["generator"] = _network_variables(weights, "generator", generator, config,
-                                                weights_path)
-  variables["hourglass"] = _network_variables(weights, "hourglass", hourglass, config,
-                                              weights_path)
-  for key, shape in (("dictionary", (None, scheme.num_points, 2)),
-                     ("thresholds", (scheme.num_points,))):
+    variables["generator"] = _network_variables(
+      weights, "generator", generator, config, weights_path
+    )
+  variables["hourglass"] = _network_variables(weights, "hourglass", hourglass, config, weights_path)
+  for key, shape in (
+    ("dictionary", (None, scheme.num_points, 2)),
+    ("thresholds", (scheme.num_points,)),
+  ):
     value = weights.get(key)
-    if value is None or value.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(value.shape, shape)):
-      raise PackageError(f"{weights_path}: '{key}' must have shape {shape} (None: any), got "
-                         f"{None if value is None else value.shape}")
+    if (
+      value is None
+      or value.ndim != len(shape)
+      or any(want is not None and got != want for got, want in zip(value.shape, shape))
+    ):
+      raise PackageError(
+        f"{weights_path}: '{key}' must have shape {shape} (None: any), got "
+        f"{None if value is None else value.shape}"
+      )
     variables[key] = jnp.asarray(value, jnp.float32)
   model = model_io.TrainedModel(generator, hourglass, None, variables, available)
   options = model_io.pipeline_options(config, use_st, use_sr)
@@ -251,16 +291,24 @@ def _cli() -> None:
   import sys
   from absl import app, flags
   from ml_collections import config_flags
+
   sys.path.insert(0, os.getcwd())  # config files import `configs`
-  config_flag = config_flags.DEFINE_config_file("config", None, "A configs/<name>.py file.",
-                                                lock_config=True)
+  config_flag = config_flags.DEFINE_config_file(
+    "config", None, "A configs/<name>.py file.", lock_config=True
+  )
   workdir = flags.DEFINE_string("workdir", None, "The training run's workdir.")
   out = flags.DEFINE_string("out", "pretrained", "Package folder to write.")
   calibration_file = flags.DEFINE_string(
-      "detector_calibration", None, "JSON of `python -m msm_jax.detection` (default: the "
-      "built-in 300-W calibration).")
-  st_switch = flags.DEFINE_enum("spatial_transformer", "auto", ["auto", "on", "off"],
-                                "Use the ST stage by default (auto: when it was trained).")
+    "detector_calibration",
+    None,
+    "JSON of `python -m msm_jax.detection` (default: the built-in 300-W calibration).",
+  )
+  st_switch = flags.DEFINE_enum(
+    "spatial_transformer",
+    "auto",
+    ["auto", "on", "off"],
+    "Use the ST stage by default (auto: when it was trained).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
@@ -268,8 +316,9 @@ def _cli() -> None:
     calibration = None
     if calibration_file.value:
       with open(calibration_file.value) as file:
-        calibration = detection.DetectorCalibration.from_dict(json.load(file),
-                                                              calibration_file.value)
+        calibration = detection.DetectorCalibration.from_dict(
+          json.load(file), calibration_file.value
+        )
     use_st = {"auto": None, "on": True, "off": False}[st_switch.value]
     info = package_pretrained(config_flag.value, workdir.value, out.value, calibration, use_st)
     print(json.dumps(info, indent=2))

@@ -34,7 +34,6 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 
 from msm_jax import geometry, landmarks, metrics, prediction
 from msm_jax.data import augment
@@ -53,6 +52,7 @@ FAILURE_THRESHOLD = 0.08
 class Face:
   """One test face: the photo it is shown in, its box (None: the detector finds it), the
   ground truth in that photo's pixels, and which landmarks an occluder covers (or None)."""
+
   image: np.ndarray
   box: np.ndarray | None
   landmarks: np.ndarray
@@ -61,17 +61,20 @@ class Face:
 
 # name -> PipelineOptions fields; a variant needing a stage the package lacks is left out.
 VARIANTS = {
-    "HG": dict(use_spatial_transformer=False, use_shape_reconstruction=False, recrop_passes=0),
-    "HG + SR": dict(use_spatial_transformer=False, use_shape_reconstruction=True,
-                    recrop_passes=0),
-    "HG + re-crop": dict(use_spatial_transformer=False, use_shape_reconstruction=False,
-                         recrop_passes=1),
-    "HG + SR + re-crop": dict(use_spatial_transformer=False, use_shape_reconstruction=True,
-                              recrop_passes=1),
-    "ST + HG + SR": dict(use_spatial_transformer=True, use_shape_reconstruction=True,
-                         recrop_passes=0),
-    "ST + HG + SR + re-crop": dict(use_spatial_transformer=True, use_shape_reconstruction=True,
-                                   recrop_passes=1),
+  "HG": dict(use_spatial_transformer=False, use_shape_reconstruction=False, recrop_passes=0),
+  "HG + SR": dict(use_spatial_transformer=False, use_shape_reconstruction=True, recrop_passes=0),
+  "HG + re-crop": dict(
+    use_spatial_transformer=False, use_shape_reconstruction=False, recrop_passes=1
+  ),
+  "HG + SR + re-crop": dict(
+    use_spatial_transformer=False, use_shape_reconstruction=True, recrop_passes=1
+  ),
+  "ST + HG + SR": dict(
+    use_spatial_transformer=True, use_shape_reconstruction=True, recrop_passes=0
+  ),
+  "ST + HG + SR + re-crop": dict(
+    use_spatial_transformer=True, use_shape_reconstruction=True, recrop_passes=1
+  ),
 }
 
 
@@ -81,8 +84,9 @@ def rotation_about(centre, degrees: float) -> np.ndarray:
   angle = -np.deg2rad(degrees)
   cos, sin = np.cos(angle), np.sin(angle)
   cx, cy = centre
-  return np.array([[cos, -sin, cx - cos * cx + sin * cy],
-                   [sin, cos, cy - sin * cx - cos * cy], [0.0, 0.0, 1.0]])
+  return np.array(
+    [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy], [0.0, 0.0, 1.0]]
+  )
 
 
 def face_window(image: np.ndarray, points: np.ndarray, degrees: float = 0.0):
@@ -122,19 +126,30 @@ def occlude(image: np.ndarray, points: np.ndarray, rng: np.random.Generator):
   source_left = int(rng.integers(0, image.shape[1] - patch_w + 1))
   source_top = int(rng.integers(0, image.shape[0] - patch_h + 1))
   occluded_image = image.copy()
-  occluded_image[top:top + patch_h, left:left + patch_w] = (
-      image[source_top:source_top + patch_h, source_left:source_left + patch_w])
+  occluded_image[top : top + patch_h, left : left + patch_w] = image[
+    source_top : source_top + patch_h, source_left : source_left + patch_w
+  ]
   x, y = points[:, 0], points[:, 1]
-  covered = ((x >= left - 0.5) & (x < left + patch_w - 0.5)
-             & (y >= top - 0.5) & (y < top + patch_h - 0.5))
+  covered = (
+    (x >= left - 0.5) & (x < left + patch_w - 0.5) & (y >= top - 0.5) & (y < top + patch_h - 0.5)
+  )
   return occluded_image, covered
 
 
 def make_conditions(records, seed: int = 0) -> dict[str, list[Face]]:
   """{condition: faces} for the records (FaceRecords with image paths or pixels)."""
   from msm_jax.data.images import record_image
-  conditions = {name: [] for name in ("landmark box", "detector", *(
-      f"rotated {angle:g}" for angle in ROTATIONS), "sloppy box", "occluded")}
+
+  conditions = {
+    name: []
+    for name in (
+      "landmark box",
+      "detector",
+      *(f"rotated {angle:g}" for angle in ROTATIONS),
+      "sloppy box",
+      "occluded",
+    )
+  }
   rng = np.random.default_rng(seed)
   for record in records:
     photo, points = record_image(record), np.asarray(record.landmarks, np.float32)
@@ -144,8 +159,9 @@ def make_conditions(records, seed: int = 0) -> dict[str, list[Face]]:
     conditions["landmark box"].append(Face(window, box, in_window))
     for angle in ROTATIONS:
       turned, turned_points = face_window(photo, points, angle * rng.choice([-1.0, 1.0]))
-      conditions[f"rotated {angle:g}"].append(Face(turned, box_from_landmarks(turned_points),
-                                                   turned_points))
+      conditions[f"rotated {angle:g}"].append(
+        Face(turned, box_from_landmarks(turned_points), turned_points)
+      )
     conditions["sloppy box"].append(Face(window, sloppy_box(box, rng), in_window))
     occluded_window, covered = occlude(window, in_window, rng)
     conditions["occluded"].append(Face(occluded_window, box, in_window, covered))
@@ -157,8 +173,9 @@ def _detected_face(faces, truth: np.ndarray):
   half a landmark-box side of the truth's (else None: the detector missed this face)."""
   box = box_from_landmarks(truth)
   centre, side = (box[:2] + box[2:]) / 2, max(box[2] - box[0], box[3] - box[1])
-  best = min(faces, key=lambda face: np.linalg.norm(face.landmarks - truth, axis=-1).mean(),
-             default=None)
+  best = min(
+    faces, key=lambda face: np.linalg.norm(face.landmarks - truth, axis=-1).mean(), default=None
+  )
   if best is None:
     return None
   found = (best.box[:2] + best.box[2:]) / 2
@@ -171,22 +188,29 @@ def run_condition(model, faces: list[Face], batch_size: int = 8) -> dict:
   if any(given) and not all(given):
     raise ValueError("a condition's faces either all have boxes or none has")
   results = prediction.predict_images(
-      model, [face.image for face in faces],
-      boxes=[face.box[None] for face in faces] if all(given) else None,
-      batch_size=batch_size, errors="collect")
+    model,
+    [face.image for face in faces],
+    boxes=[face.box[None] for face in faces] if all(given) else None,
+    batch_size=batch_size,
+    errors="collect",
+  )
   num_points = faces[0].landmarks.shape[0]
   predicted = np.full((len(faces), num_points, 2), np.nan, np.float32)
   reliable = np.ones((len(faces), num_points), bool)
   for index, (face, result) in enumerate(zip(faces, results)):
-    found = result.faces[0] if all(given) and result.faces else _detected_face(
-        result.faces, face.landmarks)
+    found = (
+      result.faces[0]
+      if all(given) and result.faces
+      else _detected_face(result.faces, face.landmarks)
+    )
     if found is not None:
       predicted[index], reliable[index] = found.landmarks, found.reliable
   return {"predicted": predicted, "reliable": reliable}
 
 
-def summarise(predicted, truth, reliable, occluded, scheme,
-              threshold: float = FAILURE_THRESHOLD) -> dict:
+def summarise(
+  predicted, truth, reliable, occluded, scheme, threshold: float = FAILURE_THRESHOLD
+) -> dict:
   """One row: NME (%) mean / median over the faces found, FR (%), found count, and where
   occlusion flags exist, occluded / visible-landmark NME (%) and the precision / recall of
   ``reliable == False`` against them."""
@@ -195,8 +219,11 @@ def summarise(predicted, truth, reliable, occluded, scheme,
   if not found.any():
     return row
   nmes = metrics.nme(predicted[found], truth[found], scheme, "inter_ocular")
-  row.update(nme=100 * float(nmes.mean()), median=100 * float(np.median(nmes)),
-             failure_rate=100 * metrics.failure_rate(nmes, threshold))
+  row.update(
+    nme=100 * float(nmes.mean()),
+    median=100 * float(np.median(nmes)),
+    failure_rate=100 * metrics.failure_rate(nmes, threshold),
+  )
   if occluded is not None:
     occluded, flagged = occluded[found], ~reliable[found]
     for name, mask in (("occluded_nme", occluded), ("visible_nme", ~occluded)):
@@ -217,8 +244,7 @@ def variants_of(model) -> dict:
       continue
     if fields["use_shape_reconstruction"] and "dictionary" not in stages:
       continue
-    chosen[name] = dataclasses.replace(model,
-                                       options=dataclasses.replace(model.options, **fields))
+    chosen[name] = dataclasses.replace(model, options=dataclasses.replace(model.options, **fields))
   return chosen
 
 
@@ -231,40 +257,51 @@ def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print) -> d
     for condition, faces in conditions.items():
       out = run_condition(variant_model, faces, batch_size)
       truth = np.stack([face.landmarks for face in faces])
-      occluded = (np.stack([face.occluded for face in faces])
-                  if faces[0].occluded is not None else None)
+      occluded = (
+        np.stack([face.occluded for face in faces]) if faces[0].occluded is not None else None
+      )
       row = summarise(out["predicted"], truth, out["reliable"], occluded, scheme)
       table.setdefault(condition, {})[variant] = row
-      log(f"[robustness] {variant:24s} {condition:14s} " + ", ".join(
+      log(
+        f"[robustness] {variant:24s} {condition:14s} "
+        + ", ".join(
           f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
-          for key, value in row.items()))
+          for key, value in row.items()
+        )
+      )
   return table
 
 
 def markdown(table: dict) -> str:
   """The table as Markdown: one block of rows per condition."""
+
   def cell(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
-  lines = ["| condition | variant | found | NME % | median % | FR@0.08 % | occluded NME % "
-           "| visible NME % | occl. precision | occl. recall |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| condition | variant | found | NME % | median % | FR@0.08 % | occluded NME % "
+    "| visible NME % | occl. precision | occl. recall |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for condition, rows in table.items():
     for variant, row in rows.items():
       lines.append(
-          f"| {condition} | {variant} | {row['found']}/{row['faces']} | "
-          f"{cell(row.get('nme'))} | {cell(row.get('median'))} | "
-          f"{cell(row.get('failure_rate'))} | {cell(row.get('occluded_nme'))} | "
-          f"{cell(row.get('visible_nme'))} | {cell(row.get('occlusion_precision'))} | "
-          f"{cell(row.get('occlusion_recall'))} |")
+        f"| {condition} | {variant} | {row['found']}/{row['faces']} | "
+        f"{cell(row.get('nme'))} | {cell(row.get('median'))} | "
+        f"{cell(row.get('failure_rate'))} | {cell(row.get('occluded_nme'))} | "
+        f"{cell(row.get('visible_nme'))} | {cell(row.get('occlusion_precision'))} | "
+        f"{cell(row.get('occlusion_recall'))} |"
+      )
   return "\n".join(lines)
 
 
 def _records(config, folder: str | None, limit: int | None):
   from msm_jax.data import datasets, w300
+
   if folder:
-    records = [record for path in datasets.pts_folders(folder)
-               for record in w300.read_pts_folder(path)]
+    records = [
+      record for path in datasets.pts_folders(folder) for record in w300.read_pts_folder(path)
+    ]
   else:
     _, records = datasets.split_records(config, datasets.read_training_records(config))
     if not records:
@@ -274,8 +311,10 @@ def _records(config, folder: str | None, limit: int | None):
 
 def main(argv=None) -> dict:
   import argparse
-  parser = argparse.ArgumentParser(prog="python -m msm_jax.robustness",
-                                   description=__doc__.split("\n\n")[0])
+
+  parser = argparse.ArgumentParser(
+    prog="python -m msm_jax.robustness", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument("--model", default="pretrained", help="pretrained package folder")
   parser.add_argument("--config", help="a configs/<name>.py whose validation split is used")
   parser.add_argument("--folder", help="a folder (tree) of images + .pts instead")
@@ -287,10 +326,12 @@ def main(argv=None) -> dict:
   if not args.config and not args.folder:
     parser.error("give --config (its validation split) or --folder")
   from msm_jax import pretrained
+
   model = pretrained.load_pretrained(args.model)
   config = None
   if args.config:
     import importlib.util
+
     sys.path.insert(0, os.getcwd())  # config files import `configs`
     spec = importlib.util.spec_from_file_location("robustness_config", args.config)
     module = importlib.util.module_from_spec(spec)

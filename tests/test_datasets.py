@@ -26,8 +26,10 @@ def test_synthetic_splits_are_disjoint_ranges_of_one_generator():
   train, validation = datasets.train_and_validation_sources(config)
   evaluation = datasets.eval_sources(config)
   assert (len(train), len(validation)) == (6, 2)
-  assert {name: len(source) for name, source in evaluation.items()} == {"test": 3,
-                                                                         "occluded_test": 3}
+  assert {name: len(source) for name, source in evaluation.items()} == {
+    "test": 3,
+    "occluded_test": 3,
+  }
   # train 0-5, validation 6-7, test 8-10, occluded_test 11-13: face 8 of the generator is
   # test face 0, and it differs from training face 0.
   assert "face 8 of seed 0" in evaluation["test"][0]["name"]
@@ -51,14 +53,17 @@ def test_training_shapes_keep_the_first_faces_up_to_the_limit():
 
 
 def _record(name):
-  return FaceRecord(image_path=name, landmarks=np.zeros((68, 2), np.float32) + 5,
-                    box=np.array([0, 0, 10, 10], np.float32), subset="s")
+  return FaceRecord(
+    image_path=name,
+    landmarks=np.zeros((68, 2), np.float32) + 5,
+    box=np.array([0, 0, 10, 10], np.float32),
+    subset="s",
+  )
 
 
 def test_validation_split_is_seeded_and_keeps_faces_of_one_image_together():
   # 20 images, the first 5 with two faces each.
-  records = [_record(f"img{i}.jpg") for i in range(20)] + [_record(f"img{i}.jpg")
-                                                           for i in range(5)]
+  records = [_record(f"img{i}.jpg") for i in range(20)] + [_record(f"img{i}.jpg") for i in range(5)]
   train, validation = datasets.split_validation(records, 0.2, seed=3)
   again, _ = datasets.split_validation(records, 0.2, seed=3)
   assert [r.source for r in train] == [r.source for r in again]
@@ -86,8 +91,7 @@ def test_folder_evaluation_makes_one_subset_per_pts_folder(tmp_path):
   config.data.eval_dataset, config.data.eval_splits = "folder", ()
   config.data.eval_root = str(root)
   sources = datasets.eval_sources(config)
-  assert {name: len(source) for name, source in sources.items()} == {"afw": 1,
-                                                                     "helen/trainset": 2}
+  assert {name: len(source) for name, source in sources.items()} == {"afw": 1, "helen/trainset": 2}
   # A flat folder is one subset named after the folder.
   config.data.eval_root = str(root / "afw")
   assert list(datasets.eval_sources(config)) == ["afw"]
@@ -106,14 +110,17 @@ def test_missing_or_empty_roots_are_named(tmp_path):
     datasets.eval_sources(config)
 
 
-@pytest.mark.parametrize("name", ["300w", "300w_subset", "cofw", "cofw_ablation", "synthetic",
-                                  "wflw", "wflw_ablation"])
+@pytest.mark.parametrize(
+  "name", ["300w", "300w_subset", "cofw", "cofw_ablation", "synthetic", "wflw", "wflw_ablation"]
+)
 def test_every_config_can_evaluate_a_folder_from_the_command_line(name):
   # config_flags locks the config: an override of a field the config lacks is an error, so
   # `--config.data.eval_dataset=folder --config.data.eval_root=DIR` needs both fields in all.
   import importlib.util
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      f"{name}.py")
+
+  path = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py"
+  )
   spec = importlib.util.spec_from_file_location(f"config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -28,7 +28,8 @@ def test_logit_is_real_minus_fake_channel():
   logits = model.apply(variables, images)
   assert logits.shape == (2,)
   # Recompute the last layer by hand from the features it sees.
-  _, features = model.apply(variables, images, capture_intermediates=True,
-                            mutable=["intermediates"])
+  _, features = model.apply(
+    variables, images, capture_intermediates=True, mutable=["intermediates"]
+  )
   two = features["intermediates"]["conv7"]["__call__"][0].reshape(2, 2)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(two[:, 1] - two[:, 0]), rtol=1e-6)

@@ -22,12 +22,20 @@ def _synthetic_pairs(rng, count, offset, ratio):
   """Landmark boxes (non-square) and the square Haar boxes a known calibration implies."""
   centre = rng.uniform(100, 400, (count, 2))
   width, height = rng.uniform(60, 200, count), rng.uniform(60, 200, count)
-  landmark = np.stack([centre[:, 0] - width / 2, centre[:, 1] - height / 2,
-                       centre[:, 0] + width / 2, centre[:, 1] + height / 2], 1)
+  landmark = np.stack(
+    [
+      centre[:, 0] - width / 2,
+      centre[:, 1] - height / 2,
+      centre[:, 0] + width / 2,
+      centre[:, 1] + height / 2,
+    ],
+    1,
+  )
   haar_side = np.maximum(width, height) / ratio
   haar_centre = centre - np.asarray(offset) * haar_side[:, None]
-  haar = np.concatenate([haar_centre - haar_side[:, None] / 2,
-                         haar_centre + haar_side[:, None] / 2], 1)
+  haar = np.concatenate(
+    [haar_centre - haar_side[:, None] / 2, haar_centre + haar_side[:, None] / 2], 1
+  )
   return haar, landmark
 
 
@@ -46,10 +54,12 @@ def test_calibrate_recovers_known_offset_and_ratio_despite_outliers():
   assert calibration.statistics["centre_y_median_abs"] == pytest.approx(0.0, abs=1e-6)
   # The calibrated boxes of the 29 good pairs have the landmark boxes' centres and long sides.
   boxes = detection.calibrated_face_box(haar[12:], calibration)
-  np.testing.assert_allclose((boxes[:, :2] + boxes[:, 2:]) / 2,
-                             (landmark[12:, :2] + landmark[12:, 2:]) / 2, atol=1e-6)
-  np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0],
-                             np.max(landmark[12:, 2:] - landmark[12:, :2], axis=1), atol=1e-6)
+  np.testing.assert_allclose(
+    (boxes[:, :2] + boxes[:, 2:]) / 2, (landmark[12:, :2] + landmark[12:, 2:]) / 2, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    boxes[:, 2] - boxes[:, 0], np.max(landmark[12:, 2:] - landmark[12:, :2], axis=1), atol=1e-6
+  )
 
 
 def test_calibrate_rejects_mismatched_arrays():
@@ -104,8 +114,16 @@ def test_detect_faces_scales_boxes_back_from_a_downscaled_search(monkeypatch):
 @pytest.mark.parametrize("cascade", detection.CASCADES)
 def test_real_cascade_finds_a_rendered_face_and_nothing_in_a_blank_image(cascade):
   assert detection.detect_faces(np.full((200, 200, 3), 128, np.uint8), cascade).shape == (0, 4)
-  settings = dict(image_size=256, max_roll_deg=0.0, max_yaw_deg=0.0, max_pitch_deg=0.0,
-                  occlusion_prob=0.0, blur_prob=0.0, max_noise_std=0.0, background_clutter=0)
+  settings = dict(
+    image_size=256,
+    max_roll_deg=0.0,
+    max_yaw_deg=0.0,
+    max_pitch_deg=0.0,
+    occlusion_prob=0.0,
+    blur_prob=0.0,
+    max_noise_std=0.0,
+    background_clutter=0,
+  )
   matched = 0
   for index in range(12):  # frontal synthetic faces: the cascades find about a third
     face = synthetic.render_face(0, index, settings)
@@ -120,8 +138,7 @@ def test_calibration_dict_round_trip_and_errors():
   with pytest.raises(ValueError, match="cfg.json: detector calibration needs"):
     detection.DetectorCalibration.from_dict({"side_ratio": 1.0}, "cfg.json")
   with pytest.raises(ValueError, match="cfg.json: bad detector calibration"):
-    detection.DetectorCalibration.from_dict({"centre_offset": [0, 0], "side_ratio": -1},
-                                            "cfg.json")
+    detection.DetectorCalibration.from_dict({"centre_offset": [0, 0], "side_ratio": -1}, "cfg.json")
 
 
 def test_missing_cascade_file_is_a_clear_error():

@@ -40,15 +40,19 @@ def test_train_all_stages_then_evaluate(tmp_path):
   run.train(config, workdir, log=logs.append)
   assert any("[stgan] step 2 eval template_distance_px" in line for line in logs), logs
   # The ST template comes from the training crops (configs/base.py), and is logged.
-  assert any(line.startswith("[stgan] template from 16 ground-truth-box crops")
-             for line in logs), logs
+  assert any(line.startswith("[stgan] template from 16 ground-truth-box crops") for line in logs), (
+    logs
+  )
   assert any("[hourglass] step 2 eval nme_inter_ocular" in line for line in logs), logs
   for stage in ("stgan", "hourglass"):
     lines = open(os.path.join(workdir, "metrics", f"{stage}.jsonl")).read().splitlines()
-    assert all(np.isfinite(v) for line in lines for k, v in json.loads(line).items()
-               if k != "step")
-  assert model_io.load_trained(config, workdir).available == {"stgan", "hourglass", "dictionary",
-                                                              "resnet"}
+    assert all(np.isfinite(v) for line in lines for k, v in json.loads(line).items() if k != "step")
+  assert model_io.load_trained(config, workdir).available == {
+    "stgan",
+    "hourglass",
+    "dictionary",
+    "resnet",
+  }
 
   # train.py ends with the evaluation (config.evaluate_after_training): its table is logged.
   [markdown] = [line for line in logs if "| Method |" in line]
@@ -56,8 +60,15 @@ def test_train_all_stages_then_evaluate(tmp_path):
   ablation = report["tables"]["ablation"]
   assert "HG" in markdown and "ST-GAN + HG + SR" in markdown
   text = json.dumps(ablation)
-  for method in ("Res-50", "ST-GAN + Res-50", "HG", "ST-GAN + HG", "HG + SR",
-                 "ST-GAN + HG + SR", "Mean shape"):
+  for method in (
+    "Res-50",
+    "ST-GAN + Res-50",
+    "HG",
+    "ST-GAN + HG",
+    "HG + SR",
+    "ST-GAN + HG + SR",
+    "Mean shape",
+  ):
     assert f'"{method}"' in text, method
   assert len(report["tables"]["thresholds"]["rows"]) == 12
   assert "occlusion_occluded_test" in report["tables"]

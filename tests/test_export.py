@@ -68,10 +68,10 @@ def tiny():
   conv11["kernel"] = 0.02 * conv11["kernel"]
   conv11["bias"] = jnp.asarray(GDNN_IDENTITY) + 0.05 * conv11["bias"]
   variables = {
-      "generator": generator_variables,
-      "hourglass": _random_variables(hourglass, rng),
-      "dictionary": jnp.asarray(tiny_models.face_dictionary(rng)),
-      "thresholds": jnp.zeros(L),
+    "generator": generator_variables,
+    "hourglass": _random_variables(hourglass, rng),
+    "dictionary": jnp.asarray(tiny_models.face_dictionary(rng)),
+    "thresholds": jnp.zeros(L),
   }
   live = pipeline.make_inference_fn(generator, hourglass, OPTIONS)
   inputs = {size: _inputs(rng, *size) for size in (SIZE_A, SIZE_B)}
@@ -81,11 +81,11 @@ def tiny():
   scores = np.concatenate([live(variables, *inputs[size])["scores"] for size in inputs])
   variables["thresholds"] = jnp.asarray(float_checks.thresholds_between(scores, SCORE_MARGIN))
   expected = {size: jax.device_get(live(variables, *inputs[size])) for size in inputs}
-  exported = export.export_pipeline(generator, hourglass, variables, OPTIONS,
-                                    max_batch=MAX_BATCH)
+  exported = export.export_pipeline(generator, hourglass, variables, OPTIONS, max_batch=MAX_BATCH)
   model = TrainedModel(generator, hourglass, None, variables, frozenset({"stgan", "hourglass"}))
-  return types.SimpleNamespace(model=model, inputs=inputs, expected=expected,
-                               exported=exported, results={})
+  return types.SimpleNamespace(
+    model=model, inputs=inputs, expected=expected, exported=exported, results={}
+  )
 
 
 def _exported_at(tiny, size):
@@ -104,8 +104,7 @@ def _assert_matches_live(got, expected):
   np.testing.assert_array_equal(got["reliable"], expected["reliable"])
   np.testing.assert_allclose(got["theta"], expected["theta"], atol=1e-5)
   np.testing.assert_allclose(got["scores"], expected["scores"], atol=SCORE_TOLERANCE)
-  np.testing.assert_allclose(got["hourglass_landmarks"], expected["hourglass_landmarks"],
-                             atol=1e-3)
+  np.testing.assert_allclose(got["hourglass_landmarks"], expected["hourglass_landmarks"], atol=1e-3)
   np.testing.assert_allclose(got["landmarks"], expected["landmarks"], rtol=2e-4, atol=1e-2)
 
 
@@ -126,12 +125,17 @@ def test_file_round_trip_header_and_chunked_batches(tiny, tmp_path):
   path = str(tmp_path / "msm.jaxexport")
   header = export.save_exported(path, tiny.exported, {"note": "tiny"})
   assert header == export.read_header(path)
-  assert header["inputs"] == {"images": {"shape": ["b", "h", "w", 3], "dtype": "uint8"},
-                              "boxes": {"shape": ["b", 4], "dtype": "float32"}}
+  assert header["inputs"] == {
+    "images": {"shape": ["b", "h", "w", 3], "dtype": "uint8"},
+    "boxes": {"shape": ["b", 4], "dtype": "float32"},
+  }
   assert header["outputs"]["landmarks"] == {"shape": ["b", L, 2], "dtype": "float32"}
   assert header["outputs"]["reliable"]["dtype"] == "bool"
   assert (header["num_landmarks"], header["max_batch"], header["constraints"]) == (
-      L, MAX_BATCH, [f"b <= {MAX_BATCH}"])
+    L,
+    MAX_BATCH,
+    [f"b <= {MAX_BATCH}"],
+  )
   assert header["msm_jax_version"] == __import__("msm_jax").__version__
   assert header["platforms"] == ["cpu"] and header["metadata"] == {"note": "tiny"}
 
@@ -169,8 +173,14 @@ def test_runs_in_a_process_without_msm_jax(tiny, tmp_path):
       print(header["num_landmarks"])
       """)
   environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path, env=environment, timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+    env=environment,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == str(L)
   standalone = dict(np.load(tmp_path / "outputs.npz"))
@@ -184,12 +194,24 @@ def test_runs_in_a_process_without_msm_jax(tiny, tmp_path):
 def test_cli_exports_a_pretrained_package_at_fixed_sizes(tiny, tmp_path, monkeypatch):
   pretrained_module = types.ModuleType("msm_jax.pretrained")  # stands in for the package
   pretrained_module.load_pretrained = lambda directory: types.SimpleNamespace(
-      model=tiny.model, options=OPTIONS)
+    model=tiny.model, options=OPTIONS
+  )
   monkeypatch.setitem(sys.modules, "msm_jax.pretrained", pretrained_module)
   out = str(tmp_path / "fixed.jaxexport")
   batch, height, width = SIZE_A
-  summary = export.main(["--model", str(tmp_path), "--out", out, "--batch", str(batch),
-                         "--image-size", str(height), str(width)])
+  summary = export.main(
+    [
+      "--model",
+      str(tmp_path),
+      "--out",
+      out,
+      "--batch",
+      str(batch),
+      "--image-size",
+      str(height),
+      str(width),
+    ]
+  )
   assert summary["bytes"] == os.path.getsize(out) and summary["max_batch"] is None
   header = export.read_header(out)
   assert header["inputs"]["images"]["shape"] == [batch, height, width, 3]
@@ -229,7 +251,7 @@ def _corrupt(path, how):
     data = data[:-100]
   elif how == "flipped_byte":
     middle = (header_end + len(data)) // 2
-    data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+    data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
   elif how == "not_an_artefact":
     data = b"PK\x03\x04 some zip file"
   elif how == "newer_version":
@@ -238,20 +260,23 @@ def _corrupt(path, how):
     data = export.MAGIC + b"{not json\n" + data[header_end:]
   elif how == "garbage_payload":  # a consistent hash, but not a jax.export payload
     payload = b"\x00" * 64
-    header = json.loads(data[len(export.MAGIC):header_end])
+    header = json.loads(data[len(export.MAGIC) : header_end])
     header["payload_sha256"] = __import__("hashlib").sha256(payload).hexdigest()
     data = export.MAGIC + json.dumps(header).encode() + b"\n" + payload
   open(path, "wb").write(data)
 
 
-@pytest.mark.parametrize("how, message", [
+@pytest.mark.parametrize(
+  "how, message",
+  [
     ("truncated", "corrupt or truncated payload"),
     ("flipped_byte", "corrupt or truncated payload"),
     ("not_an_artefact", "not an msm-jax exported pipeline"),
     ("newer_version", "is not supported"),
     ("broken_header", "corrupt header"),
     ("garbage_payload", "cannot deserialise"),
-])
+  ],
+)
 def test_corrupt_file_names_the_file(tiny, tmp_path, how, message):
   path = str(tmp_path / "msm.jaxexport")
   export.save_exported(path, tiny.exported)
@@ -269,8 +294,10 @@ def test_missing_file():
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(SHIPPED, "msm_pipeline.jaxexport")),
-                    reason="no shipped artefact in pretrained/")
+@pytest.mark.skipif(
+  not os.path.exists(os.path.join(SHIPPED, "msm_pipeline.jaxexport")),
+  reason="no shipped artefact in pretrained/",
+)
 def test_shipped_artefact_matches_the_shipped_package():
   from msm_jax import prediction, pretrained
   from msm_jax.data import synthetic
@@ -278,17 +305,18 @@ def test_shipped_artefact_matches_the_shipped_package():
   model = pretrained.load_pretrained(SHIPPED)
   faces = [synthetic.render_face(7, index, dict(image_size=160)) for index in range(2)]
   images = np.stack([face["image"] for face in faces])
-  squares = prediction.crop_squares(np.stack([face["box"] for face in faces]),
-                                    model.config.data.box_margin).astype(np.float32)
+  squares = prediction.crop_squares(
+    np.stack([face["box"] for face in faces]), model.config.data.box_margin
+  ).astype(np.float32)
   live = jax.device_get(model.infer(model.model.variables, images, squares))
   shipped = export.load_exported(os.path.join(SHIPPED, "msm_pipeline.jaxexport"))(images, squares)
-  np.testing.assert_allclose(shipped["hourglass_landmarks"], live["hourglass_landmarks"],
-                             atol=1e-3)
+  np.testing.assert_allclose(shipped["hourglass_landmarks"], live["hourglass_landmarks"], atol=1e-3)
   np.testing.assert_allclose(shipped["scores"], live["scores"], atol=SCORE_TOLERANCE)
   # A score within rounding of its real threshold may flip its flag, and then the repair
   # differs: flags are compared where the score is clear, landmarks on faces whose flags agree.
   thresholds = np.asarray(model.model.variables["thresholds"])
-  float_checks.assert_flags_equal_where_clear(shipped["reliable"], live["reliable"],
-                                              live["scores"], thresholds, SCORE_MARGIN)
+  float_checks.assert_flags_equal_where_clear(
+    shipped["reliable"], live["reliable"], live["scores"], thresholds, SCORE_MARGIN
+  )
   agree = (shipped["reliable"] == live["reliable"]).all(axis=1)
   np.testing.assert_allclose(shipped["landmarks"][agree], live["landmarks"][agree], atol=5e-2)

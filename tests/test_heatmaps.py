@@ -28,7 +28,7 @@ def _numpy_gaussian(landmarks, height, width, sigma):
       x, y = landmarks[b, l]
       for i in range(height):
         for j in range(width):
-          out[b, i, j, l] = math.exp(-((j - x) ** 2 + (i - y) ** 2) / (2 * sigma ** 2))
+          out[b, i, j, l] = math.exp(-((j - x) ** 2 + (i - y) ** 2) / (2 * sigma**2))
   return out
 
 
@@ -52,8 +52,9 @@ def test_crop_to_heatmap_hand_values():
   np.testing.assert_allclose(hm.heatmap_to_crop(np.zeros((1, 2)), 128, 64), [[0.5, 0.5]])
   # Non-square: crop (h=100, w=200) -> heatmap (50, 50); x scales by 1/4, y by 1/2.
   # x: (10 + 0.5) / 4 - 0.5 = 2.125;  y: (10 + 0.5) / 2 - 0.5 = 4.75.
-  np.testing.assert_allclose(hm.crop_to_heatmap([[10.0, 10.0]], (100, 200), (50, 50)),
-                             [[2.125, 4.75]], atol=1e-6)
+  np.testing.assert_allclose(
+    hm.crop_to_heatmap([[10.0, 10.0]], (100, 200), (50, 50)), [[2.125, 4.75]], atol=1e-6
+  )
 
 
 def test_crop_heatmap_round_trip():
@@ -67,20 +68,23 @@ def test_crop_heatmap_round_trip():
 
 def test_gaussian_matches_closed_form():
   # Non-square map, an on-pixel landmark, sub-pixel ones and one slightly outside the map.
-  landmarks = np.array([[[3.0, 2.0], [1.3, 3.6], [-1.2, 0.4]],
-                        [[6.49, 4.1], [0.0, 0.0], [2.5, -2.0]]], np.float32)
+  landmarks = np.array(
+    [[[3.0, 2.0], [1.3, 3.6], [-1.2, 0.4]], [[6.49, 4.1], [0.0, 0.0], [2.5, -2.0]]], np.float32
+  )
   ours = np.asarray(hm.gaussian_heatmaps(landmarks, (5, 7), 1.3))
   assert ours.shape == (2, 5, 7, 3) and ours.dtype == np.float32
   np.testing.assert_allclose(ours, _numpy_gaussian(landmarks, 5, 7, 1.3), rtol=1e-5, atol=1e-7)
   assert ours[0, 2, 3, 0] == 1.0  # an on-pixel landmark peaks at exactly 1
   # By hand: pixel (row 4, col 2) for the landmark (1.3, 3.6): d^2 = 0.49 + 0.16 = 0.65.
-  assert ours[0, 4, 2, 1] == pytest.approx(math.exp(-0.65 / (2 * 1.3 ** 2)), rel=1e-6)
+  assert ours[0, 4, 2, 1] == pytest.approx(math.exp(-0.65 / (2 * 1.3**2)), rel=1e-6)
 
 
 def test_far_and_missing_landmarks_give_zero_maps():
   # Margin 3 * 1.5 = 4.5 beyond the map edge -0.5: x = -5.0 is still valid, -5.01 is not.
-  landmarks = np.array([[[-5.0, 3.0], [-5.01, 3.0], [3.0, 12.5 + 4.5], [3.0, 17.01],
-                         [np.nan, 2.0], [-40.0, 80.0]]], np.float32)
+  landmarks = np.array(
+    [[[-5.0, 3.0], [-5.01, 3.0], [3.0, 12.5 + 4.5], [3.0, 17.01], [np.nan, 2.0], [-40.0, 80.0]]],
+    np.float32,
+  )
   mask = np.asarray(hm.heatmap_valid_mask(landmarks, (13, 9), SIGMA))
   np.testing.assert_array_equal(mask, [[True, False, True, False, False, False]])
   maps = np.asarray(hm.gaussian_heatmaps(landmarks, (13, 9), SIGMA))
@@ -143,14 +147,19 @@ def test_decoding_accuracy_on_clean_maps():
   rng = np.random.default_rng(2)
   centres = _random_centres(rng, 4, 64)
   maps = hm.gaussian_heatmaps(centres, SIZE, SIGMA)
-  errors = {method: _mean_error(hm.decode_heatmaps(maps, method), centres)
-            for method in ("argmax", "quarter", "dark")}
+  errors = {
+    method: _mean_error(hm.decode_heatmaps(maps, method), centres)
+    for method in ("argmax", "quarter", "dark")
+  }
   errors["dark+blur"] = _mean_error(hm.decode_heatmaps(maps, "dark", blur_sigma=SIGMA), centres)
   # soft_argmax is for logits of a spatial-softmax network: the log of the target.
   errors["soft_argmax(log)"] = _mean_error(
-      hm.decode_heatmaps(jnp.log(maps), "soft_argmax"), centres)
-  print("\nmean decoding error, clean 64x64 maps, sigma 1.5 (px):",
-        {k: round(v, 5) for k, v in errors.items()})
+    hm.decode_heatmaps(jnp.log(maps), "soft_argmax"), centres
+  )
+  print(
+    "\nmean decoding error, clean 64x64 maps, sigma 1.5 (px):",
+    {k: round(v, 5) for k, v in errors.items()},
+  )
   # Uniform sub-pixel offsets: E|offset| over [-0.5, 0.5]^2 = 0.3826 for argmax; quarter
   # halves the per-axis error (0.25 -> 0.125), i.e. ~0.19.
   assert 0.34 < errors["argmax"] < 0.42
@@ -165,8 +174,10 @@ def test_decoding_accuracy_with_noise():
   centres = _random_centres(rng, 4, 64)
   maps = hm.gaussian_heatmaps(centres, SIZE, SIGMA)
   noisy = maps + 0.05 * rng.standard_normal(maps.shape).astype(np.float32)
-  errors = {method: _mean_error(hm.decode_heatmaps(noisy, method), centres)
-            for method in ("argmax", "quarter", "dark")}
+  errors = {
+    method: _mean_error(hm.decode_heatmaps(noisy, method), centres)
+    for method in ("argmax", "quarter", "dark")
+  }
   errors["dark+blur"] = _mean_error(hm.decode_heatmaps(noisy, "dark", blur_sigma=SIGMA), centres)
   print("\nmean decoding error, noise std 0.05 (px):", {k: round(v, 4) for k, v in errors.items()})
   assert errors["quarter"] < 0.8 * errors["argmax"]
@@ -224,10 +235,15 @@ def _numpy_scores(maps, peaks, radius):
 def test_landmark_scores_match_numpy_loop(radius):
   rng = np.random.default_rng(4)
   maps = rng.normal(size=(2, 6, 7, 5)).astype(np.float32)
-  peaks = np.array([[[0, 0], [6, 5], [3, 2], [6, 0], [1, 4]],
-                    [[2, 3], [0, 5], [5, 1], [3, 3], [6, 2]]], np.int32)
-  np.testing.assert_allclose(hm.landmark_scores(maps, peaks, radius),
-                             _numpy_scores(maps, peaks, radius), rtol=1e-5, atol=1e-6)
+  peaks = np.array(
+    [[[0, 0], [6, 5], [3, 2], [6, 0], [1, 4]], [[2, 3], [0, 5], [5, 1], [3, 3], [6, 2]]], np.int32
+  )
+  np.testing.assert_allclose(
+    hm.landmark_scores(maps, peaks, radius),
+    _numpy_scores(maps, peaks, radius),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_landmark_score_hand_case():
@@ -238,8 +254,9 @@ def test_landmark_score_hand_case():
 
 
 def test_normalise_scores_hand_values():
-  scores = np.array([[0.2, 0.5, 0.1, -0.05], [0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, -0.5, -3.0]],
-                    np.float32)
+  scores = np.array(
+    [[0.2, 0.5, 0.1, -0.05], [0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, -0.5, -3.0]], np.float32
+  )
   # Row 0 divided by its best, 0.5; rows without a positive score become all zero.
   expected = [[0.4, 1.0, 0.2, -0.1], [0.0] * 4, [0.0] * 4]
   normalised = np.asarray(hm.normalise_scores(scores))
@@ -250,10 +267,13 @@ def test_normalise_scores_hand_values():
 def test_reliable_mask_is_strict_and_per_landmark():
   normalised = np.array([[0.41, 0.4, 0.6, 0.61], [1.0, 0.0, 0.59, 0.9]], np.float32)
   thresholds = np.array([0.4, 0.4, 0.6, 0.6], np.float32)  # contour, contour, feature, feature
-  np.testing.assert_array_equal(hm.reliable_mask(normalised, thresholds),
-                                [[True, False, False, True], [True, False, False, True]])
-  np.testing.assert_array_equal(hm.reliable_mask(normalised, 0.5),
-                                [[False, False, True, True], [True, False, True, True]])
+  np.testing.assert_array_equal(
+    hm.reliable_mask(normalised, thresholds),
+    [[True, False, False, True], [True, False, False, True]],
+  )
+  np.testing.assert_array_equal(
+    hm.reliable_mask(normalised, 0.5), [[False, False, True, True], [True, False, True, True]]
+  )
 
 
 # ---------------------------------------------------------------- jit and errors
@@ -279,15 +299,21 @@ def test_everything_works_under_jit():
   eager_scores = hm.normalise_scores(hm.landmark_scores(maps, hm.heatmap_argmax(maps), 1))
   np.testing.assert_allclose(scores, eager_scores, rtol=1e-6)
   # Clean peaks differ only by their sub-pixel offsets: all within 10 % of the best.
-  assert np.all(reliable) and np.all(scores > 0.9) and np.allclose(scores.max(axis=-1), 1.0, atol=1e-6)
+  assert (
+    np.all(reliable) and np.all(scores > 0.9) and np.allclose(scores.max(axis=-1), 1.0, atol=1e-6)
+  )
   for method in METHODS:
     jitted = jax.jit(lambda m, method=method: hm.decode_heatmaps(m, method))
     np.testing.assert_allclose(jitted(maps), hm.decode_heatmaps(maps, method), atol=1e-5)
-  np.testing.assert_allclose(jax.jit(hm.crop_to_heatmap, static_argnums=(1, 2))(centres, 128, 64),
-                             hm.crop_to_heatmap(centres, 128, 64))
+  np.testing.assert_allclose(
+    jax.jit(hm.crop_to_heatmap, static_argnums=(1, 2))(centres, 128, 64),
+    hm.crop_to_heatmap(centres, 128, 64),
+  )
 
 
-@pytest.mark.parametrize("call, message", [
+@pytest.mark.parametrize(
+  "call, message",
+  [
     (lambda: hm.crop_to_heatmap(np.zeros((3, 3)), 128, 64), "points"),
     (lambda: hm.crop_to_heatmap(np.zeros((3, 2)), 0, 64), "crop_size"),
     (lambda: hm.gaussian_heatmaps(np.zeros((4, 2)), 64, SIGMA), "landmarks"),
@@ -296,14 +322,16 @@ def test_everything_works_under_jit():
     (lambda: hm.decode_heatmaps(np.zeros((8, 8, 4)), "dark"), "heatmaps"),
     (lambda: hm.decode_heatmaps(np.zeros((1, 8, 8, 4)), "centroid"), "method"),
     (lambda: hm.decode_heatmaps(np.zeros((1, 8, 8, 4)), "dark", blur_sigma=-1.0), "blur_sigma"),
-    (lambda: hm.landmark_scores(np.zeros((1, 8, 8, 4)), np.zeros((1, 3, 2), np.int32), 1),
-     "peaks"),
+    (lambda: hm.landmark_scores(np.zeros((1, 8, 8, 4)), np.zeros((1, 3, 2), np.int32), 1), "peaks"),
     (lambda: hm.landmark_scores(np.zeros((1, 8, 8, 4)), np.zeros((1, 4, 2)), 1), "peaks"),
-    (lambda: hm.landmark_scores(np.zeros((1, 8, 8, 4)), np.zeros((1, 4, 2), np.int32), -1),
-     "radius"),
+    (
+      lambda: hm.landmark_scores(np.zeros((1, 8, 8, 4)), np.zeros((1, 4, 2), np.int32), -1),
+      "radius",
+    ),
     (lambda: hm.normalise_scores(np.zeros(4)), "scores"),
     (lambda: hm.reliable_mask(np.zeros((2, 4)), np.zeros(3)), "thresholds"),
-])
+  ],
+)
 def test_bad_input_raises_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
     call()

@@ -20,10 +20,12 @@ def _numpy_variables(model, images, seed=0):
   costs ~10 s on CPU, far more than the tiny network itself."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
   rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype),
-                        shapes["params"])
-  batch_stats = jax.tree.map(lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype),
-                             shapes["batch_stats"])
+  params = jax.tree.map(
+    lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype), shapes["params"]
+  )
+  batch_stats = jax.tree.map(
+    lambda s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype), shapes["batch_stats"]
+  )
   return {"params": params, "batch_stats": batch_stats}
 
 
@@ -35,18 +37,35 @@ def _expected_parameter_count(width=256, stems=(64, 64, 128), depth=4, stacks=2,
 
   def residual(cin, cout):
     half = cout // 2
-    total = (batch_norm(cin) + conv(1, cin, half) + batch_norm(half) + conv(3, half, half)
-             + batch_norm(half) + conv(1, half, cout))
+    total = (
+      batch_norm(cin)
+      + conv(1, cin, half)
+      + batch_norm(half)
+      + conv(3, half, half)
+      + batch_norm(half)
+      + conv(1, half, cout)
+    )
     return total + (conv(1, cin, cout) if cin != cout else 0)
 
-  stem = (conv(3, 3, stems[0]) + batch_norm(stems[0]) + conv(3, stems[0], stems[1])
-          + batch_norm(stems[1]) + conv(3, stems[1], stems[2]) + residual(stems[2], width))
+  stem = (
+    conv(3, 3, stems[0])
+    + batch_norm(stems[0])
+    + conv(3, stems[0], stems[1])
+    + batch_norm(stems[1])
+    + conv(3, stems[1], stems[2])
+    + residual(stems[2], width)
+  )
   # Per level: skip, down and up residual units and a 2x2 deconvolution; one more
   # residual unit at the bottom.
   hourglass = depth * (3 * residual(width, width) + 2 * 2 * width * width + width)
   hourglass += residual(width, width)
-  head = (residual(width, width) + batch_norm(width) + conv(1, width, width)
-          + batch_norm(width) + conv(1, width, landmarks))
+  head = (
+    residual(width, width)
+    + batch_norm(width)
+    + conv(1, width, width)
+    + batch_norm(width)
+    + conv(1, width, landmarks)
+  )
   back = conv(1, width, width) + conv(1, landmarks, width)
   return stem + stacks * (hourglass + head) + (stacks - 1) * back
 
@@ -61,7 +80,8 @@ def test_small_parameter_count_follows_the_same_formula():
   model = StackedHourglass(**TINY)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
   assert _count(variables["params"]) == _expected_parameter_count(
-      width=16, stems=(8, 8, 16), depth=2, stacks=2, landmarks=5)
+    width=16, stems=(8, 8, 16), depth=2, stacks=2, landmarks=5
+  )
 
 
 def test_tiny_network_shapes_and_gradient():
@@ -72,8 +92,10 @@ def test_tiny_network_shapes_and_gradient():
   @jax.jit
   def heatmaps_and_per_stack_grads(params):
     def forward(params):
-      return model.apply({**variables, "params": params}, images, train=True,
-                         mutable=["batch_stats"])[0]
+      return model.apply(
+        {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
+      )[0]
+
     heatmaps, backward = jax.vjp(forward, params)
     # Row s: the gradient of sum(heatmaps[s]) (one compiled backward pass for both).
     selectors = jnp.eye(2)[:, :, None, None, None, None] * jnp.ones_like(heatmaps)
@@ -81,8 +103,9 @@ def test_tiny_network_shapes_and_gradient():
 
   heatmaps, grads = heatmaps_and_per_stack_grads(variables["params"])
   assert heatmaps.shape == (2, 2, 32, 32, 5) and heatmaps.dtype == jnp.float32
-  largest = lambda tree, stack: max(float(jnp.abs(leaf[stack]).max())
-                                    for leaf in jax.tree.leaves(tree))
+  largest = lambda tree, stack: max(
+    float(jnp.abs(leaf[stack]).max()) for leaf in jax.tree.leaves(tree)
+  )
   # Intermediate supervision: the first stack's maps do not see the second hourglass ...
   assert largest(grads["hourglass1"], stack=0) == 0.0
   assert largest(grads["hourglass0"], stack=0) > 0.0
@@ -99,14 +122,16 @@ def test_eval_mode_is_per_face_and_train_mode_is_per_batch():
   # Running averages: a face's heatmaps do not depend on the other faces of the batch ...
   apply = jax.jit(lambda x: model.apply(variables, x, train=False))
   # (equal up to rounding: a kernel may block a batch differently when its contents change)
-  np.testing.assert_allclose(apply(images)[:, 0], apply(other_companions)[:, 0], rtol=1e-4,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    apply(images)[:, 0], apply(other_companions)[:, 0], rtol=1e-4, atol=1e-5
+  )
   # ... batch statistics do, and training moves every running average.
   train = jax.jit(lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"]))
   heatmaps, stats = train(images)
   assert float(jnp.abs(heatmaps[:, 0] - train(other_companions)[0][:, 0]).max()) > 1e-3
-  moved = jax.tree.map(lambda new, old: float(jnp.abs(new - old).max()),
-                       stats["batch_stats"], variables["batch_stats"])
+  moved = jax.tree.map(
+    lambda new, old: float(jnp.abs(new - old).max()), stats["batch_stats"], variables["batch_stats"]
+  )
   assert min(jax.tree.leaves(moved)) > 0.0
 
 

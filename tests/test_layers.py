@@ -6,8 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax.models.layers import (BatchNormReLU, Conv1x1, Deconv2x2, batch_norm_relu_train,
-                                   max_pool_2x2)
+from msm_jax.models.layers import (
+  BatchNormReLU,
+  Conv1x1,
+  Deconv2x2,
+  batch_norm_relu_train,
+  max_pool_2x2,
+)
 
 
 def _random(seed, shape, scale=1.0, offset=0.0):
@@ -15,8 +20,9 @@ def _random(seed, shape, scale=1.0, offset=0.0):
 
 
 def _assert_close(actual, expected, rtol=1e-5, atol=1e-6):
-  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol),
-               actual, expected)
+  jax.tree.map(
+    lambda a, e: np.testing.assert_allclose(a, e, rtol=rtol, atol=atol), actual, expected
+  )
 
 
 def _values_and_gradients(module, variables, x, **kwargs):
@@ -60,8 +66,10 @@ def test_conv1x1_matches_conv():
   x = _random(2, (2, 4, 3, 5))
   reference = nn.Conv(7, (1, 1))
   params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=20)
-  _assert_close(_values_and_gradients(Conv1x1(7), {"params": params}, x),
-                _values_and_gradients(reference, {"params": params}, x))
+  _assert_close(
+    _values_and_gradients(Conv1x1(7), {"params": params}, x),
+    _values_and_gradients(reference, {"params": params}, x),
+  )
 
 
 def test_max_pool_matches_flax_max_pool():
@@ -72,13 +80,11 @@ def test_max_pool_matches_flax_max_pool():
 
   flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
   np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
-  np.testing.assert_array_equal(jax.grad(loss, 1)(max_pool_2x2, x),
-                                jax.grad(loss, 1)(flax_pool, x))
+  np.testing.assert_array_equal(jax.grad(loss, 1)(max_pool_2x2, x), jax.grad(loss, 1)(flax_pool, x))
 
 
 def test_max_pool_hand_case_and_ties():
-  x = jnp.array([[1.0, 5.0, 2.0, 2.0],
-                 [3.0, 4.0, 0.0, 1.0]]).reshape(1, 2, 4, 1)
+  x = jnp.array([[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 0.0, 1.0]]).reshape(1, 2, 4, 1)
   np.testing.assert_array_equal(max_pool_2x2(x).ravel(), [5.0, 2.0])
   grad = jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(x).reshape(2, 4)
   # The unique maximum 5 takes the whole gradient; the tied 2s share it (documented).
@@ -95,6 +101,7 @@ def _flax_batch_norm_relu():
     @nn.compact
     def __call__(self, x, use_running_average):
       return nn.relu(nn.BatchNorm(momentum=0.9, epsilon=1e-5)(x, use_running_average))
+
   return Reference()
 
 
@@ -107,23 +114,50 @@ def test_batch_norm_relu_matches_flax(train):
   mutable = ["batch_stats"] if train else False
 
   expected_y, expected_stats = reference.apply(
-      {"params": params, "batch_stats": batch_stats}, x, use_running_average=not train,
-      mutable=["batch_stats"])
+    {"params": params, "batch_stats": batch_stats},
+    x,
+    use_running_average=not train,
+    mutable=["batch_stats"],
+  )
   ours = {"params": params["BatchNorm_0"], "batch_stats": batch_stats["BatchNorm_0"]}
-  actual_y, actual_stats = BatchNormReLU().apply(ours, x, use_running_average=not train,
-                                                 mutable=["batch_stats"])
+  actual_y, actual_stats = BatchNormReLU().apply(
+    ours, x, use_running_average=not train, mutable=["batch_stats"]
+  )
   _assert_close(actual_y, expected_y)
   _assert_close(actual_stats["batch_stats"], expected_stats["batch_stats"]["BatchNorm_0"])
 
   def strip(output):
     return output[0] if mutable else output
+
   weights = _random(10, x.shape)
-  expected_grads = jax.grad(lambda p, x: jnp.sum(strip(reference.apply(
-      {"params": p, "batch_stats": batch_stats}, x, use_running_average=not train,
-      mutable=mutable)) * weights), argnums=(0, 1))(params, x)
-  actual_grads = jax.grad(lambda p, x: jnp.sum(strip(BatchNormReLU().apply(
-      {"params": p, "batch_stats": ours["batch_stats"]}, x, use_running_average=not train,
-      mutable=mutable)) * weights), argnums=(0, 1))(ours["params"], x)
+  expected_grads = jax.grad(
+    lambda p, x: jnp.sum(
+      strip(
+        reference.apply(
+          {"params": p, "batch_stats": batch_stats},
+          x,
+          use_running_average=not train,
+          mutable=mutable,
+        )
+      )
+      * weights
+    ),
+    argnums=(0, 1),
+  )(params, x)
+  actual_grads = jax.grad(
+    lambda p, x: jnp.sum(
+      strip(
+        BatchNormReLU().apply(
+          {"params": p, "batch_stats": ours["batch_stats"]},
+          x,
+          use_running_average=not train,
+          mutable=mutable,
+        )
+      )
+      * weights
+    ),
+    argnums=(0, 1),
+  )(ours["params"], x)
   _assert_close(actual_grads[0], expected_grads[0]["BatchNorm_0"], rtol=1e-4, atol=1e-5)
   _assert_close(actual_grads[1], expected_grads[1], rtol=1e-4, atol=1e-5)
 
@@ -141,22 +175,32 @@ def test_batch_norm_relu_gradient_through_statistics():
 
   def loss(function, x, scale, bias):
     y, mean, var = function(x, scale, bias)
-    return jnp.sum(y * jnp.cos(x)) + jnp.sum(mean ** 3) + jnp.sum(jnp.sqrt(var))
+    return jnp.sum(y * jnp.cos(x)) + jnp.sum(mean**3) + jnp.sum(jnp.sqrt(var))
 
   fused = lambda x, s, b: batch_norm_relu_train(x, s, b, 1e-5, jnp.float32)
-  _assert_close(jax.grad(loss, (1, 2, 3))(fused, x, scale, bias),
-                jax.grad(loss, (1, 2, 3))(plain, x, scale, bias), rtol=1e-4, atol=1e-5)
+  _assert_close(
+    jax.grad(loss, (1, 2, 3))(fused, x, scale, bias),
+    jax.grad(loss, (1, 2, 3))(plain, x, scale, bias),
+    rtol=1e-4,
+    atol=1e-5,
+  )
 
 
 def test_bfloat16_compute_keeps_float32_parameters():
   x = _random(14, (2, 4, 4, 3)).astype(jnp.bfloat16)
-  for module in (Deconv2x2(5, dtype=jnp.bfloat16), Conv1x1(5, dtype=jnp.bfloat16),
-                 BatchNormReLU(dtype=jnp.bfloat16)):
+  for module in (
+    Deconv2x2(5, dtype=jnp.bfloat16),
+    Conv1x1(5, dtype=jnp.bfloat16),
+    BatchNormReLU(dtype=jnp.bfloat16),
+  ):
     kwargs = {"use_running_average": False} if isinstance(module, BatchNormReLU) else {}
     variables = module.init(jax.random.PRNGKey(0), x, **kwargs)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
     output = module.apply(variables, x, mutable=["batch_stats"], **kwargs)[0]
     assert output.dtype == jnp.bfloat16
-    grad_x = jax.grad(lambda x: jnp.sum(module.apply(
-        variables, x, mutable=["batch_stats"], **kwargs)[0].astype(jnp.float32)))(x)
+    grad_x = jax.grad(
+      lambda x: jnp.sum(
+        module.apply(variables, x, mutable=["batch_stats"], **kwargs)[0].astype(jnp.float32)
+      )
+    )(x)
     assert grad_x.dtype == jnp.bfloat16

@@ -44,8 +44,9 @@ def _toy_step(state, batch):
 
 
 def _toy_state():
-  return new_train_state(0, {"toy": ModelState(params={"w": jnp.zeros(())}, batch_stats={},
-                                               opt_state=())})
+  return new_train_state(
+    0, {"toy": ModelState(params={"w": jnp.zeros(())}, batch_stats={}, opt_state=())}
+  )
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -53,10 +54,20 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=2, keep=3)
   iterator = CountingIterator(nan_at=5)
   with pytest.raises(loop.TrainingDivergedError, match="step 5"):
-    loop.train_stage(stage="toy", step_fn=jax.jit(_toy_step), state=_toy_state(),
-                     batches=iterator, data_iterator=iterator, manager=manager, mesh=mesh,
-                     total_steps=10, batch_size=2, workdir=str(tmp_path), log_every=1,
-                     log=lambda _: None)
+    loop.train_stage(
+      stage="toy",
+      step_fn=jax.jit(_toy_step),
+      state=_toy_state(),
+      batches=iterator,
+      data_iterator=iterator,
+      manager=manager,
+      mesh=mesh,
+      total_steps=10,
+      batch_size=2,
+      workdir=str(tmp_path),
+      log_every=1,
+      log=lambda _: None,
+    )
   assert manager.latest_step() == 4
   state, data_state, _ = checkpoints.restore_latest(manager, _toy_state())
   # w after 4 steps = 1 + 2 + 3 + 4; the data position is 4.
@@ -75,26 +86,48 @@ def test_resumed_toy_run_matches_an_uninterrupted_one(tmp_path):
     if restored:
       state, data_state, _ = restored
       iterator.set_state(data_state)
-    return loop.train_stage(stage="toy", step_fn=jax.jit(_toy_step), state=state,
-                            batches=iterator, data_iterator=iterator, manager=manager,
-                            mesh=mesh, total_steps=total, batch_size=2, workdir=str(tmp_path),
-                            log=lambda _: None)
+    return loop.train_stage(
+      stage="toy",
+      step_fn=jax.jit(_toy_step),
+      state=state,
+      batches=iterator,
+      data_iterator=iterator,
+      manager=manager,
+      mesh=mesh,
+      total_steps=total,
+      batch_size=2,
+      workdir=str(tmp_path),
+      log=lambda _: None,
+    )
 
   run(tmp_path / "a", 5)  # "interrupted" after its step-3 checkpoint and the final one at 5
   resumed = run(tmp_path / "a", 8)
   straight = run(tmp_path / "b", 8)
-  assert float(resumed.models["toy"].params["w"]) == float(straight.models["toy"].params["w"]) == 36.0
+  assert (
+    float(resumed.models["toy"].params["w"]) == float(straight.models["toy"].params["w"]) == 36.0
+  )
 
 
 def _train_command(workdir, total_epochs):
-  return [sys.executable, os.path.join(ROOT, "train.py"), "--config",
-          os.path.join(ROOT, "configs", "synthetic.py"), "--workdir", str(workdir),
-          "--config.stages=hourglass", "--config.data.train_size=32",
-          "--config.data.validation_size=0", "--config.hourglass.batch_size=4",
-          f"--config.hourglass.epochs={total_epochs}", "--config.hourglass.width=8",
-          "--config.hourglass.depth=2", "--config.hourglass.stem_widths=(4, 4, 8)",
-          "--config.checkpoint.every_steps=2", "--config.log_every_steps=1",
-          "--config.evaluate_after_training=false"]
+  return [
+    sys.executable,
+    os.path.join(ROOT, "train.py"),
+    "--config",
+    os.path.join(ROOT, "configs", "synthetic.py"),
+    "--workdir",
+    str(workdir),
+    "--config.stages=hourglass",
+    "--config.data.train_size=32",
+    "--config.data.validation_size=0",
+    "--config.hourglass.batch_size=4",
+    f"--config.hourglass.epochs={total_epochs}",
+    "--config.hourglass.width=8",
+    "--config.hourglass.depth=2",
+    "--config.hourglass.stem_widths=(4, 4, 8)",
+    "--config.checkpoint.every_steps=2",
+    "--config.log_every_steps=1",
+    "--config.evaluate_after_training=false",
+  ]
 
 
 def _final_params(workdir):
@@ -111,13 +144,17 @@ def test_sigkilled_training_resumes_to_the_same_parameters(tmp_path):
   # late the poll below, it is still running when killed; the comparison then trains both
   # runs to a length past the kill point (the schedule does not depend on the length).
   killed_dir = tmp_path / "killed"
-  process = subprocess.Popen(_train_command(killed_dir, 100), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  process = subprocess.Popen(
+    _train_command(killed_dir, 100), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   checkpoint_dir = killed_dir / "checkpoints" / "hourglass"
   deadline = time.time() + 600
   while time.time() < deadline and process.poll() is None:
-    done = [int(name) for name in os.listdir(checkpoint_dir)
-            if name.isdigit()] if checkpoint_dir.exists() else []
+    done = (
+      [int(name) for name in os.listdir(checkpoint_dir) if name.isdigit()]
+      if checkpoint_dir.exists()
+      else []
+    )
     if done and max(done) >= 4:
       break
     time.sleep(0.05)
@@ -128,26 +165,34 @@ def test_sigkilled_training_resumes_to_the_same_parameters(tmp_path):
   total_epochs = killed_at // 8 + 2
   steps_total = 8 * total_epochs  # 32 faces, batch 4
 
-  resumed = subprocess.run(_train_command(killed_dir, total_epochs), env=env,
-                           capture_output=True, text=True, timeout=600)
+  resumed = subprocess.run(
+    _train_command(killed_dir, total_epochs), env=env, capture_output=True, text=True, timeout=600
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resumed from step {killed_at}" in resumed.stdout + resumed.stderr
-  straight = subprocess.run(_train_command(tmp_path / "straight", total_epochs), env=env,
-                            capture_output=True, text=True, timeout=600)
+  straight = subprocess.run(
+    _train_command(tmp_path / "straight", total_epochs),
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert straight.returncode == 0, straight.stderr[-3000:]
   step_a, params_a = _final_params(tmp_path / "straight")
   step_b, params_b = _final_params(killed_dir)
   assert step_a == step_b == steps_total
   # The same program on the same machine replays the same batches: bit-identical.
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               params_a, params_b)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params_a, params_b
+  )
 
 
 def test_restoring_into_another_architecture_is_a_short_clear_error(tmp_path):
   manager = checkpoints.checkpoint_manager(str(tmp_path), every_steps=1, keep=1)
   checkpoints.save(manager, 1, _toy_state(), {"position": 1}, {}, force=True)
-  other = new_train_state(0, {"toy": ModelState(params={"v": jnp.zeros((3,))}, batch_stats={},
-                                                opt_state=())})
+  other = new_train_state(
+    0, {"toy": ModelState(params={"v": jnp.zeros((3,))}, batch_stats={}, opt_state=())}
+  )
   with pytest.raises(checkpoints.CheckpointMismatchError, match="does not fit") as error:
     checkpoints.restore_latest(manager, other)
   assert len(str(error.value)) < 1000

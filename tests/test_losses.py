@@ -30,7 +30,8 @@ def test_adversarial_loss_literal_and_non_saturating():
   fake = np.array([-2.0, 1.0])
   sigmoid = 1 / (1 + np.exp(-fake))
   assert float(losses.adversarial_loss(fake, non_saturating=False)) == pytest.approx(
-      np.mean(np.log(1 - sigmoid)), rel=1e-5)
+    np.mean(np.log(1 - sigmoid)), rel=1e-5
+  )
   assert float(losses.adversarial_loss(fake)) == pytest.approx(-np.mean(np.log(sigmoid)), rel=1e-5)
 
 
@@ -38,8 +39,9 @@ def test_generator_loss_combines_eq5_terms():
   theta = jnp.zeros((2, 2, 3))
   target = jnp.zeros((2, 2, 3)).at[0, 0, 0].set(3.0).at[0, 1, 1].set(4.0)
   # Per-face Frobenius norms 5 and 0: mean 2.5. Fake logits 0: non-saturating L_A = log 2.
-  value = losses.generator_loss(theta, target, jnp.zeros(2), theta_weight=1.0,
-                                adversarial_weight=0.5)
+  value = losses.generator_loss(
+    theta, target, jnp.zeros(2), theta_weight=1.0, adversarial_weight=0.5
+  )
   assert float(value) == pytest.approx(2.5 + 0.5 * math.log(2), rel=1e-5)
   grads = jax.grad(losses.theta_loss)(target, target)
   assert np.all(np.isfinite(grads))
@@ -87,5 +89,6 @@ def test_one_sided_label_smoothing_is_cross_entropy_with_a_soft_target():
   assert float(losses.discriminator_real_loss(logits, 0.9)) == pytest.approx(expected, rel=1e-5)
   # Its minimum over the logit sits where D = 0.9, not at an infinite logit.
   gradient = jax.grad(lambda z: losses.discriminator_real_loss(z, 0.9))(
-      jnp.array([math.log(0.9 / 0.1)]))
+    jnp.array([math.log(0.9 / 0.1)])
+  )
   assert abs(float(gradient[0])) < 1e-6

@@ -16,6 +16,7 @@ CROP, MAPS, L = 128, 64, 68
 
 class FixedLogits(nn.Module):
   """A stand-in hourglass whose last stack returns stored logits, whatever the image."""
+
   num_landmarks: int = L
 
   @nn.compact
@@ -53,10 +54,10 @@ def _mean_face(rng, scale=40.0):
 def _variables(face_in_canonical, dictionary):
   scheme = get_scheme("300w")
   return {
-      "generator": ShiftGenerator().init(jax.random.key(0), jnp.zeros((1, CROP, CROP, 3))),
-      "hourglass": {"params": {"maps": jnp.asarray(_gaussian_logits(face_in_canonical))}},
-      "dictionary": jnp.asarray(dictionary),
-      "thresholds": jnp.asarray(region_thresholds(scheme, 0.4, 0.6)),
+    "generator": ShiftGenerator().init(jax.random.key(0), jnp.zeros((1, CROP, CROP, 3))),
+    "hourglass": {"params": {"maps": jnp.asarray(_gaussian_logits(face_in_canonical))}},
+    "dictionary": jnp.asarray(dictionary),
+    "thresholds": jnp.asarray(region_thresholds(scheme, 0.4, 0.6)),
   }
 
 
@@ -73,8 +74,9 @@ def _expected_image_points(face_canonical, box, image_hw, st_theta=None):
   crop_to_image = np.linalg.inv(geometry.crop_matrix(np.asarray(box, np.float64), CROP))
   points = np.asarray(face_canonical, np.float64)
   if st_theta is not None:  # canonical crop pixel -> crop pixel
-    to_crop = geometry.theta_to_pixel_matrix(np.asarray(st_theta, np.float64), (CROP, CROP),
-                                             (CROP, CROP))
+    to_crop = geometry.theta_to_pixel_matrix(
+      np.asarray(st_theta, np.float64), (CROP, CROP), (CROP, CROP)
+    )
     points = geometry.apply_affine(points, to_crop)
   return geometry.apply_affine(points, crop_to_image)
 
@@ -82,8 +84,9 @@ def _expected_image_points(face_canonical, box, image_hw, st_theta=None):
 @pytest.mark.parametrize("use_st", [False, True])
 def test_perfect_heatmaps_map_back_to_image_pixels(setup, use_st):
   face, dictionary = setup
-  options = pipeline.PipelineOptions(use_spatial_transformer=use_st,
-                                     use_shape_reconstruction=False, num_neighbours=10)
+  options = pipeline.PipelineOptions(
+    use_spatial_transformer=use_st, use_shape_reconstruction=False, num_neighbours=10
+  )
   infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
   images = np.zeros((2, 300, 260, 3), np.uint8)
   boxes = np.array([[40, 60, 200, 220], [10.5, 20.0, 250.5, 260.0]], np.float32)
@@ -110,12 +113,13 @@ def test_mixed_image_sizes_by_padding_equal_separate_runs(setup):
   assert batch.shape == (2, 200, 170, 3) and sizes.tolist() == [[120, 150], [200, 170]]
   together = infer(variables, batch, boxes)
   for index, image in enumerate([small, large]):
-    alone = infer(variables, image[None], boxes[index:index + 1])
+    alone = infer(variables, image[None], boxes[index : index + 1])
     np.testing.assert_allclose(together["landmarks"][index], alone["landmarks"][0], atol=1e-3)
     # The normalised coordinates differ with the padded size: float32 rounding of ~1e-5 px
     # moves a sample on a random texture by up to ~255 * 1e-5 / 255 in [0, 1] units.
-    np.testing.assert_allclose(together["canonical_faces"][index], alone["canonical_faces"][0],
-                               atol=1e-4)
+    np.testing.assert_allclose(
+      together["canonical_faces"][index], alone["canonical_faces"][0], atol=1e-4
+    )
 
 
 def test_shape_repair_matches_stage_by_stage_reference(setup):
@@ -139,33 +143,44 @@ def test_shape_repair_matches_stage_by_stage_reference(setup):
   mean_shape = np.asarray(dictionary, np.float64).mean(0)
   to_canonical = geometry.estimate_similarity(points, mean_shape, weights)
   canonical = geometry.apply_affine(points, to_canonical)
-  repaired, _ = shape_dictionary.reconstruct(jnp.asarray(canonical[None], jnp.float32),
-                                             jnp.asarray(reliable[None]),
-                                             jnp.asarray(dictionary), k=10)
-  expected = geometry.apply_affine(np.asarray(repaired[0], np.float64),
-                                   np.linalg.inv(to_canonical))
+  repaired, _ = shape_dictionary.reconstruct(
+    jnp.asarray(canonical[None], jnp.float32),
+    jnp.asarray(reliable[None]),
+    jnp.asarray(dictionary),
+    k=10,
+  )
+  expected = geometry.apply_affine(np.asarray(repaired[0], np.float64), np.linalg.inv(to_canonical))
   np.testing.assert_allclose(np.asarray(out["landmarks"][0]), expected, atol=1e-2)
   # Reliable landmarks are kept, unreliable ones moved.
-  np.testing.assert_allclose(out["landmarks"][0, 17:], out["hourglass_landmarks"][0, 17:],
-                             atol=1e-3)
-  assert np.abs(np.asarray(out["landmarks"][0, :17] - out["hourglass_landmarks"][0, :17])).max() > 0.5
+  np.testing.assert_allclose(
+    out["landmarks"][0, 17:], out["hourglass_landmarks"][0, 17:], atol=1e-3
+  )
+  assert (
+    np.abs(np.asarray(out["landmarks"][0, :17] - out["hourglass_landmarks"][0, :17])).max() > 0.5
+  )
 
 
 def test_lowers_to_one_computation_without_host_callbacks(setup):
   face, dictionary = setup
-  infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(),
-                                     pipeline.PipelineOptions(num_neighbours=10))
-  lowered = infer.lower(_variables(face, dictionary), jnp.zeros((3, 160, 140, 3), jnp.uint8),
-                        jnp.zeros((3, 4), jnp.float32))
+  infer = pipeline.make_inference_fn(
+    ShiftGenerator(), FixedLogits(), pipeline.PipelineOptions(num_neighbours=10)
+  )
+  lowered = infer.lower(
+    _variables(face, dictionary),
+    jnp.zeros((3, 160, 140, 3), jnp.uint8),
+    jnp.zeros((3, 4), jnp.float32),
+  )
   text = lowered.as_text()
   assert "callback" not in text and "host" not in text.lower().replace("host_memory", "")
   compiled = lowered.compile()
   # The compiled function runs and gives the same result as the jitted one.
   variables = _variables(face, dictionary)
   images, boxes = np.zeros((3, 160, 140, 3), np.uint8), np.tile([[10, 20, 130, 140]], (3, 1))
-  np.testing.assert_allclose(compiled(variables, images, boxes.astype(np.float32))["landmarks"],
-                             infer(variables, images, boxes.astype(np.float32))["landmarks"],
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    compiled(variables, images, boxes.astype(np.float32))["landmarks"],
+    infer(variables, images, boxes.astype(np.float32))["landmarks"],
+    atol=1e-4,
+  )
 
 
 @pytest.mark.parametrize("roll_degrees", [0.0, 35.0, -50.0])
@@ -177,8 +192,12 @@ def test_recrop_is_the_upright_landmark_box_square(setup, roll_degrees):
   angle = np.deg2rad(roll_degrees)
   turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
   in_photo = 1.7 * mean_shape @ turn.T + [310.0, 240.0]
-  crop_to_image = np.asarray(pipeline.landmark_crop_to_image(
-      jnp.asarray(in_photo[None], jnp.float32), jnp.asarray(dictionary), options)[0], np.float64)
+  crop_to_image = np.asarray(
+    pipeline.landmark_crop_to_image(
+      jnp.asarray(in_photo[None], jnp.float32), jnp.asarray(dictionary), options
+    )[0],
+    np.float64,
+  )
   in_crop = geometry.apply_affine(in_photo, np.linalg.inv(crop_to_image))
   # Upright: in the crop the face is the mean shape scaled and shifted, not turned.
   fit = geometry.estimate_similarity(mean_shape, in_crop)
@@ -196,8 +215,11 @@ def test_recrop_without_turning_equals_a_second_call_on_the_landmark_square(setu
   images = np.random.default_rng(3).integers(0, 255, (2, 300, 260, 3), dtype=np.uint8)
   boxes = np.array([[40, 60, 200, 220], [30.0, 20.0, 230.0, 250.0]], np.float32)
   once = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
-  twice = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), dataclasses.replace(
-      options, recrop_passes=1, upright_recrop=False))
+  twice = pipeline.make_inference_fn(
+    ShiftGenerator(),
+    FixedLogits(),
+    dataclasses.replace(options, recrop_passes=1, upright_recrop=False),
+  )
   first = np.asarray(once(variables, images, boxes)["landmarks"], np.float64)
   # The training crop of the first landmarks, computed here with NumPy.
   low, high = first.min(1), first.max(1)

@@ -32,15 +32,18 @@ def test_crop_squares_are_the_training_crops():
   box = np.array([10.0, 20.0, 50.0, 80.0])
   square = prediction.crop_squares(box, 1.25)
   np.testing.assert_allclose(square, [[-7.5, 12.5, 67.5, 87.5]])
-  np.testing.assert_allclose(geometry.crop_matrix(square[0], 128),
-                             augment.face_crop_matrix(box, 128, 1.25), atol=1e-12)
+  np.testing.assert_allclose(
+    geometry.crop_matrix(square[0], 128), augment.face_crop_matrix(box, 128, 1.25), atol=1e-12
+  )
 
 
 def test_predict_images_equals_the_pipeline_on_whole_images(model):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (2, 150, 170, 3), dtype=np.uint8)
-  boxes = [np.array([[30.0, 40.0, 120.0, 140.0], [-10.0, -5.0, 60.0, 70.0]]),
-           np.array([[90.0, 20.0, 175.0, 100.0]])]  # the last one leaves the image
+  boxes = [
+    np.array([[30.0, 40.0, 120.0, 140.0], [-10.0, -5.0, 60.0, 70.0]]),
+    np.array([[90.0, 20.0, 175.0, 100.0]]),
+  ]  # the last one leaves the image
   results = prediction.predict_images(model, list(images), boxes=boxes, batch_size=BATCH)
   # Reference: the one-jit pipeline itself, the whole image and the training crop square.
   squares = prediction.crop_squares(np.concatenate(boxes), 1.25).astype(np.float32)
@@ -53,13 +56,16 @@ def test_predict_images_equals_the_pipeline_on_whole_images(model):
     # the repair); elsewhere the flags are equal.
     np.testing.assert_allclose(face.scores, expected["scores"][row], atol=SCORE_TOLERANCE)
     float_checks.assert_flags_equal_where_clear(
-        face.reliable[None], expected["reliable"][row][None], expected["scores"][row][None],
-        model.model.variables["thresholds"], SCORE_MARGIN)
+      face.reliable[None],
+      expected["reliable"][row][None],
+      expected["scores"][row][None],
+      model.model.variables["thresholds"],
+      SCORE_MARGIN,
+    )
     if (face.reliable == expected["reliable"][row]).all():
       # float32 rounding differs (other image size in the normalised coordinates); the random
       # model's repair throws points hundreds of pixels out, hence the relative part.
-      np.testing.assert_allclose(face.landmarks, expected["landmarks"][row], rtol=1e-4,
-                                 atol=2e-3)
+      np.testing.assert_allclose(face.landmarks, expected["landmarks"][row], rtol=1e-4, atol=2e-3)
       compared += 1
     np.testing.assert_array_equal(face.box, np.concatenate(boxes)[row].astype(np.float32))
     assert face.detector_box is None
@@ -75,9 +81,10 @@ def test_large_faces_are_downscaled_with_exact_coordinates():
   square = np.array([5.0, 5.0, 245.0, 245.0])  # 240 > 1.5 x 128: downscaled to 192
   window, window_square, back = prediction.face_window(image, square, 128)
   assert window_square[2] - window_square[0] == pytest.approx(192, rel=0.01)
-  np.testing.assert_allclose(geometry.apply_affine(window_square.reshape(2, 2), back),
-                             square.reshape(2, 2), atol=1e-9)
-  rows, cols = np.mgrid[0:window.shape[0], 0:window.shape[1]]
+  np.testing.assert_allclose(
+    geometry.apply_affine(window_square.reshape(2, 2), back), square.reshape(2, 2), atol=1e-9
+  )
+  rows, cols = np.mgrid[0 : window.shape[0], 0 : window.shape[1]]
   image_xy = geometry.apply_affine(np.stack([cols, rows], -1).reshape(-1, 2).astype(float), back)
   inside = np.all((image_xy > 3) & (image_xy < 246), axis=1)  # away from the zero border
   values = window[..., 0].reshape(-1)[inside].astype(float)
@@ -100,8 +107,7 @@ def test_exif_rotated_copies_give_the_upright_landmarks(model, tmp_path):
   results = prediction.predict_images(model, paths, boxes=[box] * 3, batch_size=BATCH)
   assert all(result.image_size == (90, 120) for result in results)
   for result in results[1:]:
-    np.testing.assert_allclose(result.faces[0].landmarks, results[0].faces[0].landmarks,
-                               atol=1e-5)
+    np.testing.assert_allclose(result.faces[0].landmarks, results[0].faces[0].landmarks, atol=1e-5)
   assert prediction.exif_orientation(paths[1]) == 6
   assert prediction.exif_orientation(paths[0]) is None
 
@@ -111,8 +117,9 @@ def test_per_file_errors_are_named_and_collected(model, tmp_path):
   corrupt.write_bytes(b"\xff\xd8\xff not a jpeg")
   missing = str(tmp_path / "missing.png")
   blank = np.full((120, 120, 3), 128, np.uint8)
-  results = prediction.predict_images(model, [str(corrupt), missing, blank], errors="collect",
-                                      batch_size=BATCH)
+  results = prediction.predict_images(
+    model, [str(corrupt), missing, blank], errors="collect", batch_size=BATCH
+  )
   assert "cannot read image" in results[0].error and "corrupt.jpg" in results[0].error
   assert "missing.png" in results[1].error
   assert "image 2: no face found" in results[2].error
@@ -125,10 +132,13 @@ def test_per_file_errors_are_named_and_collected(model, tmp_path):
 
 def test_save_overlay_colours(tmp_path):
   points = np.array([[20.0, 20.0], [40.0, 30.0]], np.float32)
-  face = prediction.FacePrediction(box=np.array([10.0, 10.0, 50.0, 50.0], np.float32),
-                                   detector_box=None, landmarks=points,
-                                   scores=np.array([0.9, 0.1], np.float32),
-                                   reliable=np.array([True, False]))
+  face = prediction.FacePrediction(
+    box=np.array([10.0, 10.0, 50.0, 50.0], np.float32),
+    detector_box=None,
+    landmarks=points,
+    scores=np.array([0.9, 0.1], np.float32),
+    reliable=np.array([True, False]),
+  )
   path = str(tmp_path / "overlay.png")
   prediction.save_overlay(path, np.zeros((64, 64, 3), np.uint8), [face])
   drawn = np.asarray(Image.open(path).convert("RGB"))
@@ -141,11 +151,19 @@ def test_save_overlay_colours(tmp_path):
 
 def test_prediction_to_json_fields():
   face = prediction.FacePrediction(
-      box=np.array([1, 2, 3, 4], np.float32), detector_box=np.array([0, 1, 5, 6], np.float32),
-      landmarks=np.full((68, 2), 1.23456, np.float32), scores=np.ones(68, np.float32),
-      reliable=np.ones(68, bool))
-  document = json.loads(json.dumps(prediction.prediction_to_json(
-      prediction.ImagePrediction("a.jpg", (10, 20), [face]), exif_orientation=6)))
+    box=np.array([1, 2, 3, 4], np.float32),
+    detector_box=np.array([0, 1, 5, 6], np.float32),
+    landmarks=np.full((68, 2), 1.23456, np.float32),
+    scores=np.ones(68, np.float32),
+    reliable=np.ones(68, bool),
+  )
+  document = json.loads(
+    json.dumps(
+      prediction.prediction_to_json(
+        prediction.ImagePrediction("a.jpg", (10, 20), [face]), exif_orientation=6
+      )
+    )
+  )
   assert document["image_size"] == {"height": 10, "width": 20}
   assert "EXIF orientation applied" in document["coordinates"]
   assert document["exif_orientation"] == 6
@@ -156,8 +174,13 @@ def test_prediction_to_json_fields():
 
 
 def _run_predict(*args):
-  return subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "predict.py"), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_predict_command_end_to_end(model, tmp_path):
@@ -172,8 +195,9 @@ def test_predict_command_end_to_end(model, tmp_path):
   (photos / "notes.txt").write_text("not an image: not picked up from the folder")
   out = tmp_path / "out"
 
-  result = _run_predict(str(photos), "--out", str(out), "--model", package,
-                        "--batch-size", str(BATCH))
+  result = _run_predict(
+    str(photos), "--out", str(out), "--model", package, "--batch-size", str(BATCH)
+  )
   assert result.returncode == 1, result.stderr[-3000:]
   assert "no face found" in result.stderr and "blank.png" in result.stderr
   assert "cannot read image" in result.stderr and "broken.jpg" in result.stderr
@@ -183,8 +207,9 @@ def test_predict_command_end_to_end(model, tmp_path):
   assert document["faces"] and len(document["faces"][0]["landmarks"]) == 68
   # The command's numbers are the Python API's for the same file and model.
   [expected] = prediction.predict_images(model, [str(photos / "face.png")], batch_size=BATCH)
-  np.testing.assert_allclose(document["faces"][0]["landmarks"], expected.faces[0].landmarks,
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    document["faces"][0]["landmarks"], expected.faces[0].landmarks, atol=1e-3
+  )
   assert Image.open(out / "face_overlay.png").size == (256, 256)
 
 

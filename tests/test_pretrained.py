@@ -19,9 +19,13 @@ from tests import tiny_models
 
 ROOT = tiny_models.ROOT
 
+
 def _save_stage(workdir, stage, state, config):
-  manager = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints", stage),
-                                           config.checkpoint.every_steps, config.checkpoint.keep)
+  manager = checkpoints.checkpoint_manager(
+    os.path.join(workdir, "checkpoints", stage),
+    config.checkpoint.every_steps,
+    config.checkpoint.keep,
+  )
   checkpoints.save(manager, 1, state, {}, {}, force=True)
   manager.close()
 
@@ -75,9 +79,10 @@ def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
   assert loaded.model.available == {"stgan", "hourglass", "dictionary"}
   # The same networks (rebuilt from config.json) and bit-identical variables ...
   assert (loaded.model.generator, loaded.model.hourglass) == (live.generator, live.hourglass)
-  flat_live, flat_loaded = (traverse_util.flatten_dict(
-      {k: v for k, v in variables.items()}, sep="/") for variables in (live.variables,
-                                                                       loaded.model.variables))
+  flat_live, flat_loaded = (
+    traverse_util.flatten_dict({k: v for k, v in variables.items()}, sep="/")
+    for variables in (live.variables, loaded.model.variables)
+  )
   assert sorted(flat_live) == sorted(flat_loaded)
   for key, value in flat_live.items():
     np.testing.assert_array_equal(np.asarray(flat_loaded[key]), np.asarray(value), err_msg=key)
@@ -89,20 +94,22 @@ def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
   for key in ("landmarks", "hourglass_landmarks", "scores", "reliable", "theta"):
     np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(expected[key]), err_msg=key)
   # The ST stage is really in there: the packaged generator's theta, not the identity.
-  np.testing.assert_allclose(np.asarray(got["theta"][0]).ravel(), tiny_models.ZOOM_SHIFT_THETA, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(got["theta"][0]).ravel(), tiny_models.ZOOM_SHIFT_THETA, atol=1e-6
+  )
   assert loaded.calibration.side_ratio == 0.87
   assert loaded.calibration.cascade == "haarcascade_x.xml"
 
 
 def test_package_contents_and_reported_size(packaged):
   _, _, out, info, live = packaged
-  files = {name: os.path.getsize(os.path.join(out, name)) for name in ("config.json",
-                                                                       "weights.npz")}
+  files = {
+    name: os.path.getsize(os.path.join(out, name)) for name in ("config.json", "weights.npz")
+  }
   assert info["files"] == files and info["bytes"] == sum(files.values())
   assert sorted(os.listdir(out)) == ["config.json", "weights.npz"]  # no .tmp left behind
   header = json.load(open(os.path.join(out, "config.json")))
-  assert header["inference"] == {"use_spatial_transformer": True,
-                                 "use_shape_reconstruction": True}
+  assert header["inference"] == {"use_spatial_transformer": True, "use_shape_reconstruction": True}
   assert header["config"]["hourglass"]["width"] == 8
   assert header["stages"] == ["dictionary", "hourglass", "stgan"]
   with np.load(os.path.join(out, "weights.npz"), allow_pickle=False) as archive:
@@ -111,11 +118,19 @@ def test_package_contents_and_reported_size(packaged):
     assert archive["dictionary"].shape == (12, 68, 2)
   # Inference variables only: no optimiser state, no discriminator, no step counter.
   prefixes = {name.split("/")[0] + "/" + name.split("/")[1] for name in names if "/" in name}
-  assert prefixes == {"generator/params", "generator/batch_stats", "hourglass/params",
-                      "hourglass/batch_stats"}
+  assert prefixes == {
+    "generator/params",
+    "generator/batch_stats",
+    "hourglass/params",
+    "hourglass/batch_stats",
+  }
   # 4 bytes per parameter, plus the dictionary and thresholds, plus the zip headers.
-  parameters = sum(x.size for x in jax.tree.leaves(
-      {k: v for k, v in live.variables.items() if k in ("generator", "hourglass")}))
+  parameters = sum(
+    x.size
+    for x in jax.tree.leaves(
+      {k: v for k, v in live.variables.items() if k in ("generator", "hourglass")}
+    )
+  )
   arrays = 4 * (parameters + 12 * 68 * 2 + 68)
   assert arrays < files["weights.npz"] < arrays + 400 * len(names) + 1000
 
@@ -138,20 +153,22 @@ def test_package_without_stgan(tmp_path):
 def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):
   config, workdir, *_ = packaged
   pretrained.package_pretrained(config, workdir, str(tmp_path), use_spatial_transformer=False)
-  assert json.load(open(tmp_path / "config.json"))["inference"][
-      "use_spatial_transformer"] is False
+  assert json.load(open(tmp_path / "config.json"))["inference"]["use_spatial_transformer"] is False
   loaded = pretrained.load_pretrained(str(tmp_path))
   assert not loaded.options.use_spatial_transformer and "stgan" in loaded.model.available
   # The switch changes nothing else (test_pipeline checks what ST off does to the landmarks).
-  assert loaded.options == dataclasses.replace(model_io.pipeline_options(config, True, True),
-                                               use_spatial_transformer=False)
+  assert loaded.options == dataclasses.replace(
+    model_io.pipeline_options(config, True, True), use_spatial_transformer=False
+  )
 
 
 def _copy_package(source, target):
   os.makedirs(target)
   for name in ("config.json", "weights.npz"):
-    with open(os.path.join(source, name), "rb") as src, open(os.path.join(target, name),
-                                                              "wb") as dst:
+    with (
+      open(os.path.join(source, name), "rb") as src,
+      open(os.path.join(target, name), "wb") as dst,
+    ):
       dst.write(src.read())
   return target
 
@@ -189,8 +206,9 @@ def test_mismatched_package_names_the_file(packaged, tmp_path):
   broken = _copy_package(packaged[2], str(tmp_path / "a"))
   _edit_header(broken, lambda header: header["config"]["hourglass"].update(stem_widths=[6, 4, 8]))
   # The first stem layer now has 6 channels, the stored arrays 4.
-  with pytest.raises(pretrained.PackageError,
-                     match=r"weights.npz: hourglass/.* has shape \(4,\), .* expects \(6,\)"):
+  with pytest.raises(
+    pretrained.PackageError, match=r"weights.npz: hourglass/.* has shape \(4,\), .* expects \(6,\)"
+  ):
     pretrained.load_pretrained(broken)
   broken = _copy_package(packaged[2], str(tmp_path / "b"))
   _edit_header(broken, lambda header: header.update(format_version=99))
@@ -207,15 +225,24 @@ def test_command_line_writes_a_loadable_package(packaged, tmp_path):
   overrides = [f"--config.{key}={value}" for key, value in tiny_models.TINY_OVERRIDES.items()]
   calibration = tmp_path / "calibration.json"
   calibration.write_text(json.dumps({"centre_offset": [0.0, 0.2], "side_ratio": 0.9}))
-  command = [sys.executable, "-m", "msm_jax.pretrained", "--config=configs/synthetic.py",
-             *overrides, "--config.hourglass.stem_widths=(4, 4, 8)", f"--workdir={workdir}",
-             f"--out={tmp_path / 'cli'}", f"--detector_calibration={calibration}",
-             "--spatial_transformer=off"]
+  command = [
+    sys.executable,
+    "-m",
+    "msm_jax.pretrained",
+    "--config=configs/synthetic.py",
+    *overrides,
+    "--config.hourglass.stem_widths=(4, 4, 8)",
+    f"--workdir={workdir}",
+    f"--out={tmp_path / 'cli'}",
+    f"--detector_calibration={calibration}",
+    "--spatial_transformer=off",
+  ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   info = json.loads(result.stdout)
-  assert info["bytes"] == sum(os.path.getsize(tmp_path / "cli" / name)
-                              for name in ("config.json", "weights.npz"))
+  assert info["bytes"] == sum(
+    os.path.getsize(tmp_path / "cli" / name) for name in ("config.json", "weights.npz")
+  )
   loaded = pretrained.load_pretrained(str(tmp_path / "cli"))
   assert not loaded.options.use_spatial_transformer
   assert loaded.calibration.centre_offset == (0.0, 0.2)

@@ -41,8 +41,9 @@ def _numpy_variables(model, images, seed=0):
   ~160 tensors costs ~15 s on CPU, the network itself well under a second."""
   shapes = jax.eval_shape(model.init, jax.random.key(0), images)
   rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype),
-                        shapes["params"])
+  params = jax.tree.map(
+    lambda s: jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype), shapes["params"]
+  )
   batch_stats = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes["batch_stats"])
   return {"params": params, "batch_stats": batch_stats}
 
@@ -55,9 +56,11 @@ def test_small_network_regresses_coordinates_and_trains():
   @jax.jit
   def forward_and_grad(params):
     def loss(params):
-      out, state = model.apply({**variables, "params": params}, images, train=True,
-                               mutable=["batch_stats"])
-      return jnp.sum(out ** 2), (out, state)
+      out, state = model.apply(
+        {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
+      )
+      return jnp.sum(out**2), (out, state)
+
     return jax.grad(loss, has_aux=True)(params)
 
   grads, (coordinates, state) = forward_and_grad(variables["params"])
@@ -71,8 +74,10 @@ def test_last_stage_is_four_by_four_before_the_pool():
   model = ResNet50(num_landmarks=5, width=0.125)
   images = jnp.zeros((1, 128, 128, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
-  _, captured = jax.eval_shape(lambda v: model.apply(v, images, capture_intermediates=True,
-                                                     mutable=["intermediates"]), variables)
+  _, captured = jax.eval_shape(
+    lambda v: model.apply(v, images, capture_intermediates=True, mutable=["intermediates"]),
+    variables,
+  )
   last = captured["intermediates"]["stage4_block3"]["__call__"][0]
   assert last.shape == (1, 4, 4, 4 * 64)  # 4 * 512 * width
 

@@ -25,12 +25,12 @@ def test_face_window_moves_the_landmarks_with_the_pixels(degrees):
   points = np.array([[60.0, 50.0], [100.0, 58.0], [80.0, 95.0]], np.float32)
   photo = np.zeros((160, 200, 3), np.uint8)
   for x, y in points.astype(int):
-    photo[y - 2:y + 3, x - 2:x + 3] = 255
+    photo[y - 2 : y + 3, x - 2 : x + 3] = 255
   window, moved = robustness.face_window(photo, points, degrees)
   side = 3 * (95 - 50)
   assert window.shape == (side, side, 3)
   for x, y in moved:
-    rows, cols = np.mgrid[int(y) - 6:int(y) + 7, int(x) - 6:int(x) + 7]
+    rows, cols = np.mgrid[int(y) - 6 : int(y) + 7, int(x) - 6 : int(x) + 7]
     weights = window[rows, cols, 0].astype(np.float64)
     centroid = [(weights * cols).sum() / weights.sum(), (weights * rows).sum() / weights.sum()]
     np.testing.assert_allclose(centroid, [x, y], atol=0.3)
@@ -64,8 +64,9 @@ def test_occluder_covers_its_share_of_the_box_and_flags_the_landmarks_under_it()
     ys, xs = np.nonzero(changed)
     assert changed.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)  # one rectangle
     assert 0.28 <= changed.sum() / area <= 0.52
-    np.testing.assert_array_equal(covered, changed[points[:, 1].astype(int),
-                                                   points[:, 0].astype(int)])
+    np.testing.assert_array_equal(
+      covered, changed[points[:, 1].astype(int), points[:, 0].astype(int)]
+    )
 
 
 def test_summary_numbers_by_hand():
@@ -97,8 +98,15 @@ def test_a_tiny_model_runs_every_condition_and_variant():
   model = tiny_models.tiny_pretrained()
   records = tiny_models.face_records(count=2)
   table = robustness.evaluate(model, records, seed=0, batch_size=2, log=lambda _: None)
-  assert set(table) == {"landmark box", "detector", "rotated 15", "rotated 30", "rotated 45",
-                        "sloppy box", "occluded"}
+  assert set(table) == {
+    "landmark box",
+    "detector",
+    "rotated 15",
+    "rotated 30",
+    "rotated 45",
+    "sloppy box",
+    "occluded",
+  }
   # The tiny package has the ST stage and the dictionary: every variant is run.
   assert set(table["landmark box"]) == set(robustness.VARIANTS)
   for condition, rows in table.items():

@@ -28,30 +28,43 @@ def _tiny_hourglass():
 
 
 def _batch(rng, batch_size=4, size=32):
-  return {"images": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-          "landmarks": rng.uniform(4, size - 4, (batch_size, 5, 2)).astype(np.float32),
-          "visible": np.ones((batch_size, 5), bool)}
+  return {
+    "images": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+    "landmarks": rng.uniform(4, size - 4, (batch_size, 5, 2)).astype(np.float32),
+    "visible": np.ones((batch_size, 5), bool),
+  }
 
 
 def test_hourglass_step_equals_a_hand_written_update():
   rng = np.random.default_rng(0)
   module, optimizer = _tiny_hourglass(), optax.sgd(0.1)
   batch = _batch(rng)
-  model_state = init_model_state(module, optimizer, jax.random.key(0),
-                                 jnp.zeros((1, 32, 32, 3)))
+  model_state = init_model_state(module, optimizer, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   state = new_train_state(0, {"hourglass": model_state})
   mesh = parallel.data_mesh()
-  step = steps.make_hourglass_step(module, optimizer, loss_name="softmax_cross_entropy",
-                                   sigma=1.0, crop_size=32, heatmap_size=16, mesh=mesh)
+  step = steps.make_hourglass_step(
+    module,
+    optimizer,
+    loss_name="softmax_cross_entropy",
+    sigma=1.0,
+    crop_size=32,
+    heatmap_size=16,
+    mesh=mesh,
+  )
   # The same update written out by hand: Gaussian targets, forward, loss, SGD.
   from msm_jax import heatmaps
-  targets = heatmaps.gaussian_heatmaps(heatmaps.crop_to_heatmap(batch["landmarks"], 32, 16),
-                                       (16, 16), 1.0)
+
+  targets = heatmaps.gaussian_heatmaps(
+    heatmaps.crop_to_heatmap(batch["landmarks"], 32, 16), (16, 16), 1.0
+  )
 
   def loss_of(params):
-    out, _ = module.apply({"params": params, "batch_stats": model_state.batch_stats},
-                          batch["images"].astype(np.float32) / 255.0, train=True,
-                          mutable=["batch_stats"])
+    out, _ = module.apply(
+      {"params": params, "batch_stats": model_state.batch_stats},
+      batch["images"].astype(np.float32) / 255.0,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return losses.heatmap_softmax_cross_entropy(out, targets, batch["visible"])
 
   expected_loss, grads = jax.value_and_grad(loss_of)(model_state.params)
@@ -60,8 +73,11 @@ def test_hourglass_step_equals_a_hand_written_update():
   new_state, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
   assert int(new_state.step) == 1
   np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-               new_state.models["hourglass"].params, expected)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+    new_state.models["hourglass"].params,
+    expected,
+  )
   # BatchNorm statistics moved (train mode).
   after = jax.tree.leaves(new_state.models["hourglass"].batch_stats)[0]
   assert not np.allclose(stats_before, after)
@@ -129,8 +145,9 @@ _FOUR_DEVICE_SCRIPT = textwrap.dedent("""
 
 def test_four_devices_give_the_same_update_as_one():
   script = _FOUR_DEVICE_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"))
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600)
+  result = subprocess.run(
+    [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr
 
 
@@ -146,26 +163,42 @@ def _stgan_setup():
   """
   from msm_jax.models.ddnn import DDNN
   from msm_jax.models.gdnn import GDNN
+
   rng = np.random.default_rng(2)
   generator, discriminator = GDNN(width=0.25), DDNN(width=0.125)
   g_optimizer, d_optimizer = optax.adam(5e-3), optax.adam(1e-3)
   example = jnp.zeros((1, 128, 128, 3))
-  state = new_train_state(0, {
+  state = new_train_state(
+    0,
+    {
       "generator": init_model_state(generator, g_optimizer, jax.random.key(1), example),
-      "discriminator": init_model_state(discriminator, d_optimizer, jax.random.key(2),
-                                        example)})
+      "discriminator": init_model_state(discriminator, d_optimizer, jax.random.key(2), example),
+    },
+  )
   grid = np.stack(np.meshgrid(np.arange(128), np.arange(128)), -1)[None, :, :, None, :]
   centres = rng.uniform(20, 108, (8, 1, 1, 6, 2))
-  blobs = np.exp(-np.sum((grid - centres) ** 2, -1) / (2 * 12.0 ** 2))  # [8, 128, 128, 6]
+  blobs = np.exp(-np.sum((grid - centres) ** 2, -1) / (2 * 12.0**2))  # [8, 128, 128, 6]
   images = (255 * np.clip(blobs[..., :3] + 0.5 * blobs[..., 3:], 0, 1)).astype(np.uint8)
   angles = 0.3 + rng.uniform(-0.05, 0.05, 4)
-  targets = np.stack([[[0.9 * np.cos(t), -0.9 * np.sin(t), 0.1],
-                       [0.9 * np.sin(t), 0.9 * np.cos(t), -0.15]] for t in angles])
+  targets = np.stack(
+    [
+      [[0.9 * np.cos(t), -0.9 * np.sin(t), 0.1], [0.9 * np.sin(t), 0.9 * np.cos(t), -0.15]]
+      for t in angles
+    ]
+  )
   batch = {"fake": images[:4], "real": images[4:], "theta": targets.astype(np.float32)}
-  step = steps.make_stgan_step(generator, discriminator, g_optimizer, d_optimizer,
-                               theta_weight=1.0, adversarial_weight=0.5,
-                               mesh=parallel.data_mesh(), theta_loss_units="pixels",
-                               real_label=0.9, adversarial_warmup_steps=1)
+  step = steps.make_stgan_step(
+    generator,
+    discriminator,
+    g_optimizer,
+    d_optimizer,
+    theta_weight=1.0,
+    adversarial_weight=0.5,
+    mesh=parallel.data_mesh(),
+    theta_loss_units="pixels",
+    real_label=0.9,
+    adversarial_warmup_steps=1,
+  )
   return step, jax.device_get(state), batch, targets
 
 
@@ -188,28 +221,34 @@ def test_stgan_steps_teach_the_generator_theta():
   assert errors[-1] < 0.25 * start, (start, errors)
   assert np.mean(errors[-5:]) < np.mean(errors[:5]), errors
   # D learned too (Algorithm 1, steps 2 and 3).
-  assert not np.allclose(host_state.models["discriminator"].params["conv7"]["kernel"],
-                         state.models["discriminator"].params["conv7"]["kernel"])
+  assert not np.allclose(
+    host_state.models["discriminator"].params["conv7"]["kernel"],
+    state.models["discriminator"].params["conv7"]["kernel"],
+  )
 
 
 def test_adversarial_warmup_hides_the_discriminator_from_the_generator():
   # During the warm-up (step 0 here) G's update must not depend on D at all: two different D's
   # give the same new G. From step 1 on it must.
   from msm_jax.models.ddnn import DDNN
+
   step, host_state, batch, _ = _stgan_setup()
   mesh = parallel.data_mesh()
-  other_discriminator = jax.device_get(init_model_state(
-      DDNN(width=0.125), optax.adam(1e-3), jax.random.key(3), jnp.zeros((1, 128, 128, 3))))
-  other_state = host_state.replace(models={"generator": host_state.models["generator"],
-                                           "discriminator": other_discriminator})
+  other_discriminator = jax.device_get(
+    init_model_state(
+      DDNN(width=0.125), optax.adam(1e-3), jax.random.key(3), jnp.zeros((1, 128, 128, 3))
+    )
+  )
+  other_state = host_state.replace(
+    models={"generator": host_state.models["generator"], "discriminator": other_discriminator}
+  )
   # Replicated from host copies: the step donates its input, so the states share no buffer.
   states = [parallel.replicate(s, mesh) for s in (host_state, other_state)]
   batch = parallel.shard_batch(batch, mesh)
 
   def largest_generator_difference():
     a, b = (jax.device_get(s.models["generator"].params) for s in states)
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a),
-                                                           jax.tree.leaves(b)))
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
   states = [step(s, batch)[0] for s in states]
   assert largest_generator_difference() == 0

@@ -11,20 +11,67 @@ from msm_jax.data import synthetic
 from msm_jax.data import synthetic_shapes as shapes
 
 # Horizontal flip permutations, written by hand from the layouts: flipped[i] = original[FLIP[i]].
-FLIP_68 = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30]
-           + [35, 34, 33, 32, 31] + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
-           + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
-FLIP_98 = (list(range(32, -1, -1)) + [46, 45, 44, 43, 42, 50, 49, 48, 47]
-           + [37, 36, 35, 34, 33, 41, 40, 39, 38] + [51, 52, 53, 54] + [59, 58, 57, 56, 55]
-           + [72, 71, 70, 69, 68, 75, 74, 73] + [64, 63, 62, 61, 60, 67, 66, 65]
-           + [82, 81, 80, 79, 78, 77, 76, 87, 86, 85, 84, 83] + [92, 91, 90, 89, 88, 95, 94, 93]
-           + [97, 96])
-FLIP_29 = [1, 0, 3, 2, 6, 7, 4, 5, 9, 8, 11, 10, 14, 15, 12, 13, 17, 16, 19, 18, 20, 21, 23, 22,
-           24, 25, 26, 27, 28]
+FLIP_68 = (
+  list(range(16, -1, -1))
+  + list(range(26, 16, -1))
+  + [27, 28, 29, 30]
+  + [35, 34, 33, 32, 31]
+  + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+  + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]
+  + [64, 63, 62, 61, 60, 67, 66, 65]
+)
+FLIP_98 = (
+  list(range(32, -1, -1))
+  + [46, 45, 44, 43, 42, 50, 49, 48, 47]
+  + [37, 36, 35, 34, 33, 41, 40, 39, 38]
+  + [51, 52, 53, 54]
+  + [59, 58, 57, 56, 55]
+  + [72, 71, 70, 69, 68, 75, 74, 73]
+  + [64, 63, 62, 61, 60, 67, 66, 65]
+  + [82, 81, 80, 79, 78, 77, 76, 87, 86, 85, 84, 83]
+  + [92, 91, 90, 89, 88, 95, 94, 93]
+  + [97, 96]
+)
+FLIP_29 = [
+  1,
+  0,
+  3,
+  2,
+  6,
+  7,
+  4,
+  5,
+  9,
+  8,
+  11,
+  10,
+  14,
+  15,
+  12,
+  13,
+  17,
+  16,
+  19,
+  18,
+  20,
+  21,
+  23,
+  22,
+  24,
+  25,
+  26,
+  27,
+  28,
+]
 
 # No clutter, blur, noise, lighting gradient or occluders: skin is one flat colour.
-CLEAN = dict(background_clutter=0, blur_prob=0.0, max_noise_std=0.0, illumination_strength=0.0,
-             occlusion_prob=0.0)
+CLEAN = dict(
+  background_clutter=0,
+  blur_prob=0.0,
+  max_noise_std=0.0,
+  illumination_strength=0.0,
+  occlusion_prob=0.0,
+)
 FRONTAL = dict(CLEAN, image_size=256, max_yaw_deg=0.0, max_pitch_deg=0.0)
 
 
@@ -62,8 +109,12 @@ def test_render_face_equals_kth_face_of_render_faces():
   assert batch["landmarks"].dtype == np.float32 and batch["boxes"].shape == (3, 4)
   for k in range(3):
     face = synthetic.render_face(3, 2 + k)
-    for single, stacked in (("image", "images"), ("landmarks", "landmarks"),
-                            ("occluded", "occluded"), ("box", "boxes")):
+    for single, stacked in (
+      ("image", "images"),
+      ("landmarks", "landmarks"),
+      ("occluded", "occluded"),
+      ("box", "boxes"),
+    ):
       np.testing.assert_array_equal(face[single], batch[stacked][k])
   # The box is the tight box of the landmarks.
   lm = batch["landmarks"][0]
@@ -107,8 +158,9 @@ def test_neutral_mean_shape_is_mirror_symmetric():
 
 def test_yaw_moves_far_jaw_inwards_and_widens_near_side():
   shape = shapes.face_shape({})
-  pose = lambda yaw: shapes.Pose(yaw=np.radians(yaw), pitch=0.0, roll=0.0, pixels_per_unit=10.0,
-                                 centre=(0.0, 0.0))
+  pose = lambda yaw: shapes.Pose(
+    yaw=np.radians(yaw), pitch=0.0, roll=0.0, pixels_per_unit=10.0, centre=(0.0, 0.0)
+  )
   front, turned = shapes.pose_landmarks(shape, pose(0)), shapes.pose_landmarks(shape, pose(25))
   # Positive yaw shifts the features to the image right: the right side is the far side.
   near = lambda lm: lm[30, 0] - lm[0, 0]
@@ -127,8 +179,9 @@ def test_spline_hits_control_points_and_reproduces_lines():
   np.testing.assert_array_equal(curve[::4], points)
   line = np.stack([np.arange(5.0) * 3 + 1, np.arange(5.0) * -2], axis=1)
   t = np.linspace(0, 4, 17)
-  np.testing.assert_allclose(shapes.spline(line, tuple(t), closed=False),
-                             np.stack([3 * t + 1, -2 * t], axis=1), atol=1e-12)
+  np.testing.assert_allclose(
+    shapes.spline(line, tuple(t), closed=False), np.stack([3 * t + 1, -2 * t], axis=1), atol=1e-12
+  )
 
 
 def test_filled_shapes_have_their_true_area_after_antialiasing():
@@ -157,7 +210,7 @@ def test_lip_eye_and_jaw_landmarks_sit_on_their_drawn_edges():
     face = synthetic.render_face(21, index, FRONTAL)
     image, lm = face["image"], face["landmarks"].astype(np.float64)
     skin = pixel(image, (lm[33] + lm[51]) / 2)  # the philtrum
-    lip = pixel(image, (lm[51] + lm[62]) / 2)   # middle of the upper lip
+    lip = pixel(image, (lm[51] + lm[62]) / 2)  # middle of the upper lip
     assert distance(lip, skin) > 25
     mouth_centre = lm[60:68].mean(0)
     for i in [49, 50, 51, 52, 53, 55, 56, 57, 58, 59]:
@@ -167,10 +220,10 @@ def test_lip_eye_and_jaw_landmarks_sit_on_their_drawn_edges():
       assert distance(outside, skin) < distance(outside, lip), (index, i)
     # Eye corners lie on the dark lash line; the sclera next to them is bright.
     for side, (outer, inner) in enumerate(((36, 39), (45, 42))):
-      centre = lm[36 + 6 * side: 42 + 6 * side].mean(0)
+      centre = lm[36 + 6 * side : 42 + 6 * side].mean(0)
       for corner in (outer, inner):
         y, x = int(round(lm[corner, 1])), int(round(lm[corner, 0]))
-        darkest = min(luminance(c) for c in image[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3))
+        darkest = min(luminance(c) for c in image[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3))
         sclera = luminance(pixel(image, 0.6 * lm[corner] + 0.4 * centre))
         assert darkest < 0.5 * luminance(skin) and darkest < 0.6 * sclera, (index, corner)
     # Jaw points are on the skin outline: flat skin 2.5 px inside, something else outside.
@@ -249,8 +302,29 @@ def test_wflw_and_cofw_keep_shared_points_exactly():
   shared_98 |= {51 + k: 27 + k for k in range(9)} | {76 + k: 48 + k for k in range(20)}
   for w, i in shared_98.items():
     np.testing.assert_array_equal(wflw[w], lm[i])
-  shared_29 = {0: 17, 1: 26, 2: 21, 3: 22, 4: 19, 6: 24, 8: 36, 9: 45, 10: 39, 11: 42, 18: 31,
-               19: 35, 20: 30, 21: 33, 22: 48, 23: 54, 24: 51, 25: 62, 26: 66, 27: 57, 28: 8}
+  shared_29 = {
+    0: 17,
+    1: 26,
+    2: 21,
+    3: 22,
+    4: 19,
+    6: 24,
+    8: 36,
+    9: 45,
+    10: 39,
+    11: 42,
+    18: 31,
+    19: 35,
+    20: 30,
+    21: 33,
+    22: 48,
+    23: 54,
+    24: 51,
+    25: 62,
+    26: 66,
+    27: 57,
+    28: 8,
+  }
   for c, i in shared_29.items():
     np.testing.assert_array_equal(cofw[c], lm[i])
   # Pupils are the eye centres; interpolated lid points lie between the corners.
@@ -262,10 +336,12 @@ def test_wflw_and_cofw_keep_shared_points_exactly():
 def test_mappings_commute_with_horizontal_flip():
   lm = random_face(1)
   flip = lambda points, order: np.stack([127 - points[:, 0], points[:, 1]], axis=1)[order]
-  np.testing.assert_allclose(shapes.map_68_to_98(flip(lm, FLIP_68)),
-                             flip(shapes.map_68_to_98(lm), FLIP_98), atol=1e-9)
-  np.testing.assert_allclose(shapes.map_68_to_29(flip(lm, FLIP_68)),
-                             flip(shapes.map_68_to_29(lm), FLIP_29), atol=1e-9)
+  np.testing.assert_allclose(
+    shapes.map_68_to_98(flip(lm, FLIP_68)), flip(shapes.map_68_to_98(lm), FLIP_98), atol=1e-9
+  )
+  np.testing.assert_allclose(
+    shapes.map_68_to_29(flip(lm, FLIP_68)), flip(shapes.map_68_to_29(lm), FLIP_29), atol=1e-9
+  )
 
 
 def test_wflw_odd_contour_points_follow_the_generating_jaw_curve():
@@ -299,8 +375,9 @@ def test_mapping_rejects_wrong_shape():
 
 
 def test_config_from_configdict_and_errors():
-  cfg = ml_collections.ConfigDict(dict(image_size=64, face_size_range=[0.5, 0.6],
-                                       occlusion_prob=0.0))
+  cfg = ml_collections.ConfigDict(
+    dict(image_size=64, face_size_range=[0.5, 0.6], occlusion_prob=0.0)
+  )
   face = synthetic.render_face(0, 0, cfg)
   assert face["image"].shape == (64, 64, 3)
   with pytest.raises(ValueError, match="image_sise"):

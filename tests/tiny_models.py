@@ -28,8 +28,13 @@ ZOOM_SHIFT_THETA = np.array([0.9, 0.1, 0.05, -0.1, 0.9, -0.03], np.float32)
 
 # The test widths, as `--config.<key>=<value>` overrides of configs/synthetic.py can give them
 # (plus hourglass.stem_widths = (4, 4, 8)).
-TINY_OVERRIDES = {"hourglass.width": 8, "hourglass.depth": 2, "stgan.generator_width": 0.25,
-                  "stgan.discriminator_width": 0.0625, "shape.num_neighbours": 5}
+TINY_OVERRIDES = {
+  "hourglass.width": 8,
+  "hourglass.depth": 2,
+  "stgan.generator_width": 0.25,
+  "stgan.discriminator_width": 0.0625,
+  "shape.num_neighbours": 5,
+}
 
 
 def tiny_config():
@@ -61,8 +66,9 @@ def random_like(abstract, rng: np.random.Generator):
 
 
 def random_variables(module, rng: np.random.Generator, crop_size: int = 128):
-  abstract = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), jnp.zeros((1, crop_size, crop_size, 3)), train=False))
+  abstract = jax.eval_shape(
+    lambda: module.init(jax.random.key(0), jnp.zeros((1, crop_size, crop_size, 3)), train=False)
+  )
   return random_like(abstract, rng)
 
 
@@ -83,22 +89,32 @@ def tiny_pretrained(seed: int = 0, thresholds=(0.9, 0.95)) -> pretrained.Pretrai
   generator_variables["params"]["conv11"]["bias"] = jnp.asarray(ZOOM_SHIFT_THETA)
   generator_variables["params"]["conv11"]["kernel"] *= 0.0
   variables = {
-      "generator": generator_variables,
-      "hourglass": random_variables(hourglass, rng),
-      "dictionary": jnp.asarray(face_dictionary(rng)),
-      "thresholds": jnp.asarray(landmarks.region_thresholds(landmarks.get_scheme("300w"),
-                                                            *thresholds)),
+    "generator": generator_variables,
+    "hourglass": random_variables(hourglass, rng),
+    "dictionary": jnp.asarray(face_dictionary(rng)),
+    "thresholds": jnp.asarray(
+      landmarks.region_thresholds(landmarks.get_scheme("300w"), *thresholds)
+    ),
   }
-  trained = model_io.TrainedModel(generator, hourglass, None, variables,
-                                  frozenset({"stgan", "hourglass", "dictionary"}))
+  trained = model_io.TrainedModel(
+    generator, hourglass, None, variables, frozenset({"stgan", "hourglass", "dictionary"})
+  )
   return pretrained.from_trained(trained, config)
 
 
 def detectable_face(cascade: str) -> dict:
   """A rendered frontal face (`synthetic.render_face`'s dict) that the Haar cascade finds;
   the cascade finds about a third of the rendered faces."""
-  settings = dict(image_size=256, max_roll_deg=0.0, max_yaw_deg=0.0, max_pitch_deg=0.0,
-                  occlusion_prob=0.0, blur_prob=0.0, max_noise_std=0.0, background_clutter=0)
+  settings = dict(
+    image_size=256,
+    max_roll_deg=0.0,
+    max_yaw_deg=0.0,
+    max_pitch_deg=0.0,
+    occlusion_prob=0.0,
+    blur_prob=0.0,
+    max_noise_std=0.0,
+    background_clutter=0,
+  )
   for index in range(12):
     face = synthetic.render_face(0, index, settings)
     if len(detection.detect_faces(face["image"], cascade)):
@@ -109,10 +125,17 @@ def detectable_face(cascade: str) -> dict:
 def face_records(count: int = 2, seed: int = 3) -> list:
   """Rendered synthetic faces as dataset records (pixels in the record, no files)."""
   from msm_jax.data.records import FaceRecord, box_from_landmarks
+
   records = []
   for index in range(count):
     face = synthetic.render_face(seed, index, dict(image_size=192, occlusion_prob=0.0))
-    records.append(FaceRecord(image_path=None, landmarks=face["landmarks"],
-                              box=box_from_landmarks(face["landmarks"]), subset="synthetic",
-                              image=face["image"]))
+    records.append(
+      FaceRecord(
+        image_path=None,
+        landmarks=face["landmarks"],
+        box=box_from_landmarks(face["landmarks"]),
+        subset="synthetic",
+        image=face["image"],
+      )
+    )
   return records

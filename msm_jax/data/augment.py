@@ -54,216 +54,231 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 @dataclasses.dataclass(frozen=True)
 class AugmentOptions:
-    """The augmentation of Sec. IV-C; zeros switch a component off.
+  """The augmentation of Sec. IV-C; zeros switch a component off.
 
-    Attributes:
-      flip: random horizontal flip with probability 1/2.
-      rotation_degrees: rotation uniform in [-r, r] about the crop centre.
-      scale: zoom factor uniform in [1 - s, 1 + s].
-      translation: shift uniform in [-t, t] * crop_size along x and y.
-      color_jitter: brightness, contrast and saturation factors uniform in
-        [1 - c, 1 + c] each.
-      random_erasing: probability of pasting one noise patch (an occluder).
-      natural_occluder: probability of pasting one patch of natural texture (a
-        window of the same photo, rectangle or ellipse) over 5-35 % of the crop.
-    """
+  Attributes:
+    flip: random horizontal flip with probability 1/2.
+    rotation_degrees: rotation uniform in [-r, r] about the crop centre.
+    scale: zoom factor uniform in [1 - s, 1 + s].
+    translation: shift uniform in [-t, t] * crop_size along x and y.
+    color_jitter: brightness, contrast and saturation factors uniform in
+      [1 - c, 1 + c] each.
+    random_erasing: probability of pasting one noise patch (an occluder).
+    natural_occluder: probability of pasting one patch of natural texture (a
+      window of the same photo, rectangle or ellipse) over 5-35 % of the crop.
+  """
 
-    flip: bool = False
-    rotation_degrees: float = 0.0
-    scale: float = 0.0
-    translation: float = 0.0
-    color_jitter: float = 0.0
-    random_erasing: float = 0.0
-    natural_occluder: float = 0.0
+  flip: bool = False
+  rotation_degrees: float = 0.0
+  scale: float = 0.0
+  translation: float = 0.0
+  color_jitter: float = 0.0
+  random_erasing: float = 0.0
+  natural_occluder: float = 0.0
 
-    @classmethod
-    def from_config(cls, augment_config) -> AugmentOptions:
-        """Reads ``config.augment`` (an ml_collections ConfigDict or any object with the fields)."""
-        return cls(
-            flip=bool(augment_config.flip),
-            rotation_degrees=float(augment_config.rotation_degrees),
-            scale=float(augment_config.scale),
-            translation=float(augment_config.translation),
-            color_jitter=float(augment_config.color_jitter),
-            random_erasing=float(augment_config.random_erasing),
-            natural_occluder=float(augment_config.get("natural_occluder", 0.0)))
+  @classmethod
+  def from_config(cls, augment_config) -> AugmentOptions:
+    """Reads ``config.augment`` (an ml_collections ConfigDict or any object with the fields)."""
+    return cls(
+      flip=bool(augment_config.flip),
+      rotation_degrees=float(augment_config.rotation_degrees),
+      scale=float(augment_config.scale),
+      translation=float(augment_config.translation),
+      color_jitter=float(augment_config.color_jitter),
+      random_erasing=float(augment_config.random_erasing),
+      natural_occluder=float(augment_config.get("natural_occluder", 0.0)),
+    )
 
 
 def face_crop_matrix(box, crop_size: int, margin: float) -> np.ndarray:
-    """Image pixels -> pixels of a ``crop_size`` square crop around a face box.
+  """Image pixels -> pixels of a ``crop_size`` square crop around a face box.
 
-    The box is grown by ``margin`` about its centre and made square (side =
-    ``margin * max(width, height)``, so the whole box stays inside); that square's
-    edges become the crop's edges (``geometry.crop_matrix``: a similarity, no
-    stretching).
+  The box is grown by ``margin`` about its centre and made square (side =
+  ``margin * max(width, height)``, so the whole box stays inside); that square's
+  edges become the crop's edges (``geometry.crop_matrix``: a similarity, no
+  stretching).
 
-    Args:
-      box: [4] (x0, y0, x1, y1), image pixel coordinates, x1 > x0, y1 > y0.
-      crop_size: side S of the crop in pixels.
-      margin: scale factor of the box (1.25: a quarter of the box around it).
-    Returns:
-      [3, 3] float64 image -> crop pixel matrix.
-    """
-    box = np.asarray(box, np.float64)
-    if box.shape != (4,) or not np.all(np.isfinite(box)):
-        raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box}")
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"box must satisfy x1 > x0 and y1 > y0, got {box}")
-    if margin <= 0:
-        raise ValueError(f"margin must be positive, got {margin}")
-    centre = (box[:2] + box[2:]) / 2
-    half_side = margin * max(box[2] - box[0], box[3] - box[1]) / 2
-    square = np.concatenate([centre - half_side, centre + half_side])
-    return geometry.crop_matrix(square, crop_size)
+  Args:
+    box: [4] (x0, y0, x1, y1), image pixel coordinates, x1 > x0, y1 > y0.
+    crop_size: side S of the crop in pixels.
+    margin: scale factor of the box (1.25: a quarter of the box around it).
+  Returns:
+    [3, 3] float64 image -> crop pixel matrix.
+  """
+  box = np.asarray(box, np.float64)
+  if box.shape != (4,) or not np.all(np.isfinite(box)):
+    raise ValueError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box}")
+  if box[2] <= box[0] or box[3] <= box[1]:
+    raise ValueError(f"box must satisfy x1 > x0 and y1 > y0, got {box}")
+  if margin <= 0:
+    raise ValueError(f"margin must be positive, got {margin}")
+  centre = (box[:2] + box[2:]) / 2
+  half_side = margin * max(box[2] - box[0], box[3] - box[1]) / 2
+  square = np.concatenate([centre - half_side, centre + half_side])
+  return geometry.crop_matrix(square, crop_size)
 
 
-def random_augmentation_matrix(rng: np.random.Generator, crop_size: int,
-                               rotation_degrees: float, scale: float,
-                               translation: float) -> np.ndarray:
-    """A random similarity of the crop onto itself, about the crop centre.
+def random_augmentation_matrix(
+  rng: np.random.Generator,
+  crop_size: int,
+  rotation_degrees: float,
+  scale: float,
+  translation: float,
+) -> np.ndarray:
+  """A random similarity of the crop onto itself, about the crop centre.
 
-    ``p' = R(angle) * zoom * (p - c) + c + shift`` with c = ((S - 1) / 2, (S - 1) / 2)
-    the centre in pixel-centre coordinates, angle ~ U[-rotation_degrees,
-    rotation_degrees], zoom ~ U[1 - scale, 1 + scale] and each shift component
-    ~ U[-translation, translation] * S.
+  ``p' = R(angle) * zoom * (p - c) + c + shift`` with c = ((S - 1) / 2, (S - 1) / 2)
+  the centre in pixel-centre coordinates, angle ~ U[-rotation_degrees,
+  rotation_degrees], zoom ~ U[1 - scale, 1 + scale] and each shift component
+  ~ U[-translation, translation] * S.
 
-    Args:
-      rng: the example's generator (draws: angle, zoom, shift x, shift y).
-      crop_size: S.
-    Returns:
-      [3, 3] float64 crop -> crop pixel matrix.
-    """
-    angle = np.deg2rad(rng.uniform(-rotation_degrees, rotation_degrees))
-    zoom = rng.uniform(1.0 - scale, 1.0 + scale)
-    shift = rng.uniform(-translation, translation, size=2) * crop_size
-    centre = (crop_size - 1) / 2
-    cos, sin = zoom * np.cos(angle), zoom * np.sin(angle)
-    linear = np.array([[cos, -sin], [sin, cos]])
-    matrix = np.eye(3)
-    matrix[:2, :2] = linear
-    matrix[:2, 2] = centre + shift - linear @ np.array([centre, centre])
-    return matrix
+  Args:
+    rng: the example's generator (draws: angle, zoom, shift x, shift y).
+    crop_size: S.
+  Returns:
+    [3, 3] float64 crop -> crop pixel matrix.
+  """
+  angle = np.deg2rad(rng.uniform(-rotation_degrees, rotation_degrees))
+  zoom = rng.uniform(1.0 - scale, 1.0 + scale)
+  shift = rng.uniform(-translation, translation, size=2) * crop_size
+  centre = (crop_size - 1) / 2
+  cos, sin = zoom * np.cos(angle), zoom * np.sin(angle)
+  linear = np.array([[cos, -sin], [sin, cos]])
+  matrix = np.eye(3)
+  matrix[:2, :2] = linear
+  matrix[:2, 2] = centre + shift - linear @ np.array([centre, centre])
+  return matrix
 
 
 def flip_matrix(width: int) -> np.ndarray:
-    """Horizontal mirror of a width-W frame: x' = W - 1 - x (column j <-> W - 1 - j).
+  """Horizontal mirror of a width-W frame: x' = W - 1 - x (column j <-> W - 1 - j).
 
-    Returns:
-      [3, 3] float64; the landmarks must also be permuted (left <-> right names).
-    """
-    return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  Returns:
+    [3, 3] float64; the landmarks must also be permuted (left <-> right names).
+  """
+  return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 def warp_image(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
-    """Resamples an image into an ``out_size`` square: ``sampler.warp`` semantics in C.
+  """Resamples an image into an ``out_size`` square: ``sampler.warp`` semantics in C.
 
-    Bilinear, pixel-centre convention, zeros outside the image -- the same as
-    ``msm_jax.sampler.warp`` (PyTorch grid_sample, align_corners=False), rounded
-    to uint8. See the module docstring for how PIL is made to agree.
+  Bilinear, pixel-centre convention, zeros outside the image -- the same as
+  ``msm_jax.sampler.warp`` (PyTorch grid_sample, align_corners=False), rounded
+  to uint8. See the module docstring for how PIL is made to agree.
 
-    Args:
-      image: [H, W, 3] uint8.
-      matrix: [3, 3] image pixel -> output pixel (e.g. from :func:`face_crop_matrix`).
-      out_size: side of the square output.
-    Returns:
-      [out_size, out_size, 3] uint8.
-    """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be [H, W, 3] uint8, got {image.dtype} {image.shape}")
-    matrix = np.asarray(matrix, np.float64)
-    if matrix.shape != (3, 3) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-12:
-        raise ValueError(f"matrix must be a finite, non-singular [3, 3] affine map, got {matrix}")
-    out_to_image = geometry.invert_affine(matrix)
-    height, width = image.shape[:2]
+  Args:
+    image: [H, W, 3] uint8.
+    matrix: [3, 3] image pixel -> output pixel (e.g. from :func:`face_crop_matrix`).
+    out_size: side of the square output.
+  Returns:
+    [out_size, out_size, 3] uint8.
+  """
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    raise ValueError(f"image must be [H, W, 3] uint8, got {image.dtype} {image.shape}")
+  matrix = np.asarray(matrix, np.float64)
+  if matrix.shape != (3, 3) or not np.isfinite(matrix).all() or abs(np.linalg.det(matrix)) < 1e-12:
+    raise ValueError(f"matrix must be a finite, non-singular [3, 3] affine map, got {matrix}")
+  out_to_image = geometry.invert_affine(matrix)
+  height, width = image.shape[:2]
 
-    # Only the window the output samples from is converted (an image can be many
-    # times the crop): the footprint of the output's pixel centres, plus one pixel
-    # for the bilinear neighbours and one for PIL's replicated edge, clipped to the
-    # image plus its one-pixel zero ring.
-    last = out_size - 1.0
-    corners = geometry.apply_affine(
-        np.array([[0.0, 0.0], [last, 0.0], [0.0, last], [last, last]]), out_to_image)
-    x_lo = max(int(np.floor(corners[:, 0].min())) - 2, -1)
-    y_lo = max(int(np.floor(corners[:, 1].min())) - 2, -1)
-    x_hi = min(int(np.ceil(corners[:, 0].max())) + 3, width + 1)
-    y_hi = min(int(np.ceil(corners[:, 1].max())) + 3, height + 1)
-    if x_hi - x_lo < 2 or y_hi - y_lo < 2:  # the output misses the image entirely
-        return np.zeros((out_size, out_size, 3), np.uint8)
+  # Only the window the output samples from is converted (an image can be many
+  # times the crop): the footprint of the output's pixel centres, plus one pixel
+  # for the bilinear neighbours and one for PIL's replicated edge, clipped to the
+  # image plus its one-pixel zero ring.
+  last = out_size - 1.0
+  corners = geometry.apply_affine(
+    np.array([[0.0, 0.0], [last, 0.0], [0.0, last], [last, last]]), out_to_image
+  )
+  x_lo = max(int(np.floor(corners[:, 0].min())) - 2, -1)
+  y_lo = max(int(np.floor(corners[:, 1].min())) - 2, -1)
+  x_hi = min(int(np.ceil(corners[:, 0].max())) + 3, width + 1)
+  y_hi = min(int(np.ceil(corners[:, 1].max())) + 3, height + 1)
+  if x_hi - x_lo < 2 or y_hi - y_lo < 2:  # the output misses the image entirely
+    return np.zeros((out_size, out_size, 3), np.uint8)
 
-    # Channel-first float32 window, zero where it leaves the image.
-    window = np.zeros((3, y_hi - y_lo, x_hi - x_lo), np.float32)
-    src_x0, src_y0 = max(x_lo, 0), max(y_lo, 0)
-    src_x1, src_y1 = min(x_hi, width), min(y_hi, height)
-    window[:, src_y0 - y_lo:src_y1 - y_lo, src_x0 - x_lo:src_x1 - x_lo] = np.moveaxis(
-        image[src_y0:src_y1, src_x0:src_x1], -1, 0)
+  # Channel-first float32 window, zero where it leaves the image.
+  window = np.zeros((3, y_hi - y_lo, x_hi - x_lo), np.float32)
+  src_x0, src_y0 = max(x_lo, 0), max(y_lo, 0)
+  src_x1, src_y1 = min(x_hi, width), min(y_hi, height)
+  window[:, src_y0 - y_lo : src_y1 - y_lo, src_x0 - x_lo : src_x1 - x_lo] = np.moveaxis(
+    image[src_y0:src_y1, src_x0:src_x1], -1, 0
+  )
 
-    # Output area coords -> output pixel centres -> image -> window -> window area coords.
-    to_centres = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
-    to_window_area = np.array([[1.0, 0.0, 0.5 - x_lo], [0.0, 1.0, 0.5 - y_lo], [0.0, 0.0, 1.0]])
-    pil_data = tuple((to_window_area @ out_to_image @ to_centres)[:2].ravel())
-    channels = [
-        np.asarray(Image.fromarray(channel).transform(
-            (out_size, out_size), Image.Transform.AFFINE, pil_data,
-            resample=Image.Resampling.BILINEAR))
-        for channel in window]
-    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
+  # Output area coords -> output pixel centres -> image -> window -> window area coords.
+  to_centres = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+  to_window_area = np.array([[1.0, 0.0, 0.5 - x_lo], [0.0, 1.0, 0.5 - y_lo], [0.0, 0.0, 1.0]])
+  pil_data = tuple((to_window_area @ out_to_image @ to_centres)[:2].ravel())
+  channels = [
+    np.asarray(
+      Image.fromarray(channel).transform(
+        (out_size, out_size), Image.Transform.AFFINE, pil_data, resample=Image.Resampling.BILINEAR
+      )
+    )
+    for channel in window
+  ]
+  return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Random brightness, contrast and saturation (in that order), each by U[1 - s, 1 + s].
+  """Random brightness, contrast and saturation (in that order), each by U[1 - s, 1 + s].
 
-    brightness: ``x * b``; contrast: ``(x - mean grey) * c + mean grey``;
-    saturation: ``(x - grey(x)) * a + grey(x)`` per pixel (torchvision's ColorJitter
-    definitions, in a fixed order so one draw sequence means one result, and
-    clipped once at the end rather than after each step).
+  brightness: ``x * b``; contrast: ``(x - mean grey) * c + mean grey``;
+  saturation: ``(x - grey(x)) * a + grey(x)`` per pixel (torchvision's ColorJitter
+  definitions, in a fixed order so one draw sequence means one result, and
+  clipped once at the end rather than after each step).
 
-    Args:
-      image: [..., H, W, 3] uint8; several images (leading dims) get the same
-        colour map, with the mean grey taken over all of them.
-      rng: draws brightness, contrast, saturation factors, in that order.
-      strength: s in [0, 1).
-    Returns:
-      [..., H, W, 3] uint8.
-    """
-    brightness, contrast, saturation = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
-    pixels = image.astype(np.float32)
-    mean_grey = brightness * float(np.mean(pixels @ _LUMA))
-    # All three steps are affine maps of the RGB vector, so they compose into one
-    # 3 x 3 matrix and an offset (saturation keeps the grey offset: grey(t,t,t) = t).
-    to_grey = np.outer(np.ones(3, np.float32), _LUMA)
-    colour_map = brightness * contrast * (saturation * np.eye(3, dtype=np.float32)
-                                          + (1.0 - saturation) * to_grey)
-    pixels = pixels @ colour_map.T.astype(np.float32) + np.float32((1.0 - contrast) * mean_grey)
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+  Args:
+    image: [..., H, W, 3] uint8; several images (leading dims) get the same
+      colour map, with the mean grey taken over all of them.
+    rng: draws brightness, contrast, saturation factors, in that order.
+    strength: s in [0, 1).
+  Returns:
+    [..., H, W, 3] uint8.
+  """
+  brightness, contrast, saturation = rng.uniform(1.0 - strength, 1.0 + strength, size=3)
+  pixels = image.astype(np.float32)
+  mean_grey = brightness * float(np.mean(pixels @ _LUMA))
+  # All three steps are affine maps of the RGB vector, so they compose into one
+  # 3 x 3 matrix and an offset (saturation keeps the grey offset: grey(t,t,t) = t).
+  to_grey = np.outer(np.ones(3, np.float32), _LUMA)
+  colour_map = (
+    brightness
+    * contrast
+    * (saturation * np.eye(3, dtype=np.float32) + (1.0 - saturation) * to_grey)
+  )
+  pixels = pixels @ colour_map.T.astype(np.float32) + np.float32((1.0 - contrast) * mean_grey)
+  return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def random_erasing(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator):
-    """Pastes one uniform-noise rectangle (a synthetic occluder) into the crop.
+  """Pastes one uniform-noise rectangle (a synthetic occluder) into the crop.
 
-    Args:
-      image: [S, S, 3] uint8 (not modified).
-      landmarks: [L, 2] crop pixel coordinates.
-      rng: draws area, log aspect ratio, top-left corner, then the noise.
-    Returns:
-      (image [S, S, 3] uint8 with the patch, covered [L] bool: landmarks whose
-      position lies inside the patch's area).
-    """
-    size = image.shape[0]
-    area = rng.uniform(*_ERASE_AREA_RANGE) * size * size
-    aspect = np.exp(rng.uniform(*np.log(_ERASE_ASPECT_RANGE)))
-    patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 1, size))
-    patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 1, size))
-    top = int(rng.integers(0, size - patch_h + 1))
-    left = int(rng.integers(0, size - patch_w + 1))
-    erased = image.copy()
-    erased[top:top + patch_h, left:left + patch_w] = rng.integers(
-        0, 256, (patch_h, patch_w, 3), dtype=np.uint8)
-    # Rows top..top+h-1 cover [top - 0.5, top + h - 0.5] in pixel-centre coordinates.
-    x, y = landmarks[:, 0], landmarks[:, 1]
-    covered = ((x >= left - 0.5) & (x < left + patch_w - 0.5)
-               & (y >= top - 0.5) & (y < top + patch_h - 0.5))
-    return erased, covered
+  Args:
+    image: [S, S, 3] uint8 (not modified).
+    landmarks: [L, 2] crop pixel coordinates.
+    rng: draws area, log aspect ratio, top-left corner, then the noise.
+  Returns:
+    (image [S, S, 3] uint8 with the patch, covered [L] bool: landmarks whose
+    position lies inside the patch's area).
+  """
+  size = image.shape[0]
+  area = rng.uniform(*_ERASE_AREA_RANGE) * size * size
+  aspect = np.exp(rng.uniform(*np.log(_ERASE_ASPECT_RANGE)))
+  patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 1, size))
+  patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 1, size))
+  top = int(rng.integers(0, size - patch_h + 1))
+  left = int(rng.integers(0, size - patch_w + 1))
+  erased = image.copy()
+  erased[top : top + patch_h, left : left + patch_w] = rng.integers(
+    0, 256, (patch_h, patch_w, 3), dtype=np.uint8
+  )
+  # Rows top..top+h-1 cover [top - 0.5, top + h - 0.5] in pixel-centre coordinates.
+  x, y = landmarks[:, 0], landmarks[:, 1]
+  covered = (
+    (x >= left - 0.5) & (x < left + patch_w - 0.5) & (y >= top - 0.5) & (y < top + patch_h - 0.5)
+  )
+  return erased, covered
 
 
 # Natural-texture occluders: area fraction of the crop, aspect ratio, and the side of the
@@ -273,113 +288,130 @@ _OCCLUDER_ASPECT_RANGE = (0.5, 2.0)
 _OCCLUDER_WINDOW_RANGE = (0.1, 0.5)
 
 
-def natural_occluder(crop: np.ndarray, landmarks: np.ndarray, photo: np.ndarray,
-                     rng: np.random.Generator):
-    """Pastes a patch of natural texture into the crop: a random window of ``photo``
-    (background, clothing, hair, other faces), resized to the patch, as a rectangle or an
-    ellipse (one half each). Real occluders are textured, unlike random erasing's noise.
+def natural_occluder(
+  crop: np.ndarray, landmarks: np.ndarray, photo: np.ndarray, rng: np.random.Generator
+):
+  """Pastes a patch of natural texture into the crop: a random window of ``photo``
+  (background, clothing, hair, other faces), resized to the patch, as a rectangle or an
+  ellipse (one half each). Real occluders are textured, unlike random erasing's noise.
 
-    Args:
-      crop: [S, S, 3] uint8 (not modified).
-      landmarks: [L, 2] crop pixel coordinates.
-      photo: [H, W, 3] uint8, the image the texture is cut from.
-      rng: draws area, log aspect, position, shape, then the photo window.
-    Returns:
-      (crop [S, S, 3] uint8 with the patch, covered [L] bool: landmarks under the patch).
-    """
-    size = crop.shape[0]
-    area = rng.uniform(*_OCCLUDER_AREA_RANGE) * size * size
-    aspect = np.exp(rng.uniform(*np.log(_OCCLUDER_ASPECT_RANGE)))
-    patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 2, size))
-    patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 2, size))
-    top = int(rng.integers(0, size - patch_h + 1))
-    left = int(rng.integers(0, size - patch_w + 1))
-    elliptical = rng.uniform() < 0.5
-    height, width = photo.shape[:2]
-    side = max(2, int(rng.uniform(*_OCCLUDER_WINDOW_RANGE) * min(height, width)))
-    y0 = int(rng.integers(0, height - side + 1))
-    x0 = int(rng.integers(0, width - side + 1))
-    texture = np.asarray(Image.fromarray(photo[y0:y0 + side, x0:x0 + side]).resize(
-        (patch_w, patch_h), Image.Resampling.BILINEAR))
-    # Pixel (row, column) of the patch is covered when its centre is inside the shape.
-    rows = (np.arange(patch_h) + 0.5) / patch_h * 2 - 1
-    cols = (np.arange(patch_w) + 0.5) / patch_w * 2 - 1
-    mask = ((rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0) if elliptical
-            else np.ones((patch_h, patch_w), bool))
-    occluded_crop = crop.copy()
-    window = occluded_crop[top:top + patch_h, left:left + patch_w]
-    window[mask] = texture[mask]
-    # A landmark is covered when the patch pixel it falls in is covered.
-    column = np.floor(landmarks[:, 0] + 0.5).astype(int) - left
-    row = np.floor(landmarks[:, 1] + 0.5).astype(int) - top
-    inside = (row >= 0) & (row < patch_h) & (column >= 0) & (column < patch_w)
-    covered = np.zeros(landmarks.shape[0], bool)
-    covered[inside] = mask[row[inside], column[inside]]
-    return occluded_crop, covered
+  Args:
+    crop: [S, S, 3] uint8 (not modified).
+    landmarks: [L, 2] crop pixel coordinates.
+    photo: [H, W, 3] uint8, the image the texture is cut from.
+    rng: draws area, log aspect, position, shape, then the photo window.
+  Returns:
+    (crop [S, S, 3] uint8 with the patch, covered [L] bool: landmarks under the patch).
+  """
+  size = crop.shape[0]
+  area = rng.uniform(*_OCCLUDER_AREA_RANGE) * size * size
+  aspect = np.exp(rng.uniform(*np.log(_OCCLUDER_ASPECT_RANGE)))
+  patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 2, size))
+  patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 2, size))
+  top = int(rng.integers(0, size - patch_h + 1))
+  left = int(rng.integers(0, size - patch_w + 1))
+  elliptical = rng.uniform() < 0.5
+  height, width = photo.shape[:2]
+  side = max(2, int(rng.uniform(*_OCCLUDER_WINDOW_RANGE) * min(height, width)))
+  y0 = int(rng.integers(0, height - side + 1))
+  x0 = int(rng.integers(0, width - side + 1))
+  texture = np.asarray(
+    Image.fromarray(photo[y0 : y0 + side, x0 : x0 + side]).resize(
+      (patch_w, patch_h), Image.Resampling.BILINEAR
+    )
+  )
+  # Pixel (row, column) of the patch is covered when its centre is inside the shape.
+  rows = (np.arange(patch_h) + 0.5) / patch_h * 2 - 1
+  cols = (np.arange(patch_w) + 0.5) / patch_w * 2 - 1
+  mask = (
+    (rows[:, None] ** 2 + cols[None, :] ** 2 <= 1.0)
+    if elliptical
+    else np.ones((patch_h, patch_w), bool)
+  )
+  occluded_crop = crop.copy()
+  window = occluded_crop[top : top + patch_h, left : left + patch_w]
+  window[mask] = texture[mask]
+  # A landmark is covered when the patch pixel it falls in is covered.
+  column = np.floor(landmarks[:, 0] + 0.5).astype(int) - left
+  row = np.floor(landmarks[:, 1] + 0.5).astype(int) - top
+  inside = (row >= 0) & (row < patch_h) & (column >= 0) & (column < patch_w)
+  covered = np.zeros(landmarks.shape[0], bool)
+  covered[inside] = mask[row[inside], column[inside]]
+  return occluded_crop, covered
 
 
 def inside_crop(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
-    """[L] bool: finite and within the crop's area [-0.5, S - 0.5]^2."""
-    with np.errstate(invalid="ignore"):
-        return np.all(np.isfinite(landmarks) & (landmarks >= -0.5)
-                      & (landmarks <= crop_size - 0.5), axis=-1)
+  """[L] bool: finite and within the crop's area [-0.5, S - 0.5]^2."""
+  with np.errstate(invalid="ignore"):
+    return np.all(
+      np.isfinite(landmarks) & (landmarks >= -0.5) & (landmarks <= crop_size - 0.5), axis=-1
+    )
 
 
-def augment_face(image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray | None,
-                 box, rng: np.random.Generator, *, crop_size: int, margin: float,
-                 options: AugmentOptions, flip_permutation) -> dict:
-    """One augmented hourglass training crop (Sec. IV-C): geometry, then photometry.
+def augment_face(
+  image: np.ndarray,
+  landmarks: np.ndarray,
+  occluded: np.ndarray | None,
+  box,
+  rng: np.random.Generator,
+  *,
+  crop_size: int,
+  margin: float,
+  options: AugmentOptions,
+  flip_permutation,
+) -> dict:
+  """One augmented hourglass training crop (Sec. IV-C): geometry, then photometry.
 
-    Args:
-      image: [H, W, 3] uint8.
-      landmarks: [L, 2] image pixel coordinates.
-      occluded: [L] bool from the dataset, or None (none marked).
-      box: [4] (x0, y0, x1, y1), the box the crop is centred on.
-      rng: the example's generator (deterministic per example and epoch).
-      crop_size: S, the network input side (128).
-      margin: box scale (``config.data.box_margin``).
-      options: which augmentations, how strong.
-      flip_permutation: [L] the scheme's left/right permutation.
-    Returns:
-      dict with
-        image: [S, S, 3] uint8;
-        landmarks: [L, 2] float32 crop pixel coordinates (flipped names swapped);
-        visible: [L] bool, inside the crop;
-        occluded: [L] bool, marked by the dataset or covered by random erasing;
-        matrix: [3, 3] float32, image -> crop pixels (before photometry).
-    """
-    landmarks = np.asarray(landmarks, np.float64)
-    num_points = landmarks.shape[0]
-    occluded = (np.zeros(num_points, bool) if occluded is None
-                else np.asarray(occluded, bool))
-    matrix = random_augmentation_matrix(
-        rng, crop_size, options.rotation_degrees, options.scale,
-        options.translation) @ face_crop_matrix(box, crop_size, margin)
-    # Drawn even when flipping is off, so switching it never reshuffles the other draws.
-    flipped = rng.uniform() < 0.5 and options.flip
-    if flipped:
-        matrix = flip_matrix(crop_size) @ matrix
-    crop = warp_image(image, matrix, crop_size)
-    crop_landmarks = geometry.apply_affine(landmarks, matrix)
-    if flipped:
-        permutation = np.asarray(flip_permutation)
-        if permutation.shape != (num_points,):
-            raise ValueError(f"flip_permutation has {permutation.shape[0]} entries for "
-                             f"{num_points} landmarks")
-        crop_landmarks = crop_landmarks[permutation]
-        occluded = occluded[permutation]
-    if options.color_jitter > 0:
-        crop = color_jitter(crop, rng, options.color_jitter)
-    if options.random_erasing > 0 and rng.uniform() < options.random_erasing:
-        crop, covered = random_erasing(crop, crop_landmarks, rng)
-        occluded = occluded | covered
-    if options.natural_occluder > 0 and rng.uniform() < options.natural_occluder:
-        crop, covered = natural_occluder(crop, crop_landmarks, image, rng)
-        occluded = occluded | covered
-    return {
-        "image": crop,
-        "landmarks": crop_landmarks.astype(np.float32),
-        "visible": inside_crop(crop_landmarks, crop_size),
-        "occluded": occluded,
-        "matrix": matrix.astype(np.float32),
-    }
+  Args:
+    image: [H, W, 3] uint8.
+    landmarks: [L, 2] image pixel coordinates.
+    occluded: [L] bool from the dataset, or None (none marked).
+    box: [4] (x0, y0, x1, y1), the box the crop is centred on.
+    rng: the example's generator (deterministic per example and epoch).
+    crop_size: S, the network input side (128).
+    margin: box scale (``config.data.box_margin``).
+    options: which augmentations, how strong.
+    flip_permutation: [L] the scheme's left/right permutation.
+  Returns:
+    dict with
+      image: [S, S, 3] uint8;
+      landmarks: [L, 2] float32 crop pixel coordinates (flipped names swapped);
+      visible: [L] bool, inside the crop;
+      occluded: [L] bool, marked by the dataset or covered by random erasing;
+      matrix: [3, 3] float32, image -> crop pixels (before photometry).
+  """
+  landmarks = np.asarray(landmarks, np.float64)
+  num_points = landmarks.shape[0]
+  occluded = np.zeros(num_points, bool) if occluded is None else np.asarray(occluded, bool)
+  matrix = random_augmentation_matrix(
+    rng, crop_size, options.rotation_degrees, options.scale, options.translation
+  ) @ face_crop_matrix(box, crop_size, margin)
+  # Drawn even when flipping is off, so switching it never reshuffles the other draws.
+  flipped = rng.uniform() < 0.5 and options.flip
+  if flipped:
+    matrix = flip_matrix(crop_size) @ matrix
+  crop = warp_image(image, matrix, crop_size)
+  crop_landmarks = geometry.apply_affine(landmarks, matrix)
+  if flipped:
+    permutation = np.asarray(flip_permutation)
+    if permutation.shape != (num_points,):
+      raise ValueError(
+        f"flip_permutation has {permutation.shape[0]} entries for {num_points} landmarks"
+      )
+    crop_landmarks = crop_landmarks[permutation]
+    occluded = occluded[permutation]
+  if options.color_jitter > 0:
+    crop = color_jitter(crop, rng, options.color_jitter)
+  if options.random_erasing > 0 and rng.uniform() < options.random_erasing:
+    crop, covered = random_erasing(crop, crop_landmarks, rng)
+    occluded = occluded | covered
+  if options.natural_occluder > 0 and rng.uniform() < options.natural_occluder:
+    crop, covered = natural_occluder(crop, crop_landmarks, image, rng)
+    occluded = occluded | covered
+  return {
+    "image": crop,
+    "landmarks": crop_landmarks.astype(np.float32),
+    "visible": inside_crop(crop_landmarks, crop_size),
+    "occluded": occluded,
+    "matrix": matrix.astype(np.float32),
+  }

@@ -38,14 +38,22 @@ import numpy as np
 import scipy.io
 
 from msm_jax.data.records import (
-    AnnotationError, FaceRecord, box_from_landmarks, check_finite, check_inside_image,
-    report_skipped, warn_count)
+  AnnotationError,
+  FaceRecord,
+  box_from_landmarks,
+  check_finite,
+  check_inside_image,
+  report_skipped,
+  warn_count,
+)
 
 POINTS_COFW = 29
 POINTS_COFW68 = 68
 SPLIT_SIZES = {"train": 1345, "test": 507}
-SPLIT_FILES = {"train": ("COFW_train_color.mat", "COFW_train.mat"),
-               "test": ("COFW_test_color.mat", "COFW_test.mat")}
+SPLIT_FILES = {
+  "train": ("COFW_train_color.mat", "COFW_train.mat"),
+  "test": ("COFW_test_color.mat", "COFW_test.mat"),
+}
 SPLIT_VARIABLES = {"train": ("IsTr", "phisTr", "bboxesTr"), "test": ("IsT", "phisT", "bboxesT")}
 COFW68_DIR = "COFW68_Data"
 BOX_SOURCES = ("landmarks", "official")
@@ -53,207 +61,236 @@ DEFAULT_MAX_OUTSIDE = 0.25
 
 
 def _as_rgb(image: np.ndarray, source: str) -> np.ndarray:
-    if image.dtype != np.uint8:
-        raise AnnotationError(f"{source}: image is {image.dtype}, expected uint8")
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 3:
-        return image
-    raise AnnotationError(f"{source}: image has shape {image.shape}, expected H x W (x 3)")
+  if image.dtype != np.uint8:
+    raise AnnotationError(f"{source}: image is {image.dtype}, expected uint8")
+  if image.ndim == 2:
+    return np.repeat(image[:, :, None], 3, axis=2)
+  if image.ndim == 3 and image.shape[2] == 3:
+    return image
+  raise AnnotationError(f"{source}: image has shape {image.shape}, expected H x W (x 3)")
 
 
 def _read_v73(path: str, names: tuple[str, str, str]):
-    images_name, phis_name, boxes_name = names
-    with h5py.File(path, "r") as file:
-        missing = [name for name in names if name not in file]
-        if missing:
-            raise AnnotationError(f"{path}: variables {missing} not found (has {sorted(file)})")
-        # ravel() of the reversed-dimension reference array is MATLAB's linear order.
-        references = file[images_name][()].ravel()
-        images = [np.transpose(file[reference][()]) for reference in references]
-        phis = np.transpose(file[phis_name][()])
-        boxes = np.transpose(file[boxes_name][()])
-    return images, phis, boxes
+  images_name, phis_name, boxes_name = names
+  with h5py.File(path, "r") as file:
+    missing = [name for name in names if name not in file]
+    if missing:
+      raise AnnotationError(f"{path}: variables {missing} not found (has {sorted(file)})")
+    # ravel() of the reversed-dimension reference array is MATLAB's linear order.
+    references = file[images_name][()].ravel()
+    images = [np.transpose(file[reference][()]) for reference in references]
+    phis = np.transpose(file[phis_name][()])
+    boxes = np.transpose(file[boxes_name][()])
+  return images, phis, boxes
 
 
 def _read_v5(path: str, names: tuple[str, str, str]):
-    try:
-        content = scipy.io.loadmat(path, variable_names=list(names))
-    except (ValueError, OSError) as error:
-        raise AnnotationError(f"{path}: not a readable MATLAB .mat file ({error})") from None
-    missing = [name for name in names if name not in content]
-    if missing:
-        raise AnnotationError(f"{path}: variables {missing} not found")
-    images_name, phis_name, boxes_name = names
-    images = list(content[images_name].ravel(order="F"))
-    return images, content[phis_name], content[boxes_name]
+  try:
+    content = scipy.io.loadmat(path, variable_names=list(names))
+  except (ValueError, OSError) as error:
+    raise AnnotationError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+  missing = [name for name in names if name not in content]
+  if missing:
+    raise AnnotationError(f"{path}: variables {missing} not found")
+  images_name, phis_name, boxes_name = names
+  images = list(content[images_name].ravel(order="F"))
+  return images, content[phis_name], content[boxes_name]
 
 
 def read_cofw_mat(path: str | os.PathLike, split: str):
-    """Read a COFW .mat (v7.3/HDF5 or v5) into MATLAB-shaped arrays.
+  """Read a COFW .mat (v7.3/HDF5 or v5) into MATLAB-shaped arrays.
 
-    Returns:
-      (images: list of N [H, W, 3] uint8, phis: [N, 87] float64 1-based,
-      bboxes: [N, 4] float64 1-based [x y w h]).
-    """
-    path = os.fspath(path)
-    if split not in SPLIT_VARIABLES:
-        raise ValueError(f"unknown COFW split {split!r}; choose from {sorted(SPLIT_VARIABLES)}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"COFW file not found: {path}")
-    names = SPLIT_VARIABLES[split]
-    reader = _read_v73 if h5py.is_hdf5(path) else _read_v5
-    images, phis, boxes = reader(path, names)
-    count = len(images)
-    phis = np.asarray(phis, dtype=np.float64)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if phis.shape != (count, 3 * POINTS_COFW):
-        raise AnnotationError(f"{path}: {names[1]} has shape {phis.shape}, expected "
-                              f"({count}, {3 * POINTS_COFW}) for {count} images")
-    if boxes.shape != (count, 4):
-        raise AnnotationError(f"{path}: {names[2]} has shape {boxes.shape}, "
-                              f"expected ({count}, 4)")
-    images = [_as_rgb(np.asarray(image), f"{path} {names[0]}{{{index + 1}}}")
-              for index, image in enumerate(images)]
-    return images, phis, boxes
+  Returns:
+    (images: list of N [H, W, 3] uint8, phis: [N, 87] float64 1-based,
+    bboxes: [N, 4] float64 1-based [x y w h]).
+  """
+  path = os.fspath(path)
+  if split not in SPLIT_VARIABLES:
+    raise ValueError(f"unknown COFW split {split!r}; choose from {sorted(SPLIT_VARIABLES)}")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"COFW file not found: {path}")
+  names = SPLIT_VARIABLES[split]
+  reader = _read_v73 if h5py.is_hdf5(path) else _read_v5
+  images, phis, boxes = reader(path, names)
+  count = len(images)
+  phis = np.asarray(phis, dtype=np.float64)
+  boxes = np.asarray(boxes, dtype=np.float64)
+  if phis.shape != (count, 3 * POINTS_COFW):
+    raise AnnotationError(
+      f"{path}: {names[1]} has shape {phis.shape}, expected "
+      f"({count}, {3 * POINTS_COFW}) for {count} images"
+    )
+  if boxes.shape != (count, 4):
+    raise AnnotationError(f"{path}: {names[2]} has shape {boxes.shape}, expected ({count}, 4)")
+  images = [
+    _as_rgb(np.asarray(image), f"{path} {names[0]}{{{index + 1}}}")
+    for index, image in enumerate(images)
+  ]
+  return images, phis, boxes
 
 
 def _box_from_xywh(xywh: np.ndarray, source: str) -> np.ndarray:
-    x, y, width, height = np.asarray(xywh, dtype=np.float64).reshape(4)
-    if not np.all(np.isfinite([x, y, width, height])) or width <= 0 or height <= 0:
-        raise AnnotationError(f"{source}: box [x y w h] = {[x, y, width, height]} is invalid")
-    return np.array([x - 1.0, y - 1.0, x - 1.0 + width, y - 1.0 + height], dtype=np.float32)
+  x, y, width, height = np.asarray(xywh, dtype=np.float64).reshape(4)
+  if not np.all(np.isfinite([x, y, width, height])) or width <= 0 or height <= 0:
+    raise AnnotationError(f"{source}: box [x y w h] = {[x, y, width, height]} is invalid")
+  return np.array([x - 1.0, y - 1.0, x - 1.0 + width, y - 1.0 + height], dtype=np.float32)
 
 
 def _find_cofw_mat(directories: list[str], split: str) -> str:
-    candidates = [os.path.join(d, name) for d in directories for name in SPLIT_FILES[split]]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    raise FileNotFoundError(f"COFW {split} file not found: expected one of {candidates}")
+  candidates = [os.path.join(d, name) for d in directories for name in SPLIT_FILES[split]]
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return candidate
+  raise FileNotFoundError(f"COFW {split} file not found: expected one of {candidates}")
 
 
-def _make_record(image, landmarks, occluded, official_box, box_source, subset, index,
-                 max_outside, source) -> FaceRecord:
-    check_finite(landmarks, source)
-    check_inside_image(landmarks, image.shape[1], image.shape[0], max_outside, source)
-    box = official_box if box_source == "official" else box_from_landmarks(landmarks)
-    return FaceRecord(image_path=None, landmarks=landmarks, box=box, subset=subset,
-                      occluded=occluded, attributes={"cofw_index": index + 1}, image=image)
+def _make_record(
+  image, landmarks, occluded, official_box, box_source, subset, index, max_outside, source
+) -> FaceRecord:
+  check_finite(landmarks, source)
+  check_inside_image(landmarks, image.shape[1], image.shape[0], max_outside, source)
+  box = official_box if box_source == "official" else box_from_landmarks(landmarks)
+  return FaceRecord(
+    image_path=None,
+    landmarks=landmarks,
+    box=box,
+    subset=subset,
+    occluded=occluded,
+    attributes={"cofw_index": index + 1},
+    image=image,
+  )
 
 
 def _check_box_source(box_source: str) -> None:
-    if box_source not in BOX_SOURCES:
-        raise ValueError(f"unknown box_source {box_source!r}; choose from {BOX_SOURCES}")
+  if box_source not in BOX_SOURCES:
+    raise ValueError(f"unknown box_source {box_source!r}; choose from {BOX_SOURCES}")
 
 
 def read_cofw(
-    root: str | os.PathLike, split: str, *, box_source: str = "landmarks",
-    skip_bad: bool = False, max_outside: float = DEFAULT_MAX_OUTSIDE,
+  root: str | os.PathLike,
+  split: str,
+  *,
+  box_source: str = "landmarks",
+  skip_bad: bool = False,
+  max_outside: float = DEFAULT_MAX_OUTSIDE,
 ) -> list[FaceRecord]:
-    """Read COFW-29 "train" (1,345) or "test" (507) from ``root``.
+  """Read COFW-29 "train" (1,345) or "test" (507) from ``root``.
 
-    Records carry the pixels (``image``, ``image_path`` None), 0-based
-    landmarks [29, 2], ``occluded`` [29], ``attributes={"cofw_index": i}``
-    (1-based position in the file) and ``subset`` = split. ``box_source`` is
-    "landmarks" or "official" (bboxes). Bad faces raise, or are skipped and
-    counted with ``skip_bad``.
-    """
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown COFW split {split!r}; choose from {sorted(SPLIT_SIZES)}")
-    _check_box_source(box_source)
-    path = _find_cofw_mat([os.fspath(root)], split)
-    images, phis, boxes = read_cofw_mat(path, split)
-    warn_count(f"COFW {split}", len(images), SPLIT_SIZES[split], path)
-    records, skipped = [], []
-    for index, image in enumerate(images):
-        source = f"{path} face {index + 1}"
-        try:
-            row = phis[index]
-            landmarks = np.stack([row[:POINTS_COFW], row[POINTS_COFW:2 * POINTS_COFW]], 1) - 1.0
-            flags = row[2 * POINTS_COFW:]
-            check_finite(flags, source)
-            records.append(_make_record(
-                image, landmarks, flags > 0.5, _box_from_xywh(boxes[index], source),
-                box_source, split, index, max_outside, source))
-        except AnnotationError as error:
-            if not skip_bad:
-                raise
-            skipped.append((source, str(error)))
-    report_skipped(f"COFW {split}", skipped, len(images))
-    if not records:
-        raise AnnotationError(f"{path}: no usable faces (all were skipped as bad)")
-    return records
+  Records carry the pixels (``image``, ``image_path`` None), 0-based
+  landmarks [29, 2], ``occluded`` [29], ``attributes={"cofw_index": i}``
+  (1-based position in the file) and ``subset`` = split. ``box_source`` is
+  "landmarks" or "official" (bboxes). Bad faces raise, or are skipped and
+  counted with ``skip_bad``.
+  """
+  if split not in SPLIT_SIZES:
+    raise ValueError(f"unknown COFW split {split!r}; choose from {sorted(SPLIT_SIZES)}")
+  _check_box_source(box_source)
+  path = _find_cofw_mat([os.fspath(root)], split)
+  images, phis, boxes = read_cofw_mat(path, split)
+  warn_count(f"COFW {split}", len(images), SPLIT_SIZES[split], path)
+  records, skipped = [], []
+  for index, image in enumerate(images):
+    source = f"{path} face {index + 1}"
+    try:
+      row = phis[index]
+      landmarks = np.stack([row[:POINTS_COFW], row[POINTS_COFW : 2 * POINTS_COFW]], 1) - 1.0
+      flags = row[2 * POINTS_COFW :]
+      check_finite(flags, source)
+      records.append(
+        _make_record(
+          image,
+          landmarks,
+          flags > 0.5,
+          _box_from_xywh(boxes[index], source),
+          box_source,
+          split,
+          index,
+          max_outside,
+          source,
+        )
+      )
+    except AnnotationError as error:
+      if not skip_bad:
+        raise
+      skipped.append((source, str(error)))
+  report_skipped(f"COFW {split}", skipped, len(images))
+  if not records:
+    raise AnnotationError(f"{path}: no usable faces (all were skipped as bad)")
+  return records
 
 
 def _read_points_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        content = scipy.io.loadmat(path)
-    except (ValueError, OSError, NotImplementedError) as error:
-        raise AnnotationError(f"{path}: not a readable MATLAB .mat file ({error})") from None
-    if "Points" not in content or "Occ" not in content:
-        raise AnnotationError(f"{path}: expected variables Points and Occ")
-    points = np.asarray(content["Points"], dtype=np.float64)
-    occluded = np.asarray(content["Occ"], dtype=np.float64).reshape(-1)
-    if points.shape != (POINTS_COFW68, 2):
-        raise AnnotationError(f"{path}: Points has shape {points.shape}, "
-                              f"expected ({POINTS_COFW68}, 2)")
-    if occluded.shape != (POINTS_COFW68,):
-        raise AnnotationError(f"{path}: Occ has {occluded.size} values, "
-                              f"expected {POINTS_COFW68}")
-    check_finite(points, path)
-    check_finite(occluded, path)
-    return points, occluded > 0.5
+  try:
+    content = scipy.io.loadmat(path)
+  except (ValueError, OSError, NotImplementedError) as error:
+    raise AnnotationError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+  if "Points" not in content or "Occ" not in content:
+    raise AnnotationError(f"{path}: expected variables Points and Occ")
+  points = np.asarray(content["Points"], dtype=np.float64)
+  occluded = np.asarray(content["Occ"], dtype=np.float64).reshape(-1)
+  if points.shape != (POINTS_COFW68, 2):
+    raise AnnotationError(f"{path}: Points has shape {points.shape}, expected ({POINTS_COFW68}, 2)")
+  if occluded.shape != (POINTS_COFW68,):
+    raise AnnotationError(f"{path}: Occ has {occluded.size} values, expected {POINTS_COFW68}")
+  check_finite(points, path)
+  check_finite(occluded, path)
+  return points, occluded > 0.5
 
 
 def read_cofw68(
-    root: str | os.PathLike, *, box_source: str = "landmarks", skip_bad: bool = False,
-    max_outside: float = DEFAULT_MAX_OUTSIDE,
+  root: str | os.PathLike,
+  *,
+  box_source: str = "landmarks",
+  skip_bad: bool = False,
+  max_outside: float = DEFAULT_MAX_OUTSIDE,
 ) -> list[FaceRecord]:
-    """Read the 507 COFW test faces with the 68-point COFW-68 annotations.
+  """Read the 507 COFW test faces with the 68-point COFW-68 annotations.
 
-    ``root`` holds ``COFW68_Data/`` (test_annotations/, cofw68_test_bboxes.mat)
-    and the COFW test images (``COFW_test_color.mat`` or ``COFW_test.mat``,
-    in ``root`` or in ``root/COFW68_Data`` as the benchmark's README puts it).
-    Records: landmarks [68, 2] 0-based, ``occluded`` [68], subset "cofw68",
-    ``attributes={"cofw_index": i}``. ``box_source`` "official" uses
-    cofw68_test_bboxes.mat (the 300-W-style detector boxes of the benchmark).
-    """
-    _check_box_source(box_source)
-    root = os.fspath(root)
-    data_dir = os.path.join(root, COFW68_DIR)
-    annotations_dir = os.path.join(data_dir, "test_annotations")
-    if not os.path.isdir(annotations_dir):
-        raise FileNotFoundError(f"COFW-68 annotation folder not found: {annotations_dir}")
-    images_path = _find_cofw_mat([root, data_dir], "test")
-    images, _, _ = read_cofw_mat(images_path, "test")
-    boxes = None
-    if box_source == "official":
-        boxes_path = os.path.join(data_dir, "cofw68_test_bboxes.mat")
-        if not os.path.isfile(boxes_path):
-            raise FileNotFoundError(f"COFW-68 boxes not found: {boxes_path}")
-        boxes = np.asarray(scipy.io.loadmat(boxes_path).get("bboxes"), dtype=np.float64)
-        if boxes.shape != (len(images), 4):
-            raise AnnotationError(f"{boxes_path}: bboxes has shape {boxes.shape}, "
-                                  f"expected ({len(images)}, 4)")
-    annotated = sum(name.endswith("_points.mat") for name in os.listdir(annotations_dir))
-    warn_count("COFW-68", annotated, SPLIT_SIZES["test"], annotations_dir)
-    records, skipped = [], []
-    for index, image in enumerate(images):
-        path = os.path.join(annotations_dir, f"{index + 1}_points.mat")
-        try:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: COFW-68 annotation for test image "
-                                        f"{index + 1} not found")
-            points, occluded = _read_points_mat(path)
-            official = None if boxes is None else _box_from_xywh(boxes[index], path)
-            records.append(_make_record(image, points - 1.0, occluded, official, box_source,
-                                        "cofw68", index, max_outside, path))
-        except (AnnotationError, FileNotFoundError) as error:
-            if not skip_bad:
-                raise
-            skipped.append((path, str(error)))
-    report_skipped("COFW-68", skipped, len(images))
-    if not records:
-        raise AnnotationError(f"{annotations_dir}: no usable faces (all were skipped as bad)")
-    return records
+  ``root`` holds ``COFW68_Data/`` (test_annotations/, cofw68_test_bboxes.mat)
+  and the COFW test images (``COFW_test_color.mat`` or ``COFW_test.mat``,
+  in ``root`` or in ``root/COFW68_Data`` as the benchmark's README puts it).
+  Records: landmarks [68, 2] 0-based, ``occluded`` [68], subset "cofw68",
+  ``attributes={"cofw_index": i}``. ``box_source`` "official" uses
+  cofw68_test_bboxes.mat (the 300-W-style detector boxes of the benchmark).
+  """
+  _check_box_source(box_source)
+  root = os.fspath(root)
+  data_dir = os.path.join(root, COFW68_DIR)
+  annotations_dir = os.path.join(data_dir, "test_annotations")
+  if not os.path.isdir(annotations_dir):
+    raise FileNotFoundError(f"COFW-68 annotation folder not found: {annotations_dir}")
+  images_path = _find_cofw_mat([root, data_dir], "test")
+  images, _, _ = read_cofw_mat(images_path, "test")
+  boxes = None
+  if box_source == "official":
+    boxes_path = os.path.join(data_dir, "cofw68_test_bboxes.mat")
+    if not os.path.isfile(boxes_path):
+      raise FileNotFoundError(f"COFW-68 boxes not found: {boxes_path}")
+    boxes = np.asarray(scipy.io.loadmat(boxes_path).get("bboxes"), dtype=np.float64)
+    if boxes.shape != (len(images), 4):
+      raise AnnotationError(
+        f"{boxes_path}: bboxes has shape {boxes.shape}, expected ({len(images)}, 4)"
+      )
+  annotated = sum(name.endswith("_points.mat") for name in os.listdir(annotations_dir))
+  warn_count("COFW-68", annotated, SPLIT_SIZES["test"], annotations_dir)
+  records, skipped = [], []
+  for index, image in enumerate(images):
+    path = os.path.join(annotations_dir, f"{index + 1}_points.mat")
+    try:
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: COFW-68 annotation for test image {index + 1} not found")
+      points, occluded = _read_points_mat(path)
+      official = None if boxes is None else _box_from_xywh(boxes[index], path)
+      records.append(
+        _make_record(
+          image, points - 1.0, occluded, official, box_source, "cofw68", index, max_outside, path
+        )
+      )
+    except (AnnotationError, FileNotFoundError) as error:
+      if not skip_bad:
+        raise
+      skipped.append((path, str(error)))
+  report_skipped("COFW-68", skipped, len(images))
+  if not records:
+    raise AnnotationError(f"{annotations_dir}: no usable faces (all were skipped as bad)")
+  return records

@@ -38,8 +38,12 @@ def synthetic_config(config, split: str = "train") -> synthetic.SyntheticConfig:
 
 def _synthetic_ranges(config) -> dict:
   """Disjoint face-index ranges of the synthetic splits, in the order of SYNTHETIC_SPLITS."""
-  sizes = {"train": config.data.train_size, "validation": config.data.validation_size,
-           "test": config.data.test_size, "occluded_test": config.data.test_size}
+  sizes = {
+    "train": config.data.train_size,
+    "validation": config.data.validation_size,
+    "test": config.data.test_size,
+    "occluded_test": config.data.test_size,
+  }
   ranges, start = {}, 0
   for split in SYNTHETIC_SPLITS:
     ranges[split] = (start, int(sizes[split]))
@@ -55,8 +59,10 @@ def synthetic_source(config, split: str) -> SyntheticSource:
 def _require_root(config, field: str = "root") -> str:
   root = config.data.get(field, "")
   if not root:
-    raise ValueError(f"config data.{field} is empty: point it at the dataset's release folder, "
-                     f"e.g. --config.data.{field}=/data/300W")
+    raise ValueError(
+      f"config data.{field} is empty: point it at the dataset's release folder, "
+      f"e.g. --config.data.{field}=/data/300W"
+    )
   if not os.path.isdir(root):
     raise FileNotFoundError(f"config data.{field}={root!r} is not a folder")
   return root
@@ -66,8 +72,12 @@ def read_training_records(config) -> list:
   """The training faces of a real dataset (before the validation carve-out)."""
   dataset, skip = config.data.dataset, bool(config.data.skip_bad_samples)
   if dataset == "300w":
-    return w300.read_300w(_require_root(config), config.data.train_split,
-                          box_source=config.data.box_source, skip_bad=skip)
+    return w300.read_300w(
+      _require_root(config),
+      config.data.train_split,
+      box_source=config.data.box_source,
+      skip_bad=skip,
+    )
   if dataset == "wflw":
     return wflw.read_wflw(_require_root(config), "train", skip_bad=skip)
   if dataset == "folder":
@@ -102,12 +112,14 @@ def read_validation_list(path: str) -> list[str]:
   return names
 
 
-def split_validation_by_list(records: list, names: list[str], root: str,
-                             list_path: str) -> tuple[list, list]:
+def split_validation_by_list(
+  records: list, names: list[str], root: str, list_path: str
+) -> tuple[list, list]:
   """(train, validation): the faces of the listed images (paths relative to ``root``) validate.
 
   Every listed image must be among the records, so a typo or a missing folder is an error
   naming the list file, not a silently smaller validation split."""
+
   def relative(record):
     return os.path.relpath(record.source, root).replace(os.sep, "/")
 
@@ -115,8 +127,10 @@ def split_validation_by_list(records: list, names: list[str], root: str,
   validation = [record for record in records if relative(record) in listed]
   missing = sorted(listed - {relative(record) for record in validation})
   if missing:
-    raise ValueError(f"{list_path}: {len(missing)} listed image(s) are not among the training "
-                     f"faces under {root}, e.g. {missing[:3]}")
+    raise ValueError(
+      f"{list_path}: {len(missing)} listed image(s) are not among the training "
+      f"faces under {root}, e.g. {missing[:3]}"
+    )
   train = [record for record in records if relative(record) not in listed]
   return train, validation
 
@@ -126,21 +140,20 @@ def split_records(config, records: list) -> tuple[list, list]:
   `data.validation_fraction`)."""
   list_path = config.data.get("validation_list", "")
   if list_path:
-    return split_validation_by_list(records, read_validation_list(list_path),
-                                    _require_root(config), list_path)
+    return split_validation_by_list(
+      records, read_validation_list(list_path), _require_root(config), list_path
+    )
   return split_validation(records, float(config.data.validation_fraction), config.seed)
 
 
 def train_and_validation_sources(config):
   """(train source, validation source or None) for the configured dataset."""
   if config.data.dataset == "synthetic":
-    validation = (synthetic_source(config, "validation")
-                  if config.data.validation_size else None)
+    validation = synthetic_source(config, "validation") if config.data.validation_size else None
     return synthetic_source(config, "train"), validation
   train, validation = split_records(config, read_training_records(config))
   skip = bool(config.data.skip_bad_samples)
-  return (RecordSource(train, skip),
-          RecordSource(validation, skip) if validation else None)
+  return (RecordSource(train, skip), RecordSource(validation, skip) if validation else None)
 
 
 def pts_folders(root: str) -> list[str]:
@@ -168,15 +181,18 @@ def eval_sources(config) -> dict:
   if "validation" in splits:
     _, validation = train_and_validation_sources(config)
     if validation is None:
-      raise ValueError("eval split 'validation' needs data.validation_fraction > 0 "
-                       "(or data.validation_size for synthetic data)")
+      raise ValueError(
+        "eval split 'validation' needs data.validation_fraction > 0 "
+        "(or data.validation_size for synthetic data)"
+      )
     sources["validation"] = validation
     splits = tuple(split for split in splits if split != "validation")
   if dataset == "synthetic":
     sources.update({split: synthetic_source(config, split) for split in splits})
   elif dataset == "cofw68":
-    sources["test"] = RecordSource(cofw.read_cofw68(_require_root(config, "eval_root"),
-                                                    skip_bad=skip), skip)
+    sources["test"] = RecordSource(
+      cofw.read_cofw68(_require_root(config, "eval_root"), skip_bad=skip), skip
+    )
   elif dataset == "300w":
     root = _require_root(config)
     for split in splits:
@@ -186,8 +202,9 @@ def eval_sources(config) -> dict:
         warnings.warn(f"300-W split {split!r} left out of the evaluation: {error}")
   elif dataset == "wflw":
     subsets = wflw.wflw_subsets(wflw.read_wflw(_require_root(config), "test", skip_bad=skip))
-    sources.update({name: RecordSource(subsets[name], skip) for name in splits
-                    if subsets.get(name)})
+    sources.update(
+      {name: RecordSource(subsets[name], skip) for name in splits if subsets.get(name)}
+    )
   elif dataset == "folder":
     # Any folder of images + .pts, or a tree of them (e.g. a 300-W-layout folder): one subset
     # per folder, named by its path below the root.
@@ -195,11 +212,11 @@ def eval_sources(config) -> dict:
     root = os.path.normpath(_require_root(config, field))
     for folder in pts_folders(root):
       name = os.path.relpath(folder, os.path.dirname(root) if folder == root else root)
-      sources[name] = RecordSource(w300.read_pts_folder(folder, subset=name, skip_bad=skip),
-                                   skip)
+      sources[name] = RecordSource(w300.read_pts_folder(folder, subset=name, skip_bad=skip), skip)
   else:
-    raise ValueError(f"config data.eval_dataset={dataset!r}: expected synthetic, 300w, wflw, "
-                     f"cofw68 or folder")
+    raise ValueError(
+      f"config data.eval_dataset={dataset!r}: expected synthetic, 300w, wflw, cofw68 or folder"
+    )
   if not sources:
     raise ValueError(f"no evaluation subsets found for data.eval_splits={config.data.eval_splits}")
   return sources

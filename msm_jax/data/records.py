@@ -24,152 +24,170 @@ import numpy as np
 
 
 class AnnotationError(ValueError):
-    """An annotation file (or one face in it) is malformed; the message names the file."""
+  """An annotation file (or one face in it) is malformed; the message names the file."""
 
 
 class SkippedFacesWarning(UserWarning):
-    """Issued once per read when ``skip_bad=True`` left faces out.
+  """Issued once per read when ``skip_bad=True`` left faces out.
 
-    ``skipped`` holds ``(source, reason)`` pairs, one per face left out, so a
-    caller can count or log them: ``len(warning.skipped)``.
-    """
+  ``skipped`` holds ``(source, reason)`` pairs, one per face left out, so a
+  caller can count or log them: ``len(warning.skipped)``.
+  """
 
-    def __init__(self, message: str, skipped: Sequence[tuple[str, str]]):
-        super().__init__(message)
-        self.skipped = list(skipped)
+  def __init__(self, message: str, skipped: Sequence[tuple[str, str]]):
+    super().__init__(message)
+    self.skipped = list(skipped)
 
 
 class DatasetSizeWarning(UserWarning):
-    """The folder holds a different number of faces than the official release."""
+  """The folder holds a different number of faces than the official release."""
 
 
 def _frozen_array(value: Any, dtype: Any, name: str, shape_ok, shape_text: str) -> np.ndarray:
-    array = np.array(value, dtype=dtype)  # copy: a record never aliases caller memory
-    if not shape_ok(array.shape):
-        raise ValueError(f"FaceRecord.{name} must be {shape_text}, got shape {array.shape}")
-    array.setflags(write=False)
-    return array
+  array = np.array(value, dtype=dtype)  # copy: a record never aliases caller memory
+  if not shape_ok(array.shape):
+    raise ValueError(f"FaceRecord.{name} must be {shape_text}, got shape {array.shape}")
+  array.setflags(write=False)
+  return array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FaceRecord:
-    """One face of a dataset.
+  """One face of a dataset.
 
-    Attributes:
-      image_path: the image file, or None when the pixels live in ``image``.
-      landmarks: [L, 2] float32, (x, y) 0-based pixel-centre coordinates in the
-        stored pixel grid of the image.
-      box: [4] float32 (x0, y0, x1, y1) face box in the same coordinates.
-      subset: where the face comes from, e.g. "helen/trainset", "ibug", "test".
-      occluded: [L] bool, True where the dataset marks a landmark occluded
-        (COFW), else None.
-      attributes: dataset-specific extras (WFLW's six 0/1 flags), else None.
-      image: [H, W, 3] uint8 pixels for datasets that ship images inside an
-        annotation file (COFW's .mat), else None.
-    Arrays are copied and made read-only so a record is truly immutable.
-    Records compare by identity (``eq=False``): array equality is ambiguous.
-    """
+  Attributes:
+    image_path: the image file, or None when the pixels live in ``image``.
+    landmarks: [L, 2] float32, (x, y) 0-based pixel-centre coordinates in the
+      stored pixel grid of the image.
+    box: [4] float32 (x0, y0, x1, y1) face box in the same coordinates.
+    subset: where the face comes from, e.g. "helen/trainset", "ibug", "test".
+    occluded: [L] bool, True where the dataset marks a landmark occluded
+      (COFW), else None.
+    attributes: dataset-specific extras (WFLW's six 0/1 flags), else None.
+    image: [H, W, 3] uint8 pixels for datasets that ship images inside an
+      annotation file (COFW's .mat), else None.
+  Arrays are copied and made read-only so a record is truly immutable.
+  Records compare by identity (``eq=False``): array equality is ambiguous.
+  """
 
-    image_path: str | None
-    landmarks: np.ndarray
-    box: np.ndarray
-    subset: str
-    occluded: np.ndarray | None = None
-    attributes: dict | None = None
-    image: np.ndarray | None = None
+  image_path: str | None
+  landmarks: np.ndarray
+  box: np.ndarray
+  subset: str
+  occluded: np.ndarray | None = None
+  attributes: dict | None = None
+  image: np.ndarray | None = None
 
-    def __post_init__(self):
-        if self.image_path is None and self.image is None:
-            raise ValueError("FaceRecord needs an image_path or an image")
-        landmarks = _frozen_array(
-            self.landmarks, np.float32, "landmarks",
-            lambda s: len(s) == 2 and s[1] == 2 and s[0] > 0, "[L, 2] with L > 0")
-        object.__setattr__(self, "landmarks", landmarks)
-        object.__setattr__(self, "box", _frozen_array(
-            self.box, np.float32, "box", lambda s: s == (4,), "[4] (x0, y0, x1, y1)"))
-        if self.occluded is not None:
-            object.__setattr__(self, "occluded", _frozen_array(
-                self.occluded, bool, "occluded",
-                lambda s: s == (landmarks.shape[0],), f"[{landmarks.shape[0]}] bool"))
-        if self.image is not None:
-            image = np.asarray(self.image)
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(
-                    f"FaceRecord.image must be [H, W, 3] uint8, got {image.dtype} {image.shape}")
-            object.__setattr__(self, "image", _frozen_array(
-                image, np.uint8, "image", lambda s: True, ""))
+  def __post_init__(self):
+    if self.image_path is None and self.image is None:
+      raise ValueError("FaceRecord needs an image_path or an image")
+    landmarks = _frozen_array(
+      self.landmarks,
+      np.float32,
+      "landmarks",
+      lambda s: len(s) == 2 and s[1] == 2 and s[0] > 0,
+      "[L, 2] with L > 0",
+    )
+    object.__setattr__(self, "landmarks", landmarks)
+    object.__setattr__(
+      self,
+      "box",
+      _frozen_array(self.box, np.float32, "box", lambda s: s == (4,), "[4] (x0, y0, x1, y1)"),
+    )
+    if self.occluded is not None:
+      object.__setattr__(
+        self,
+        "occluded",
+        _frozen_array(
+          self.occluded,
+          bool,
+          "occluded",
+          lambda s: s == (landmarks.shape[0],),
+          f"[{landmarks.shape[0]}] bool",
+        ),
+      )
+    if self.image is not None:
+      image = np.asarray(self.image)
+      if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+          f"FaceRecord.image must be [H, W, 3] uint8, got {image.dtype} {image.shape}"
+        )
+      object.__setattr__(self, "image", _frozen_array(image, np.uint8, "image", lambda s: True, ""))
 
-    @property
-    def num_landmarks(self) -> int:
-        return int(self.landmarks.shape[0])
+  @property
+  def num_landmarks(self) -> int:
+    return int(self.landmarks.shape[0])
 
-    @property
-    def source(self) -> str:
-        """A short human-readable origin for messages: the image path or the subset."""
-        return self.image_path if self.image_path is not None else self.subset
+  @property
+  def source(self) -> str:
+    """A short human-readable origin for messages: the image path or the subset."""
+    return self.image_path if self.image_path is not None else self.subset
 
 
 def box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
-    """Tight box around the landmarks.
+  """Tight box around the landmarks.
 
-    Args:
-      landmarks: [L, 2] (x, y).
-    Returns:
-      [4] float32 (x_min, y_min, x_max, y_max).
-    """
-    points = np.asarray(landmarks, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
-        raise ValueError(f"landmarks must be [L, 2] with L > 0, got shape {points.shape}")
-    if not np.all(np.isfinite(points)):
-        raise ValueError("landmarks contain NaN or inf; cannot build a box")
-    return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
+  Args:
+    landmarks: [L, 2] (x, y).
+  Returns:
+    [4] float32 (x_min, y_min, x_max, y_max).
+  """
+  points = np.asarray(landmarks, dtype=np.float64)
+  if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+    raise ValueError(f"landmarks must be [L, 2] with L > 0, got shape {points.shape}")
+  if not np.all(np.isfinite(points)):
+    raise ValueError("landmarks contain NaN or inf; cannot build a box")
+  return np.concatenate([points.min(axis=0), points.max(axis=0)]).astype(np.float32)
 
 
 def check_finite(points: np.ndarray, source: str) -> None:
-    """Raise AnnotationError naming ``source`` if ``points`` holds NaN or inf."""
-    bad = ~np.isfinite(np.asarray(points, dtype=np.float64))
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise AnnotationError(f"{source}: non-finite coordinate (NaN or inf) at index {first}")
+  """Raise AnnotationError naming ``source`` if ``points`` holds NaN or inf."""
+  bad = ~np.isfinite(np.asarray(points, dtype=np.float64))
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise AnnotationError(f"{source}: non-finite coordinate (NaN or inf) at index {first}")
 
 
 def check_inside_image(
-    landmarks: np.ndarray, width: int, height: int, max_outside: float, source: str
+  landmarks: np.ndarray, width: int, height: int, max_outside: float, source: str
 ) -> None:
-    """Reject landmarks far outside the image: a sign of a wrong pairing or scale.
+  """Reject landmarks far outside the image: a sign of a wrong pairing or scale.
 
-    A landmark may lie outside the image (faces cut by the border are annotated
-    where the face would be), but by at most ``max_outside`` times the image's
-    width (for x) or height (for y) beyond its edges ``[-0.5, W - 0.5]``.
-    """
-    points = np.asarray(landmarks, dtype=np.float64)
-    low = np.array([-0.5 - max_outside * width, -0.5 - max_outside * height])
-    high = np.array([width - 0.5 + max_outside * width, height - 0.5 + max_outside * height])
-    outside = np.any((points < low) | (points > high), axis=1)
-    if outside.any():
-        index = int(np.argmax(outside))
-        x, y = points[index]
-        raise AnnotationError(
-            f"{source}: landmark {index} at ({x:.1f}, {y:.1f}) lies far outside the "
-            f"{width}x{height} image (allowed margin {max_outside:g} of the image size); "
-            "wrong image, wrong scale, or wrong annotation file?")
+  A landmark may lie outside the image (faces cut by the border are annotated
+  where the face would be), but by at most ``max_outside`` times the image's
+  width (for x) or height (for y) beyond its edges ``[-0.5, W - 0.5]``.
+  """
+  points = np.asarray(landmarks, dtype=np.float64)
+  low = np.array([-0.5 - max_outside * width, -0.5 - max_outside * height])
+  high = np.array([width - 0.5 + max_outside * width, height - 0.5 + max_outside * height])
+  outside = np.any((points < low) | (points > high), axis=1)
+  if outside.any():
+    index = int(np.argmax(outside))
+    x, y = points[index]
+    raise AnnotationError(
+      f"{source}: landmark {index} at ({x:.1f}, {y:.1f}) lies far outside the "
+      f"{width}x{height} image (allowed margin {max_outside:g} of the image size); "
+      "wrong image, wrong scale, or wrong annotation file?"
+    )
 
 
 def warn_count(dataset: str, found: int, expected: int, where: str) -> None:
-    """Warn with "found N of M" when a folder holds part of (or more than) a split."""
-    if found != expected:
-        warnings.warn(
-            f"{dataset}: found {found} of {expected} faces in {where}",
-            DatasetSizeWarning, stacklevel=3)
+  """Warn with "found N of M" when a folder holds part of (or more than) a split."""
+  if found != expected:
+    warnings.warn(
+      f"{dataset}: found {found} of {expected} faces in {where}", DatasetSizeWarning, stacklevel=3
+    )
 
 
 def report_skipped(dataset: str, skipped: Sequence[tuple[str, str]], total: int) -> None:
-    """Issue one SkippedFacesWarning listing what ``skip_bad=True`` left out."""
-    if not skipped:
-        return
-    examples = "; ".join(reason for _, reason in skipped[:3])
-    more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
-    warnings.warn(
-        SkippedFacesWarning(
-            f"{dataset}: skipped {len(skipped)} of {total} faces: {examples}{more}", skipped),
-        stacklevel=3)
+  """Issue one SkippedFacesWarning listing what ``skip_bad=True`` left out."""
+  if not skipped:
+    return
+  examples = "; ".join(reason for _, reason in skipped[:3])
+  more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+  warnings.warn(
+    SkippedFacesWarning(
+      f"{dataset}: skipped {len(skipped)} of {total} faces: {examples}{more}", skipped
+    ),
+    stacklevel=3,
+  )

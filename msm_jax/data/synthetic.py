@@ -45,46 +45,68 @@ class SyntheticConfig:
   max_shift: shift of the face centre, as a fraction of image_size. After the shift, the face
     is moved back inside the image if its landmarks would come within 2 % of the border.
   """
+
   image_size: int = 128
-  num_faces: int = 10_000          # faces in the default data set (read by data loaders)
-  seed: int = 0                    # seed of the default data set (read by data loaders)
-  num_landmarks: int = 68          # 68 (iBUG / 300-W), 98 (WFLW) or 29 (COFW)
-  supersample: int = 2             # drawing resolution factor (anti-aliasing)
+  num_faces: int = 10_000  # faces in the default data set (read by data loaders)
+  seed: int = 0  # seed of the default data set (read by data loaders)
+  num_landmarks: int = 68  # 68 (iBUG / 300-W), 98 (WFLW) or 29 (COFW)
+  supersample: int = 2  # drawing resolution factor (anti-aliasing)
   face_size_range: tuple[float, float] = (0.45, 0.65)
   max_roll_deg: float = 25.0
   max_yaw_deg: float = 30.0
   max_pitch_deg: float = 12.0
   max_shift: float = 0.08
   mouth_open_prob: float = 0.4
-  max_mouth_open: float = 1.0      # 1 = widest opening of the shape model
+  max_mouth_open: float = 1.0  # 1 = widest opening of the shape model
   max_smile: float = 1.0
   max_brow_raise: float = 1.0
-  illumination_strength: float = 0.4   # brightness gradient across the image
+  illumination_strength: float = 0.4  # brightness gradient across the image
   blur_prob: float = 0.3
-  max_blur_sigma: float = 1.2      # Gaussian blur sigma in output pixels
-  max_noise_std: float = 10.0      # Gaussian pixel noise std, in 0..255 grey levels
-  background_clutter: int = 10     # at most this many small shapes / lines / textures
-  occlusion_prob: float = 0.3      # probability that a face has occluders
+  max_blur_sigma: float = 1.2  # Gaussian blur sigma in output pixels
+  max_noise_std: float = 10.0  # Gaussian pixel noise std, in 0..255 grey levels
+  background_clutter: int = 10  # at most this many small shapes / lines / textures
+  occlusion_prob: float = 0.3  # probability that a face has occluders
   max_occluders: int = 2
 
   def __post_init__(self):
     def check(ok, field, problem):
       if not ok:
         raise ValueError(f"SyntheticConfig.{field}={getattr(self, field)!r}: {problem}")
-    check(isinstance(self.image_size, int) and self.image_size >= 32, "image_size",
-          "must be an int >= 32")
+
+    check(
+      isinstance(self.image_size, int) and self.image_size >= 32,
+      "image_size",
+      "must be an int >= 32",
+    )
     check(self.num_landmarks in _SCHEMES, "num_landmarks", "must be 68, 98 or 29")
     check(self.supersample in (1, 2, 3, 4), "supersample", "must be 1, 2, 3 or 4")
     sizes = self.face_size_range
-    check(len(sizes) == 2 and 0 < sizes[0] <= sizes[1] <= 1, "face_size_range",
-          "needs (low, high) with 0 < low <= high <= 1")
+    check(
+      len(sizes) == 2 and 0 < sizes[0] <= sizes[1] <= 1,
+      "face_size_range",
+      "needs (low, high) with 0 < low <= high <= 1",
+    )
     check(0 <= self.max_roll_deg <= 180, "max_roll_deg", "must be in [0, 180]")
-    check(0 <= self.max_yaw_deg <= shapes.MAX_YAW_DEG, "max_yaw_deg",
-          f"must be in [0, {shapes.MAX_YAW_DEG:.1f}] (larger yaw folds the face over)")
-    check(0 <= self.max_pitch_deg <= shapes.MAX_PITCH_DEG, "max_pitch_deg",
-          f"must be in [0, {shapes.MAX_PITCH_DEG:.1f}]")
-    for field in ("mouth_open_prob", "blur_prob", "occlusion_prob", "max_mouth_open",
-                  "max_smile", "max_brow_raise", "illumination_strength", "max_shift"):
+    check(
+      0 <= self.max_yaw_deg <= shapes.MAX_YAW_DEG,
+      "max_yaw_deg",
+      f"must be in [0, {shapes.MAX_YAW_DEG:.1f}] (larger yaw folds the face over)",
+    )
+    check(
+      0 <= self.max_pitch_deg <= shapes.MAX_PITCH_DEG,
+      "max_pitch_deg",
+      f"must be in [0, {shapes.MAX_PITCH_DEG:.1f}]",
+    )
+    for field in (
+      "mouth_open_prob",
+      "blur_prob",
+      "occlusion_prob",
+      "max_mouth_open",
+      "max_smile",
+      "max_brow_raise",
+      "illumination_strength",
+      "max_shift",
+    ):
       check(0 <= getattr(self, field) <= 1, field, "must be in [0, 1]")
     for field in ("max_blur_sigma", "max_noise_std", "background_clutter", "num_faces"):
       check(getattr(self, field) >= 0, field, "must be >= 0")
@@ -197,7 +219,8 @@ def _background(rng: np.random.Generator, size: int, clutter: int) -> Image.Imag
       cells = rng.integers(0, 256, (2 + int(rng.integers(10)), 2 + int(rng.integers(10)), 3))
       width, height = (scale * (0.5 + rng.random(2))).astype(int) + 2
       patch = Image.fromarray(cells.astype(np.uint8)).resize(
-          (int(width), int(height)), Image.NEAREST if rng.random() < 0.5 else Image.BILINEAR)
+        (int(width), int(height)), Image.NEAREST if rng.random() < 0.5 else Image.BILINEAR
+      )
       image.paste(patch, tuple((centre - [width / 2, height / 2]).astype(int)))
   return image
 
@@ -205,14 +228,21 @@ def _background(rng: np.random.Generator, size: int, clutter: int) -> Image.Imag
 def _skin_tone(u: np.ndarray) -> np.ndarray:
   """Skin colour from dark to light with a little red / yellow variation; u: 3 uniforms."""
   dark, light = np.array([80.0, 52.0, 38.0]), np.array([245.0, 212.0, 188.0])
-  return dark + (light - dark) * u[0] + np.array([12.0, 4.0, -6.0]) * (u[1] - 0.5) * 2 \
-      + np.array([0.0, 8.0, -8.0]) * (u[2] - 0.5)
+  return (
+    dark
+    + (light - dark) * u[0]
+    + np.array([12.0, 4.0, -6.0]) * (u[1] - 0.5) * 2
+    + np.array([0.0, 8.0, -8.0]) * (u[2] - 0.5)
+  )
 
 
-_HAIR = np.array([[20, 16, 14], [60, 40, 25], [110, 75, 45], [190, 160, 110], [150, 150, 150],
-                  [130, 55, 30]], dtype=np.float64)
-_IRIS = np.array([[70, 45, 25], [40, 25, 15], [60, 100, 150], [70, 110, 70], [100, 100, 110]],
-                 dtype=np.float64)
+_HAIR = np.array(
+  [[20, 16, 14], [60, 40, 25], [110, 75, 45], [190, 160, 110], [150, 150, 150], [130, 55, 30]],
+  dtype=np.float64,
+)
+_IRIS = np.array(
+  [[70, 45, 25], [40, 25, 15], [60, 100, 150], [70, 110, 70], [100, 100, 110]], dtype=np.float64
+)
 
 
 def _draw_face(image, rng, shape: shapes.FaceShape, pose: shapes.Pose, lm, c: int) -> None:
@@ -222,8 +252,11 @@ def _draw_face(image, rng, shape: shapes.FaceShape, pose: shapes.Pose, lm, c: in
   skin = _skin_tone(u[0:3])
   hair = _HAIR[int(u[3] * len(_HAIR))] * (0.8 + 0.4 * u[4])
   brow = 0.3 * skin + 0.3 * hair  # always clearly darker than the skin
-  lips = skin * [0.78, 0.5, 0.52] + [28, 6, 12] if u[5] < 0.8 else np.array([150, 25, 45]) * (
-      0.6 + 0.5 * u[6])
+  lips = (
+    skin * [0.78, 0.5, 0.52] + [28, 6, 12]
+    if u[5] < 0.8
+    else np.array([150, 25, 45]) * (0.6 + 0.5 * u[6])
+  )
   to_canvas = lambda canonical: shapes.apply_pose(canonical, shape, pose) * c + (c - 1) / 2
 
   # Long hair falls behind the head, short hair only covers its top; some faces are bald.
@@ -231,8 +264,9 @@ def _draw_face(image, rng, shape: shapes.FaceShape, pose: shapes.Pose, lm, c: in
   if style < 2:
     arc = shape.forehead * [1.12, 1.08] + [0, -0.05]
     length = 1.4 if style == 0 else 0.1
-    back = np.concatenate([[[1.12 * shape.half_width, length]], arc,
-                           [[-1.12 * shape.half_width, length]]])
+    back = np.concatenate(
+      [[[1.12 * shape.half_width, length]], arc, [[-1.12 * shape.half_width, length]]]
+    )
     _fill([draw], to_canvas(back), [_rgb(hair)])
   _fill([draw], to_canvas(shape.neck), [_rgb(skin * 0.72)])
   jaw = shapes.jaw_curve(lm)
@@ -274,8 +308,12 @@ def _draw_face(image, rng, shape: shapes.FaceShape, pose: shapes.Pose, lm, c: in
   _stroke([draw], shapes.spline(lm[27:31], shapes.dense_params(4, 3, False), False), [shade], c)
   base = shapes.spline(lm[31:36], shapes.dense_params(5, 3, False), False)
   for centre in (0.6 * lm[32] + 0.4 * lm[31], 0.6 * lm[34] + 0.4 * lm[35]):
-    nostril = _ellipse(centre - [0, 0.02 * iod], 0.045 * iod, 0.022 * iod,
-                       math.atan2(lm[35, 1] - lm[31, 1], lm[35, 0] - lm[31, 0]))
+    nostril = _ellipse(
+      centre - [0, 0.02 * iod],
+      0.045 * iod,
+      0.022 * iod,
+      math.atan2(lm[35, 1] - lm[31, 1], lm[35, 0] - lm[31, 0]),
+    )
     _fill([draw], nostril, [_rgb(skin * 0.35)])
   _stroke([draw], base, [_rgb(skin * 0.5)], c)
 
@@ -285,8 +323,12 @@ def _draw_face(image, rng, shape: shapes.FaceShape, pose: shapes.Pose, lm, c: in
   if opening > 0.5 * c:
     _fill([draw], shapes.lip_outline(lm, inner=True), [_rgb(lips * 0.25)])
   else:
-    _stroke([draw], shapes.spline(lm[60:65], shapes.dense_params(5, 3, False), False),
-            [_rgb(lips * 0.4)], c)
+    _stroke(
+      [draw],
+      shapes.spline(lm[60:65], shapes.dense_params(5, 3, False), False),
+      [_rgb(lips * 0.4)],
+      c,
+    )
 
 
 def _occluders(rng, draws, lm: np.ndarray, max_count: int) -> None:
@@ -307,8 +349,9 @@ def _occluders(rng, draws, lm: np.ndarray, max_count: int) -> None:
       for finger in range(4):
         spread = angle + (finger - 1.5) * 0.28
         base = centre + palm[0] * 0.8 * np.array([math.cos(spread), math.sin(spread)])
-        tip = base + iod * (0.35 + 0.2 * rng.random()) * np.array([math.cos(spread),
-                                                                   math.sin(spread)])
+        tip = base + iod * (0.35 + 0.2 * rng.random()) * np.array(
+          [math.cos(spread), math.sin(spread)]
+        )
         _fill(draws, _ellipse(tip, 0.06 * iod, 0.06 * iod, 0.0), colours)
         _stroke(draws, np.stack([base, tip]), colours, max(1, int(0.12 * iod)))
     elif kind == "bar":  # a straight object crossing the face
@@ -317,8 +360,14 @@ def _occluders(rng, draws, lm: np.ndarray, max_count: int) -> None:
       half_length, half_width = iod * (0.6 + 1.5 * rng.random()), iod * (0.06 + 0.12 * rng.random())
       along = half_length * np.array([math.cos(angle), math.sin(angle)])
       across = half_width * np.array([-math.sin(angle), math.cos(angle)])
-      corners = np.stack([centre + along + across, centre + along - across,
-                          centre - along - across, centre - along + across])
+      corners = np.stack(
+        [
+          centre + along + across,
+          centre + along - across,
+          centre - along - across,
+          centre - along + across,
+        ]
+      )
       _fill(draws, corners, colours)
     elif kind == "sunglasses":  # two dark lenses on the eyes, a bridge and the temples
       axis = lm[45] - lm[36]
@@ -363,15 +412,19 @@ def _sample_pose(rng, shape: shapes.FaceShape, config: SyntheticConfig) -> shape
   low, high = config.face_size_range
   angle = lambda max_deg, v: math.radians(max_deg) * (2 * v - 1)
   centre = (size - 1) / 2 + config.max_shift * size * (2 * u[4:6] - 1)
-  pose = shapes.Pose(yaw=angle(config.max_yaw_deg, u[0]), pitch=angle(config.max_pitch_deg, u[1]),
-                     roll=angle(config.max_roll_deg, u[2]),
-                     pixels_per_unit=(low + (high - low) * u[3]) * size
-                     / shapes.CANONICAL_FACE_HEIGHT, centre=(0.0, 0.0))
+  pose = shapes.Pose(
+    yaw=angle(config.max_yaw_deg, u[0]),
+    pitch=angle(config.max_pitch_deg, u[1]),
+    roll=angle(config.max_roll_deg, u[2]),
+    pixels_per_unit=(low + (high - low) * u[3]) * size / shapes.CANONICAL_FACE_HEIGHT,
+    centre=(0.0, 0.0),
+  )
   lm = shapes.pose_landmarks(shape, pose)
   margin = 0.02 * size
   low_bound, high_bound = margin - lm.min(0), size - 1 - margin - lm.max(0)
-  inside = np.where(low_bound > high_bound, 0.5 * (low_bound + high_bound),
-                    np.clip(centre, low_bound, high_bound))
+  inside = np.where(
+    low_bound > high_bound, 0.5 * (low_bound + high_bound), np.clip(centre, low_bound, high_bound)
+  )
   return dataclasses.replace(pose, centre=(float(inside[0]), float(inside[1])))
 
 
@@ -388,14 +441,21 @@ def render_face(seed: int, index: int, config=None, return_occluder_mask: bool =
   """
   config = _as_config(config)
   seed, index = _check_int("seed", seed), _check_int("index", index)
-  streams = [np.random.Generator(np.random.PCG64(s))
-             for s in np.random.SeedSequence([seed, index]).spawn(6)]
+  streams = [
+    np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence([seed, index]).spawn(6)
+  ]
   shape_rng, pose_rng, look_rng, background_rng, occluder_rng, post_rng = streams
   c, size = config.supersample, config.image_size
 
-  shape = shapes.face_shape(shapes.sample_shape_params(
-      shape_rng, config.max_mouth_open, config.max_smile, config.max_brow_raise,
-      config.mouth_open_prob))
+  shape = shapes.face_shape(
+    shapes.sample_shape_params(
+      shape_rng,
+      config.max_mouth_open,
+      config.max_smile,
+      config.max_brow_raise,
+      config.mouth_open_prob,
+    )
+  )
   pose = _sample_pose(pose_rng, shape, config)
   lm68 = shapes.pose_landmarks(shape, pose)
   landmarks = _SCHEMES[config.num_landmarks](lm68)
@@ -405,8 +465,9 @@ def render_face(seed: int, index: int, config=None, return_occluder_mask: bool =
   _draw_face(image, look_rng, shape, pose, lm68_canvas, c)
   mask = Image.new("L", image.size, 0)
   if occluder_rng.random() < config.occlusion_prob:
-    _occluders(occluder_rng, [ImageDraw.Draw(image), ImageDraw.Draw(mask)], lm68_canvas,
-               config.max_occluders)
+    _occluders(
+      occluder_rng, [ImageDraw.Draw(image), ImageDraw.Draw(mask)], lm68_canvas, config.max_occluders
+    )
   if c > 1:
     image, mask = image.reduce(c), mask.reduce(c)
 
@@ -417,8 +478,10 @@ def render_face(seed: int, index: int, config=None, return_occluder_mask: bool =
   ramp_x, ramp_y = _ramps(size)
   strength, direction = config.illumination_strength, 2 * math.pi * u[3]
   light = np.float32(0.8 + 0.35 * u[2]) * (
-      1 + np.float32(strength * math.cos(direction)) * ramp_x
-      + np.float32(strength * math.sin(direction)) * ramp_y)
+    1
+    + np.float32(strength * math.cos(direction)) * ramp_x
+    + np.float32(strength * math.sin(direction)) * ramp_y
+  )
   tint = (1 + 0.12 * (u[4:7] - 0.5)).astype(np.float32)
   pixels = np.asarray(image, dtype=np.float32) * (light[:, :, None] * tint)
   noise_std = config.max_noise_std * u[7]
@@ -430,9 +493,12 @@ def render_face(seed: int, index: int, config=None, return_occluder_mask: bool =
 
   coverage = np.asarray(mask, dtype=np.float32) / 255
   cells = np.clip(np.rint(landmarks), 0, size - 1).astype(int)
-  out = dict(image=pixels, landmarks=landmarks.astype(np.float32),
-             occluded=coverage[cells[:, 1], cells[:, 0]] >= 0.5,
-             box=np.concatenate([landmarks.min(0), landmarks.max(0)]).astype(np.float32))
+  out = dict(
+    image=pixels,
+    landmarks=landmarks.astype(np.float32),
+    occluded=coverage[cells[:, 1], cells[:, 0]] >= 0.5,
+    box=np.concatenate([landmarks.min(0), landmarks.max(0)]).astype(np.float32),
+  )
   if return_occluder_mask:
     out["occluder_mask"] = coverage
   return out
@@ -446,23 +512,29 @@ def render_faces(seed: int, count: int, config=None, start: int = 0) -> dict:
   faces = [render_face(seed, start + i, config) for i in range(count)]
   size, num = config.image_size, config.num_landmarks
   stack = lambda key, empty: np.stack([f[key] for f in faces]) if faces else empty
-  return dict(images=stack("image", np.zeros((0, size, size, 3), np.uint8)),
-              landmarks=stack("landmarks", np.zeros((0, num, 2), np.float32)),
-              occluded=stack("occluded", np.zeros((0, num), bool)),
-              boxes=stack("box", np.zeros((0, 4), np.float32)))
+  return dict(
+    images=stack("image", np.zeros((0, size, size, 3), np.uint8)),
+    landmarks=stack("landmarks", np.zeros((0, num, 2), np.float32)),
+    occluded=stack("occluded", np.zeros((0, num), bool)),
+    boxes=stack("box", np.zeros((0, 4), np.float32)),
+  )
 
 
-def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray,
-                   zoom: int = 2) -> Image.Image:
+def draw_landmarks(
+  image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray, zoom: int = 2
+) -> Image.Image:
   """Image [S, S, 3] uint8 enlarged `zoom` x (pixel copies: the real pixels, and small PNGs)
   with visible landmarks as green dots and occluded ones as red dots."""
-  canvas = Image.fromarray(image).resize((image.shape[1] * zoom, image.shape[0] * zoom),
-                                         Image.NEAREST)
+  canvas = Image.fromarray(image).resize(
+    (image.shape[1] * zoom, image.shape[0] * zoom), Image.NEAREST
+  )
   draw = ImageDraw.Draw(canvas)
   radius = 0.6 + 0.35 * zoom
   for (x, y), hidden in zip(landmarks * zoom + (zoom - 1) / 2, occluded):
-    draw.ellipse([x - radius, y - radius, x + radius, y + radius],
-                 fill=(255, 40, 40) if hidden else (40, 255, 60))
+    draw.ellipse(
+      [x - radius, y - radius, x + radius, y + radius],
+      fill=(255, 40, 40) if hidden else (40, 255, 60),
+    )
   return canvas
 
 
@@ -474,7 +546,8 @@ def save_sample_grid(path, seed: int = 0, config=None, rows: int = 4, zoom: int 
   tile = config.image_size * zoom
   grid = Image.new("RGB", (rows * tile + (rows - 1) * 4,) * 2, (255, 255, 255))
   for i in range(rows * rows):
-    annotated = draw_landmarks(faces["images"][i], faces["landmarks"][i], faces["occluded"][i],
-                               zoom)
+    annotated = draw_landmarks(
+      faces["images"][i], faces["landmarks"][i], faces["occluded"][i], zoom
+    )
     grid.paste(annotated, ((i % rows) * (tile + 4), (i // rows) * (tile + 4)))
   grid.save(path, optimize=True)

@@ -68,7 +68,8 @@ def _stencil(num_points: int, params: tuple[float, ...], closed: bool):
   u = (t - segment)[:, None]
   u2, u3 = u * u, u * u * u
   weights = 0.5 * np.concatenate(
-      [-u3 + 2 * u2 - u, 3 * u3 - 5 * u2 + 2, -3 * u3 + 4 * u2 + u, u3 - u2], axis=1)
+    [-u3 + 2 * u2 - u, 3 * u3 - 5 * u2 + 2, -3 * u3 + 4 * u2 + u, u3 - u2], axis=1
+  )
   # Padded array: one phantom point before and two after, so segment k uses rows k .. k+3.
   return segment[:, None] + np.arange(4)[None, :], weights
 
@@ -91,7 +92,7 @@ def spline(points: np.ndarray, params, closed: bool) -> np.ndarray:
   # Four explicit products summed left to right: the same rounding on every machine.
   out = padded[..., index[:, 0], :] * weight[:, 0:1]
   for j in range(1, 4):
-    out = out + padded[..., index[:, j], :] * weight[:, j:j + 1]
+    out = out + padded[..., index[:, j], :] * weight[:, j : j + 1]
   return out
 
 
@@ -132,9 +133,14 @@ def brow_lower_edge(landmarks: np.ndarray, side: int) -> np.ndarray:
   """
   brow = landmarks[..., BROWS[side], :]
   taper = _BROW_TAPER if side == 0 else _BROW_TAPER[::-1]
-  tangent = np.concatenate([brow[..., 1:2, :] - brow[..., :1, :],
-                            brow[..., 2:, :] - brow[..., :-2, :],
-                            brow[..., -1:, :] - brow[..., -2:-1, :]], axis=-2)
+  tangent = np.concatenate(
+    [
+      brow[..., 1:2, :] - brow[..., :1, :],
+      brow[..., 2:, :] - brow[..., :-2, :],
+      brow[..., -1:, :] - brow[..., -2:-1, :],
+    ],
+    axis=-2,
+  )
   normal = np.stack([-tangent[..., 1], tangent[..., 0]], axis=-1)
   normal = normal / np.sqrt((normal * normal).sum(-1, keepdims=True))
   towards_eye = landmarks[..., EYE_CONTOURS[side], :].mean(axis=-2, keepdims=True) - brow
@@ -182,8 +188,39 @@ def lip_outline(landmarks: np.ndarray, inner: bool, per_segment: int = 3) -> np.
 # Quarter points of each lid: WFLW's 8-point eyes from the 6-point contour (t in contour steps).
 _WFLW_EYE_PARAMS = (0.0, 0.75, 1.5, 2.25, 3.0, 3.75, 4.5, 5.25)
 # COFW's 29 points picked from the 98-point layout (0-based), in COFW order (see map_68_to_29).
-COFW_FROM_WFLW = np.array([33, 46, 37, 42, 35, 40, 44, 48, 60, 72, 64, 68, 62, 66, 70, 74, 96, 97,
-                           55, 59, 54, 57, 76, 82, 79, 90, 94, 85, 16])
+COFW_FROM_WFLW = np.array(
+  [
+    33,
+    46,
+    37,
+    42,
+    35,
+    40,
+    44,
+    48,
+    60,
+    72,
+    64,
+    68,
+    62,
+    66,
+    70,
+    74,
+    96,
+    97,
+    55,
+    59,
+    54,
+    57,
+    76,
+    82,
+    79,
+    90,
+    94,
+    85,
+    16,
+  ]
+)
 
 
 def map_68_to_98(landmarks) -> np.ndarray:
@@ -211,9 +248,18 @@ def map_68_to_98(landmarks) -> np.ndarray:
     raise ValueError(f"map_68_to_98: landmarks must have shape [..., 68, 2], got {lm.shape}")
   contour = spline(lm[..., 0:17, :], tuple(k / 2 for k in range(33)), False)
   eyes = [spline(lm[..., idx, :], _WFLW_EYE_PARAMS, True) for idx in EYE_CONTOURS]
-  parts = [contour,
-           lm[..., 17:22, :], brow_lower_edge(lm, 0), lm[..., 22:27, :], brow_lower_edge(lm, 1),
-           lm[..., 27:36, :], eyes[0], eyes[1], lm[..., 48:68, :], eye_centres(lm)]
+  parts = [
+    contour,
+    lm[..., 17:22, :],
+    brow_lower_edge(lm, 0),
+    lm[..., 22:27, :],
+    brow_lower_edge(lm, 1),
+    lm[..., 27:36, :],
+    eyes[0],
+    eyes[1],
+    lm[..., 48:68, :],
+    eye_centres(lm),
+  ]
   return np.concatenate(parts, axis=-2)
 
 
@@ -241,24 +287,55 @@ def map_68_to_29(landmarks) -> np.ndarray:
 # The parametric face.
 
 # Neutral values of the shape parameters; sampled ranges follow in SHAPE_RANGES.
-NEUTRAL = dict(width=1.0, height=1.0, jaw_square=0.4, chin_taper=0.2, eye_spacing=1.0,
-               eye_size=1.0, eye_open=1.0, eye_tilt=0.02, brow_height=0.0, brow_arch=1.0,
-               nose_length=1.0, nose_width=1.0, mouth_width=1.0, lip_thickness=1.0,
-               mouth_open=0.0, smile=0.0, brow_raise=0.0)
-SHAPE_RANGES = dict(width=(0.88, 1.1), height=(0.9, 1.12), jaw_square=(0.0, 0.8),
-                    chin_taper=(0.05, 0.35), eye_spacing=(0.92, 1.08), eye_size=(0.85, 1.15),
-                    eye_open=(0.6, 1.25), eye_tilt=(-0.02, 0.05), brow_height=(-0.05, 0.06),
-                    brow_arch=(0.5, 1.5), nose_length=(0.85, 1.15), nose_width=(0.8, 1.25),
-                    mouth_width=(0.85, 1.15), lip_thickness=(0.7, 1.3))
+NEUTRAL = dict(
+  width=1.0,
+  height=1.0,
+  jaw_square=0.4,
+  chin_taper=0.2,
+  eye_spacing=1.0,
+  eye_size=1.0,
+  eye_open=1.0,
+  eye_tilt=0.02,
+  brow_height=0.0,
+  brow_arch=1.0,
+  nose_length=1.0,
+  nose_width=1.0,
+  mouth_width=1.0,
+  lip_thickness=1.0,
+  mouth_open=0.0,
+  smile=0.0,
+  brow_raise=0.0,
+)
+SHAPE_RANGES = dict(
+  width=(0.88, 1.1),
+  height=(0.9, 1.12),
+  jaw_square=(0.0, 0.8),
+  chin_taper=(0.05, 0.35),
+  eye_spacing=(0.92, 1.08),
+  eye_size=(0.85, 1.15),
+  eye_open=(0.6, 1.25),
+  eye_tilt=(-0.02, 0.05),
+  brow_height=(-0.05, 0.06),
+  brow_arch=(0.5, 1.5),
+  nose_length=(0.85, 1.15),
+  nose_width=(0.8, 1.25),
+  mouth_width=(0.85, 1.15),
+  lip_thickness=(0.7, 1.3),
+)
 
 
-def sample_shape_params(rng: np.random.Generator, max_mouth_open: float, max_smile: float,
-                        max_brow_raise: float, mouth_open_prob: float) -> dict:
+def sample_shape_params(
+  rng: np.random.Generator,
+  max_mouth_open: float,
+  max_smile: float,
+  max_brow_raise: float,
+  mouth_open_prob: float,
+) -> dict:
   """Draws one face's shape and expression. Always draws the same count of numbers, so the
   rest of the face's random stream does not depend on these settings."""
   u = rng.random(len(SHAPE_RANGES) + 5)
   params = {k: lo + (hi - lo) * u[i] for i, (k, (lo, hi)) in enumerate(SHAPE_RANGES.items())}
-  e = u[len(SHAPE_RANGES):]
+  e = u[len(SHAPE_RANGES) :]
   params["mouth_open"] = max_mouth_open * e[1] if e[0] < mouth_open_prob else 0.0
   params["smile"] = max_smile * e[2] if e[3] < 0.5 else 0.0
   params["brow_raise"] = max_brow_raise * e[4]
@@ -273,6 +350,7 @@ class FaceShape:
   end (landmark 16) to its left end (landmark 0), both excluded; neck: [4, 2];
   half_width, top, chin: the face's extent used by the pose squash.
   """
+
   landmarks: np.ndarray
   forehead: np.ndarray
   neck: np.ndarray
@@ -316,8 +394,12 @@ def face_shape(params: dict) -> FaceShape:
 
   # Image-left brow (17 outer -> 21 inner); the image-right brow mirrors it (22 inner -> 26).
   brow_x = np.array([-0.9, -0.73, -0.54, -0.35, -0.17]) * (0.5 + 0.5 * p["eye_spacing"])
-  brow_y = (-0.32 - p["brow_height"] + p["brow_arch"] * np.array([0.06, -0.03, -0.07, -0.07, -0.03])
-            - p["brow_raise"] * np.array([0.05, 0.07, 0.09, 0.11, 0.12]))
+  brow_y = (
+    -0.32
+    - p["brow_height"]
+    + p["brow_arch"] * np.array([0.06, -0.03, -0.07, -0.07, -0.03])
+    - p["brow_raise"] * np.array([0.05, 0.07, 0.09, 0.11, 0.12])
+  )
   lm[17:22] = np.stack([brow_x, brow_y], axis=1)
 
   # Image-left eye: 36 outer corner, 37-38 upper lid, 39 inner corner, 40-41 lower lid.
@@ -326,8 +408,14 @@ def face_shape(params: dict) -> FaceShape:
   upper = 0.095 * p["eye_size"] * p["eye_open"]
   lower = 0.06 * p["eye_size"] * p["eye_open"] * (1 - 0.3 * p["smile"])
   third, two_thirds = outer + (inner - outer) / 3, outer + 2 * (inner - outer) / 3
-  lm[36:42] = [outer, third - [0, 0.95 * upper], two_thirds - [0, upper], inner,
-               two_thirds + [0, lower], third + [0, lower]]
+  lm[36:42] = [
+    outer,
+    third - [0, 0.95 * upper],
+    two_thirds - [0, upper],
+    inner,
+    two_thirds + [0, lower],
+    third + [0, lower],
+  ]
 
   length, nose_w = p["nose_length"], p["nose_width"]
   lm[27:31] = [[0, -0.02], [0, 0.15 * length], [0, 0.31 * length], [0, 0.47 * length]]
@@ -357,9 +445,29 @@ def face_shape(params: dict) -> FaceShape:
 
   # Mirror the left half onto the right half (image-right brow, eye, nose, mouth).
   mirror = {16 - k: k for k in range(8)}
-  mirror |= {22: 21, 23: 20, 24: 19, 25: 18, 26: 17, 42: 39, 43: 38, 44: 37, 45: 36, 46: 41,
-            47: 40, 34: 32, 35: 31, 52: 50, 53: 49, 54: 48, 55: 59, 56: 58, 63: 61, 64: 60,
-            65: 67}
+  mirror |= {
+    22: 21,
+    23: 20,
+    24: 19,
+    25: 18,
+    26: 17,
+    42: 39,
+    43: 38,
+    44: 37,
+    45: 36,
+    46: 41,
+    47: 40,
+    34: 32,
+    35: 31,
+    52: 50,
+    53: 49,
+    54: 48,
+    55: 59,
+    56: 58,
+    63: 61,
+    64: 60,
+    65: 67,
+  }
   for right, left in mirror.items():
     lm[right] = [-lm[left, 0], lm[left, 1]]
 
@@ -381,6 +489,7 @@ def mean_shape() -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Pose:
   """yaw, pitch, roll in radians; pixels_per_unit; centre = image position of FACE_CENTRE."""
+
   yaw: float
   pitch: float
   roll: float
@@ -410,8 +519,9 @@ def apply_pose(points: np.ndarray, shape: FaceShape, pose: Pose, protrusion=None
   y = y + PROTRUSION_GAIN * sin_pitch * protrusion
   cos_r, sin_r = math.cos(pose.roll), math.sin(pose.roll)
   dx, dy = (x - FACE_CENTRE[0]) * pose.pixels_per_unit, (y - FACE_CENTRE[1]) * pose.pixels_per_unit
-  return np.stack([pose.centre[0] + cos_r * dx - sin_r * dy,
-                   pose.centre[1] + sin_r * dx + cos_r * dy], axis=1)
+  return np.stack(
+    [pose.centre[0] + cos_r * dx - sin_r * dy, pose.centre[1] + sin_r * dx + cos_r * dy], axis=1
+  )
 
 
 def pose_landmarks(shape: FaceShape, pose: Pose) -> np.ndarray:

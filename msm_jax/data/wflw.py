@@ -34,14 +34,26 @@ import numpy as np
 
 from msm_jax.data.images import ImageReadError, image_size
 from msm_jax.data.records import (
-    AnnotationError, FaceRecord, box_from_landmarks, check_finite, check_inside_image,
-    report_skipped, warn_count)
+  AnnotationError,
+  FaceRecord,
+  box_from_landmarks,
+  check_finite,
+  check_inside_image,
+  report_skipped,
+  warn_count,
+)
 
 POINTS_WFLW = 98
 ATTRIBUTE_NAMES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 SPLIT_SIZES = {"train": 7500, "test": 2500}
-TEST_SUBSET_SIZES = {"pose": 326, "expression": 314, "illumination": 698, "makeup": 206,
-                     "occlusion": 736, "blur": 773}
+TEST_SUBSET_SIZES = {
+  "pose": 326,
+  "expression": 314,
+  "illumination": 698,
+  "makeup": 206,
+  "occlusion": 736,
+  "blur": 773,
+}
 BOX_SOURCES = ("landmarks", "official")
 LIST_DIR = os.path.join("WFLW_annotations", "list_98pt_rect_attr_train_test")
 IMAGES_DIR = "WFLW_images"
@@ -52,122 +64,145 @@ _BAD_FACE_ERRORS = (AnnotationError, ImageReadError, FileNotFoundError)
 
 
 def parse_wflw_line(line: str, source: str) -> tuple[np.ndarray, np.ndarray, dict, str]:
-    """Parse one annotation line.
+  """Parse one annotation line.
 
-    Args:
-      line: one line of a list_98pt_rect_attr_*.txt file.
-      source: "file, line N", used in error messages.
-    Returns:
-      (landmarks [98, 2] float32, rect [4] float32 (x_min, y_min, x_max, y_max),
-      {attribute name: 0 or 1}, image path relative to WFLW_images/).
-    """
-    parts = line.split()
-    if len(parts) < _FIELDS:
-        raise AnnotationError(f"{source}: {len(parts)} fields, expected {_FIELDS} "
-                              "(196 coordinates, 4 rect values, 6 flags, image path)")
-    numbers_end = 2 * POINTS_WFLW + 4
-    try:
-        numbers = np.array([float(value) for value in parts[:numbers_end]], dtype=np.float64)
-        flags = [int(value) for value in parts[numbers_end:numbers_end + len(ATTRIBUTE_NAMES)]]
-    except ValueError:
-        raise AnnotationError(f"{source}: a coordinate, rect value or flag is not a number") \
-            from None
-    if any(flag not in (0, 1) for flag in flags):
-        raise AnnotationError(f"{source}: attribute flags must be 0 or 1, got {flags}")
-    check_finite(numbers, source)
-    landmarks = numbers[:2 * POINTS_WFLW].reshape(POINTS_WFLW, 2)
-    rect = numbers[2 * POINTS_WFLW:numbers_end]
-    if not (rect[2] > rect[0] and rect[3] > rect[1]):
-        raise AnnotationError(f"{source}: rect {rect.tolist()} is not x_min y_min x_max y_max")
-    image_relative = " ".join(parts[numbers_end + len(ATTRIBUTE_NAMES):])
-    return (landmarks.astype(np.float32), rect.astype(np.float32),
-            dict(zip(ATTRIBUTE_NAMES, flags)), image_relative)
+  Args:
+    line: one line of a list_98pt_rect_attr_*.txt file.
+    source: "file, line N", used in error messages.
+  Returns:
+    (landmarks [98, 2] float32, rect [4] float32 (x_min, y_min, x_max, y_max),
+    {attribute name: 0 or 1}, image path relative to WFLW_images/).
+  """
+  parts = line.split()
+  if len(parts) < _FIELDS:
+    raise AnnotationError(
+      f"{source}: {len(parts)} fields, expected {_FIELDS} "
+      "(196 coordinates, 4 rect values, 6 flags, image path)"
+    )
+  numbers_end = 2 * POINTS_WFLW + 4
+  try:
+    numbers = np.array([float(value) for value in parts[:numbers_end]], dtype=np.float64)
+    flags = [int(value) for value in parts[numbers_end : numbers_end + len(ATTRIBUTE_NAMES)]]
+  except ValueError:
+    raise AnnotationError(f"{source}: a coordinate, rect value or flag is not a number") from None
+  if any(flag not in (0, 1) for flag in flags):
+    raise AnnotationError(f"{source}: attribute flags must be 0 or 1, got {flags}")
+  check_finite(numbers, source)
+  landmarks = numbers[: 2 * POINTS_WFLW].reshape(POINTS_WFLW, 2)
+  rect = numbers[2 * POINTS_WFLW : numbers_end]
+  if not (rect[2] > rect[0] and rect[3] > rect[1]):
+    raise AnnotationError(f"{source}: rect {rect.tolist()} is not x_min y_min x_max y_max")
+  image_relative = " ".join(parts[numbers_end + len(ATTRIBUTE_NAMES) :])
+  return (
+    landmarks.astype(np.float32),
+    rect.astype(np.float32),
+    dict(zip(ATTRIBUTE_NAMES, flags)),
+    image_relative,
+  )
 
 
 def read_wflw_list(
-    list_path: str | os.PathLike, images_dir: str | os.PathLike, subset: str, *,
-    box_source: str = "landmarks", check_images: bool = True, skip_bad: bool = False,
-    max_outside: float = DEFAULT_MAX_OUTSIDE,
+  list_path: str | os.PathLike,
+  images_dir: str | os.PathLike,
+  subset: str,
+  *,
+  box_source: str = "landmarks",
+  check_images: bool = True,
+  skip_bad: bool = False,
+  max_outside: float = DEFAULT_MAX_OUTSIDE,
 ) -> list[FaceRecord]:
-    """Read one WFLW list file (or a file in the same format) into FaceRecords.
+  """Read one WFLW list file (or a file in the same format) into FaceRecords.
 
-    ``box_source`` is "landmarks" (tight box of the 98 points) or "official"
-    (the rect). With ``check_images`` each image must exist and its header is
-    read to reject landmarks beyond ``max_outside`` times the image size outside
-    it. ``attributes`` holds the six flags; ``subset`` is given by the caller.
-    """
-    list_path, images_dir = os.fspath(list_path), os.fspath(images_dir)
-    if box_source not in BOX_SOURCES:
-        raise ValueError(f"unknown box_source {box_source!r}; choose from {BOX_SOURCES}")
-    with open(list_path, encoding="utf-8") as file:
-        lines = [(number, line) for number, line in enumerate(file, 1) if line.strip()]
-    if not lines:
-        raise AnnotationError(f"{list_path}: empty annotation list")
-    records, skipped = [], []
-    for number, line in lines:
-        source = f"{list_path}, line {number}"
-        try:
-            landmarks, rect, attributes, relative = parse_wflw_line(line, source)
-            image_path = os.path.join(images_dir, relative)
-            if check_images:
-                width, height = image_size(image_path)
-                check_inside_image(landmarks, width, height, max_outside, source)
-            box = rect if box_source == "official" else box_from_landmarks(landmarks)
-            records.append(FaceRecord(image_path=image_path, landmarks=landmarks, box=box,
-                                      subset=subset, attributes=attributes))
-        except _BAD_FACE_ERRORS as error:
-            if not skip_bad:
-                raise
-            skipped.append((source, str(error)))
-    report_skipped(f"WFLW {subset}", skipped, len(lines))
-    if not records:
-        raise AnnotationError(f"{list_path}: no usable faces (all were skipped as bad)")
-    return records
+  ``box_source`` is "landmarks" (tight box of the 98 points) or "official"
+  (the rect). With ``check_images`` each image must exist and its header is
+  read to reject landmarks beyond ``max_outside`` times the image size outside
+  it. ``attributes`` holds the six flags; ``subset`` is given by the caller.
+  """
+  list_path, images_dir = os.fspath(list_path), os.fspath(images_dir)
+  if box_source not in BOX_SOURCES:
+    raise ValueError(f"unknown box_source {box_source!r}; choose from {BOX_SOURCES}")
+  with open(list_path, encoding="utf-8") as file:
+    lines = [(number, line) for number, line in enumerate(file, 1) if line.strip()]
+  if not lines:
+    raise AnnotationError(f"{list_path}: empty annotation list")
+  records, skipped = [], []
+  for number, line in lines:
+    source = f"{list_path}, line {number}"
+    try:
+      landmarks, rect, attributes, relative = parse_wflw_line(line, source)
+      image_path = os.path.join(images_dir, relative)
+      if check_images:
+        width, height = image_size(image_path)
+        check_inside_image(landmarks, width, height, max_outside, source)
+      box = rect if box_source == "official" else box_from_landmarks(landmarks)
+      records.append(
+        FaceRecord(
+          image_path=image_path, landmarks=landmarks, box=box, subset=subset, attributes=attributes
+        )
+      )
+    except _BAD_FACE_ERRORS as error:
+      if not skip_bad:
+        raise
+      skipped.append((source, str(error)))
+  report_skipped(f"WFLW {subset}", skipped, len(lines))
+  if not records:
+    raise AnnotationError(f"{list_path}: no usable faces (all were skipped as bad)")
+  return records
 
 
 def read_wflw(
-    root: str | os.PathLike, split: str, *, box_source: str = "landmarks",
-    check_images: bool = True, skip_bad: bool = False,
-    max_outside: float = DEFAULT_MAX_OUTSIDE,
+  root: str | os.PathLike,
+  split: str,
+  *,
+  box_source: str = "landmarks",
+  check_images: bool = True,
+  skip_bad: bool = False,
+  max_outside: float = DEFAULT_MAX_OUTSIDE,
 ) -> list[FaceRecord]:
-    """Read the WFLW "train" or "test" split from the official layout under ``root``.
+  """Read the WFLW "train" or "test" split from the official layout under ``root``.
 
-    Records keep the list's order; ``subset`` is the split name. A list with a
-    different number of faces than the release (7,500 / 2,500) warns
-    "found N of M" (DatasetSizeWarning).
-    """
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"unknown WFLW split {split!r}; choose from {sorted(SPLIT_SIZES)}")
-    root = os.fspath(root)
-    list_path = os.path.join(root, LIST_DIR, f"list_98pt_rect_attr_{split}.txt")
-    if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"WFLW annotation list not found: {list_path}")
-    images_dir = os.path.join(root, IMAGES_DIR)
-    if check_images and not os.path.isdir(images_dir):
-        raise FileNotFoundError(f"WFLW image folder not found: {images_dir}")
-    with open(list_path, encoding="utf-8") as file:
-        faces = sum(1 for line in file if line.strip())
-    warn_count(f"WFLW {split}", faces, SPLIT_SIZES[split], list_path)
-    return read_wflw_list(list_path, images_dir, split, box_source=box_source,
-                          check_images=check_images, skip_bad=skip_bad,
-                          max_outside=max_outside)
+  Records keep the list's order; ``subset`` is the split name. A list with a
+  different number of faces than the release (7,500 / 2,500) warns
+  "found N of M" (DatasetSizeWarning).
+  """
+  if split not in SPLIT_SIZES:
+    raise ValueError(f"unknown WFLW split {split!r}; choose from {sorted(SPLIT_SIZES)}")
+  root = os.fspath(root)
+  list_path = os.path.join(root, LIST_DIR, f"list_98pt_rect_attr_{split}.txt")
+  if not os.path.isfile(list_path):
+    raise FileNotFoundError(f"WFLW annotation list not found: {list_path}")
+  images_dir = os.path.join(root, IMAGES_DIR)
+  if check_images and not os.path.isdir(images_dir):
+    raise FileNotFoundError(f"WFLW image folder not found: {images_dir}")
+  with open(list_path, encoding="utf-8") as file:
+    faces = sum(1 for line in file if line.strip())
+  warn_count(f"WFLW {split}", faces, SPLIT_SIZES[split], list_path)
+  return read_wflw_list(
+    list_path,
+    images_dir,
+    split,
+    box_source=box_source,
+    check_images=check_images,
+    skip_bad=skip_bad,
+    max_outside=max_outside,
+  )
 
 
 def wflw_subsets(records: list[FaceRecord]) -> dict[str, list[FaceRecord]]:
-    """Split WFLW test records into the evaluation subsets of Table VI.
+  """Split WFLW test records into the evaluation subsets of Table VI.
 
-    Returns:
-      {"full": all records, "pose": ..., "expression": ..., "illumination": ...,
-      "makeup": ..., "occlusion": ..., "blur": ...}; a face belongs to every
-      subset whose flag is 1 (subsets overlap), in the input order.
-    """
-    subsets = {"full": list(records)}
+  Returns:
+    {"full": all records, "pose": ..., "expression": ..., "illumination": ...,
+    "makeup": ..., "occlusion": ..., "blur": ...}; a face belongs to every
+    subset whose flag is 1 (subsets overlap), in the input order.
+  """
+  subsets = {"full": list(records)}
+  for name in ATTRIBUTE_NAMES:
+    subsets[name] = []
+  for record in records:
+    if not record.attributes or not set(ATTRIBUTE_NAMES) <= set(record.attributes):
+      raise ValueError(f"{record.source}: record has no WFLW attribute flags")
     for name in ATTRIBUTE_NAMES:
-        subsets[name] = []
-    for record in records:
-        if not record.attributes or not set(ATTRIBUTE_NAMES) <= set(record.attributes):
-            raise ValueError(f"{record.source}: record has no WFLW attribute flags")
-        for name in ATTRIBUTE_NAMES:
-            if record.attributes[name]:
-                subsets[name].append(record)
-    return subsets
+      if record.attributes[name]:
+        subsets[name].append(record)
+  return subsets

@@ -27,6 +27,7 @@ class DDNN(nn.Module):
     width: multiplies every layer's number of kernels (1.0 = Table II; tests use less).
     dtype: compute dtype (parameters stay float32).
   """
+
   width: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
@@ -36,12 +37,19 @@ class DDNN(nn.Module):
       raise ValueError(f"DDNN expects images [B, 128, 128, C] (Table II), got {images.shape}")
     x = images.astype(self.dtype)
     for index, features in enumerate(TABLE_II_FEATURES, start=1):
-      x = nn.Conv(max(1, round(features * self.width)), (4, 4), strides=2,
-                  padding=((1, 1), (1, 1)), use_bias=index == 1, dtype=self.dtype,
-                  name=f"conv{index}")(x)
+      x = nn.Conv(
+        max(1, round(features * self.width)),
+        (4, 4),
+        strides=2,
+        padding=((1, 1), (1, 1)),
+        use_bias=index == 1,
+        dtype=self.dtype,
+        name=f"conv{index}",
+      )(x)
       if index > 1:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         name=f"bn{index}")(x)
+        x = nn.BatchNorm(
+          use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{index}"
+        )(x)
       x = nn.leaky_relu(x, 0.2)
     two = nn.Conv(2, (2, 2), padding="VALID", dtype=self.dtype, name="conv7")(x)  # [B,1,1,2]
     two = two.reshape(images.shape[0], 2).astype(jnp.float32)

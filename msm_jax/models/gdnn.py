@@ -22,8 +22,18 @@ import jax
 import jax.numpy as jnp
 
 # (kernel, features, stride) of Conv1-Conv10, Table I with the output-size reading above.
-TABLE_I = ((3, 8, 2), (3, 16, 2), (3, 16, 1), (3, 32, 2), (3, 32, 1), (3, 64, 2), (3, 64, 1),
-           (3, 128, 2), (3, 128, 1), (4, 32, 1))
+TABLE_I = (
+  (3, 8, 2),
+  (3, 16, 2),
+  (3, 16, 1),
+  (3, 32, 2),
+  (3, 32, 1),
+  (3, 64, 2),
+  (3, 64, 1),
+  (3, 128, 2),
+  (3, 128, 1),
+  (4, 32, 1),
+)
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
@@ -39,6 +49,7 @@ class GDNN(nn.Module):
     width: multiplies every layer's number of kernels (1.0 = Table I; tests use less).
     dtype: compute dtype (parameters stay float32).
   """
+
   width: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
@@ -49,12 +60,25 @@ class GDNN(nn.Module):
     x = images.astype(self.dtype)
     for index, (kernel, features, stride) in enumerate(TABLE_I, start=1):
       last_spatial = index == len(TABLE_I)
-      x = nn.Conv(max(1, round(features * self.width)), (kernel, kernel), strides=stride,
-                  padding="VALID" if last_spatial else ((1, 1), (1, 1)) if kernel == 3
-                  else "SAME", use_bias=False, dtype=self.dtype, name=f"conv{index}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                       name=f"bn{index}")(x)
+      x = nn.Conv(
+        max(1, round(features * self.width)),
+        (kernel, kernel),
+        strides=stride,
+        padding="VALID" if last_spatial else ((1, 1), (1, 1)) if kernel == 3 else "SAME",
+        use_bias=False,
+        dtype=self.dtype,
+        name=f"conv{index}",
+      )(x)
+      x = nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"bn{index}"
+      )(x)
       x = nn.relu(x)
-    theta = nn.Conv(6, (1, 1), kernel_init=nn.initializers.zeros, bias_init=_identity_bias,
-                    dtype=self.dtype, name="conv11")(x)
+    theta = nn.Conv(
+      6,
+      (1, 1),
+      kernel_init=nn.initializers.zeros,
+      bias_init=_identity_bias,
+      dtype=self.dtype,
+      name="conv11",
+    )(x)
     return theta.reshape(images.shape[0], 2, 3).astype(jnp.float32)

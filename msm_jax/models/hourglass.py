@@ -62,6 +62,7 @@ def _pre_activation(x: jax.Array, train: bool, dtype: Dtype) -> jax.Array:
 
 class ResidualUnit(nn.Module):
   """Bottleneck residual unit of Fig. 4: ``[B, H, W, Cin] -> [B, H, W, features]``."""
+
   features: int
   dtype: Dtype = jnp.float32
 
@@ -74,13 +75,17 @@ class ResidualUnit(nn.Module):
     y = nn.Conv(bottleneck, (3, 3), padding=1, dtype=self.dtype)(y)
     y = _pre_activation(y, train, self.dtype)
     y = Conv1x1(self.features, dtype=self.dtype)(y)
-    skip = x if x.shape[-1] == self.features else Conv1x1(
-        self.features, dtype=self.dtype, name="skip")(x)
+    skip = (
+      x
+      if x.shape[-1] == self.features
+      else Conv1x1(self.features, dtype=self.dtype, name="skip")(x)
+    )
     return skip + y
 
 
 class HourglassModule(nn.Module):
   """One hourglass of ``depth`` levels: ``[B, H, W, C] -> [B, H, W, C]``, H % 2**depth == 0."""
+
   features: int
   depth: int
   dtype: Dtype = jnp.float32
@@ -94,8 +99,9 @@ class HourglassModule(nn.Module):
     else:
       low = ResidualUnit(self.features, self.dtype, name="bottom")(low, train)
     low = ResidualUnit(self.features, self.dtype, name="up")(low, train)
-    upsampled = Deconv2x2(self.features, dtype=self.dtype,
-                          kernel_init=_nearest_upsampling_init, name="deconv")(low)
+    upsampled = Deconv2x2(
+      self.features, dtype=self.dtype, kernel_init=_nearest_upsampling_init, name="deconv"
+    )(low)
     return skip + upsampled
 
 
@@ -115,6 +121,7 @@ class StackedHourglass(nn.Module):
     stem_widths: channels of the stem's three 3x3 convs.
     dtype: compute dtype.
   """
+
   num_landmarks: int = 68
   width: int = 256
   num_stacks: int = 2
@@ -127,12 +134,14 @@ class StackedHourglass(nn.Module):
     factor = 2 ** (self.depth + 1)
     if images.ndim != 4 or images.shape[1] % factor or images.shape[2] % factor:
       raise ValueError(
-          f"StackedHourglass expects images [B, H, W, C] with H and W divisible by "
-          f"2**(depth+1) = {factor}, got shape {images.shape}")
+        f"StackedHourglass expects images [B, H, W, C] with H and W divisible by "
+        f"2**(depth+1) = {factor}, got shape {images.shape}"
+      )
     if len(self.stem_widths) != 3:
       raise ValueError(f"stem_widths needs 3 entries, got {self.stem_widths}")
-    conv3x3 = lambda features, name: nn.Conv(features, (3, 3), padding=1,
-                                              dtype=self.dtype, name=name)
+    conv3x3 = lambda features, name: nn.Conv(
+      features, (3, 3), padding=1, dtype=self.dtype, name=name
+    )
     x = conv3x3(self.stem_widths[0], "stem_conv1")(images)
     x = conv3x3(self.stem_widths[1], "stem_conv2")(_pre_activation(x, train, self.dtype))
     x = max_pool_2x2(x)
@@ -144,12 +153,15 @@ class StackedHourglass(nn.Module):
       y = HourglassModule(self.width, self.depth, self.dtype, name=f"hourglass{stack}")(x, train)
       y = ResidualUnit(self.width, self.dtype, name=f"head_residual{stack}")(y, train)
       y = Conv1x1(self.width, dtype=self.dtype, name=f"head_conv{stack}")(
-          _pre_activation(y, train, self.dtype))
+        _pre_activation(y, train, self.dtype)
+      )
       y = _pre_activation(y, train, self.dtype)
-      stack_heatmaps = Conv1x1(self.num_landmarks, dtype=self.dtype,
-                               name=f"heatmaps{stack}")(y)
+      stack_heatmaps = Conv1x1(self.num_landmarks, dtype=self.dtype, name=f"heatmaps{stack}")(y)
       heatmaps.append(stack_heatmaps.astype(jnp.float32))
       if stack < self.num_stacks - 1:
-        x = (x + Conv1x1(self.width, dtype=self.dtype, name=f"features_back{stack}")(y)
-             + Conv1x1(self.width, dtype=self.dtype, name=f"heatmaps_back{stack}")(stack_heatmaps))
+        x = (
+          x
+          + Conv1x1(self.width, dtype=self.dtype, name=f"features_back{stack}")(y)
+          + Conv1x1(self.width, dtype=self.dtype, name=f"heatmaps_back{stack}")(stack_heatmaps)
+        )
     return jnp.stack(heatmaps)

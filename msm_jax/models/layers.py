@@ -67,6 +67,7 @@ class Deconv2x2(nn.Module):
     param_dtype: parameter dtype.
     kernel_init: initialiser of the ``[2, 2, Cin, Cout]`` kernel.
   """
+
   features: int
   use_bias: bool = True
   dtype: Dtype | None = None
@@ -78,10 +79,14 @@ class Deconv2x2(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f"Deconv2x2 expects [B, H, W, C] inputs, got shape {x.shape}")
-    kernel = self.param("kernel", self.kernel_init,
-                        (2, 2, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+      "kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     batch, height, width, _ = x.shape
     blocks = jnp.einsum("bhwc,ijcd->bhiwjd", x, kernel[::-1, ::-1])
@@ -101,6 +106,7 @@ class Conv1x1(nn.Module):
     param_dtype: parameter dtype.
     kernel_init: initialiser of the ``[1, 1, Cin, Cout]`` kernel (``nn.Conv``'s layout).
   """
+
   features: int
   use_bias: bool = True
   dtype: Dtype | None = None
@@ -110,10 +116,14 @@ class Conv1x1(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init,
-                        (1, 1, x.shape[-1], self.features), self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    kernel = self.param(
+      "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = jnp.dot(x, kernel[0, 0])
     if bias is not None:
@@ -202,6 +212,7 @@ class BatchNormReLU(nn.Module):
     dtype: output (compute) dtype; None keeps the input's.
     param_dtype: dtype of scale and bias.
   """
+
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype | None = None
@@ -216,8 +227,9 @@ class BatchNormReLU(nn.Module):
     running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
     if use_running_average:
-      return _normalize_relu(x, running_mean.value, running_var.value, scale, bias,
-                             self.epsilon, dtype)
+      return _normalize_relu(
+        x, running_mean.value, running_var.value, scale, bias, self.epsilon, dtype
+      )
     y, mean, var = batch_norm_relu_train(x, scale, bias, self.epsilon, dtype)
     if not self.is_initializing():
       running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean

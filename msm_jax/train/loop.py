@@ -31,6 +31,7 @@ class MetricsWriter:
     self._jsonl = open(os.path.join(workdir, "metrics", f"{stage}.jsonl"), "a")
     try:
       from tensorboardX import SummaryWriter
+
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard", stage))
     except ImportError:  # TensorBoard files are a convenience; JSON lines are the record.
       self._tensorboard = None
@@ -56,8 +57,9 @@ def _check_finite(stage: str, step: int, scalars: dict) -> None:
   bad = {name: value for name, value in scalars.items() if not math.isfinite(value)}
   if bad:
     raise TrainingDivergedError(
-        f"{stage}: non-finite metrics at step {step}: {bad}. Training stopped; the newest "
-        f"checkpoint (before step {step}) is intact. Lower the learning rate or check the data.")
+      f"{stage}: non-finite metrics at step {step}: {bad}. Training stopped; the newest "
+      f"checkpoint (before step {step}) is intact. Lower the learning rate or check the data."
+    )
 
 
 def _format_duration(seconds: float) -> str:
@@ -65,10 +67,24 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train_stage(*, stage: str, step_fn: Callable, state, batches: Iterator[dict], data_iterator,
-                manager, mesh, total_steps: int, batch_size: int, workdir: str,
-                log_every: int = 50, eval_fn: Callable | None = None, eval_every: int = 0,
-                meta: dict | None = None, log: Callable[[str], None] = print):
+def train_stage(
+  *,
+  stage: str,
+  step_fn: Callable,
+  state,
+  batches: Iterator[dict],
+  data_iterator,
+  manager,
+  mesh,
+  total_steps: int,
+  batch_size: int,
+  workdir: str,
+  log_every: int = 50,
+  eval_fn: Callable | None = None,
+  eval_every: int = 0,
+  meta: dict | None = None,
+  log: Callable[[str], None] = print,
+):
   """Run `step_fn` from `state.step` to `total_steps`; returns the final state.
 
   batches: yields host batches (dicts of numpy arrays, global batch on one host);
@@ -86,31 +102,70 @@ def train_stage(*, stage: str, step_fn: Callable, state, batches: Iterator[dict]
       state, metrics = step_fn(state, batch)
       window_steps += 1
       if pending is not None:
-        _report(stage, pending, writer, log_every, total_steps, batch_size, log,
-                window_steps, window_start, stage_start, start_step)
+        _report(
+          stage,
+          pending,
+          writer,
+          log_every,
+          total_steps,
+          batch_size,
+          log,
+          window_steps,
+          window_start,
+          stage_start,
+          start_step,
+        )
         if pending[0] % log_every == 0:
           window_start, window_steps = time.perf_counter(), 0
       pending = (step, metrics)
       is_last = step == total_steps
       if manager.should_save(step) or is_last:
         _check_finite(stage, step, _to_host(metrics))
-        checkpoints.save(manager, step, state, data_iterator.get_state(),
-                         {"stage": stage, **(meta or {})}, force=is_last)
+        checkpoints.save(
+          manager,
+          step,
+          state,
+          data_iterator.get_state(),
+          {"stage": stage, **(meta or {})},
+          force=is_last,
+        )
       if eval_fn is not None and ((eval_every and step % eval_every == 0) or is_last):
         scalars = eval_fn(state)
         writer.write(step, {f"eval/{k}": v for k, v in scalars.items()})
         log(f"[{stage}] step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
     if pending is not None:
-      _report(stage, pending, writer, 1, total_steps, batch_size, log, window_steps,
-              window_start, stage_start, start_step)
+      _report(
+        stage,
+        pending,
+        writer,
+        1,
+        total_steps,
+        batch_size,
+        log,
+        window_steps,
+        window_start,
+        stage_start,
+        start_step,
+      )
   finally:
     manager.wait_until_finished()
     writer.close()
   return state
 
 
-def _report(stage, pending, writer, log_every, total_steps, batch_size, log, window_steps,
-            window_start, stage_start, start_step):
+def _report(
+  stage,
+  pending,
+  writer,
+  log_every,
+  total_steps,
+  batch_size,
+  log,
+  window_steps,
+  window_start,
+  stage_start,
+  start_step,
+):
   step, metrics = pending
   scalars = _to_host(metrics)
   _check_finite(stage, step, scalars)
@@ -122,7 +177,10 @@ def _report(stage, pending, writer, log_every, total_steps, batch_size, log, win
   eta = (total_steps - step) * (now - stage_start) / max(done, 1)
   scalars.update(steps_per_second=steps_per_second, images_per_second=steps_per_second * batch_size)
   writer.write(step, scalars)
-  shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items()
-                   if k not in ("steps_per_second", "images_per_second"))
-  log(f"[{stage}] step {step}/{total_steps} {shown} | {steps_per_second:.2f} steps/s "
-      f"{steps_per_second * batch_size:.1f} img/s | ETA {_format_duration(eta)}")
+  shown = " ".join(
+    f"{k}={v:.4g}" for k, v in scalars.items() if k not in ("steps_per_second", "images_per_second")
+  )
+  log(
+    f"[{stage}] step {step}/{total_steps} {shown} | {steps_per_second:.2f} steps/s "
+    f"{steps_per_second * batch_size:.1f} img/s | ETA {_format_duration(eta)}"
+  )

@@ -25,8 +25,10 @@ def discriminator_real_loss(real_logits: jax.Array, real_label: float = 1.0) -> 
   over-confident logits; 1.0 is Eq. 3 exactly.
   real_logits: [B] discriminator logits on canonical faces.
   """
-  return -jnp.mean(real_label * jax.nn.log_sigmoid(real_logits)
-                   + (1.0 - real_label) * jax.nn.log_sigmoid(-real_logits))
+  return -jnp.mean(
+    real_label * jax.nn.log_sigmoid(real_logits)
+    + (1.0 - real_label) * jax.nn.log_sigmoid(-real_logits)
+  )
 
 
 def discriminator_fake_loss(fake_logits: jax.Array) -> jax.Array:
@@ -66,11 +68,13 @@ def theta_loss(theta: jax.Array, target_theta: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(difference), axis=-1) + 1e-12))
 
 
-def generator_loss(theta, target_theta, fake_logits, theta_weight=1.0,
-                   adversarial_weight=0.5, non_saturating=True) -> jax.Array:
+def generator_loss(
+  theta, target_theta, fake_logits, theta_weight=1.0, adversarial_weight=0.5, non_saturating=True
+) -> jax.Array:
   """L_G of Eq. 5: a * ||theta_hat - theta*|| + b * L_A, with a = 1, b = 0.5 (Sec. IV-C)."""
-  return (theta_weight * theta_loss(theta, target_theta)
-          + adversarial_weight * adversarial_loss(fake_logits, non_saturating))
+  return theta_weight * theta_loss(theta, target_theta) + adversarial_weight * adversarial_loss(
+    fake_logits, non_saturating
+  )
 
 
 def heatmap_mse_loss(stacked_heatmaps: jax.Array, target_heatmaps: jax.Array) -> jax.Array:
@@ -83,8 +87,9 @@ def heatmap_mse_loss(stacked_heatmaps: jax.Array, target_heatmaps: jax.Array) ->
   return jnp.sum(per_stack)
 
 
-def heatmap_softmax_cross_entropy(stacked_heatmaps: jax.Array, target_heatmaps: jax.Array,
-                                  visible: jax.Array | None = None) -> jax.Array:
+def heatmap_softmax_cross_entropy(
+  stacked_heatmaps: jax.Array, target_heatmaps: jax.Array, visible: jax.Array | None = None
+) -> jax.Array:
   """Spatial-softmax cross-entropy against the normalised Gaussian, summed over the stacks.
 
   Each landmark's map is treated as a distribution over the h*w pixels: the target is the
@@ -105,7 +110,8 @@ def heatmap_softmax_cross_entropy(stacked_heatmaps: jax.Array, target_heatmaps: 
   cross_entropy = -jnp.sum(target[None] * log_probabilities, axis=2)  # [S, B, L]
   weights = valid.astype(jnp.float32)
   per_stack = jnp.sum(cross_entropy * weights[None], axis=(1, 2)) / jnp.maximum(
-      jnp.sum(weights), 1.0)
+    jnp.sum(weights), 1.0
+  )
   return jnp.sum(per_stack)
 
 
@@ -122,8 +128,8 @@ def coordinate_l1_loss(predicted: jax.Array, target: jax.Array, visible: jax.Arr
 
 
 HEATMAP_LOSSES = {
-    "mse": lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target),
-    "softmax_cross_entropy": heatmap_softmax_cross_entropy,
+  "mse": lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target),
+  "softmax_cross_entropy": heatmap_softmax_cross_entropy,
 }
 
 

@@ -35,8 +35,9 @@ def data_mesh() -> Mesh:
   the model code needs no sharding annotations (`make_mesh` defaults to Explicit axes, under
   which every reshape of a sharded batch would need one).
   """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -52,8 +53,10 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch_size
   """A clear error instead of a sharding failure deep inside XLA."""
   devices = mesh.devices.size
   if global_batch_size % devices:
-    raise ValueError(f"config {name}={global_batch_size} must be divisible by the number of "
-                     f"devices ({devices}) to shard the batch over the 'data' axis")
+    raise ValueError(
+      f"config {name}={global_batch_size} must be divisible by the number of "
+      f"devices ({devices}) to shard the batch over the 'data' axis"
+    )
 
 
 def host_batch_size(global_batch_size: int) -> int:
@@ -71,7 +74,8 @@ def shard_batch(batch, mesh: Mesh):
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+  )
 
 
 def replicate(tree, mesh: Mesh):

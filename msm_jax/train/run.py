@@ -17,16 +17,21 @@ def train(config, workdir: str, log=print) -> None:
   with open(os.path.join(workdir, "config.json"), "w") as file:
     file.write(config.to_json_best_effort(indent=2))
   mesh = parallel.data_mesh()
-  log(f"devices: {jax.device_count()} x {jax.devices()[0].platform} "
-      f"({jax.process_count()} process(es)); workdir {os.path.abspath(workdir)}")
+  log(
+    f"devices: {jax.device_count()} x {jax.devices()[0].platform} "
+    f"({jax.process_count()} process(es)); workdir {os.path.abspath(workdir)}"
+  )
   started = time.perf_counter()
   for stage in stages.parse_stages(config.stages):
     stage_start = time.perf_counter()
     if stage == "dictionary":
       stages.build_dictionary(config, workdir, log)
     else:
-      {"stgan": stages.train_stgan, "hourglass": stages.train_hourglass,
-       "resnet": stages.train_resnet}[stage](config, workdir, mesh, log)
+      {
+        "stgan": stages.train_stgan,
+        "hourglass": stages.train_hourglass,
+        "resnet": stages.train_resnet,
+      }[stage](config, workdir, mesh, log)
     log(f"[{stage}] done in {time.perf_counter() - stage_start:.0f} s")
   timing = {"train_seconds": time.perf_counter() - started}
   with open(os.path.join(workdir, "train_time.json"), "w") as file:

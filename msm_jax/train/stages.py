@@ -44,10 +44,13 @@ def num_landmarks(config) -> int:
 
 def hourglass_module(config) -> StackedHourglass:
   return StackedHourglass(
-      num_landmarks=num_landmarks(config), width=config.hourglass.width,
-      num_stacks=config.hourglass.num_stacks, depth=config.hourglass.depth,
-      stem_widths=tuple(config.hourglass.stem_widths),
-      dtype=jnp.dtype(config.hourglass.compute_dtype))
+    num_landmarks=num_landmarks(config),
+    width=config.hourglass.width,
+    num_stacks=config.hourglass.num_stacks,
+    depth=config.hourglass.depth,
+    stem_widths=tuple(config.hourglass.stem_widths),
+    dtype=jnp.dtype(config.hourglass.compute_dtype),
+  )
 
 
 def resnet_module(config) -> ResNet50:
@@ -76,8 +79,11 @@ def _host_config(config, batch_field: str) -> ml_collections.ConfigDict:
 
 
 def _manager(workdir: str, stage: str, config):
-  return checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints", stage),
-                                        config.checkpoint.every_steps, config.checkpoint.keep)
+  return checkpoints.checkpoint_manager(
+    os.path.join(workdir, "checkpoints", stage),
+    config.checkpoint.every_steps,
+    config.checkpoint.keep,
+  )
 
 
 def _resume(manager, state, iterator, log, stage):
@@ -93,8 +99,9 @@ def _resume(manager, state, iterator, log, stage):
 def hourglass_states(config, steps_per_epoch: int):
   """(module, optimizer, fresh TrainState) of the hourglass stage."""
   module = hourglass_module(config)
-  optimizer = halving_adam(config.hourglass.learning_rate, steps_per_epoch,
-                           config.hourglass.lr_halve_epochs)
+  optimizer = halving_adam(
+    config.hourglass.learning_rate, steps_per_epoch, config.hourglass.lr_halve_epochs
+  )
   rng = jax.random.key(config.seed)
   model_state = init_model_state(module, optimizer, rng, _example_images(config))
   if config.hourglass.get("init_from", ""):
@@ -106,35 +113,50 @@ def _start_from_package(model_state, module, optimizer, config):
   """The hourglass's parameters and BatchNorm statistics from a pretrained package (fresh
   optimiser state): fine-tuning. A checkpoint in the workdir still takes precedence."""
   from msm_jax import pretrained  # it imports this module
-  variables = pretrained.package_network_variables(config.hourglass.init_from, "hourglass",
-                                                   module, config)
-  return model_state.replace(params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             opt_state=optimizer.init(variables["params"]))
+
+  variables = pretrained.package_network_variables(
+    config.hourglass.init_from, "hourglass", module, config
+  )
+  return model_state.replace(
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=optimizer.init(variables["params"]),
+  )
 
 
 def resnet_states(config, steps_per_epoch: int):
   """(module, optimizer, fresh TrainState) of the Res-50 baseline."""
   module = resnet_module(config)
-  optimizer = halving_adam(config.resnet.learning_rate, steps_per_epoch,
-                           config.resnet.lr_halve_epochs)
-  state = new_train_state(config.seed, {"resnet": init_model_state(
-      module, optimizer, jax.random.key(config.seed), _example_images(config))})
+  optimizer = halving_adam(
+    config.resnet.learning_rate, steps_per_epoch, config.resnet.lr_halve_epochs
+  )
+  state = new_train_state(
+    config.seed,
+    {
+      "resnet": init_model_state(
+        module, optimizer, jax.random.key(config.seed), _example_images(config)
+      )
+    },
+  )
   return module, optimizer, state
 
 
 def stgan_states(config, steps_per_epoch: int):
   """(generator, discriminator, their optimizers, fresh TrainState) of the ST-GAN stage."""
   generator, discriminator = generator_module(config), discriminator_module(config)
-  make_optimizer = lambda learning_rate: halving_adam(learning_rate, steps_per_epoch,
-                                                      config.stgan.lr_halve_epochs)
+  make_optimizer = lambda learning_rate: halving_adam(
+    learning_rate, steps_per_epoch, config.stgan.lr_halve_epochs
+  )
   g_optimizer = make_optimizer(config.stgan.learning_rate)
   d_optimizer = make_optimizer(config.stgan.discriminator_learning_rate)
   g_rng, d_rng = jax.random.split(jax.random.key(config.seed))
-  state = new_train_state(config.seed, {
+  state = new_train_state(
+    config.seed,
+    {
       "generator": init_model_state(generator, g_optimizer, g_rng, _example_images(config)),
-      "discriminator": init_model_state(discriminator, d_optimizer, d_rng,
-                                        _example_images(config))})
+      "discriminator": init_model_state(discriminator, d_optimizer, d_rng, _example_images(config)),
+    },
+  )
   return generator, discriminator, g_optimizer, d_optimizer, state
 
 
@@ -146,12 +168,15 @@ def predict_crop_landmarks(config, model_name: str, module, variables, crops):
   """The landmark network alone on [B, S, S, 3] float crops -> [B, L, 2] crop pixels, decoded
   exactly as the inference pipeline does."""
   if model_name == "resnet":
-    return pipeline.normalised_to_crop(module.apply(variables, crops, train=False),
-                                       config.data.crop_size)
+    return pipeline.normalised_to_crop(
+      module.apply(variables, crops, train=False), config.data.crop_size
+    )
   options = pipeline.PipelineOptions(
-      crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size,
-      heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
-      decode_blur_sigma=config.hourglass.sigma)
+    crop_size=config.data.crop_size,
+    heatmap_size=config.data.heatmap_size,
+    heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
+    decode_blur_sigma=config.hourglass.sigma,
+  )
   return pipeline.hourglass_points(module, variables, crops, options)[1]
 
 
@@ -159,14 +184,18 @@ def landmark_validation_nme(config, model_name: str, module):
   """A function (state, source) -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box
   crops, for the hourglass or the Res-50 baseline."""
   scheme = landmarks.get_scheme(config.data.scheme)
-  forward = jax.jit(lambda variables, crops: predict_crop_landmarks(
-      config, model_name, module, variables, crops.astype(jnp.float32) / 255.0))
+  forward = jax.jit(
+    lambda variables, crops: predict_crop_landmarks(
+      config, model_name, module, variables, crops.astype(jnp.float32) / 255.0
+    )
+  )
 
   def evaluate(state, source):
     variables = state.models[model_name].variables
     nmes = []
-    for batch in input_pipeline.eval_dataset(source, config, batch_size=config.eval.batch_size,
-                                             crop_box="landmarks", worker_count=0):
+    for batch in input_pipeline.eval_dataset(
+      source, config, batch_size=config.eval.batch_size, crop_box="landmarks", worker_count=0
+    ):
       pred = np.asarray(forward(variables, batch["images"]))
       nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
     return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
@@ -180,34 +209,51 @@ def template_distance(config, generator):
   scheme = landmarks.get_scheme(config.data.scheme)
   anchors = stgan_pairs.CanonicalAnchors.from_scheme(scheme)
   size = config.data.crop_size
-  template = stgan_pairs.template_points(stgan_pairs.StganPairOptions.from_config(config).template,
-                                         size)
-  forward = jax.jit(lambda variables, crops: generator.apply(
-      variables, crops.astype(jnp.float32) / 255.0, train=False))
+  template = stgan_pairs.template_points(
+    stgan_pairs.StganPairOptions.from_config(config).template, size
+  )
+  forward = jax.jit(
+    lambda variables, crops: generator.apply(
+      variables, crops.astype(jnp.float32) / 255.0, train=False
+    )
+  )
 
   def distances(theta, crop_landmarks):
     canonical_to_crop = geometry.theta_to_pixel_matrix(theta, (size, size), (size, size))
-    in_canonical = geometry.apply_affine(crop_landmarks,
-                                         geometry.invert_affine(canonical_to_crop))
+    in_canonical = geometry.apply_affine(crop_landmarks, geometry.invert_affine(canonical_to_crop))
     points = np.stack([anchors.points(shape) for shape in in_canonical])
     return np.linalg.norm(points - template[None], axis=-1).mean(axis=-1)
 
   def evaluate(state, source):
     variables = state.models["generator"].variables
     warped, identity = [], []
-    for batch in input_pipeline.eval_dataset(source, config, batch_size=config.eval.batch_size,
-                                             crop_box="record", worker_count=0):
+    for batch in input_pipeline.eval_dataset(
+      source, config, batch_size=config.eval.batch_size, crop_box="record", worker_count=0
+    ):
       theta = np.asarray(forward(variables, batch["images"]), np.float64)
       warped.append(distances(theta, batch["landmarks"]))
       identity.append(distances(np.broadcast_to(np.eye(2, 3), theta.shape), batch["landmarks"]))
-    return {"template_distance_px": float(np.mean(np.concatenate(warped))),
-            "template_distance_unwarped_px": float(np.mean(np.concatenate(identity)))}
+    return {
+      "template_distance_px": float(np.mean(np.concatenate(warped))),
+      "template_distance_unwarped_px": float(np.mean(np.concatenate(identity))),
+    }
 
   return evaluate
 
 
-def _run_stage(config, workdir: str, mesh, log, *, stage: str, section: str, make_dataset,
-               make_states, make_step, make_eval):
+def _run_stage(
+  config,
+  workdir: str,
+  mesh,
+  log,
+  *,
+  stage: str,
+  section: str,
+  make_dataset,
+  make_states,
+  make_step,
+  make_eval,
+):
   """Shared driver: sources, schedule, state, data iterator, resume, step, loop."""
   train_source, validation_source = datasets.train_and_validation_sources(config)
   batch_size = config[section].batch_size
@@ -216,20 +262,37 @@ def _run_stage(config, workdir: str, mesh, log, *, stage: str, section: str, mak
   total_steps = int(config[section].epochs * steps_per_epoch)
   states = make_states(config, steps_per_epoch)
   state = parallel.replicate(states[-1], mesh)
-  iterator = iter(make_dataset(train_source, _host_config(config, f"{section}.batch_size"),
-                               shard_index=jax.process_index(),
-                               shard_count=jax.process_count()))
+  iterator = iter(
+    make_dataset(
+      train_source,
+      _host_config(config, f"{section}.batch_size"),
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+    )
+  )
   manager = _manager(workdir, stage, config)
   state = _resume(manager, state, iterator, log, stage)
-  log(f"[{stage}] {len(train_source)} faces, {steps_per_epoch} steps/epoch, {total_steps} "
-      f"steps of batch {batch_size} on {mesh.devices.size} device(s)")
+  log(
+    f"[{stage}] {len(train_source)} faces, {steps_per_epoch} steps/epoch, {total_steps} "
+    f"steps of batch {batch_size} on {mesh.devices.size} device(s)"
+  )
   eval_fn = make_eval(states) if validation_source is not None else None
   return loop.train_stage(
-      stage=stage, step_fn=make_step(states), state=state, batches=iterator,
-      data_iterator=iterator, manager=manager, mesh=mesh, total_steps=total_steps,
-      batch_size=batch_size, workdir=workdir, log_every=config.log_every_steps,
-      eval_fn=eval_fn and (lambda state: eval_fn(state, validation_source)),
-      eval_every=config.eval_every_steps, log=log)
+    stage=stage,
+    step_fn=make_step(states),
+    state=state,
+    batches=iterator,
+    data_iterator=iterator,
+    manager=manager,
+    mesh=mesh,
+    total_steps=total_steps,
+    batch_size=batch_size,
+    workdir=workdir,
+    log_every=config.log_every_steps,
+    eval_fn=eval_fn and (lambda state: eval_fn(state, validation_source)),
+    eval_every=config.eval_every_steps,
+    log=log,
+  )
 
 
 # Faces whose ground-truth-box crops define the ST template (the mean moves < 0.1 px beyond).
@@ -244,10 +307,17 @@ def resolve_stgan_template(config, log=print):
   shapes = datasets.training_shapes(config, train_source, limit=TEMPLATE_SHAPES)
   anchors = stgan_pairs.CanonicalAnchors.from_scheme(landmarks.get_scheme(config.data.scheme))
   config = stgan_pairs.resolve_template(config, shapes, anchors)
-  points = ", ".join(f"{name} ({x:.1f}, {y:.1f})" for name, (x, y) in zip(
-      ("left pupil", "right pupil", "mouth"), (config.stgan.template_left_pupil,
-                                               config.stgan.template_right_pupil,
-                                               config.stgan.template_mouth)))
+  points = ", ".join(
+    f"{name} ({x:.1f}, {y:.1f})"
+    for name, (x, y) in zip(
+      ("left pupil", "right pupil", "mouth"),
+      (
+        config.stgan.template_left_pupil,
+        config.stgan.template_right_pupil,
+        config.stgan.template_mouth,
+      ),
+    )
+  )
   log(f"[stgan] template from {len(shapes)} ground-truth-box crops (128 frame): {points}")
   return config
 
@@ -256,35 +326,67 @@ def train_stgan(config, workdir: str, mesh, log=print):
   """Stage 1 (Sec. III-A, Algorithm 1): GDNN + DDNN on (I_fake, I_real, theta*)."""
   config = resolve_stgan_template(config, log)
   return _run_stage(
-      config, workdir, mesh, log, stage="stgan", section="stgan",
-      make_dataset=input_pipeline.stgan_train_dataset, make_states=stgan_states,
-      make_step=lambda states: steps.make_stgan_step(
-          *states[:4], theta_weight=config.stgan.theta_weight,
-          adversarial_weight=config.stgan.adversarial_weight, mesh=mesh,
-          theta_loss_units=config.stgan.theta_loss_units, real_label=config.stgan.real_label,
-          adversarial_warmup_steps=config.stgan.adversarial_warmup_steps),
-      make_eval=lambda states: template_distance(config, states[0]))
+    config,
+    workdir,
+    mesh,
+    log,
+    stage="stgan",
+    section="stgan",
+    make_dataset=input_pipeline.stgan_train_dataset,
+    make_states=stgan_states,
+    make_step=lambda states: steps.make_stgan_step(
+      *states[:4],
+      theta_weight=config.stgan.theta_weight,
+      adversarial_weight=config.stgan.adversarial_weight,
+      mesh=mesh,
+      theta_loss_units=config.stgan.theta_loss_units,
+      real_label=config.stgan.real_label,
+      adversarial_warmup_steps=config.stgan.adversarial_warmup_steps,
+    ),
+    make_eval=lambda states: template_distance(config, states[0]),
+  )
 
 
 def train_hourglass(config, workdir: str, mesh, log=print):
   """Stage 2 (Sec. III-B): heatmap regression with intermediate supervision."""
   return _run_stage(
-      config, workdir, mesh, log, stage="hourglass", section="hourglass",
-      make_dataset=input_pipeline.hourglass_train_dataset, make_states=hourglass_states,
-      make_step=lambda states: steps.make_hourglass_step(
-          states[0], states[1], loss_name=config.hourglass.loss, sigma=config.hourglass.sigma,
-          crop_size=config.data.crop_size, heatmap_size=config.data.heatmap_size, mesh=mesh),
-      make_eval=lambda states: landmark_validation_nme(config, "hourglass", states[0]))
+    config,
+    workdir,
+    mesh,
+    log,
+    stage="hourglass",
+    section="hourglass",
+    make_dataset=input_pipeline.hourglass_train_dataset,
+    make_states=hourglass_states,
+    make_step=lambda states: steps.make_hourglass_step(
+      states[0],
+      states[1],
+      loss_name=config.hourglass.loss,
+      sigma=config.hourglass.sigma,
+      crop_size=config.data.crop_size,
+      heatmap_size=config.data.heatmap_size,
+      mesh=mesh,
+    ),
+    make_eval=lambda states: landmark_validation_nme(config, "hourglass", states[0]),
+  )
 
 
 def train_resnet(config, workdir: str, mesh, log=print):
   """The Res-50 coordinate-regression baseline (Sec. IV-G), on the hourglass's crops."""
   return _run_stage(
-      config, workdir, mesh, log, stage="resnet", section="resnet",
-      make_dataset=input_pipeline.hourglass_train_dataset, make_states=resnet_states,
-      make_step=lambda states: steps.make_regression_step(
-          states[0], states[1], crop_size=config.data.crop_size, mesh=mesh),
-      make_eval=lambda states: landmark_validation_nme(config, "resnet", states[0]))
+    config,
+    workdir,
+    mesh,
+    log,
+    stage="resnet",
+    section="resnet",
+    make_dataset=input_pipeline.hourglass_train_dataset,
+    make_states=resnet_states,
+    make_step=lambda states: steps.make_regression_step(
+      states[0], states[1], crop_size=config.data.crop_size, mesh=mesh
+    ),
+    make_eval=lambda states: landmark_validation_nme(config, "resnet", states[0]),
+  )
 
 
 def build_dictionary(config, workdir: str, log=print) -> np.ndarray:
@@ -295,12 +397,14 @@ def build_dictionary(config, workdir: str, log=print) -> np.ndarray:
   canonical, _ = shape_dictionary.canonicalise(shapes, landmarks.pupils(shapes, scheme))
   size = min(config.shape.dictionary_size, len(canonical))
   if size < config.shape.dictionary_size:
-    log(f"[dictionary] only {len(canonical)} training shapes: dictionary of {size}, "
-        f"not {config.shape.dictionary_size}")
-  dictionary = shape_dictionary.build_dictionary(np.asarray(canonical), size=size,
-                                                 seed=config.seed)
+    log(
+      f"[dictionary] only {len(canonical)} training shapes: dictionary of {size}, "
+      f"not {config.shape.dictionary_size}"
+    )
+  dictionary = shape_dictionary.build_dictionary(np.asarray(canonical), size=size, seed=config.seed)
   path = os.path.join(workdir, DICTIONARY_FILE)
-  shape_dictionary.save_dictionary(path, dictionary, {"scheme": scheme.name,
-                                                      "training_shapes": len(canonical)})
+  shape_dictionary.save_dictionary(
+    path, dictionary, {"scheme": scheme.name, "training_shapes": len(canonical)}
+  )
   log(f"[dictionary] {size} exemplar shapes from {len(canonical)} training shapes -> {path}")
   return dictionary

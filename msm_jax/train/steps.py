@@ -55,8 +55,16 @@ def _apply_train(module, model_state: ModelState, params, inputs):
   return module.apply(variables, inputs, train=True), None
 
 
-def make_hourglass_step(module, optimizer: optax.GradientTransformation, *, loss_name: str,
-                        sigma: float, crop_size: int, heatmap_size: int, mesh) -> Callable:
+def make_hourglass_step(
+  module,
+  optimizer: optax.GradientTransformation,
+  *,
+  loss_name: str,
+  sigma: float,
+  crop_size: int,
+  heatmap_size: int,
+  mesh,
+) -> Callable:
   """The hourglass update. batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop
   pixels), visible bool [B, L]."""
   loss_fn = losses.heatmap_loss(loss_name)
@@ -84,8 +92,9 @@ def crop_to_normalised(points: jax.Array, crop_size: int) -> jax.Array:
   return (2.0 * points + 1.0) / crop_size - 1.0
 
 
-def make_regression_step(module, optimizer: optax.GradientTransformation, *, crop_size: int,
-                         mesh) -> Callable:
+def make_regression_step(
+  module, optimizer: optax.GradientTransformation, *, crop_size: int, mesh
+) -> Callable:
   """The Res-50 baseline's update (Sec. IV-G): L1 on normalised landmark coordinates.
   batch: as the hourglass's."""
 
@@ -117,15 +126,26 @@ def theta_loss_scale(units: str, crop_size: int) -> float:
   "normalised" leaves theta's own units.
   """
   if units not in THETA_LOSS_UNITS:
-    raise ValueError(f"theta_loss_units (config stgan.theta_loss_units) is {units!r}: "
-                     f"expected one of {THETA_LOSS_UNITS}")
+    raise ValueError(
+      f"theta_loss_units (config stgan.theta_loss_units) is {units!r}: "
+      f"expected one of {THETA_LOSS_UNITS}"
+    )
   return crop_size / 2.0 if units == "pixels" else 1.0
 
 
-def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
-                    theta_weight: float, adversarial_weight: float, mesh,
-                    theta_loss_units: str = "pixels", real_label: float = 1.0,
-                    adversarial_warmup_steps: int = 0) -> Callable:
+def make_stgan_step(
+  generator,
+  discriminator,
+  g_optimizer,
+  d_optimizer,
+  *,
+  theta_weight: float,
+  adversarial_weight: float,
+  mesh,
+  theta_loss_units: str = "pixels",
+  real_label: float = 1.0,
+  adversarial_warmup_steps: int = 0,
+) -> Callable:
   """The ST-GAN update of Algorithm 1.
 
   batch: fake uint8 [B, S, S, 3] (perturbed detector-like crops), real uint8 [B, S, S, 3]
@@ -146,8 +166,10 @@ def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
     fake_logits, _ = _apply_train(discriminator, d_state, d_state.params, warped)
     adversarial = losses.adversarial_loss(fake_logits)
     scale = theta_loss_scale(theta_loss_units, fake.shape[1])  # square crops
-    loss = (theta_weight * scale * losses.theta_loss(theta, target_theta)
-            + adversarial_scale * adversarial)
+    loss = (
+      theta_weight * scale * losses.theta_loss(theta, target_theta)
+      + adversarial_scale * adversarial
+    )
     return loss, (g_stats, theta, adversarial)
 
   def discriminator_objective(d_params, d_state, images, term):
@@ -168,30 +190,43 @@ def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
 
     # 1. G on Eq. 5.
     (g_loss, (g_stats, _, _)), grads = g_grad(
-        g_state.params, g_state, d_state, fake, target_theta,
-        adversarial_weight * adversarial_on)
+      g_state.params, g_state, d_state, fake, target_theta, adversarial_weight * adversarial_on
+    )
     g_state = apply_gradients(g_state, grads, g_optimizer, g_stats)
     # 2. D on real faces (first term of Eq. 3).
     (d_real, d_stats), grads = d_grad(
-        d_state.params, d_state, real,
-        lambda logits: losses.discriminator_real_loss(logits, real_label))
+      d_state.params,
+      d_state,
+      real,
+      lambda logits: losses.discriminator_real_loss(logits, real_label),
+    )
     d_state = apply_gradients(d_state, grads, d_optimizer, d_stats)
     # 3. D on generated faces (second term of Eq. 3); G is fixed here.
     theta, _ = _apply_train(generator, g_state, g_state.params, fake)
     warped = jax.lax.stop_gradient(sampler.warp(fake, theta, fake.shape[1:3]))
-    (d_fake, d_stats), grads = d_grad(d_state.params, d_state, warped,
-                                      losses.discriminator_fake_loss)
+    (d_fake, d_stats), grads = d_grad(
+      d_state.params, d_state, warped, losses.discriminator_fake_loss
+    )
     d_state = apply_gradients(d_state, grads, d_optimizer, d_stats)
     # 4. G on its part of Eq. 6, against the updated D.
     (g_adv, (g_stats, theta, adversarial)), grads = g_grad(
-        g_state.params, g_state, d_state, fake, target_theta,
-        (adversarial_weight + 1.0) * adversarial_on)
+      g_state.params,
+      g_state,
+      d_state,
+      fake,
+      target_theta,
+      (adversarial_weight + 1.0) * adversarial_on,
+    )
     g_state = apply_gradients(g_state, grads, g_optimizer, g_stats)
 
-    metrics = {"generator_loss": g_loss, "generator_adversarial_step_loss": g_adv,
-               "adversarial_loss": adversarial,
-               "discriminator_real_loss": d_real, "discriminator_fake_loss": d_fake,
-               "theta_error": losses.theta_loss(jax.lax.stop_gradient(theta), target_theta)}
+    metrics = {
+      "generator_loss": g_loss,
+      "generator_adversarial_step_loss": g_adv,
+      "adversarial_loss": adversarial,
+      "discriminator_real_loss": d_real,
+      "discriminator_fake_loss": d_fake,
+      "theta_error": losses.theta_loss(jax.lax.stop_gradient(theta), target_theta),
+    }
     models = {"generator": g_state, "discriminator": d_state}
     return state.replace(step=state.step + 1, models=models), metrics
 
@@ -201,5 +236,6 @@ def make_stgan_step(generator, discriminator, g_optimizer, d_optimizer, *,
 def _jit_step(step: Callable, mesh) -> Callable:
   replicated = parallel.replicated_sharding(mesh)
   batch = parallel.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+  return jax.jit(
+    step, in_shardings=(replicated, batch), out_shardings=(replicated, replicated), donate_argnums=0
+  )
