@@ -26,6 +26,9 @@ flags.mark_flag_as_required("config")
 
 def main(argv):
   del argv
+  from msm_jax.cli import quiet_library_logs
+
+  quiet_library_logs()
   model_dir = _CHECKPOINT.value or _WORKDIR.value
   if not model_dir:
     raise app.UsageError("give --workdir (or --checkpoint)")

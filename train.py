@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from msm_jax.cli import configure_training_process, restart_with_jemalloc
+from msm_jax.cli import configure_training_process, quiet_library_logs, restart_with_jemalloc
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "A configs/<name>.py file.", lock_config=True
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  quiet_library_logs()
   configure_training_process()
   from msm_jax.train import run  # after the XLA flags are set
 

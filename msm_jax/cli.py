@@ -25,6 +25,15 @@ def configure_training_process() -> None:
     os.environ["XLA_FLAGS"] = f"{flags} {_TRAINING_XLA_FLAGS}".strip()
 
 
+def quiet_library_logs() -> None:
+  """Library INFO logs (Orbax writes ~240 lines per stage) at WARNING, so the console shows the
+  stages, the progress lines and the report; absl's ``--verbosity=0`` brings them back."""
+  from absl import flags, logging
+
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def jemalloc_path() -> str | None:
   """The system's jemalloc (Debian/Ubuntu package libjemalloc2), if installed."""
   return next((path for path in _JEMALLOC_PATHS if os.path.exists(path)), None)

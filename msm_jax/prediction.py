@@ -43,13 +43,17 @@ class NoFaceFoundError(ValueError):
 class FacePrediction:
   """One face. box: [4] the landmark-like face box used (x0, y0, x1, y1); detector_box: [4]
   the raw Haar box, or None for given boxes; landmarks: [L, 2] float32 (x, y); scores: [L]
-  float32 (Eq. 9, normalised); reliable: [L] bool (False: replaced by the shape repair)."""
+  float32 (Eq. 9, normalised); reliable: [L] bool (False: replaced by the shape repair);
+  hourglass_landmarks: [L, 2] the hourglass's landmarks before the shape repair; theta:
+  [2, 3] the ST-GAN's warp of the (last) crop (the identity when the ST stage is off)."""
 
   box: np.ndarray
   detector_box: np.ndarray | None
   landmarks: np.ndarray
   scores: np.ndarray
   reliable: np.ndarray
+  hourglass_landmarks: np.ndarray | None = None
+  theta: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +214,12 @@ def predict_images(
     squares[: len(chunk)] = [face[4] for face in chunk]
     out = model.infer(model.model.variables, batch, squares.astype(np.float32))
     landmarks = np.asarray(out["landmarks"], np.float64)
+    before_repair = np.asarray(out["hourglass_landmarks"], np.float64)
+    thetas = np.asarray(out["theta"], np.float32)
     scores, reliable = np.asarray(out["scores"]), np.asarray(out["reliable"])
     for row, (index, box, detector_box, _, _, back) in enumerate(chunk):
-      points = landmarks[row] @ back[:2, :2].T + back[:2, 2]
+      to_image = lambda points: points @ back[:2, :2].T + back[:2, 2]
+      points = to_image(landmarks[row])
       results[index].faces.append(
         FacePrediction(
           box=np.asarray(box, np.float32),
@@ -220,6 +227,8 @@ def predict_images(
           landmarks=points.astype(np.float32),
           scores=scores[row].astype(np.float32),
           reliable=reliable[row].astype(bool),
+          hourglass_landmarks=to_image(before_repair[row]).astype(np.float32),
+          theta=thetas[row],
         )
       )
   return results
@@ -245,6 +254,20 @@ def prediction_to_json(result: ImagePrediction, exif_orientation: int | None = N
         "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in face.landmarks],
         "scores": [round(float(s), 4) for s in face.scores],
         "reliable": [bool(r) for r in face.reliable],
+        **(
+          {}
+          if face.hourglass_landmarks is None
+          else {
+            "hourglass_landmarks": [
+              [round(float(x), 3), round(float(y), 3)] for x, y in face.hourglass_landmarks
+            ]
+          }
+        ),
+        **(
+          {}
+          if face.theta is None
+          else {"theta": [[round(float(v), 5) for v in row] for row in face.theta]}
+        ),
       }
       for face in result.faces
     ],

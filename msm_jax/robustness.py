@@ -248,12 +248,15 @@ def variants_of(model) -> dict:
   return chosen
 
 
-def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print) -> dict:
-  """{condition: {variant: row}} over the records (see the module docstring)."""
+def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print, variants=None) -> dict:
+  """{condition: {variant: row}} over the records (see the module docstring); ``variants``:
+  the names to run (default: every one the package supports)."""
   scheme = landmarks.get_scheme(model.config.data.scheme)
   conditions = make_conditions(records, seed)
   table = {}
   for variant, variant_model in variants_of(model).items():
+    if variants and variant not in variants:
+      continue
     for condition, faces in conditions.items():
       out = run_condition(variant_model, faces, batch_size)
       truth = np.stack([face.landmarks for face in faces])
@@ -321,6 +324,10 @@ def main(argv=None) -> dict:
   parser.add_argument("--limit", type=int, help="the first N faces only")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=8)
+  parser.add_argument(
+    "--variants",
+    help=f"comma list of variant names (default: all the package supports: {', '.join(VARIANTS)})",
+  )
   parser.add_argument("--out", help="write the table as JSON here")
   args = parser.parse_args(argv)
   if not args.config and not args.folder:
@@ -338,7 +345,11 @@ def main(argv=None) -> dict:
     spec.loader.exec_module(module)
     config = module.get_config()
   records = _records(config, args.folder, args.limit)
-  table = evaluate(model, records, args.seed, args.batch_size)
+  variants = [name.strip() for name in args.variants.split(",")] if args.variants else None
+  unknown = sorted(set(variants or ()) - set(VARIANTS))
+  if unknown:
+    parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+  table = evaluate(model, records, args.seed, args.batch_size, variants=variants)
   print(markdown(table))
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -75,6 +75,36 @@ def test_validation_split_is_seeded_and_keeps_faces_of_one_image_together():
     datasets.split_validation(records, 1.0, seed=0)
 
 
+def test_validation_list_names_the_validation_images(tmp_path):
+  root = tmp_path / "data"
+  records = [
+    FaceRecord(
+      image_path=str(root / folder / f"{name}.jpg"),
+      landmarks=np.zeros((68, 2), np.float32),
+      box=np.array([0, 0, 10, 10], np.float32),
+      subset=folder,
+    )
+    for folder, name in (
+      ("afw", "1"),
+      ("afw", "2"),
+      ("lfpw/trainset", "3"),
+      ("lfpw/trainset", "3"),
+      ("lfpw/trainset", "4"),
+    )
+  ]
+  listing = tmp_path / "validation.txt"
+  listing.write_text("# validation images\nafw/2.jpg\n\nlfpw/trainset/3.jpg\n")
+  names = datasets.read_validation_list(str(listing))
+  assert names == ["afw/2.jpg", "lfpw/trainset/3.jpg"]
+  train, validation = datasets.split_validation_by_list(records, names, str(root), "list")
+  assert [r.image_path for r in validation] == [records[1].image_path] + [records[2].image_path] * 2
+  assert [r.image_path for r in train] == [records[0].image_path, records[4].image_path]
+  with pytest.raises(ValueError, match=r"list: 1 listed image\(s\) are not among"):
+    datasets.split_validation_by_list(records, names + ["ibug/9.jpg"], str(root), "list")
+  with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+    datasets.read_validation_list(str(tmp_path / "nowhere.txt"))
+
+
 def _write_face(folder, name):
   folder.mkdir(parents=True, exist_ok=True)
   Image.new("RGB", (40, 30)).save(folder / f"{name}.jpg")
@@ -111,9 +141,19 @@ def test_missing_or_empty_roots_are_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "name", ["300w", "300w_subset", "cofw", "cofw_ablation", "synthetic", "wflw", "wflw_ablation"]
+  "name",
+  [
+    "300w",
+    "300w_subset",
+    "300w_subset_finetune",
+    "cofw",
+    "cofw_ablation",
+    "synthetic",
+    "wflw",
+    "wflw_ablation",
+  ],
 )
-def test_every_config_can_evaluate_a_folder_from_the_command_line(name):
+def test_every_config_can_evaluate_a_folder_from_the_command_line(name, tmp_path):
   # config_flags locks the config: an override of a field the config lacks is an error, so
   # `--config.data.eval_dataset=folder --config.data.eval_root=DIR` needs both fields in all.
   import importlib.util
@@ -126,5 +166,9 @@ def test_every_config_can_evaluate_a_folder_from_the_command_line(name):
   spec.loader.exec_module(module)
   config = module.get_config()
   config.lock()
-  config.data.eval_dataset, config.data.eval_root = "folder", "/data/faces"
-  assert config.data.eval_dataset == "folder"
+  _write_face(tmp_path / "faces", "a")
+  _write_face(tmp_path / "faces", "b")
+  config.data.eval_dataset, config.data.eval_root = "folder", str(tmp_path / "faces")
+  config.data.eval_splits = ("test",)  # not "validation": that would read the training data
+  sources = datasets.eval_sources(config)
+  assert {subset: len(source) for subset, source in sources.items()} == {"faces": 2}

@@ -24,11 +24,11 @@ def _numpy_gaussian(landmarks, height, width, sigma):
   batch, num_landmarks, _ = landmarks.shape
   out = np.zeros((batch, height, width, num_landmarks), np.float64)
   for b in range(batch):
-    for l in range(num_landmarks):
-      x, y = landmarks[b, l]
+    for point in range(num_landmarks):
+      x, y = landmarks[b, point]
       for i in range(height):
         for j in range(width):
-          out[b, i, j, l] = math.exp(-((j - x) ** 2 + (i - y) ** 2) / (2 * sigma**2))
+          out[b, i, j, point] = math.exp(-((j - x) ** 2 + (i - y) ** 2) / (2 * sigma**2))
   return out
 
 
@@ -137,9 +137,9 @@ def test_dark_uses_the_cross_derivative():
   centres = np.array([[10.2, 12.3], [20.4, 30.1], [40.1, 8.35]])
   rows, columns = np.mgrid[0:48, 0:48]
   maps = np.zeros((1, 48, 48, 3), np.float32)
-  for l, (x, y) in enumerate(centres):
+  for point, (x, y) in enumerate(centres):
     d = np.stack([columns - x, rows - y], axis=-1)
-    maps[0, ..., l] = np.exp(-0.5 * np.einsum("hwi,ij,hwj->hw", d, precision, d))
+    maps[0, ..., point] = np.exp(-0.5 * np.einsum("hwi,ij,hwj->hw", d, precision, d))
   np.testing.assert_allclose(hm.decode_heatmaps(maps, "dark")[0], centres, atol=1e-3)
 
 
@@ -220,14 +220,14 @@ def _numpy_scores(maps, peaks, radius):
   batch, height, width, num_landmarks = maps.shape
   out = np.zeros((batch, num_landmarks))
   for b in range(batch):
-    for l in range(num_landmarks):
-      x, y = peaks[b, l]
+    for point in range(num_landmarks):
+      x, y = peaks[b, point]
       total = 0.0
       for k in range(x - radius, x + radius + 1):
         for t in range(y - radius, y + radius + 1):
           if 0 <= k < width and 0 <= t < height:
-            total += maps[b, t, k, l]
-      out[b, l] = total / (2 * radius + 1) ** 2
+            total += maps[b, t, k, point]
+      out[b, point] = total / (2 * radius + 1) ** 2
   return out
 
 

@@ -178,6 +178,9 @@ def test_sigkilled_training_resumes_to_the_same_parameters(tmp_path):
     timeout=600,
   )
   assert straight.returncode == 0, straight.stderr[-3000:]
+  # The console shows the progress, not the libraries' INFO logs (Orbax's checkpointing).
+  assert "[hourglass] step" in straight.stdout
+  assert "checkpoint_manager" not in straight.stdout + straight.stderr
   step_a, params_a = _final_params(tmp_path / "straight")
   step_b, params_b = _final_params(killed_dir)
   assert step_a == step_b == steps_total

@@ -63,11 +63,11 @@ def test_softmax_cross_entropy_against_numpy_loop():
   for s in range(2):
     total, count = 0.0, 0
     for b in range(3):
-      for l in range(6):
-        t = target[b, :, :, l].ravel().astype(np.float64)
+      for point in range(6):
+        t = target[b, :, :, point].ravel().astype(np.float64)
         if t.sum() <= 1e-6:
           continue
-        z = stacks[s, b, :, :, l].ravel().astype(np.float64)
+        z = stacks[s, b, :, :, point].ravel().astype(np.float64)
         log_p = z - np.log(np.sum(np.exp(z - z.max()))) - z.max()
         total += -np.sum(t / t.sum() * log_p)
         count += 1

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import geometry, heatmaps, pipeline, shape_dictionary
+from msm_jax import geometry, heatmaps, pipeline
 from msm_jax.landmarks import get_scheme, region_thresholds
 
 CROP, MAPS, L = 128, 64, 68
@@ -137,19 +137,29 @@ def test_shape_repair_matches_stage_by_stage_reference(setup):
   reliable = np.asarray(out["reliable"][0])
   assert not reliable[:17].any() and reliable[17:].all()
 
-  # Stage by stage, outside the pipeline: decode, align to the dictionary mean, repair, undo.
+  # Stage by stage in plain NumPy (no library code): a least-squares similarity of the
+  # reliable points onto the dictionary mean, the k = 10 exemplars nearest on the reliable
+  # landmarks, the ridge fit of Eq. 11 (lambda = 60), the unreliable points replaced, undone.
   points = np.asarray(out["hourglass_landmarks"][0], np.float64)
-  weights = reliable.astype(np.float64)
   mean_shape = np.asarray(dictionary, np.float64).mean(0)
-  to_canonical = geometry.estimate_similarity(points, mean_shape, weights)
-  canonical = geometry.apply_affine(points, to_canonical)
-  repaired, _ = shape_dictionary.reconstruct(
-    jnp.asarray(canonical[None], jnp.float32),
-    jnp.asarray(reliable[None]),
-    jnp.asarray(dictionary),
-    k=10,
+  x, y = points[reliable, 0], points[reliable, 1]
+  ones, zeros = np.ones_like(x), np.zeros_like(x)
+  design = np.concatenate([np.stack([x, -y, ones, zeros], 1), np.stack([y, x, zeros, ones], 1)])
+  a, b, tx, ty = np.linalg.lstsq(
+    design, np.concatenate([mean_shape[reliable, 0], mean_shape[reliable, 1]]), rcond=None
+  )[0]
+  similarity = np.array([[a, -b, tx], [b, a, ty], [0.0, 0.0, 1.0]])
+  canonical = points @ similarity[:2, :2].T + similarity[:2, 2]
+  exemplars = np.asarray(dictionary, np.float64)
+  distances = ((exemplars[:, reliable] - canonical[reliable]) ** 2).sum(axis=(1, 2))
+  nearest = exemplars[np.argsort(distances)[:10]]  # [k, L, 2]
+  basis = nearest[:, reliable].reshape(10, -1).T  # [2R, k]
+  alpha = np.linalg.solve(
+    basis.T @ basis + 60.0 * np.eye(10), basis.T @ canonical[reliable].ravel()
   )
-  expected = geometry.apply_affine(np.asarray(repaired[0], np.float64), np.linalg.inv(to_canonical))
+  repaired = np.where(reliable[:, None], canonical, np.einsum("k,kld->ld", alpha, nearest))
+  inverse = np.linalg.inv(similarity)
+  expected = repaired @ inverse[:2, :2].T + inverse[:2, 2]
   np.testing.assert_allclose(np.asarray(out["landmarks"][0]), expected, atol=1e-2)
   # Reliable landmarks are kept, unreliable ones moved.
   np.testing.assert_allclose(

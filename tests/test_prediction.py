@@ -67,6 +67,12 @@ def test_predict_images_equals_the_pipeline_on_whole_images(model):
       # model's repair throws points hundreds of pixels out, hence the relative part.
       np.testing.assert_allclose(face.landmarks, expected["landmarks"][row], rtol=1e-4, atol=2e-3)
       compared += 1
+    # What each stage did: the landmarks before the repair (mapped back to the image like the
+    # final ones) and the GDNN's theta of the tiny model (its fixed zoom + shift).
+    np.testing.assert_allclose(
+      face.hourglass_landmarks, expected["hourglass_landmarks"][row], rtol=1e-4, atol=2e-3
+    )
+    np.testing.assert_allclose(face.theta.ravel(), tiny_models.ZOOM_SHIFT_THETA, atol=1e-6)
     np.testing.assert_array_equal(face.box, np.concatenate(boxes)[row].astype(np.float32))
     assert face.detector_box is None
   assert compared >= 1  # a flip needs a score within ~1e-5 of its threshold: rare
@@ -156,6 +162,8 @@ def test_prediction_to_json_fields():
     landmarks=np.full((68, 2), 1.23456, np.float32),
     scores=np.ones(68, np.float32),
     reliable=np.ones(68, bool),
+    hourglass_landmarks=np.full((68, 2), 2.0, np.float32),
+    theta=np.array([[0.9, 0.1, 0.05], [-0.1, 0.9, -0.03]], np.float32),
   )
   document = json.loads(
     json.dumps(
@@ -171,6 +179,8 @@ def test_prediction_to_json_fields():
   assert entry["box_source"] == "haar_calibrated" and entry["detector_box"] == [0, 1, 5, 6]
   assert len(entry["landmarks"]) == 68 and entry["landmarks"][0] == [1.235, 1.235]
   assert len(entry["scores"]) == 68 and entry["reliable"][0] is True
+  assert entry["hourglass_landmarks"][0] == [2.0, 2.0]
+  assert entry["theta"] == [[0.9, 0.1, 0.05], [-0.1, 0.9, -0.03]]
 
 
 def _run_predict(*args):

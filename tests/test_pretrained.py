@@ -101,6 +101,27 @@ def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
   assert loaded.calibration.cascade == "haarcascade_x.xml"
 
 
+def test_hourglass_fine_tuning_starts_from_the_package(packaged):
+  config, _, out, _, live = packaged
+  config = tiny_models.tiny_config()
+  config.hourglass.init_from = out
+  _, optimizer, state = stages.hourglass_states(config, steps_per_epoch=10)
+  started = state.models["hourglass"]
+  for name in ("params", "batch_stats"):
+    jax.tree.map(
+      np.testing.assert_array_equal, getattr(started, name), live.variables["hourglass"][name]
+    )
+  # A fresh optimiser state for those parameters (Adam's moments at zero).
+  assert all(
+    float(jnp.abs(leaf).max()) == 0.0
+    for leaf in jax.tree.leaves(started.opt_state)
+    if jnp.issubdtype(leaf.dtype, jnp.floating)
+  )
+  config.hourglass.width = 16  # a package of another width does not fit: named
+  with pytest.raises(pretrained.PackageError, match="weights.npz"):
+    stages.hourglass_states(config, steps_per_epoch=10)
+
+
 def test_package_contents_and_reported_size(packaged):
   _, _, out, info, live = packaged
   files = {

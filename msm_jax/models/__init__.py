@@ -1,1 +1,2 @@
-"""Flax Linen models: GDNN and DDNN (ST-GAN, Tables I-II), stacked hourglass (Fig. 3-4), Res-50 baseline."""
+"""Flax Linen models: GDNN and DDNN (ST-GAN, Tables I-II), stacked hourglass (Fig. 3-4),
+Res-50 baseline."""
