@@ -120,14 +120,15 @@ def main(argv=None) -> int:
     return 2
 
   from tqdm import tqdm
-  from msm_jax import prediction, pretrained
+  from msm_jax.inference import prediction, pretrained
 
   try:
     model = pretrained.load_pretrained(args.model)
   except FileNotFoundError as error:
     print(
       f"error: no pretrained model in {args.model} ({error}). Pass --model DIR, or make one "
-      f"from a training run: python -m msm_jax.pretrained --config configs/300w_subset.py "
+      "from a training run: python -m msm_jax.inference.pretrained "
+      "--config configs/300w_subset.py "
       f"--workdir runs/300w_subset --out pretrained/",
       file=sys.stderr,
     )

@@ -1,8 +1,8 @@
-"""Inference speed of the one-jit MSM pipeline (Algorithm 2), per stage (issue 7, item 1).
+"""Inference speed of the one-jit MSM pipeline (Algorithm 2), per stage.
 
   python -m benchmarks.bench_inference [--batch_sizes 1,8,32] [--repeats 5] [--quick]
 
-Times ``msm_jax.pipeline.make_inference_fn`` at the paper's sizes (GDNN of Table I, the
+Times ``msm_jax.inference.pipeline.make_inference_fn`` at the paper's sizes (GDNN of Table I, the
 256-channel two-stack hourglass, N = 500 exemplars, k = 100) on uint8 256x256 images with
 one face box each: faces/s and ms/face per batch size, compile time separately, and the
 peak resident memory of the process. Each batch size runs in its own worker process (so
@@ -36,7 +36,8 @@ def _models(quick: bool):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import bench_reconstruction, bench_training  # pylint: disable=g-import-not-at-top
-  from msm_jax import landmarks, pipeline  # pylint: disable=g-import-not-at-top
+  from msm_jax import landmarks  # pylint: disable=g-import-not-at-top
+  from msm_jax.inference import pipeline
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
 
   overrides = (
@@ -77,7 +78,8 @@ def stage_functions(generator, hourglass, options):
   # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from msm_jax import geometry, heatmaps, pipeline, sampler  # pylint: disable=g-import-not-at-top
+  from msm_jax import geometry, heatmaps, sampler  # pylint: disable=g-import-not-at-top
+  from msm_jax.inference import pipeline
 
   size = options.crop_size
 
@@ -130,7 +132,7 @@ def _inputs(batch: int):
 def measure_batch(batch: int, quick: bool, repeats: int, warmup: int) -> dict:
   """One batch size: compile, one-jit timing, per-stage timings, peak RSS (in a worker)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from msm_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from msm_jax.inference import pipeline  # pylint: disable=g-import-not-at-top
 
   generator, hourglass, options, variables = _models(quick)
   images, boxes = (jax.device_put(array) for array in _inputs(batch))

@@ -1,4 +1,4 @@
-"""Faces per second delivered by the Grain input pipeline (issue 7, item 5).
+"""Faces per second delivered by the Grain input pipeline.
 
   python -m benchmarks.bench_input_pipeline [--workers 0,2] [--repeats 5] [--quick]
   python -m benchmarks.bench_input_pipeline --root /path/300w   # + a 300-W style folder tree

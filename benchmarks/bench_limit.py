@@ -1,4 +1,4 @@
-"""How close the hourglass gets to the machine's matmul peak (issue 7, item 6).
+"""How close the hourglass gets to the machine's matmul peak.
 
   python -m benchmarks.bench_limit [--batch 16] [--matmul_size 4096] [--repeats 5] [--quick]
 

@@ -1,4 +1,4 @@
-"""Speed of the exemplar shape reconstruction (Sec. III-C, Eq. 11) (issue 7, item 3).
+"""Speed of the exemplar shape reconstruction (Sec. III-C, Eq. 11).
 
   python -m benchmarks.bench_reconstruction [--repeats 7] [--loop_faces 64] [--quick]
 
@@ -6,7 +6,7 @@ Times ``msm_jax.shape_dictionary.reconstruct`` (jitted, batched) at batch 1, 32 
 against a per-face NumPy loop and a per-face scikit-learn ``Ridge`` loop, with the
 paper's sizes: N = 500 exemplars, k = 100 neighbours, 68 points, lambda = 60. Each
 number is microseconds per face, median (and minimum) of ``--repeats`` timed calls
-after a warm-up call. Target (issue 7): <= 20 us/face at batch 256, 1000x the paper's
+after a warm-up call. Target: <= 20 us/face at batch 256, 1000x the paper's
 20 ms. A second table splits one 32-face chunk of the kernel into its stages. Machines
 here are shared: only ratios measured in the same run are comparable.
 """

@@ -1,4 +1,4 @@
-"""The full-size stacked hourglass in JAX and in PyTorch eager, same run (issue 7, item 2).
+"""The full-size stacked hourglass in JAX and in PyTorch eager, same run.
 
   python -m benchmarks.bench_torch [--batch 16] [--repeats 5] [--quick]
 
@@ -19,7 +19,7 @@ stacks, backward, Adam):
 * PyTorch eager float32 and bfloat16 autocast, each with NCHW and channels-last memory.
 
 and prints JAX/PyTorch speed ratios against PyTorch's fastest configuration, with the
-targets of issue 7: >= 1.5x on inference, >= 1.0x on the train step. Both frameworks run
+targets: >= 1.5x on inference, >= 1.0x on the train step. Both frameworks run
 under the same allocator (jemalloc where installed, as train.py; ``--no_jemalloc``).
 """
 

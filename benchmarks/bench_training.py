@@ -1,4 +1,4 @@
-"""Training speed: images/s of every stage's jitted update step (issue 7, item 4).
+"""Training speed: images/s of every stage's jitted update step.
 
   python -m benchmarks.bench_training [--repeats 5] [--configs synthetic,paper] [--quick]
 
@@ -90,30 +90,11 @@ def _random_batch(stage: str, config, rng):
 
 
 def _step_and_state(stage: str, config, mesh):
-  from msm_jax.train import stages as stage_lib, steps  # pylint: disable=g-import-not-at-top
+  from msm_jax.train import stages as stage_lib  # pylint: disable=g-import-not-at-top
 
-  if stage == "hourglass":
-    module, optimizer, state = stage_lib.hourglass_states(config, 100)
-    step = steps.make_hourglass_step(
-      module,
-      optimizer,
-      loss_name=config.hourglass.loss,
-      sigma=config.hourglass.sigma,
-      crop_size=config.data.crop_size,
-      heatmap_size=config.data.heatmap_size,
-      mesh=mesh,
-    )
-  elif stage == "resnet":
-    module, optimizer, state = stage_lib.resnet_states(config, 100)
-    step = steps.make_regression_step(module, optimizer, crop_size=config.data.crop_size, mesh=mesh)
-  else:
-    *modules, state = stage_lib.stgan_states(config, 100)
-    step = steps.make_stgan_step(
-      *modules,
-      theta_weight=config.stgan.theta_weight,
-      adversarial_weight=config.stgan.adversarial_weight,
-      mesh=mesh,
-    )
+  registered = stage_lib.STAGES[stage]  # the update train.py runs for this stage
+  setup = registered.setup(config, 100)
+  step, state = registered.step(config, setup, mesh), setup.state
   return step, state
 
 

@@ -1,6 +1,6 @@
 """What every benchmark script shares: the machine, timing, tables, JSON and worker processes.
 
-Every script in ``benchmarks/`` (issue 7) prints the machine it ran on, times each case as
+Every script in ``benchmarks/`` prints the machine it ran on, times each case as
 the median of ``--repeats`` (>= 5) calls after ``--warmup`` untimed calls, prints Markdown
 tables and writes the same numbers, with the machine, to ``benchmarks/results/<name>.json``
 (``--json`` overrides the path). ``--quick`` shrinks every case to a smoke run.
@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # jaxlib 0.10 on CPU: keeps YNNPACK for matrix products and reductions only. Training gets
-# ~30 % faster, inference ~30 % slower (shared/notes/cpu_and_stack.md), so benchmarks, like
+# ~30 % faster, inference ~30 % slower (docs/cpu_notes.md), so benchmarks, like
 # train.py and predict.py, set it for training processes only.
 TRAINING_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
 _RESULT_PREFIX = "BENCH_RESULT "

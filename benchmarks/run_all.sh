@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark of issue 7 in sequence; each writes benchmarks/results/<name>.json.
+# Runs every benchmark in sequence; each writes benchmarks/results/<name>.json.
 #
 #   bash benchmarks/run_all.sh            # full sizes (tens of minutes on 2 cores)
 #   bash benchmarks/run_all.sh --quick    # smoke run: every script at tiny sizes

@@ -10,12 +10,14 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.stages = "all"  # comma list of stgan, hourglass, dictionary, resnet; "all" = first 3
+  # Comma list of msm_jax/train/stages.py's STAGES (stgan, hourglass, dictionary, resnet);
+  # "all" = the paper's three.
+  config.stages = "all"
   # train.py ends with evaluate.py's report (tables, CED plots, overlays in <workdir>/eval).
   config.evaluate_after_training = True
 
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = "300w"  # 300w | cofw | wflw | synthetic | folder
+  config.data.dataset = "300w"  # msm_jax/data/datasets.py: DATASETS
   config.data.root = ""  # the dataset's official release folder
   config.data.scheme = "300w"  # landmark scheme: 300w (68) | wflw (98) | cofw (29)
   config.data.train_split = "train"
@@ -90,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Stacked hourglass, Sec. III-B and IV-C.
   config.hourglass = ml_collections.ConfigDict()
+  config.hourglass.architecture = "stacked_hourglass"  # msm_jax/models: ARCHITECTURES
   config.hourglass.width = 256  # Fig. 3
   config.hourglass.stem_widths = (
     64,
@@ -104,8 +107,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.hourglass.lr_halve_epochs = (100,)  # "reduced to half after 100 epochs"
   config.hourglass.sigma = 1.5  # Gaussian target std in heatmap pixels; not in the paper
   # The paper trains with MSE; on real data MSE did not learn in our calibration run
-  # (shared/notes/cpu_and_stack.md), spatial softmax cross-entropy did.
-  config.hourglass.loss = "softmax_cross_entropy"  # or "mse"
+  # (docs/cpu_notes.md), spatial softmax cross-entropy did.
+  config.hourglass.loss = "softmax_cross_entropy"  # or "mse" (train/losses.py: HEATMAP_LOSSES)
   config.hourglass.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
   # Fine-tuning: start from the hourglass of this pretrained package folder ("" = random
   # init). Used only when the workdir has no hourglass checkpoint yet.
@@ -113,6 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Res-50 coordinate-regression baseline of the ablation (Sec. IV-G; stage "resnet").
   config.resnet = ml_collections.ConfigDict()
+  config.resnet.architecture = "resnet50"
   config.resnet.width = 1.0  # multiplies ResNet-50's channels
   config.resnet.batch_size = 16
   config.resnet.epochs = 300  # as the hourglass
@@ -129,8 +133,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.shape.ridge_lambda = 60.0  # Sec. IV-C
   config.shape.replace = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
 
-  # Inference (msm_jax/pipeline.py): passes re-run on a crop fitted to the previous pass's
-  # landmarks, turned upright by the face's roll (not in the paper; what a detector's box
+  # Inference (msm_jax/inference/pipeline.py): passes re-run on a crop fitted to the previous
+  # pass's landmarks, turned upright by the face's roll (not in the paper; what a detector's box
   # and a rolled face cost without it: docs/robustness.md).
   config.inference = ml_collections.ConfigDict()
   config.inference.recrop_passes = 1

@@ -31,7 +31,7 @@ def get_config():
   config.stgan.epochs = 2
   config.stgan.lr_halve_epochs = (1.5,)
   config.stgan.discriminator_width = 0.25  # Table II's 1024-kernel layers are CPU-heavy
-  # Balance of the game (issue 4, 500 steps, same seed): with D at G's rate and hard labels D
+  # Balance of the game (500 steps, same seed): with D at G's rate and hard labels D
   # saturates within ~100 steps (its losses ~0.001, L_A ~10) and faces end 4.6 px from the
   # template; a 5x slower D with one-sided label smoothing keeps L_A ~5 and reaches 4.0 px.
   config.stgan.discriminator_learning_rate = 1e-4

@@ -3,7 +3,7 @@
 import os
 import sys
 
-# Measured on this 2-core CPU machine (shared/notes/cpu_and_stack.md): the YNN fusion makes a
+# Measured on this 2-core CPU machine (docs/cpu_notes.md): the YNN fusion makes a
 # training step ~30 % faster but slows inference by ~30 %, so it is set for training only.
 _TRAINING_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
 

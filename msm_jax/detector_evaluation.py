@@ -20,12 +20,10 @@ import sys
 
 import numpy as np
 
-from msm_jax import detection, evaluation, landmarks, prediction
+from msm_jax import evaluation, landmarks
+from msm_jax.inference import detection, prediction
 from msm_jax.data import datasets, images
-
-
-def _landmark_box(points: np.ndarray) -> np.ndarray:
-  return np.concatenate([points.min(axis=0), points.max(axis=0)])
+from msm_jax.data.records import box_from_landmarks
 
 
 def _metrics(pred, gt, scheme, failure_threshold) -> dict:
@@ -56,7 +54,9 @@ def evaluate_with_detector(
     by_image[record.image_path if record.image is None else id(record)].append(record)
   groups = list(by_image.values())
   pixels = [images.record_image(group[0]) for group in groups]
-  gt_boxes = [np.stack([_landmark_box(record.landmarks) for record in group]) for group in groups]
+  gt_boxes = [
+    np.stack([box_from_landmarks(record.landmarks) for record in group]) for group in groups
+  ]
 
   with_gt = prediction.predict_images(model, pixels, boxes=gt_boxes, batch_size=batch_size)
   with_detector = prediction.predict_images(model, pixels, batch_size=batch_size, errors="collect")
@@ -107,7 +107,9 @@ def markdown(results: dict) -> str:
 
 def main(argv):
   del argv
-  from msm_jax import pretrained  # after flags: keeps `import msm_jax.detector_evaluation` light
+  from msm_jax.inference import (
+    pretrained,
+  )  # after flags: keeps `import msm_jax.detector_evaluation` light
 
   config = _CONFIG.value
   model = pretrained.load_pretrained(_MODEL.value)

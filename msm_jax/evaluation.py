@@ -46,7 +46,7 @@ class SubsetPredictions:
     gt: [N, L, 2] float64 ground-truth landmarks, same coordinates.
     occluded: optional [N, L] bool ground-truth occlusion flags (True = occluded).
     reliable: optional [N, L] bool, the model's reliability mask (Eq. 9 score
-      >= K): True where the hourglass landmark was kept.
+      > K): True where the hourglass landmark was kept.
     scores: optional [N, L] float64 Eq. 9 scores.
     boxes: optional [N, 4] float64 (x0, y0, x1, y1) face boxes, for norm="box".
   """
@@ -145,7 +145,7 @@ def unreliable_as_occlusion_detector(occluded, reliable) -> dict:
 
   Args:
     occluded: [N, L] bool ground-truth occlusion flags.
-    reliable: [N, L] bool reliability mask (Eq. 9 score >= K).
+    reliable: [N, L] bool reliability mask (Eq. 9 score > K).
 
   Returns:
     {"unreliable_precision", "unreliable_recall", "unreliable_f1": fractions,

@@ -5,23 +5,26 @@ each run returns the landmarks before and after the shape repair, so the four ab
 of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes, and the
 Res-50 rows (when that baseline was trained) two more. The full
 model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
-row gives the scale of the numbers. Table IX's threshold sweep reruns the pipeline with other
-thresholds (they are data, not compile-time constants, so nothing recompiles).
+row gives the scale of the numbers. Table IX's threshold sweep keeps the full model's hourglass
+outputs and reruns only the reliability test and the shape repair for each threshold pair.
 
 Faces enter as the evaluation crops of the input pipeline (the record's box with the config's
 margin, 128x128): exactly what the ST-GAN saw in training as I_fake. Predictions are mapped
-back to original-image pixels and compared with the annotations there.
+back to original-image pixels and compared with the annotations there. With re-crop passes
+(`config.inference.recrop_passes`) every row is read off the last pass, whose crop is fitted to
+the previous pass's final (repaired) landmarks.
 """
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from msm_jax import evaluation, geometry, landmarks, model_io, pipeline, reports
+from msm_jax import evaluation, geometry, heatmaps, landmarks, model_io, overlays, reports
+from msm_jax.inference import pipeline
 from msm_jax.data import augment, datasets, input_pipeline
-from msm_jax.data.synthetic import draw_landmarks
 
 FULL_MODEL = "ST-GAN + HG + SR"
 MEAN_SHAPE_TRAINING_FACES = 500  # enough for a stable mean; rendering more costs time
@@ -42,6 +45,8 @@ def predict_source(infer, variables, source, config) -> dict:
       "occluded",
       "crop_to_image",
       "crops",
+      "canonical_points",
+      "canonical_to_image",
     )
   }
   for batch in input_pipeline.eval_dataset(source, config, batch_size=batch_size, worker_count=0):
@@ -61,6 +66,10 @@ def predict_source(infer, variables, source, config) -> dict:
     collected["gt"].append(batch["image_landmarks"])
     collected["occluded"].append(batch["occluded"])
     collected["crop_to_image"].append(to_image)
+    collected["canonical_points"].append(np.asarray(out["canonical_landmarks"][:count]))
+    collected["canonical_to_image"].append(
+      to_image @ np.asarray(out["canonical_to_image"][:count], np.float64)
+    )
     collected["crops"].append(
       np.stack(
         [
@@ -108,7 +117,9 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
     tiles.append(
       np.concatenate(
         [
-          np.asarray(draw_landmarks(crop, in_crop, ~predictions["reliable"][index], zoom)),
+          np.asarray(
+            overlays.draw_landmarks(crop, [(in_crop, ~predictions["reliable"][index], None)], zoom)
+          ),
           np.asarray(
             Image.fromarray(canonical).resize((crop.shape[1] * zoom, crop.shape[0] * zoom))
           ),
@@ -119,24 +130,21 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
   Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
 
 
-def _variants(model: model_io.TrainedModel, config) -> list[tuple[str, str | None, object]]:
-  """(row of the landmarks before repair, row after repair or None, inference function)."""
+def _variants(model: pipeline.TrainedModel, config) -> list[tuple]:
+  """(row of the landmarks before repair, row after repair or None, inference function, its
+  pipeline options)."""
   use_sr = "dictionary" in model.available
   st_settings = (False, True) if "stgan" in model.available else (False,)
   variants = []
   for st in st_settings:
     prefix = "ST-GAN + " if st else ""
-    infer = pipeline.make_inference_fn(
-      model.generator, model.hourglass, model_io.pipeline_options(config, st, use_sr)
+    options = pipeline.options_from_config(config, st, use_sr)
+    variants.append(
+      (prefix + "HG", prefix + "HG + SR" if use_sr else None, model.inference_fn(options), options)
     )
-    variants.append((prefix + "HG", prefix + "HG + SR" if use_sr else None, infer))
     if "resnet" in model.available:
-      infer = pipeline.make_inference_fn(
-        model.generator,
-        model.resnet,
-        model_io.pipeline_options(config, st, False, landmark_network="regression"),
-      )
-      variants.append((prefix + "Res-50", None, infer))
+      options = pipeline.options_from_config(config, st, False, landmark_stage="resnet")
+      variants.append((prefix + "Res-50", None, model.inference_fn(options), options))
   return variants
 
 
@@ -151,14 +159,16 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
   threshold, norms = config.eval.failure_threshold, tuple(config.eval.norms)
   sources = datasets.eval_sources(config)
   baseline_shapes = mean_shape_in_crops(config)
-  dataset = config.data.get("eval_dataset", "") or config.data.dataset
-  with_occlusion = dataset in ("synthetic", "cofw68")  # ground-truth occlusion flags
+  with_occlusion = datasets.evaluation_dataset(config).occlusion_flags
 
-  rows, curves = {}, {}
+  sweep_subset = config.eval.get("threshold_sweep_subset", "") or next(iter(sources))
+  rows, curves, sweep = {}, {}, None
   for subset_name, source in sources.items():
     overlay = None
-    for before_name, after_name, infer in variants:
+    for before_name, after_name, infer, options in variants:
       predictions = predict_source(infer, model.variables, source, config)
+      if after_name == FULL_MODEL and subset_name == sweep_subset:
+        sweep = (predictions, options)
       named = [(before_name, "hourglass")] + ([(after_name, "final")] if after_name else [])
       for method, key in named:
         subset = _subset(subset_name, predictions, key, with_occlusion)
@@ -179,31 +189,33 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
     log(f"  {subset_name}: {len(predictions['gt'])} faces")
 
   tables = _tables(config, rows, sources, with_occlusion)
-  sweep_subset = config.eval.get("threshold_sweep_subset", "") or next(iter(sources))
-  full = [infer for _, after, infer in variants if after == FULL_MODEL]
-  if full and sweep_subset in sources:
-    tables.update(
-      _threshold_sweep(
-        full[0], model.variables, sources[sweep_subset], sweep_subset, config, scheme
-      )
-    )
+  if sweep is not None:
+    tables.update(_threshold_sweep(*sweep, model.variables, sweep_subset, config, scheme))
   markdown = reports.write_report(out_dir, "report", tables, curves, threshold)
   log(markdown)
   return markdown
 
 
+# The paper's tables by `Dataset.paper_tables`: (rows, full-model rows) -> {name: table}.
+PAPER_TABLES = {
+  "300w": lambda rows, full_rows: reports.tables_300w(full_rows),
+  "cofw": lambda rows, full_rows: {
+    **reports.tables_cofw(full_rows, subset="test"),
+    **reports.ablation_tables(rows, "cofw", subset="test"),
+  },
+  "wflw": lambda rows, full_rows: {
+    **reports.tables_wflw(full_rows, fullset="full"),
+    **reports.ablation_tables(rows, "wflw", subset="full"),
+  },
+}
+
+
 def _tables(config, rows, sources, with_occlusion: bool) -> dict:
-  dataset = config.data.get("eval_dataset", "") or config.data.dataset
+  paper = datasets.evaluation_dataset(config).paper_tables
   full_rows = {"MSM": rows[FULL_MODEL]} if FULL_MODEL in rows else {}
   tables = {}
-  if dataset == "300w" and full_rows:
-    tables.update(reports.tables_300w(full_rows))
-  elif dataset == "cofw68" and full_rows:
-    tables.update(reports.tables_cofw(full_rows, subset="test"))
-    tables.update(reports.ablation_tables(rows, "cofw", subset="test"))
-  elif dataset == "wflw" and full_rows:
-    tables.update(reports.tables_wflw(full_rows, fullset="full"))
-    tables.update(reports.ablation_tables(rows, "wflw", subset="full"))
+  if paper and full_rows:
+    tables.update(PAPER_TABLES[paper](rows, full_rows))
   columns = [
     (subset, metric) for subset in sources for metric in ("nme_inter_ocular", "failure_rate", "auc")
   ]
@@ -224,13 +236,28 @@ def _ordered(rows: dict) -> dict:
   return {name: rows[name] for name in order}
 
 
-def _threshold_sweep(infer, variables, source, subset_name, config, scheme) -> dict:
+def _threshold_sweep(predictions, options, variables, subset_name, config, scheme) -> dict:
+  """Table IX from one pipeline run: the hourglass outputs of ``predictions`` are kept and
+  only the reliability test and the shape repair run again for each threshold pair."""
+
+  @jax.jit
+  def repaired(points, scores, thresholds, dictionary):
+    reliable = heatmaps.reliable_mask(scores, thresholds)
+    return pipeline.repair_shapes(points, reliable, dictionary, options), reliable
+
   def predict_with(contour, feature):
-    swept = dict(
-      variables, thresholds=jnp.asarray(landmarks.region_thresholds(scheme, contour, feature))
+    thresholds = jnp.asarray(landmarks.region_thresholds(scheme, contour, feature))
+    points, reliable = repaired(
+      predictions["canonical_points"], predictions["scores"], thresholds, variables["dictionary"]
     )
-    predictions = predict_source(infer, swept, source, config)
-    return _subset(subset_name, predictions, "final", with_occlusion=False)
+    final = (
+      np.einsum(
+        "bij,blj->bli", predictions["canonical_to_image"][:, :2, :2], np.asarray(points, np.float64)
+      )
+      + predictions["canonical_to_image"][:, None, :2, 2]
+    )
+    swept = dict(predictions, final=final, reliable=np.asarray(reliable))
+    return _subset(subset_name, swept, "final", with_occlusion=False)
 
   sweep = evaluation.threshold_sweep(
     predict_with, scheme, failure_threshold=config.eval.failure_threshold

@@ -1,20 +1,20 @@
-"""Load a trained MSM (the three stages' newest checkpoints + the dictionary) for inference.
+"""Load a trained MSM (every registered stage's newest checkpoint + the dictionary).
 
-Returns the pieces `pipeline.make_inference_fn` needs: the Flax modules, the variables dict,
-and (`pipeline_options`) the `PipelineOptions` from the config. Missing stages are reported
-by name; the ST stage, the dictionary and the Res-50 baseline may be absent (their rows are
-then left out), the hourglass may not.
+Returns a `pipeline.TrainedModel`: the pieces `pipeline.make_inference_fn` needs (modules and
+variables; `pipeline.options_from_config` gives the options). Missing stages are reported by
+name; the ST stage, the dictionary and the Res-50 baseline may be absent (their rows are then
+left out), the hourglass may not.
 """
 
-import dataclasses
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from msm_jax import landmarks, pipeline, shape_dictionary
+from msm_jax import landmarks, models, shape_dictionary
+from msm_jax.inference import pipeline
 from msm_jax.train import checkpoints, stages
 
 
@@ -34,54 +34,29 @@ def _restore_models(config, workdir: str, stage: str, fresh_state) -> dict | Non
   return None if restored is None else restored[0].models
 
 
-def pipeline_options(
-  config, use_st: bool = True, use_sr: bool = True, landmark_network: str = "hourglass"
-) -> pipeline.PipelineOptions:
-  return pipeline.PipelineOptions(
-    crop_size=config.data.crop_size,
-    heatmap_size=config.data.heatmap_size,
-    use_spatial_transformer=use_st,
-    use_shape_reconstruction=use_sr,
-    landmark_network=landmark_network,
-    heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
-    decode_blur_sigma=config.hourglass.sigma,
-    score_radius=config.shape.score_radius,
-    num_neighbours=config.shape.num_neighbours,
-    ridge_lambda=config.shape.ridge_lambda,
-    replace=config.shape.replace,
-    recrop_passes=int(config.get("inference", {}).get("recrop_passes", 0)),
-    upright_recrop=bool(config.get("inference", {}).get("upright_recrop", True)),
-    box_margin=float(config.data.box_margin),
-  )
+def _abstract_setup(stage, config):
+  """A stage's modules and the shapes of its fresh TrainState, without computing anything
+  (and without reading a fine-tuning start package: the checkpoint replaces it)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if stage.section in config and "init_from" in config[stage.section]:
+    config[stage.section].init_from = ""
+  return jax.eval_shape(lambda: stage.setup(config, 1))  # Setup: modules static, state abstract
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainedModel:
-  generator: Any  # GDNN module
-  hourglass: Any  # StackedHourglass module
-  resnet: Any  # ResNet50 module (the ablation baseline; its variables only if trained)
-  variables: dict  # what `pipeline.make_inference_fn`'s function takes
-  available: frozenset  # the stages found: stgan, hourglass, dictionary, resnet
-
-
-def _abstract(make_states, config):
-  """The fresh TrainState's shapes and dtypes, without computing anything."""
-  return jax.eval_shape(lambda: make_states(config, 1)[-1])
-
-
-def load_trained(config, workdir: str) -> TrainedModel:
+def load_trained(config, workdir: str) -> pipeline.TrainedModel:
   """The newest checkpoint of every stage in `workdir`, and the dictionary."""
   scheme = landmarks.get_scheme(config.data.scheme)
-  variables, available = {"generator": {}}, set()
-  for stage, make_states, names in (
-    ("hourglass", stages.hourglass_states, ("hourglass",)),
-    ("stgan", stages.stgan_states, ("generator",)),
-    ("resnet", stages.resnet_states, ("resnet",)),
-  ):
-    models = _restore_models(config, workdir, stage, _abstract(make_states, config))
-    if models is not None:
-      variables.update({name: models[name].variables for name in names})
-      available.add(stage)
+  variables, available, networks = {"generator": {}}, set(), {}
+  for stage in stages.STAGES.values():
+    if stage.setup is None:
+      continue
+    setup = _abstract_setup(stage, config)
+    restored = _restore_models(config, workdir, stage.name, setup.state)
+    if restored is not None:
+      variables.update({name: restored[name].variables for name in stage.serves})
+      # A landmark stage keys its network by its own name ("hourglass", "resnet").
+      networks.update({name: setup.modules[name] for name in stage.models if name == stage.name})
+      available.add(stage.name)
   if "hourglass" not in available:
     raise MissingStageError(
       f"no hourglass checkpoint in {workdir}/checkpoints/hourglass: "
@@ -100,10 +75,4 @@ def load_trained(config, workdir: str) -> TrainedModel:
       scheme, config.shape.contour_threshold, config.shape.feature_threshold
     )
   )
-  return TrainedModel(
-    stages.generator_module(config),
-    stages.hourglass_module(config),
-    stages.resnet_module(config),
-    variables,
-    frozenset(available),
-  )
+  return pipeline.TrainedModel(models.generator(config), networks, variables, frozenset(available))

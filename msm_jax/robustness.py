@@ -35,7 +35,8 @@ import sys
 
 import numpy as np
 
-from msm_jax import geometry, landmarks, metrics, prediction
+from msm_jax import geometry, landmarks, metrics
+from msm_jax.inference import prediction
 from msm_jax.data import augment
 from msm_jax.data.records import box_from_landmarks
 
@@ -332,7 +333,7 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if not args.config and not args.folder:
     parser.error("give --config (its validation split) or --folder")
-  from msm_jax import pretrained
+  from msm_jax.inference import pretrained
 
   model = pretrained.load_pretrained(args.model)
   config = None

@@ -214,7 +214,7 @@ def _masked_squared_distances(shapes, reliable, dictionary):
 
   Direct differences, not |q|^2 - 2 q.d + |d|^2: in float32 that expansion loses
   the small distances under the ~64^2 magnitudes and picked a different neighbour
-  set for 2.7 % of faces (shared/notes/cpu_and_stack.md). The Python loop over
+  set for 2.7 % of faces (docs/cpu_notes.md). The Python loop over
   landmarks unrolls into one fused elementwise pass over the [B, N] output: 8 us
   per face on XLA:CPU, against 20-45 us for a reduction over a [B, N, 2L] tensor.
 

@@ -172,3 +172,46 @@ def test_every_config_can_evaluate_a_folder_from_the_command_line(name, tmp_path
   config.data.eval_splits = ("test",)  # not "validation": that would read the training data
   sources = datasets.eval_sources(config)
   assert {subset: len(source) for subset, source in sources.items()} == {"faces": 2}
+
+
+@pytest.fixture
+def toy_dataset():
+  from tests import tiny_models
+
+  faces = tiny_models.face_records(count=4)
+  datasets.register(
+    "toyfaces",
+    datasets.Dataset(
+      eval_sources=lambda config, splits: {"toy test": input_pipeline.RecordSource(faces[:2])},
+      train_records=lambda config: faces,
+      occlusion_flags=True,
+    ),
+  )
+  yield faces
+  del datasets.DATASETS["toyfaces"]
+
+
+def test_a_registered_dataset_trains_and_evaluates(toy_dataset, tmp_path):
+  from msm_jax.train import parallel, stages
+  from tests import tiny_models
+
+  config = tiny_models.tiny_config()
+  config.data.dataset = "toyfaces"  # --config.data.dataset=toyfaces
+  config.data.validation_fraction, config.data.eval_splits = 0.25, ("test",)
+  train, validation = datasets.train_and_validation_sources(config)
+  assert (len(train), len(validation)) == (3, 1)
+  assert datasets.evaluation_dataset(config).occlusion_flags
+  assert {name: len(source) for name, source in datasets.eval_sources(config).items()} == {
+    "toy test": 2
+  }
+  config.hourglass.batch_size, config.hourglass.epochs = 3, 1
+  stages.STAGES["hourglass"].train(config, str(tmp_path), parallel.data_mesh(), log=print)
+  assert os.path.isdir(tmp_path / "checkpoints" / "hourglass")
+  with pytest.raises(ValueError, match="already registered"):
+    datasets.register("300w", datasets.DATASETS["300w"])
+  config.data.dataset = "cofw68"
+  with pytest.raises(ValueError, match="'cofw68' is not a training set"):
+    datasets.read_training_records(config)
+  config.data.dataset = "nowhere"
+  with pytest.raises(ValueError, match="data.dataset='nowhere': expected one of synthetic"):
+    datasets.train_and_validation_sources(config)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from msm_jax import detection
+from msm_jax.inference import detection
 from msm_jax.data import synthetic
 
 
@@ -111,7 +111,7 @@ def test_detect_faces_scales_boxes_back_from_a_downscaled_search(monkeypatch):
   np.testing.assert_allclose(boxes, [[19.5, 39.5, 79.5, 99.5]])
 
 
-@pytest.mark.parametrize("cascade", detection.CASCADES)
+@pytest.mark.parametrize("cascade", [*detection.CASCADES, detection.DLIB_HOG])
 def test_real_cascade_finds_a_rendered_face_and_nothing_in_a_blank_image(cascade):
   assert detection.detect_faces(np.full((200, 200, 3), 128, np.uint8), cascade).shape == (0, 4)
   settings = dict(
@@ -125,7 +125,7 @@ def test_real_cascade_finds_a_rendered_face_and_nothing_in_a_blank_image(cascade
     background_clutter=0,
   )
   matched = 0
-  for index in range(12):  # frontal synthetic faces: the cascades find about a third
+  for index in range(12):  # frontal synthetic faces: the detectors find a third or more
     face = synthetic.render_face(0, index, settings)
     boxes = detection.detect_faces(face["image"], cascade)
     matched += len(detection.match_boxes(boxes, face["box"][None]))
@@ -149,3 +149,35 @@ def test_missing_cascade_file_is_a_clear_error():
 def test_detect_faces_rejects_non_rgb_input():
   with pytest.raises(ValueError, match="\\[H, W, 3\\] uint8"):
     detection.detect_faces(np.zeros((10, 10), np.float32))
+
+
+class _FixedDlib:
+  """Stands in for dlib's detector: fixed rectangles (left, top, right, bottom, inclusive)."""
+
+  def __init__(self, rects):
+    self.rects, self.searched = rects, None
+
+  def __call__(self, image, upsample):
+    self.searched = image.shape[:2]
+
+    class Rect:
+      def __init__(self, left, top, right, bottom):
+        values = (left, top, right, bottom)
+        self.left, self.top, self.right, self.bottom = (lambda v=v: v for v in values)
+
+    return [Rect(*rect) for rect in self.rects]
+
+
+def test_dlib_boxes_are_pixel_edges_largest_first_and_scaled_back(monkeypatch):
+  # dlib's rectangle (10, 20, 39, 49) covers pixels 10..39 x 20..49: edges 9.5 .. 39.5.
+  fake = _FixedDlib([(10, 20, 39, 49), (50, 5, 89, 44)])
+  monkeypatch.setattr(detection, "_dlib_detector", lambda: fake)
+  boxes = detection.detect_faces(np.zeros((100, 120, 3), np.uint8), detection.DLIB_HOG)
+  assert fake.searched == (100, 120)
+  np.testing.assert_allclose(boxes, [[49.5, 4.5, 89.5, 44.5], [9.5, 19.5, 39.5, 49.5]])
+  # Searched at half size: edges double (pixel-edge units), as for the Haar cascades.
+  fake = _FixedDlib([(10, 20, 39, 49)])
+  monkeypatch.setattr(detection, "_dlib_detector", lambda: fake)
+  boxes = detection.detect_faces(np.zeros((1024, 2048, 3), np.uint8), detection.DLIB_HOG, 1024)
+  assert fake.searched == (512, 1024)
+  np.testing.assert_allclose(boxes, [[19.5, 39.5, 79.5, 99.5]])

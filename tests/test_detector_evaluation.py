@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msm_jax import detector_evaluation, prediction
+from msm_jax import detector_evaluation
+from msm_jax.inference import prediction
 from msm_jax.data import records as records_lib
 
 from tests import tiny_models

@@ -1,6 +1,6 @@
-"""The jax.export artefact of the pipeline (msm_jax/export.py): the same landmarks as the live
-pipeline at several sizes from one artefact, the file round trip, loading without msm-jax, the
-CLI, and clear errors for bad files and inputs. Tiny random models keep it fast."""
+"""The jax.export artefact of the pipeline (msm_jax/inference/export.py): the same landmarks as
+the live pipeline at several sizes from one artefact, the file round trip, loading without
+msm-jax, the CLI, and clear errors for bad files and inputs. Tiny random models keep it fast."""
 
 import json
 import os
@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import export, pipeline
-from msm_jax.model_io import TrainedModel
+from msm_jax.inference import export, pipeline
 from msm_jax.models.gdnn import GDNN, IDENTITY_THETA as GDNN_IDENTITY
 from msm_jax.models.hourglass import StackedHourglass
 
@@ -82,7 +81,9 @@ def tiny():
   variables["thresholds"] = jnp.asarray(float_checks.thresholds_between(scores, SCORE_MARGIN))
   expected = {size: jax.device_get(live(variables, *inputs[size])) for size in inputs}
   exported = export.export_pipeline(generator, hourglass, variables, OPTIONS, max_batch=MAX_BATCH)
-  model = TrainedModel(generator, hourglass, None, variables, frozenset({"stgan", "hourglass"}))
+  model = pipeline.TrainedModel(
+    generator, {"hourglass": hourglass}, variables, frozenset({"stgan", "hourglass"})
+  )
   return types.SimpleNamespace(
     model=model, inputs=inputs, expected=expected, exported=exported, results={}
   )
@@ -192,11 +193,11 @@ def test_runs_in_a_process_without_msm_jax(tiny, tmp_path):
 
 
 def test_cli_exports_a_pretrained_package_at_fixed_sizes(tiny, tmp_path, monkeypatch):
-  pretrained_module = types.ModuleType("msm_jax.pretrained")  # stands in for the package
+  pretrained_module = types.ModuleType("msm_jax.inference.pretrained")  # stands in for the package
   pretrained_module.load_pretrained = lambda directory: types.SimpleNamespace(
     model=tiny.model, options=OPTIONS
   )
-  monkeypatch.setitem(sys.modules, "msm_jax.pretrained", pretrained_module)
+  monkeypatch.setitem(sys.modules, "msm_jax.inference.pretrained", pretrained_module)
   out = str(tmp_path / "fixed.jaxexport")
   batch, height, width = SIZE_A
   summary = export.main(
@@ -299,7 +300,7 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
   reason="no shipped artefact in pretrained/",
 )
 def test_shipped_artefact_matches_the_shipped_package():
-  from msm_jax import prediction, pretrained
+  from msm_jax.inference import prediction, pretrained
   from msm_jax.data import synthetic
 
   model = pretrained.load_pretrained(SHIPPED)

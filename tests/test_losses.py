@@ -92,3 +92,59 @@ def test_one_sided_label_smoothing_is_cross_entropy_with_a_soft_target():
     jnp.array([math.log(0.9 / 0.1)])
   )
   assert abs(float(gradient[0])) < 1e-6
+
+
+def test_a_registered_loss_trains_and_sets_the_decoding():
+  from msm_jax.inference import pipeline
+  from msm_jax.models.hourglass import StackedHourglass
+  from msm_jax.train import parallel, steps
+  from msm_jax.train.state import init_model_state, new_train_state
+  from tests import tiny_models
+  import optax
+
+  def mean_absolute_map(stacks, target, visible=None):  # a loss on probability-like maps
+    return jnp.mean(jnp.abs(stacks - target[None]))
+
+  losses.register_heatmap_loss("toy_l1", losses.HeatmapLoss(mean_absolute_map, False))
+  try:
+    config = tiny_models.tiny_config()
+    config.hourglass.loss = "toy_l1"  # --config.hourglass.loss=toy_l1
+    # Its maps are not logits: inference decodes them as they are.
+    assert pipeline.options_from_config(config).heatmaps_are_logits is False
+    config.hourglass.loss = "softmax_cross_entropy"
+    assert pipeline.options_from_config(config).heatmaps_are_logits is True
+
+    module = StackedHourglass(
+      num_landmarks=3, width=8, num_stacks=1, depth=1, stem_widths=(4, 4, 8)
+    )
+    optimizer = optax.sgd(0.0)
+    model = init_model_state(module, optimizer, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    rng = np.random.default_rng(0)
+    batch = {
+      "images": rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8),
+      "landmarks": rng.uniform(3, 13, (2, 3, 2)).astype(np.float32),
+      "visible": np.ones((2, 3), bool),
+    }
+    # The step donates (reuses) the state's buffers: keep a host copy for the reference.
+    variables = jax.device_get({"params": model.params, "batch_stats": model.batch_stats})
+    mesh = parallel.data_mesh()
+    step = steps.make_hourglass_step(
+      module, optimizer, loss_name="toy_l1", sigma=1.0, crop_size=16, heatmap_size=8, mesh=mesh
+    )
+    _, metrics = step(
+      parallel.replicate(new_train_state(0, {"hourglass": model}), mesh),
+      parallel.shard_batch(batch, mesh),
+    )
+    # The step's loss is the registered function on the training-mode forward pass.
+    from msm_jax import heatmaps
+
+    targets = heatmaps.gaussian_heatmaps(
+      heatmaps.crop_to_heatmap(batch["landmarks"], 16, 8), (8, 8), 1.0
+    )
+    stacks, _ = module.apply(
+      variables, batch["images"].astype(np.float32) / 255.0, train=True, mutable=["batch_stats"]
+    )
+    expected = mean_absolute_map(stacks, targets)
+    np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+  finally:
+    del losses.HEATMAP_LOSSES["toy_l1"]

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import geometry, heatmaps, pipeline
+from msm_jax import geometry, heatmaps
+from msm_jax.inference import pipeline
 from msm_jax.landmarks import get_scheme, region_thresholds
 
 CROP, MAPS, L = 128, 64, 68

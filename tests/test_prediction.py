@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msm_jax import geometry, prediction, pretrained
+from msm_jax import geometry
+from msm_jax.inference import prediction, pretrained
 from msm_jax.data import augment
 
 from tests import float_checks, tiny_models
@@ -233,4 +234,28 @@ def test_predict_command_rejects_bad_boxes_and_missing_model(tmp_path):
   assert "boxes.json: entry 'a.png' must be a non-empty list of [x0, y0, x1, y1]" in result.stderr
   result = _run_predict(str(image), "--model", str(tmp_path / "nowhere"))
   assert result.returncode == 2
-  assert "no pretrained model" in result.stderr and "python -m msm_jax.pretrained" in result.stderr
+  assert (
+    "no pretrained model" in result.stderr
+    and "python -m msm_jax.inference.pretrained" in result.stderr
+  )
+
+
+def test_detectors_are_tried_in_order_until_one_finds_a_face(model, monkeypatch):
+  from msm_jax.inference import detection
+
+  assert [c.cascade for c in model.calibrations] == [detection.DLIB_HOG, detection.DEFAULT_CASCADE]
+  found = {detection.DLIB_HOG: np.zeros((0, 4), np.float32)}
+  haar_box = np.array([[30.0, 20.0, 110.0, 100.0]], np.float32)
+  monkeypatch.setattr(
+    detection, "detect_faces", lambda image, cascade: found.get(cascade, haar_box)
+  )
+  monkeypatch.setattr(detection, "detector_available", lambda name: True)
+  image = np.full((140, 150, 3), 90, np.uint8)
+  [result] = prediction.predict_images(model, [image], batch_size=BATCH)
+  [face] = result.faces
+  np.testing.assert_array_equal(face.detector_box, haar_box[0])
+  expected = detection.calibrated_face_box(haar_box, model.calibrations[1])[0]
+  np.testing.assert_allclose(face.box, expected, rtol=1e-6)
+  found[detection.DEFAULT_CASCADE] = np.zeros((0, 4), np.float32)
+  with pytest.raises(prediction.NoFaceFoundError, match="no face found by dlib_hog, haarcascade"):
+    prediction.predict_images(model, [image], batch_size=BATCH)

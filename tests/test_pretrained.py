@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from msm_jax import detection, model_io, pretrained, shape_dictionary
+from msm_jax import model_io, shape_dictionary
+from msm_jax.inference import detection, pipeline, pretrained
 from msm_jax.train import checkpoints, stages
 
 from tests import tiny_models
@@ -30,17 +31,17 @@ def _save_stage(workdir, stage, state, config):
   manager.close()
 
 
-def _random_state(make_states, config, seed):
-  """A fresh TrainState of `make_states` with random weights (tests/tiny_models.py)."""
-  abstract = jax.eval_shape(lambda: make_states(config, 1)[-1])
+def _random_state(stage, config, seed):
+  """A fresh TrainState of a registered stage with random weights (tests/tiny_models.py)."""
+  abstract = jax.eval_shape(lambda: stages.STAGES[stage].setup(config, 1).state)
   return tiny_models.random_like(abstract, np.random.default_rng(seed))
 
 
 def _make_workdir(workdir, config, with_stgan=True):
   """A training workdir as train.py leaves it: random states, a random dictionary."""
-  _save_stage(workdir, "hourglass", _random_state(stages.hourglass_states, config, 0), config)
+  _save_stage(workdir, "hourglass", _random_state("hourglass", config, 0), config)
   if with_stgan:
-    state = _random_state(stages.stgan_states, config, 1)
+    state = _random_state("stgan", config, 1)
     generator = state.models["generator"]
     params = jax.tree.map(lambda x: x, generator.params)
     params["conv11"]["bias"] = jnp.asarray(tiny_models.ZOOM_SHIFT_THETA)
@@ -75,10 +76,10 @@ def _inputs():
 def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
   config, _, out, _, live = packaged
   loaded = pretrained.load_pretrained(out)
-  assert loaded.options == model_io.pipeline_options(config, True, True)
+  assert loaded.options == pipeline.options_from_config(config, True, True)
   assert loaded.model.available == {"stgan", "hourglass", "dictionary"}
   # The same networks (rebuilt from config.json) and bit-identical variables ...
-  assert (loaded.model.generator, loaded.model.hourglass) == (live.generator, live.hourglass)
+  assert (loaded.model.generator, loaded.model.networks) == (live.generator, live.networks)
   flat_live, flat_loaded = (
     traverse_util.flatten_dict({k: v for k, v in variables.items()}, sep="/")
     for variables in (live.variables, loaded.model.variables)
@@ -105,8 +106,7 @@ def test_hourglass_fine_tuning_starts_from_the_package(packaged):
   config, _, out, _, live = packaged
   config = tiny_models.tiny_config()
   config.hourglass.init_from = out
-  _, optimizer, state = stages.hourglass_states(config, steps_per_epoch=10)
-  started = state.models["hourglass"]
+  started = stages.STAGES["hourglass"].setup(config, steps_per_epoch=10).state.models["hourglass"]
   for name in ("params", "batch_stats"):
     jax.tree.map(
       np.testing.assert_array_equal, getattr(started, name), live.variables["hourglass"][name]
@@ -119,7 +119,7 @@ def test_hourglass_fine_tuning_starts_from_the_package(packaged):
   )
   config.hourglass.width = 16  # a package of another width does not fit: named
   with pytest.raises(pretrained.PackageError, match="weights.npz"):
-    stages.hourglass_states(config, steps_per_epoch=10)
+    stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
 
 
 def test_package_contents_and_reported_size(packaged):
@@ -179,7 +179,7 @@ def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):
   assert not loaded.options.use_spatial_transformer and "stgan" in loaded.model.available
   # The switch changes nothing else (test_pipeline checks what ST off does to the landmarks).
   assert loaded.options == dataclasses.replace(
-    model_io.pipeline_options(config, True, True), use_spatial_transformer=False
+    pipeline.options_from_config(config, True, True), use_spatial_transformer=False
   )
 
 
@@ -249,7 +249,7 @@ def test_command_line_writes_a_loadable_package(packaged, tmp_path):
   command = [
     sys.executable,
     "-m",
-    "msm_jax.pretrained",
+    "msm_jax.inference.pretrained",
     "--config=configs/synthetic.py",
     *overrides,
     "--config.hourglass.stem_widths=(4, 4, 8)",

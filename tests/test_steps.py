@@ -215,9 +215,9 @@ def test_stgan_steps_teach_the_generator_theta():
   assert int(state.step) == 20
   assert all(np.isfinite(float(value)) for value in metrics.values())
   # Algorithm 1 with a = 1, b = 0.5 and the theta term in pixels: the error falls from 0.43
-  # to ~0.013 in 20 steps (measured). With theta_loss_units="normalised" (the unbalanced game
-  # of issue 4) the adversarial gradient steers G: the error falls to 0.27 by step 3, then
-  # climbs to ~1.0, and this test fails.
+  # to ~0.013 in 20 steps (measured). With theta_loss_units="normalised" (the unbalanced
+  # game) the adversarial gradient steers G: the error falls to 0.27 by step 3, then climbs
+  # to ~1.0, and this test fails.
   assert errors[-1] < 0.25 * start, (start, errors)
   assert np.mean(errors[-5:]) < np.mean(errors[:5]), errors
   # D learned too (Algorithm 1, steps 2 and 3).

@@ -397,6 +397,10 @@ def test_save_sample_grid_writes_annotated_png(tmp_path):
   synthetic.save_sample_grid(path, seed=1, config=dict(image_size=48), rows=2, zoom=2)
   grid = np.asarray(Image.open(path).convert("RGB"))
   assert grid.shape == (2 * 96 + 4, 2 * 96 + 4, 3)
-  # Landmark dots are pure-ish green (visible) or red (occluded).
-  green = (grid[..., 1] > 230) & (grid[..., 0] < 80) & (grid[..., 2] < 100)
-  assert green.sum() > 4 * 68
+  # Landmark dots are the overlays' green (visible) or red (occluded): at least one pixel each.
+  from msm_jax import overlays
+
+  dots = np.all(grid == overlays.KEPT_COLOUR, axis=-1) | np.all(
+    grid == overlays.FLAGGED_COLOUR, axis=-1
+  )
+  assert dots.sum() > 4 * 68

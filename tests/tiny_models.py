@@ -18,7 +18,8 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 from configs import synthetic as synthetic_config  # noqa: E402
 
-from msm_jax import detection, landmarks, model_io, pretrained  # noqa: E402
+from msm_jax import landmarks  # noqa: E402
+from msm_jax.inference import detection, pipeline, pretrained  # noqa: E402
 from msm_jax.data import synthetic  # noqa: E402
 from msm_jax.train import stages  # noqa: E402
 
@@ -44,6 +45,9 @@ def tiny_config():
     section, field = key.split(".")
     config[section][field] = value
   config.hourglass.stem_widths = (4, 4, 8)
+  # A random model's landmarks are anywhere: a crop fitted to them tests nothing here (the
+  # re-crop has its own tests in test_pipeline.py and test_robustness.py).
+  config.inference.recrop_passes = 0
   return config
 
 
@@ -96,8 +100,8 @@ def tiny_pretrained(seed: int = 0, thresholds=(0.9, 0.95)) -> pretrained.Pretrai
       landmarks.region_thresholds(landmarks.get_scheme("300w"), *thresholds)
     ),
   }
-  trained = model_io.TrainedModel(
-    generator, hourglass, None, variables, frozenset({"stgan", "hourglass", "dictionary"})
+  trained = pipeline.TrainedModel(
+    generator, {"hourglass": hourglass}, variables, frozenset({"stgan", "hourglass", "dictionary"})
   )
   return pretrained.from_trained(trained, config)
 
@@ -134,7 +138,7 @@ def face_records(count: int = 2, seed: int = 3) -> list:
         image_path=None,
         landmarks=face["landmarks"],
         box=box_from_landmarks(face["landmarks"]),
-        subset="synthetic",
+        subset=f"synthetic {index}",  # one "image" per face
         image=face["image"],
       )
     )

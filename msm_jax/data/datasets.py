@@ -1,22 +1,30 @@
 """From `config.data` to data sources: which faces train, validate and evaluate each run.
 
-`config.data.dataset` picks the reader (or the synthetic generator); the returned sources
-are the random-access objects of `input_pipeline` (`RecordSource`, `SyntheticSource`).
+`config.data.dataset` (and `data.eval_dataset`, when evaluating on another one) names an
+entry of `DATASETS`: its readers, whether its faces carry occlusion flags, which paper tables
+apply. The returned sources are the random-access objects of `input_pipeline`
+(`RecordSource`, `SyntheticSource`).
 
   synthetic  train / test (no occluders) / occluded_test (every face occluded), disjoint
              face-index ranges of one seeded generator; no download
   300w       `read_300w(root, split)`; eval splits common / challenge / full / private
   wflw       `read_wflw(root, "train")`; eval: the test set and its six attribute subsets
+  cofw       COFW-29: `read_cofw(root, "train")`; eval: its test set
+  cofw68     the COFW-68 test set (`data.eval_root`), evaluation only (the paper's Table V)
+  menpo      Menpo 2D semi-frontal faces (`read_menpo`), one folder
   folder     any folder of images + .pts (`read_pts_folder`); subset name = folder name
-  eval_dataset = "cofw68" evaluates on the COFW-68 test set (`data.eval_root`) instead.
+
+A new dataset is one `register` call (README, "Extending msm-jax").
 
 A validation split is carved off the training faces by image, so it never overlaps
 training: either the images named in `data.validation_list` (a text file, one image path
 per line relative to `data.root`), or a seeded `data.validation_fraction` of them.
 """
 
+import dataclasses
 import os
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -70,19 +78,13 @@ def _require_root(config, field: str = "root") -> str:
 
 def read_training_records(config) -> list:
   """The training faces of a real dataset (before the validation carve-out)."""
-  dataset, skip = config.data.dataset, bool(config.data.skip_bad_samples)
-  if dataset == "300w":
-    return w300.read_300w(
-      _require_root(config),
-      config.data.train_split,
-      box_source=config.data.box_source,
-      skip_bad=skip,
+  dataset = dataset_of(config.data.dataset)
+  if dataset.train_records is None:
+    trainable = ", ".join(name for name, d in DATASETS.items() if d.train_records or d.sources)
+    raise ValueError(
+      f"config data.dataset={config.data.dataset!r} is not a training set: choose {trainable}"
     )
-  if dataset == "wflw":
-    return wflw.read_wflw(_require_root(config), "train", skip_bad=skip)
-  if dataset == "folder":
-    return w300.read_pts_folder(_require_root(config), skip_bad=skip)
-  raise ValueError(f"config data.dataset={dataset!r}: expected synthetic, 300w, wflw or folder")
+  return dataset.train_records(config)
 
 
 def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -148,9 +150,9 @@ def split_records(config, records: list) -> tuple[list, list]:
 
 def train_and_validation_sources(config):
   """(train source, validation source or None) for the configured dataset."""
-  if config.data.dataset == "synthetic":
-    validation = synthetic_source(config, "validation") if config.data.validation_size else None
-    return synthetic_source(config, "train"), validation
+  dataset = dataset_of(config.data.dataset)
+  if dataset.sources is not None:
+    return dataset.sources(config)
   train, validation = split_records(config, read_training_records(config))
   skip = bool(config.data.skip_bad_samples)
   return (RecordSource(train, skip), RecordSource(validation, skip) if validation else None)
@@ -174,8 +176,7 @@ def eval_sources(config) -> dict:
 
   The split name "validation" means the seeded split carved off the training faces.
   """
-  dataset = config.data.get("eval_dataset", "") or config.data.dataset
-  skip = bool(config.data.skip_bad_samples)
+  dataset = evaluation_dataset(config)  # checked before the (slow) validation split is read
   splits = tuple(config.data.eval_splits)
   sources = {}
   if "validation" in splits:
@@ -187,39 +188,156 @@ def eval_sources(config) -> dict:
       )
     sources["validation"] = validation
     splits = tuple(split for split in splits if split != "validation")
-  if dataset == "synthetic":
-    sources.update({split: synthetic_source(config, split) for split in splits})
-  elif dataset == "cofw68":
-    sources["test"] = RecordSource(
-      cofw.read_cofw68(_require_root(config, "eval_root"), skip_bad=skip), skip
-    )
-  elif dataset == "300w":
-    root = _require_root(config)
-    for split in splits:
-      try:
-        sources[split] = RecordSource(w300.read_300w(root, split, skip_bad=skip), skip)
-      except FileNotFoundError as error:
-        warnings.warn(f"300-W split {split!r} left out of the evaluation: {error}")
-  elif dataset == "wflw":
-    subsets = wflw.wflw_subsets(wflw.read_wflw(_require_root(config), "test", skip_bad=skip))
-    sources.update(
-      {name: RecordSource(subsets[name], skip) for name in splits if subsets.get(name)}
-    )
-  elif dataset == "folder":
-    # Any folder of images + .pts, or a tree of them (e.g. a 300-W-layout folder): one subset
-    # per folder, named by its path below the root.
-    field = "eval_root" if config.data.get("eval_root", "") else "root"
-    root = os.path.normpath(_require_root(config, field))
-    for folder in pts_folders(root):
-      name = os.path.relpath(folder, os.path.dirname(root) if folder == root else root)
-      sources[name] = RecordSource(w300.read_pts_folder(folder, subset=name, skip_bad=skip), skip)
-  else:
-    raise ValueError(
-      f"config data.eval_dataset={dataset!r}: expected synthetic, 300w, wflw, cofw68 or folder"
-    )
+  sources.update(dataset.eval_sources(config, splits))
   if not sources:
     raise ValueError(f"no evaluation subsets found for data.eval_splits={config.data.eval_splits}")
   return sources
+
+
+# --- the registry: one entry per value of config.data.dataset / data.eval_dataset -------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """What a dataset name means.
+
+  train_records(config) -> [FaceRecord] (before the validation carve-out), or None: not a
+    training set. sources(config) -> (train, validation) replaces it where faces are not
+    records (the synthetic generator).
+  eval_sources(config, splits) -> {subset name: source}.
+  occlusion_flags: its evaluation faces carry per-landmark occlusion flags (the occluded vs
+    visible NME table, the precision / recall of "unreliable").
+  paper_tables: the key of the paper's tables for it (`reports.paper_reference`: "300w",
+    "cofw", "wflw"), or None.
+  """
+
+  eval_sources: Callable
+  train_records: Callable | None = None
+  sources: Callable | None = None
+  occlusion_flags: bool = False
+  paper_tables: str | None = None
+
+
+def _skip(config) -> bool:
+  return bool(config.data.skip_bad_samples)
+
+
+def _300w_train(config) -> list:
+  return w300.read_300w(
+    _require_root(config),
+    config.data.train_split,
+    box_source=config.data.box_source,
+    skip_bad=_skip(config),
+  )
+
+
+def _300w_eval(config, splits) -> dict:
+  root, sources = _require_root(config), {}
+  for split in splits:
+    try:
+      sources[split] = RecordSource(
+        w300.read_300w(root, split, skip_bad=_skip(config)), _skip(config)
+      )
+    except FileNotFoundError as error:
+      warnings.warn(f"300-W split {split!r} left out of the evaluation: {error}")
+  return sources
+
+
+def _wflw_eval(config, splits) -> dict:
+  subsets = wflw.wflw_subsets(wflw.read_wflw(_require_root(config), "test", skip_bad=_skip(config)))
+  return {name: RecordSource(subsets[name], _skip(config)) for name in splits if subsets.get(name)}
+
+
+def _cofw_eval(config, splits) -> dict:
+  records = cofw.read_cofw(_eval_root(config), "test", skip_bad=_skip(config))
+  return {"test": RecordSource(records, _skip(config))}
+
+
+def _cofw68_eval(config, splits) -> dict:
+  records = cofw.read_cofw68(_require_root(config, "eval_root"), skip_bad=_skip(config))
+  return {"test": RecordSource(records, _skip(config))}
+
+
+def _eval_root(config) -> str:
+  return _require_root(config, "eval_root" if config.data.get("eval_root", "") else "root")
+
+
+def _folder_eval(config, splits) -> dict:
+  """Any folder of images + .pts, or a tree of them (e.g. a 300-W-layout folder): one subset
+  per folder, named by its path below the root."""
+  root, sources = os.path.normpath(_eval_root(config)), {}
+  for folder in pts_folders(root):
+    name = os.path.relpath(folder, os.path.dirname(root) if folder == root else root)
+    records = w300.read_pts_folder(folder, subset=name, skip_bad=_skip(config))
+    sources[name] = RecordSource(records, _skip(config))
+  return sources
+
+
+def _synthetic_sources(config):
+  validation = synthetic_source(config, "validation") if config.data.validation_size else None
+  return synthetic_source(config, "train"), validation
+
+
+DATASETS: dict[str, Dataset] = {
+  "synthetic": Dataset(
+    eval_sources=lambda config, splits: {
+      split: synthetic_source(config, split) for split in splits
+    },
+    sources=_synthetic_sources,
+    occlusion_flags=True,
+  ),
+  "300w": Dataset(eval_sources=_300w_eval, train_records=_300w_train, paper_tables="300w"),
+  "wflw": Dataset(
+    eval_sources=_wflw_eval,
+    train_records=lambda config: wflw.read_wflw(
+      _require_root(config), "train", skip_bad=_skip(config)
+    ),
+    paper_tables="wflw",
+  ),
+  # COFW-29 (Burgos-Artizzu et al.): train on its 1,345 faces, test on its 507.
+  "cofw": Dataset(
+    eval_sources=_cofw_eval,
+    train_records=lambda config: cofw.read_cofw(
+      _require_root(config), "train", skip_bad=_skip(config)
+    ),
+    occlusion_flags=True,
+  ),
+  # The paper's COFW protocol (Table V, VIII): the 507 test faces with 68 points; test only.
+  "cofw68": Dataset(eval_sources=_cofw68_eval, occlusion_flags=True, paper_tables="cofw"),
+  # Menpo 2D semi-frontal faces (68 points; the paper's shape dictionary source).
+  "menpo": Dataset(
+    eval_sources=lambda config, splits: {
+      "menpo": RecordSource(
+        w300.read_menpo(_eval_root(config), skip_bad=_skip(config)), _skip(config)
+      )
+    },
+    train_records=lambda config: w300.read_menpo(_require_root(config), skip_bad=_skip(config)),
+  ),
+  "folder": Dataset(
+    eval_sources=_folder_eval,
+    train_records=lambda config: w300.read_pts_folder(
+      _require_root(config), skip_bad=_skip(config)
+    ),
+  ),
+}
+
+
+def register(name: str, dataset: Dataset) -> None:
+  """Make ``name`` a value of ``config.data.dataset`` (and ``data.eval_dataset``)."""
+  if name in DATASETS:
+    raise ValueError(f"dataset {name!r} is already registered")
+  DATASETS[name] = dataset
+
+
+def dataset_of(name: str, field: str = "dataset") -> Dataset:
+  if name not in DATASETS:
+    raise ValueError(f"config data.{field}={name!r}: expected one of {', '.join(DATASETS)}")
+  return DATASETS[name]
+
+
+def evaluation_dataset(config) -> Dataset:
+  """The registry entry of the evaluated dataset (data.eval_dataset, else data.dataset)."""
+  return dataset_of(config.data.get("eval_dataset", "") or config.data.dataset, "eval_dataset")
 
 
 def training_shapes(config, source, limit: int | None = None) -> np.ndarray:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from msm_jax import overlays
 from msm_jax.data import synthetic_shapes as shapes
 from msm_jax.data.synthetic_shapes import map_68_to_29, map_68_to_98
 
@@ -520,24 +521,6 @@ def render_faces(seed: int, count: int, config=None, start: int = 0) -> dict:
   )
 
 
-def draw_landmarks(
-  image: np.ndarray, landmarks: np.ndarray, occluded: np.ndarray, zoom: int = 2
-) -> Image.Image:
-  """Image [S, S, 3] uint8 enlarged `zoom` x (pixel copies: the real pixels, and small PNGs)
-  with visible landmarks as green dots and occluded ones as red dots."""
-  canvas = Image.fromarray(image).resize(
-    (image.shape[1] * zoom, image.shape[0] * zoom), Image.NEAREST
-  )
-  draw = ImageDraw.Draw(canvas)
-  radius = 0.6 + 0.35 * zoom
-  for (x, y), hidden in zip(landmarks * zoom + (zoom - 1) / 2, occluded):
-    draw.ellipse(
-      [x - radius, y - radius, x + radius, y + radius],
-      fill=(255, 40, 40) if hidden else (40, 255, 60),
-    )
-  return canvas
-
-
 def save_sample_grid(path, seed: int = 0, config=None, rows: int = 4, zoom: int = 2) -> None:
   """Writes a rows x rows PNG grid of faces 0.. of `seed` with their landmarks drawn (README's
   docs/synthetic_grid.png: save_sample_grid("docs/synthetic_grid.png"))."""
@@ -546,8 +529,8 @@ def save_sample_grid(path, seed: int = 0, config=None, rows: int = 4, zoom: int 
   tile = config.image_size * zoom
   grid = Image.new("RGB", (rows * tile + (rows - 1) * 4,) * 2, (255, 255, 255))
   for i in range(rows * rows):
-    annotated = draw_landmarks(
-      faces["images"][i], faces["landmarks"][i], faces["occluded"][i], zoom
+    annotated = overlays.draw_landmarks(
+      faces["images"][i], [(faces["landmarks"][i], faces["occluded"][i], None)], zoom
     )
     grid.paste(annotated, ((i % rows) * (tile + 4), (i // rows) * (tile + 4)))
   grid.save(path, optimize=True)

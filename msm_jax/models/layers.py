@@ -3,7 +3,7 @@
 The hourglass of Sec. III-B (Fig. 3) upsamples with 2x2 stride-2 "deconvolutions",
 downsamples with 2x2 max-pooling and uses 1x1 convolutions in every residual unit
 (Fig. 4). On XLA:CPU the plain Flax/lax forms of these three ops have slow gradients
-(shared/notes/cpu_and_stack.md): the kernel gradient of a stride-2 ``nn.ConvTranspose``
+(docs/cpu_notes.md): the kernel gradient of a stride-2 ``nn.ConvTranspose``
 runs at ~1 GFLOP/s, ``nn.max_pool``'s gradient is a select-and-scatter, and a 1x1
 ``nn.Conv`` is ~3x slower than the same matrix product. The layers here compute the
 same functions as matrix products and reshapes, whose gradients are matrix products and

@@ -1,7 +1,8 @@
 """The training loop shared by every stage: feed, step, log one step late, checkpoint, resume.
 
-The host never blocks on the device in the hot loop: the metrics of step n are read while
-step n+1 runs. The only synchronisations are at logging and checkpoint steps (rare). A
+The device always has the next step queued: the host reads step n's metrics (to check that
+they are finite, and to log them every `log_every` steps) only after dispatching step n + 1,
+so its one wait per step is on a step that has already been followed by another. A
 non-finite loss stops training with a message naming the step; because a checkpoint is
 written only after its own step's metrics were checked, the newest checkpoint on disk is
 always a good one.
@@ -72,8 +73,7 @@ def train_stage(
   stage: str,
   step_fn: Callable,
   state,
-  batches: Iterator[dict],
-  data_iterator,
+  data: Iterator[dict],
   manager,
   mesh,
   total_steps: int,
@@ -82,13 +82,12 @@ def train_stage(
   log_every: int = 50,
   eval_fn: Callable | None = None,
   eval_every: int = 0,
-  meta: dict | None = None,
   log: Callable[[str], None] = print,
 ):
   """Run `step_fn` from `state.step` to `total_steps`; returns the final state.
 
-  batches: yields host batches (dicts of numpy arrays, global batch on one host);
-  data_iterator: the object whose `get_state()` is checkpointed with the model;
+  data: yields host batches (dicts of numpy arrays, global batch on one host); its
+    `get_state()` is checkpointed with the model;
   eval_fn(state) -> dict of scalars, run every `eval_every` steps and at the end.
   """
   writer = MetricsWriter(workdir, stage)
@@ -98,7 +97,7 @@ def train_stage(
   stage_start = window_start
   try:
     for step in range(start_step + 1, total_steps + 1):
-      batch = parallel.shard_batch(next(batches), mesh)
+      batch = parallel.shard_batch(next(data), mesh)
       state, metrics = step_fn(state, batch)
       window_steps += 1
       if pending is not None:
@@ -121,14 +120,7 @@ def train_stage(
       is_last = step == total_steps
       if manager.should_save(step) or is_last:
         _check_finite(stage, step, _to_host(metrics))
-        checkpoints.save(
-          manager,
-          step,
-          state,
-          data_iterator.get_state(),
-          {"stage": stage, **(meta or {})},
-          force=is_last,
-        )
+        checkpoints.save(manager, step, state, data.get_state(), {"stage": stage}, force=is_last)
       if eval_fn is not None and ((eval_every and step % eval_every == 0) or is_last):
         scalars = eval_fn(state)
         writer.write(step, {f"eval/{k}": v for k, v in scalars.items()})

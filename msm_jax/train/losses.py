@@ -7,10 +7,13 @@ form the minimax objective of Eq. 6, optimised by the alternating steps of Algor
 Hourglass (Sec. III-B): heatmap regression with intermediate supervision, i.e. a loss per
 stack, summed over the stacks. The paper uses the mean squared error; the spatial-softmax
 cross-entropy is offered beside it because plain MSE did not learn in our calibration run on
-real faces (shared/notes/cpu_and_stack.md) while the cross-entropy learned at once.
+real faces (docs/cpu_notes.md) while the cross-entropy learned at once.
 
 All discriminator outputs are logits, so log D = log_sigmoid(logit) is computed stably.
 """
+
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -127,13 +130,31 @@ def coordinate_l1_loss(predicted: jax.Array, target: jax.Array, visible: jax.Arr
   return total / jnp.maximum(2.0 * jnp.sum(weights), 1.0)
 
 
-HEATMAP_LOSSES = {
-  "mse": lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target),
-  "softmax_cross_entropy": heatmap_softmax_cross_entropy,
+@dataclasses.dataclass(frozen=True)
+class HeatmapLoss:
+  """A heatmap loss: fn(stacked_heatmaps [S, B, h, w, L], targets [B, h, w, L], visible [B, L])
+  -> scalar. outputs_logits: the maps it trains are logits of a spatial softmax, so inference
+  applies one before decoding (Eq. 8) and scoring (Eq. 9); False: the maps are decoded as
+  they are."""
+
+  fn: Callable
+  outputs_logits: bool
+
+
+HEATMAP_LOSSES: dict[str, HeatmapLoss] = {
+  "mse": HeatmapLoss(lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target), False),
+  "softmax_cross_entropy": HeatmapLoss(heatmap_softmax_cross_entropy, True),
 }
 
 
-def heatmap_loss(name: str):
+def register_heatmap_loss(name: str, loss: HeatmapLoss) -> None:
+  """Make ``name`` a value of ``config.hourglass.loss``."""
+  if name in HEATMAP_LOSSES:
+    raise ValueError(f"heatmap loss {name!r} is already registered")
+  HEATMAP_LOSSES[name] = loss
+
+
+def heatmap_loss(name: str) -> HeatmapLoss:
   """The heatmap loss named in the config (`hourglass.loss`)."""
   if name not in HEATMAP_LOSSES:
     raise ValueError(f"config hourglass.loss={name!r}: expected one of {sorted(HEATMAP_LOSSES)}")

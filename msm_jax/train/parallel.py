@@ -3,7 +3,7 @@
 The batch is sharded along its first dimension on "data", parameters and optimiser state are
 replicated, and `jax.jit` (GSPMD) inserts the gradient all-reduce. BatchNorm statistics are
 computed over the *global* batch, so N devices give the same update as one device on the
-same global batch (tests/test_parallel.py checks it with 4 forced CPU devices). The same
+same global batch (tests/test_steps.py checks it with 4 forced CPU devices). The same
 code runs on 1 CPU, 4 fake CPU devices, 8 GPUs or a TPU pod slice.
 
 Multi-host: call `maybe_initialize_distributed()` first thing; it runs

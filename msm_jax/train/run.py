@@ -12,6 +12,7 @@ from msm_jax.train import parallel, stages
 
 
 def train(config, workdir: str, log=print) -> None:
+  chosen = stages.parse_stages(config.stages)  # a typo fails before anything is written
   parallel.maybe_initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as file:
@@ -22,16 +23,9 @@ def train(config, workdir: str, log=print) -> None:
     f"({jax.process_count()} process(es)); workdir {os.path.abspath(workdir)}"
   )
   started = time.perf_counter()
-  for stage in stages.parse_stages(config.stages):
+  for stage in chosen:
     stage_start = time.perf_counter()
-    if stage == "dictionary":
-      stages.build_dictionary(config, workdir, log)
-    else:
-      {
-        "stgan": stages.train_stgan,
-        "hourglass": stages.train_hourglass,
-        "resnet": stages.train_resnet,
-      }[stage](config, workdir, mesh, log)
+    stages.STAGES[stage].train(config, workdir, mesh, log)
     log(f"[{stage}] done in {time.perf_counter() - stage_start:.0f} s")
   timing = {"train_seconds": time.perf_counter() - started}
   with open(os.path.join(workdir, "train_time.json"), "w") as file:

@@ -1,68 +1,125 @@
-"""The training stages of `train.py`: ST-GAN (Algorithm 1), hourglass, shape dictionary.
+"""The training stages of `train.py`, as one registry (`STAGES`, in training order):
 
-The three are trained independently, as in the paper (Sec. IV-C). Each stage keeps its own
+  stgan       Sec. III-A, Algorithm 1: GDNN + DDNN on (I_fake, I_real, theta*)   config.stgan
+  hourglass   Sec. III-B: the landmark network (`hourglass.architecture`)         config.hourglass
+  dictionary  Sec. III-C, IV-C: k-means exemplar shapes -> dictionary.npz          config.shape
+  resnet      Sec. IV-G: the Res-50 coordinate-regression baseline of the ablation  config.resnet
+
+The paper trains the three independently (Sec. IV-C). A stage with update steps is a `Stage`
+record: its config section, the TrainState models it trains, and four builders (setup, step,
+validation, data) that `Stage.train` drives through `loop.train_stage`. Each keeps its own
 Orbax checkpoints under `<workdir>/checkpoints/<stage>` and resumes from the newest one, data
 iterator included, so a killed run continues with exactly the batches it would have seen.
-The dictionary stage writes `<workdir>/dictionary.npz` (plain arrays, no pickle).
+A stage without steps (the dictionary) gives `run` instead. A new stage is one `register`
+call (README, "Extending msm-jax").
 """
 
+import dataclasses
 import os
+from typing import Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msm_jax import geometry, landmarks, metrics, pipeline, shape_dictionary
+from msm_jax import geometry, landmarks, metrics, models, shape_dictionary
 from msm_jax.data import datasets, input_pipeline, stgan_pairs
-from msm_jax.models.ddnn import DDNN
-from msm_jax.models.gdnn import GDNN
-from msm_jax.models.hourglass import StackedHourglass
-from msm_jax.models.resnet import ResNet50
+from msm_jax.inference import pipeline
 from msm_jax.train import checkpoints, loop, parallel, steps
-from msm_jax.train.state import halving_adam, init_model_state, new_train_state
+from msm_jax.train.state import TrainState, halving_adam, init_model_state, new_train_state
 
-PAPER_STAGES = ("stgan", "hourglass", "dictionary")  # what "all" trains
-STAGES = PAPER_STAGES + ("resnet",)  # + the Res-50 baseline of the ablation (Sec. IV-G)
 DICTIONARY_FILE = "dictionary.npz"
+# Faces whose ground-truth-box crops define the ST template (the mean moves < 0.1 px beyond).
+TEMPLATE_SHAPES = 1000
+
+
+@flax.struct.dataclass
+class Setup:
+  """A stage's networks (model name -> Flax module), their optimisers and a fresh state; a
+  pytree whose only leaves are the state's (so `jax.eval_shape` can build it abstractly)."""
+
+  modules: dict = flax.struct.field(pytree_node=False)
+  optimizers: dict = flax.struct.field(pytree_node=False)
+  state: TrainState = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One training stage.
+
+  name: its value in `config.stages`, its checkpoint folder.
+  section: its config section (batch_size, epochs, learning_rate, lr_halve_epochs).
+  models: the TrainState models it trains (checkpointed).
+  serves: those of them the inference pipeline uses (`model_io` loads their variables).
+  setup(config, steps_per_epoch) -> Setup.
+  step(config, setup, mesh) -> the jitted update (TrainState, batch) -> (TrainState, metrics).
+  validation(config, setup) -> fn(state, source) -> {name: scalar}, or None.
+  data(source, host_config, shard_index=, shard_count=) -> its Grain training dataset.
+  prepare(config, log) -> config: fixes config values computed from data before training.
+  in_all: trained by `config.stages = "all"` (the paper's three).
+  run(config, workdir, log): a stage without update steps (then the builders are unused).
+  """
+
+  name: str
+  section: str | None = None
+  models: tuple = ()
+  serves: tuple = ()
+  setup: Callable | None = None
+  step: Callable | None = None
+  validation: Callable | None = None
+  data: Callable | None = None
+  prepare: Callable = lambda config, log: config
+  in_all: bool = True
+  run: Callable | None = None
+
+  def train(self, config, workdir: str, mesh, log=print):
+    if self.run is not None:
+      return self.run(config, workdir, log)
+    return _train_steps(self, self.prepare(config, log), workdir, mesh, log)
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(stage: Stage, before: str | None = None) -> None:
+  """Add a stage to the registry (after the others, or before the stage named ``before``)."""
+  if stage.name in STAGES or stage.name == "all":
+    raise ValueError(f"stage {stage.name!r} is already registered")
+  items = list(STAGES.items())
+  position = len(items) if before is None else [name for name, _ in items].index(before)
+  items.insert(position, (stage.name, stage))
+  STAGES.clear()
+  STAGES.update(items)
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
   """A comma list of stage names ("all" = the paper's three), returned in training order."""
   names = set()
   for name in (part.strip() for part in text.split(",")):
-    names.update(PAPER_STAGES if name == "all" else {name} if name else set())
+    names.update({s.name for s in STAGES.values() if s.in_all} if name == "all" else {name} - {""})
   unknown = sorted(names - set(STAGES))
   if unknown or not names:
     raise ValueError(f"stages={text!r}: choose 'all' or a comma list of {', '.join(STAGES)}")
-  return tuple(stage for stage in STAGES if stage in names)
+  return tuple(name for name in STAGES if name in names)
 
 
 def num_landmarks(config) -> int:
   return landmarks.get_scheme(config.data.scheme).num_points
 
 
-def hourglass_module(config) -> StackedHourglass:
-  return StackedHourglass(
-    num_landmarks=num_landmarks(config),
-    width=config.hourglass.width,
-    num_stacks=config.hourglass.num_stacks,
-    depth=config.hourglass.depth,
-    stem_widths=tuple(config.hourglass.stem_widths),
-    dtype=jnp.dtype(config.hourglass.compute_dtype),
-  )
+def landmark_module(config, section: str = "hourglass"):
+  """The landmark network of a config section, built by its registered architecture."""
+  return models.landmark_network(config, section, num_landmarks(config))
 
 
-def resnet_module(config) -> ResNet50:
-  return ResNet50(num_landmarks=num_landmarks(config), width=config.resnet.width)
+def hourglass_module(config):
+  return landmark_module(config, "hourglass")
 
 
-def generator_module(config) -> GDNN:
-  return GDNN(width=config.stgan.generator_width)
-
-
-def discriminator_module(config) -> DDNN:
-  return DDNN(width=config.stgan.discriminator_width)
+def generator_module(config):
+  return models.generator(config)
 
 
 def _example_images(config) -> jax.Array:
@@ -70,53 +127,41 @@ def _example_images(config) -> jax.Array:
   return jnp.zeros((1, size, size, 3), jnp.float32)
 
 
-def _host_config(config, batch_field: str) -> ml_collections.ConfigDict:
-  """This host's share of the global batch (every host loads its own slice)."""
-  host = ml_collections.ConfigDict(config.to_dict())
-  section, field = batch_field.split(".")
-  host[section][field] = parallel.host_batch_size(config[section][field])
-  return host
-
-
-def _manager(workdir: str, stage: str, config):
-  return checkpoints.checkpoint_manager(
-    os.path.join(workdir, "checkpoints", stage),
-    config.checkpoint.every_steps,
-    config.checkpoint.keep,
+def _optimizer(config, section: str, steps_per_epoch: int, learning_rate=None):
+  return halving_adam(
+    config[section].learning_rate if learning_rate is None else learning_rate,
+    steps_per_epoch,
+    config[section].lr_halve_epochs,
   )
 
 
-def _resume(manager, state, iterator, log, stage):
-  restored = checkpoints.restore_latest(manager, state)
-  if restored is None:
-    return state
-  state, data_state, _ = restored
-  iterator.set_state(data_state)
-  log(f"[{stage}] resumed from step {int(state.step)}")
-  return state
+# --- landmark networks: the hourglass stage, and the Res-50 baseline ---------------------------
 
 
-def hourglass_states(config, steps_per_epoch: int):
-  """(module, optimizer, fresh TrainState) of the hourglass stage."""
-  module = hourglass_module(config)
-  optimizer = halving_adam(
-    config.hourglass.learning_rate, steps_per_epoch, config.hourglass.lr_halve_epochs
-  )
-  rng = jax.random.key(config.seed)
-  model_state = init_model_state(module, optimizer, rng, _example_images(config))
-  if config.hourglass.get("init_from", ""):
-    model_state = _start_from_package(model_state, module, optimizer, config)
-  return module, optimizer, new_train_state(config.seed, {"hourglass": model_state})
+def landmark_setup(name: str) -> Callable:
+  """Setup of a landmark stage: its network (section ``name``) and Adam, the variables from a
+  pretrained package when ``<name>.init_from`` is set (fine-tuning)."""
+
+  def setup(config, steps_per_epoch: int) -> Setup:
+    module = landmark_module(config, name)
+    optimizer = _optimizer(config, name, steps_per_epoch)
+    model_state = init_model_state(
+      module, optimizer, jax.random.key(config.seed), _example_images(config)
+    )
+    if config[name].get("init_from", ""):
+      model_state = _start_from_package(model_state, module, optimizer, config, name)
+    state = new_train_state(config.seed, {name: model_state})
+    return Setup({name: module}, {name: optimizer}, state)
+
+  return setup
 
 
-def _start_from_package(model_state, module, optimizer, config):
-  """The hourglass's parameters and BatchNorm statistics from a pretrained package (fresh
-  optimiser state): fine-tuning. A checkpoint in the workdir still takes precedence."""
-  from msm_jax import pretrained  # it imports this module
+def _start_from_package(model_state, module, optimizer, config, name: str):
+  """Parameters and BatchNorm statistics from a pretrained package, a fresh optimiser state.
+  A checkpoint in the workdir still takes precedence (it is restored afterwards)."""
+  from msm_jax.inference import pretrained
 
-  variables = pretrained.package_network_variables(
-    config.hourglass.init_from, "hourglass", module, config
-  )
+  variables = pretrained.package_network_variables(config[name].init_from, name, module, config)
   return model_state.replace(
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
@@ -124,88 +169,123 @@ def _start_from_package(model_state, module, optimizer, config):
   )
 
 
-def resnet_states(config, steps_per_epoch: int):
-  """(module, optimizer, fresh TrainState) of the Res-50 baseline."""
-  module = resnet_module(config)
-  optimizer = halving_adam(
-    config.resnet.learning_rate, steps_per_epoch, config.resnet.lr_halve_epochs
-  )
-  state = new_train_state(
-    config.seed,
-    {
-      "resnet": init_model_state(
-        module, optimizer, jax.random.key(config.seed), _example_images(config)
+def landmark_step(name: str) -> Callable:
+  """The update of a landmark stage: heatmap loss or coordinate L1, by what it outputs."""
+
+  def step(config, setup: Setup, mesh):
+    module, optimizer = setup.modules[name], setup.optimizers[name]
+    if models.architecture(config, name).output == "coordinates":
+      return steps.make_regression_step(
+        module, optimizer, crop_size=config.data.crop_size, mesh=mesh, model_name=name
       )
-    },
-  )
-  return module, optimizer, state
-
-
-def stgan_states(config, steps_per_epoch: int):
-  """(generator, discriminator, their optimizers, fresh TrainState) of the ST-GAN stage."""
-  generator, discriminator = generator_module(config), discriminator_module(config)
-  make_optimizer = lambda learning_rate: halving_adam(
-    learning_rate, steps_per_epoch, config.stgan.lr_halve_epochs
-  )
-  g_optimizer = make_optimizer(config.stgan.learning_rate)
-  d_optimizer = make_optimizer(config.stgan.discriminator_learning_rate)
-  g_rng, d_rng = jax.random.split(jax.random.key(config.seed))
-  state = new_train_state(
-    config.seed,
-    {
-      "generator": init_model_state(generator, g_optimizer, g_rng, _example_images(config)),
-      "discriminator": init_model_state(discriminator, d_optimizer, d_rng, _example_images(config)),
-    },
-  )
-  return generator, discriminator, g_optimizer, d_optimizer, state
-
-
-def _steps_per_epoch(source, batch_size: int) -> int:
-  return max(1, len(source) // batch_size)
-
-
-def predict_crop_landmarks(config, model_name: str, module, variables, crops):
-  """The landmark network alone on [B, S, S, 3] float crops -> [B, L, 2] crop pixels, decoded
-  exactly as the inference pipeline does."""
-  if model_name == "resnet":
-    return pipeline.normalised_to_crop(
-      module.apply(variables, crops, train=False), config.data.crop_size
+    return steps.make_hourglass_step(
+      module,
+      optimizer,
+      loss_name=config.hourglass.loss,
+      sigma=config.hourglass.sigma,
+      crop_size=config.data.crop_size,
+      heatmap_size=config.data.heatmap_size,
+      mesh=mesh,
+      model_name=name,
     )
-  options = pipeline.PipelineOptions(
-    crop_size=config.data.crop_size,
-    heatmap_size=config.data.heatmap_size,
-    heatmaps_are_logits=config.hourglass.loss == "softmax_cross_entropy",
-    decode_blur_sigma=config.hourglass.sigma,
-  )
+
+  return step
+
+
+def predict_crop_landmarks(config, name: str, module, variables, crops):
+  """The landmark network of stage ``name`` alone on [B, S, S, 3] float crops -> [B, L, 2]
+  crop pixels, decoded exactly as the inference pipeline does."""
+  options = pipeline.options_from_config(config, False, False, landmark_stage=name)
+  if options.landmark_output == "coordinates":
+    normalised = module.apply(variables, crops, train=False)
+    return pipeline.normalised_to_crop(normalised, config.data.crop_size)
   return pipeline.hourglass_points(module, variables, crops, options)[1]
 
 
-def landmark_validation_nme(config, model_name: str, module):
-  """A function (state, source) -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box
-  crops, for the hourglass or the Res-50 baseline."""
-  scheme = landmarks.get_scheme(config.data.scheme)
-  forward = jax.jit(
-    lambda variables, crops: predict_crop_landmarks(
-      config, model_name, module, variables, crops.astype(jnp.float32) / 255.0
+def landmark_validation(name: str) -> Callable:
+  """fn(state, source) -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box crops."""
+
+  def validation(config, setup: Setup):
+    scheme = landmarks.get_scheme(config.data.scheme)
+    module = setup.modules[name]
+    forward = jax.jit(
+      lambda variables, crops: predict_crop_landmarks(
+        config, name, module, variables, crops.astype(jnp.float32) / 255.0
+      )
     )
+
+    def evaluate(state, source):
+      variables = state.models[name].variables
+      nmes = []
+      for batch in input_pipeline.eval_dataset(
+        source, config, batch_size=config.eval.batch_size, crop_box="landmarks", worker_count=0
+      ):
+        pred = np.asarray(forward(variables, batch["images"]))
+        nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
+      return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
+
+    return evaluate
+
+  return validation
+
+
+def landmark_stage(name: str, in_all: bool = True) -> Stage:
+  """A stage training the landmark network of config section ``name`` on hourglass crops."""
+  return Stage(
+    name=name,
+    section=name,
+    models=(name,),
+    serves=(name,),
+    setup=landmark_setup(name),
+    step=landmark_step(name),
+    validation=landmark_validation(name),
+    data=input_pipeline.hourglass_train_dataset,
+    in_all=in_all,
   )
 
-  def evaluate(state, source):
-    variables = state.models[model_name].variables
-    nmes = []
-    for batch in input_pipeline.eval_dataset(
-      source, config, batch_size=config.eval.batch_size, crop_box="landmarks", worker_count=0
-    ):
-      pred = np.asarray(forward(variables, batch["images"]))
-      nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
-    return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
 
-  return evaluate
+# --- the ST-GAN ---------------------------------------------------------------------------------
 
 
-def template_distance(config, generator):
-  """A function state -> mean distance (px) of the warped anchors (pupils, mouth) to the
-  canonical template, on detector-box crops: how canonical the ST-GAN's output is."""
+def stgan_setup(config, steps_per_epoch: int) -> Setup:
+  """G (GDNN, Table I) and D (DDNN, Table II), each with its own Adam."""
+  generator, discriminator = models.generator(config), models.discriminator(config)
+  g_optimizer = _optimizer(config, "stgan", steps_per_epoch)
+  d_optimizer = _optimizer(
+    config, "stgan", steps_per_epoch, config.stgan.discriminator_learning_rate
+  )
+  g_rng, d_rng = jax.random.split(jax.random.key(config.seed))
+  example = _example_images(config)
+  state = new_train_state(
+    config.seed,
+    {
+      "generator": init_model_state(generator, g_optimizer, g_rng, example),
+      "discriminator": init_model_state(discriminator, d_optimizer, d_rng, example),
+    },
+  )
+  modules = {"generator": generator, "discriminator": discriminator}
+  return Setup(modules, {"generator": g_optimizer, "discriminator": d_optimizer}, state)
+
+
+def stgan_step(config, setup: Setup, mesh):
+  return steps.make_stgan_step(
+    setup.modules["generator"],
+    setup.modules["discriminator"],
+    setup.optimizers["generator"],
+    setup.optimizers["discriminator"],
+    theta_weight=config.stgan.theta_weight,
+    adversarial_weight=config.stgan.adversarial_weight,
+    mesh=mesh,
+    theta_loss_units=config.stgan.theta_loss_units,
+    real_label=config.stgan.real_label,
+    adversarial_warmup_steps=config.stgan.adversarial_warmup_steps,
+  )
+
+
+def template_distance(config, setup: Setup):
+  """A function (state, source) -> mean distance (px) of the warped anchors (pupils, mouth)
+  to the canonical template, on detector-box crops: how canonical the ST-GAN's output is."""
+  generator = setup.modules["generator"]
   scheme = landmarks.get_scheme(config.data.scheme)
   anchors = stgan_pairs.CanonicalAnchors.from_scheme(scheme)
   size = config.data.crop_size
@@ -241,64 +321,6 @@ def template_distance(config, generator):
   return evaluate
 
 
-def _run_stage(
-  config,
-  workdir: str,
-  mesh,
-  log,
-  *,
-  stage: str,
-  section: str,
-  make_dataset,
-  make_states,
-  make_step,
-  make_eval,
-):
-  """Shared driver: sources, schedule, state, data iterator, resume, step, loop."""
-  train_source, validation_source = datasets.train_and_validation_sources(config)
-  batch_size = config[section].batch_size
-  parallel.check_batch_size(batch_size, mesh, f"{section}.batch_size")
-  steps_per_epoch = _steps_per_epoch(train_source, batch_size)
-  total_steps = int(config[section].epochs * steps_per_epoch)
-  states = make_states(config, steps_per_epoch)
-  state = parallel.replicate(states[-1], mesh)
-  iterator = iter(
-    make_dataset(
-      train_source,
-      _host_config(config, f"{section}.batch_size"),
-      shard_index=jax.process_index(),
-      shard_count=jax.process_count(),
-    )
-  )
-  manager = _manager(workdir, stage, config)
-  state = _resume(manager, state, iterator, log, stage)
-  log(
-    f"[{stage}] {len(train_source)} faces, {steps_per_epoch} steps/epoch, {total_steps} "
-    f"steps of batch {batch_size} on {mesh.devices.size} device(s)"
-  )
-  eval_fn = make_eval(states) if validation_source is not None else None
-  return loop.train_stage(
-    stage=stage,
-    step_fn=make_step(states),
-    state=state,
-    batches=iterator,
-    data_iterator=iterator,
-    manager=manager,
-    mesh=mesh,
-    total_steps=total_steps,
-    batch_size=batch_size,
-    workdir=workdir,
-    log_every=config.log_every_steps,
-    eval_fn=eval_fn and (lambda state: eval_fn(state, validation_source)),
-    eval_every=config.eval_every_steps,
-    log=log,
-  )
-
-
-# Faces whose ground-truth-box crops define the ST template (the mean moves < 0.1 px beyond).
-TEMPLATE_SHAPES = 1000
-
-
 def resolve_stgan_template(config, log=print):
   """``config`` with the ST template fixed (``stgan.template_source``, see configs/base.py)."""
   if config.stgan.template_source != "training_crops":
@@ -307,86 +329,20 @@ def resolve_stgan_template(config, log=print):
   shapes = datasets.training_shapes(config, train_source, limit=TEMPLATE_SHAPES)
   anchors = stgan_pairs.CanonicalAnchors.from_scheme(landmarks.get_scheme(config.data.scheme))
   config = stgan_pairs.resolve_template(config, shapes, anchors)
-  points = ", ".join(
-    f"{name} ({x:.1f}, {y:.1f})"
-    for name, (x, y) in zip(
-      ("left pupil", "right pupil", "mouth"),
-      (
-        config.stgan.template_left_pupil,
-        config.stgan.template_right_pupil,
-        config.stgan.template_mouth,
-      ),
-    )
+  named = zip(
+    ("left pupil", "right pupil", "mouth"),
+    (
+      config.stgan.template_left_pupil,
+      config.stgan.template_right_pupil,
+      config.stgan.template_mouth,
+    ),
   )
+  points = ", ".join(f"{name} ({x:.1f}, {y:.1f})" for name, (x, y) in named)
   log(f"[stgan] template from {len(shapes)} ground-truth-box crops (128 frame): {points}")
   return config
 
 
-def train_stgan(config, workdir: str, mesh, log=print):
-  """Stage 1 (Sec. III-A, Algorithm 1): GDNN + DDNN on (I_fake, I_real, theta*)."""
-  config = resolve_stgan_template(config, log)
-  return _run_stage(
-    config,
-    workdir,
-    mesh,
-    log,
-    stage="stgan",
-    section="stgan",
-    make_dataset=input_pipeline.stgan_train_dataset,
-    make_states=stgan_states,
-    make_step=lambda states: steps.make_stgan_step(
-      *states[:4],
-      theta_weight=config.stgan.theta_weight,
-      adversarial_weight=config.stgan.adversarial_weight,
-      mesh=mesh,
-      theta_loss_units=config.stgan.theta_loss_units,
-      real_label=config.stgan.real_label,
-      adversarial_warmup_steps=config.stgan.adversarial_warmup_steps,
-    ),
-    make_eval=lambda states: template_distance(config, states[0]),
-  )
-
-
-def train_hourglass(config, workdir: str, mesh, log=print):
-  """Stage 2 (Sec. III-B): heatmap regression with intermediate supervision."""
-  return _run_stage(
-    config,
-    workdir,
-    mesh,
-    log,
-    stage="hourglass",
-    section="hourglass",
-    make_dataset=input_pipeline.hourglass_train_dataset,
-    make_states=hourglass_states,
-    make_step=lambda states: steps.make_hourglass_step(
-      states[0],
-      states[1],
-      loss_name=config.hourglass.loss,
-      sigma=config.hourglass.sigma,
-      crop_size=config.data.crop_size,
-      heatmap_size=config.data.heatmap_size,
-      mesh=mesh,
-    ),
-    make_eval=lambda states: landmark_validation_nme(config, "hourglass", states[0]),
-  )
-
-
-def train_resnet(config, workdir: str, mesh, log=print):
-  """The Res-50 coordinate-regression baseline (Sec. IV-G), on the hourglass's crops."""
-  return _run_stage(
-    config,
-    workdir,
-    mesh,
-    log,
-    stage="resnet",
-    section="resnet",
-    make_dataset=input_pipeline.hourglass_train_dataset,
-    make_states=resnet_states,
-    make_step=lambda states: steps.make_regression_step(
-      states[0], states[1], crop_size=config.data.crop_size, mesh=mesh
-    ),
-    make_eval=lambda states: landmark_validation_nme(config, "resnet", states[0]),
-  )
+# --- the shape dictionary -----------------------------------------------------------------------
 
 
 def build_dictionary(config, workdir: str, log=print) -> np.ndarray:
@@ -408,3 +364,83 @@ def build_dictionary(config, workdir: str, log=print) -> np.ndarray:
   )
   log(f"[dictionary] {size} exemplar shapes from {len(canonical)} training shapes -> {path}")
   return dictionary
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+
+def _host_config(config, section: str) -> ml_collections.ConfigDict:
+  """This host's share of the global batch (every host loads its own slice)."""
+  host = ml_collections.ConfigDict(config.to_dict())
+  host[section]["batch_size"] = parallel.host_batch_size(config[section].batch_size)
+  return host
+
+
+def _train_steps(stage: Stage, config, workdir: str, mesh, log):
+  """Sources, schedule, state, data iterator, resume, then `loop.train_stage`."""
+  train_source, validation_source = datasets.train_and_validation_sources(config)
+  batch_size = config[stage.section].batch_size
+  parallel.check_batch_size(batch_size, mesh, f"{stage.section}.batch_size")
+  steps_per_epoch = max(1, len(train_source) // batch_size)
+  total_steps = int(config[stage.section].epochs * steps_per_epoch)
+  setup = stage.setup(config, steps_per_epoch)
+  state = parallel.replicate(setup.state, mesh)
+  data = iter(
+    stage.data(
+      train_source,
+      _host_config(config, stage.section),
+      shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+    )
+  )
+  manager = checkpoints.checkpoint_manager(
+    os.path.join(workdir, "checkpoints", stage.name),
+    config.checkpoint.every_steps,
+    config.checkpoint.keep,
+  )
+  restored = checkpoints.restore_latest(manager, state)
+  if restored is not None:
+    state, data_state, _ = restored
+    data.set_state(data_state)
+    log(f"[{stage.name}] resumed from step {int(state.step)}")
+  log(
+    f"[{stage.name}] {len(train_source)} faces, {steps_per_epoch} steps/epoch, {total_steps} "
+    f"steps of batch {batch_size} on {mesh.devices.size} device(s)"
+  )
+  evaluate = None
+  if stage.validation is not None and validation_source is not None:
+    validate = stage.validation(config, setup)
+    evaluate = lambda state: validate(state, validation_source)
+  return loop.train_stage(
+    stage=stage.name,
+    step_fn=stage.step(config, setup, mesh),
+    state=state,
+    data=data,
+    manager=manager,
+    mesh=mesh,
+    total_steps=total_steps,
+    batch_size=batch_size,
+    workdir=workdir,
+    log_every=config.log_every_steps,
+    eval_fn=evaluate,
+    eval_every=config.eval_every_steps,
+    log=log,
+  )
+
+
+register(
+  Stage(
+    name="stgan",
+    section="stgan",
+    models=("generator", "discriminator"),
+    serves=("generator",),
+    setup=stgan_setup,
+    step=stgan_step,
+    validation=template_distance,
+    data=input_pipeline.stgan_train_dataset,
+    prepare=resolve_stgan_template,
+  )
+)
+register(landmark_stage("hourglass"))
+register(Stage(name="dictionary", section="shape", run=build_dictionary))
+register(landmark_stage("resnet", in_all=False))  # the ablation baseline, on request

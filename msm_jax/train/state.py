@@ -2,8 +2,10 @@
 
 A `ModelState` holds one network's parameters, BatchNorm statistics and optimiser state; the
 hourglass trains one, the ST-GAN two (generator G and discriminator D, Algorithm 1). The
-`TrainState` adds the step counter and the PRNG key. Everything is a pytree of arrays, so it
-jits, shards and checkpoints as it is.
+`TrainState` adds the step counter and a PRNG key (the seed's; no stage draws from it: the
+networks have no dropout, and the augmentation's randomness comes from the data iterator,
+whose position is checkpointed with the state; the key stays so that existing checkpoints
+restore). Everything is a pytree of arrays, so it jits, shards and checkpoints as it is.
 """
 
 from typing import Any, Sequence
@@ -32,9 +34,7 @@ class ModelState:
 class TrainState:
   step: jax.Array
   rng: jax.Array
-  models: (
-    dict  # name -> ModelState, e.g. {"hourglass": ...} or {"generator": ..., "discriminator": ...}
-  )
+  models: dict  # name -> ModelState: {"hourglass": ...}, {"generator": ..., "discriminator": ...}
 
 
 def halving_adam(

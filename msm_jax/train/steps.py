@@ -17,7 +17,7 @@ ST-GAN (Algorithm 1), all four sub-steps inside one compiled update:
   4. G step on the generator's part of Eq. 6: L_G plus the G-dependent term of L_D, i.e.
      a * ||theta - theta*|| + (b + 1) * L_A, against the freshly updated D.
 
-Balance (measured on the synthetic default, issue 4): with ||theta - theta*|| in theta's own
+Balance (measured on the synthetic default): with ||theta - theta*|| in theta's own
 normalised units the gradient of L_A with respect to theta is ~20x that of the theta term
 (the sampler's image gradient sums over every output pixel), so a = 1, b = 0.5 let the
 adversarial term alone steer G and theta did not learn. The theta term is therefore measured in
@@ -64,13 +64,14 @@ def make_hourglass_step(
   crop_size: int,
   heatmap_size: int,
   mesh,
+  model_name: str = "hourglass",
 ) -> Callable:
-  """The hourglass update. batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop
-  pixels), visible bool [B, L]."""
-  loss_fn = losses.heatmap_loss(loss_name)
+  """The hourglass update (any network with heatmap outputs) of state.models[model_name].
+  batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop pixels), visible bool [B, L]."""
+  loss_fn = losses.heatmap_loss(loss_name).fn
 
   def step(state: TrainState, batch: dict):
-    model_state = state.models["hourglass"]
+    model_state = state.models[model_name]
     images = images_to_float(batch["images"])
     points = heatmap_lib.crop_to_heatmap(batch["landmarks"], crop_size, heatmap_size)
     targets = heatmap_lib.gaussian_heatmaps(points, (heatmap_size, heatmap_size), sigma)
@@ -82,7 +83,7 @@ def make_hourglass_step(
     (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
     new_model = apply_gradients(model_state, grads, optimizer, new_stats)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return state.replace(step=state.step + 1, models={"hourglass": new_model}), metrics
+    return state.replace(step=state.step + 1, models={model_name: new_model}), metrics
 
   return _jit_step(step, mesh)
 
@@ -93,13 +94,18 @@ def crop_to_normalised(points: jax.Array, crop_size: int) -> jax.Array:
 
 
 def make_regression_step(
-  module, optimizer: optax.GradientTransformation, *, crop_size: int, mesh
+  module,
+  optimizer: optax.GradientTransformation,
+  *,
+  crop_size: int,
+  mesh,
+  model_name: str = "resnet",
 ) -> Callable:
   """The Res-50 baseline's update (Sec. IV-G): L1 on normalised landmark coordinates.
   batch: as the hourglass's."""
 
   def step(state: TrainState, batch: dict):
-    model_state = state.models["resnet"]
+    model_state = state.models[model_name]
     images = images_to_float(batch["images"])
     targets = crop_to_normalised(batch["landmarks"], crop_size)
 
@@ -110,7 +116,7 @@ def make_regression_step(
     (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
     new_model = apply_gradients(model_state, grads, optimizer, new_stats)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return state.replace(step=state.step + 1, models={"resnet": new_model}), metrics
+    return state.replace(step=state.step + 1, models={model_name: new_model}), metrics
 
   return _jit_step(step, mesh)
 

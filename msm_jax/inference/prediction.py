@@ -8,7 +8,9 @@ Faces, not images, are batched. Every face travels as its own *window*: an integ
 square of the image around its crop square (CONTEXT times its side, so the ST stage can zoom
 out or rotate without leaving it), zero where it leaves the image. Copying pixels at integer
 offsets changes no bilinear sample, and zeros are what the pipeline samples outside an image,
-so a window gives the same landmarks as the whole image would. All windows are zero-padded to
+so a window gives the same landmarks as the whole image would (a re-crop pass,
+`config.inference.recrop_passes`, stays inside the window unless the face box was off by more
+than half its size). All windows are zero-padded to
 one size, so the pipeline compiles once per model, whatever the photos' sizes, and a batch
 holds no whole photos. Faces whose crop would be downscaled more than MAX_CROP_DOWNSCALE
 times (a 1000-pixel face to 128) first have their window resized with PIL's antialiasing
@@ -24,15 +26,17 @@ import math
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from msm_jax import detection, pipeline
+from msm_jax import overlays
+from msm_jax.inference import detection, pipeline
 from msm_jax.data import images as image_io
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CONTEXT = 2.0  # window side / crop-square side
 MAX_CROP_DOWNSCALE = 1.5  # larger faces are resized (antialiased) to this x crop size first
-RELIABLE_COLOUR, REPAIRED_COLOUR, BOX_COLOUR = (40, 220, 40), (240, 40, 40), (60, 140, 255)
+RELIABLE_COLOUR, REPAIRED_COLOUR = overlays.KEPT_COLOUR, overlays.FLAGGED_COLOUR
+BOX_COLOUR = overlays.BOX_COLOUR
 
 
 class NoFaceFoundError(ValueError):
@@ -131,8 +135,9 @@ def _as_image(item, index: int) -> tuple[str, np.ndarray]:
   return f"image {index}", image
 
 
-def _face_boxes(image, given, calibration, source):
-  """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None)."""
+def _face_boxes(image, given, calibrations, source):
+  """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None). Without given boxes the
+  detectors are tried in order; the first that finds a face in the image gives the boxes."""
   if given is not None:
     boxes = np.asarray(given, np.float64)
     if boxes.ndim == 1:
@@ -148,10 +153,18 @@ def _face_boxes(image, given, calibration, source):
         f"y1 > y0; got {boxes.tolist()}"
       )
     return boxes, None
-  detected = detection.detect_faces(image, calibration.cascade)
-  if len(detected) == 0:
-    raise NoFaceFoundError(f"{source}: no face found (pass its box: boxes= or --boxes)")
-  return detection.calibrated_face_box(detected, calibration), detected
+  tried = []
+  for calibration in calibrations:
+    if not detection.detector_available(calibration.cascade):
+      continue
+    tried.append(calibration.cascade)
+    detected = detection.detect_faces(image, calibration.cascade)
+    if len(detected):
+      return detection.calibrated_face_box(detected, calibration), detected
+  raise NoFaceFoundError(
+    f"{source}: no face found by {', '.join(tried) or 'any installed detector'} "
+    f"(pass its box: boxes= or --boxes)"
+  )
 
 
 def predict_images(
@@ -183,7 +196,7 @@ def predict_images(
     try:
       source, image = _as_image(item, index)
       face_boxes, detector_boxes = _face_boxes(
-        image, None if boxes is None else boxes[index], model.calibration, source
+        image, None if boxes is None else boxes[index], model.calibrations, source
       )
     except (OSError, ValueError) as error:
       if errors == "raise":
@@ -290,19 +303,5 @@ def exif_orientation(path: str) -> int | None:
 def save_overlay(path: str, image: np.ndarray, faces) -> None:
   """PNG of the image with each face's box (blue), reliable landmarks (green) and repaired
   landmarks (red: unreliable, replaced by the shape dictionary)."""
-  canvas = Image.fromarray(np.asarray(image, np.uint8))
-  draw = ImageDraw.Draw(canvas)
-  for face in faces:
-    box = [float(v) for v in face.box]
-    side = max(box[2] - box[0], box[3] - box[1])
-    radius, width = max(1.0, side / 90), max(1, round(side / 150))
-    draw.rectangle(
-      [box[0] + 0.5, box[1] + 0.5, box[2] + 0.5, box[3] + 0.5], outline=BOX_COLOUR, width=width
-    )
-    for (x, y), reliable in zip(face.landmarks, face.reliable):
-      x, y = float(x) + 0.5, float(y) + 0.5  # PIL draws in pixel-edge coordinates
-      draw.ellipse(
-        [x - radius, y - radius, x + radius, y + radius],
-        fill=RELIABLE_COLOUR if reliable else REPAIRED_COLOUR,
-      )
-  canvas.save(path, format="PNG")
+  drawn = [(face.landmarks, ~np.asarray(face.reliable), face.box) for face in faces]
+  overlays.draw_landmarks(image, drawn).save(path, format="PNG")

@@ -34,7 +34,7 @@ shape (weights = reliability); with fewer than two reliable landmarks every land
 """
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,9 +52,11 @@ class PipelineOptions:
   heatmap_size: int = 64
   use_spatial_transformer: bool = True  # the "ST" of the ablation tables
   use_shape_reconstruction: bool = True  # the "SR" of the ablation tables
-  # "hourglass" (the paper), or "regression": the Res-50 baseline of Sec. IV-G, which
-  # regresses coordinates directly (no heatmaps, hence no scores and no shape repair).
-  landmark_network: str = "hourglass"
+  # The landmark network's variables: variables[landmark_stage] (the stage that trained it),
+  # and what it outputs (msm_jax/models: "heatmaps", or "coordinates" as the Res-50 baseline
+  # of Sec. IV-G, which has no heatmaps, hence no scores and no shape repair).
+  landmark_stage: str = "hourglass"
+  landmark_output: str = "heatmaps"
   heatmaps_are_logits: bool = True  # trained with the spatial-softmax cross-entropy
   decode_method: str = "dark"
   decode_blur_sigma: float | None = 1.5
@@ -65,6 +67,55 @@ class PipelineOptions:
   recrop_passes: int = 0  # further passes on a crop fitted to the landmarks (see above)
   box_margin: float = 1.25  # the training crop: landmark box x this, squared
   upright_recrop: bool = True  # re-crop turned by the face's roll (needs the dictionary)
+
+
+def options_from_config(
+  config, use_st: bool = True, use_sr: bool = True, landmark_stage: str = "hourglass"
+) -> PipelineOptions:
+  """The pipeline options a trained config implies: crop and map sizes, decoding (maps are
+  logits when the heatmap loss says so), Eq. 9's radius, the repair's k and lambda, the
+  re-crop passes; the landmark network of ``landmark_stage``'s config section."""
+  from msm_jax import models
+  from msm_jax.train import losses  # the registry only: jax, no training stack
+
+  output = models.architecture(config, landmark_stage).output
+  inference = config.get("inference", {})
+  return PipelineOptions(
+    crop_size=config.data.crop_size,
+    heatmap_size=config.data.heatmap_size,
+    use_spatial_transformer=use_st,
+    use_shape_reconstruction=use_sr and output == "heatmaps",
+    landmark_stage=landmark_stage,
+    landmark_output=output,
+    heatmaps_are_logits=output == "heatmaps"
+    and losses.heatmap_loss(config.hourglass.loss).outputs_logits,
+    decode_blur_sigma=config.hourglass.sigma,
+    score_radius=config.shape.score_radius,
+    num_neighbours=config.shape.num_neighbours,
+    ridge_lambda=config.shape.ridge_lambda,
+    replace=config.shape.replace,
+    recrop_passes=int(inference.get("recrop_passes", 0)),
+    upright_recrop=bool(inference.get("upright_recrop", True)),
+    box_margin=float(config.data.box_margin),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """Modules and variables of a trained MSM: what `make_inference_fn` needs.
+
+  generator: the GDNN module; networks: {stage name: landmark network module} ("hourglass",
+  and "resnet" when the baseline was trained); variables: {"generator", one entry per
+  network's stage, "dictionary" [N, L, 2], "thresholds" [L]}; available: the stages found.
+  """
+
+  generator: Any
+  networks: dict
+  variables: dict
+  available: frozenset
+
+  def inference_fn(self, options: PipelineOptions) -> Callable:
+    return make_inference_fn(self.generator, self.networks[options.landmark_stage], options)
 
 
 def pad_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,20 +141,26 @@ def _normalised_homogeneous(theta: jax.Array) -> jax.Array:
 def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Callable:
   """Build `infer(variables, images, boxes) -> dict`, jitted.
 
-  generator, landmark_model: the Flax modules: GDNN, and the stacked hourglass (or for
-    `landmark_network="regression"` the Res-50 baseline, its variables under "resnet").
-  variables: {"generator": GDNN variables (unused when ST is off), "hourglass": hourglass
-    variables, "dictionary": [N, L, 2] canonical shapes, "thresholds": [L] reliability
-    thresholds (Table IX, per region)}.
+  generator, landmark_model: the Flax modules: GDNN, and the landmark network (heatmaps, or
+    coordinates: `options.landmark_output`).
+  variables: {"generator": GDNN variables (unused when ST is off), options.landmark_stage
+    (e.g. "hourglass"): the landmark network's variables, "dictionary": [N, L, 2] canonical
+    shapes, "thresholds": [L] reliability thresholds (Table IX, per region)}.
   images: [B, H, W, 3] uint8 or float32 in [0, 1] (padded, see `pad_images`).
   boxes: [B, 4] face boxes x0, y0, x1, y1 in image pixels (square them beforehand).
   Returns: landmarks [B, L, 2] in image pixels (final), hourglass_landmarks [B, L, 2]
     (before the shape repair), scores [B, L] (normalised Eq. 9), reliable [B, L] bool,
-    theta [B, 2, 3] (GDNN output, identity when ST is off), canonical_faces [B, S, S, 3].
+    theta [B, 2, 3] (GDNN output, identity when ST is off), canonical_faces [B, S, S, 3],
+    canonical_landmarks [B, L, 2] (the hourglass's, canonical-crop pixels) and
+    canonical_to_image [B, 3, 3].
   """
   size = options.crop_size
   if options.recrop_passes < 0:
     raise ValueError(f"recrop_passes must be >= 0, got {options.recrop_passes}")
+  if options.landmark_output not in ("heatmaps", "coordinates"):
+    raise ValueError(
+      f"landmark_output must be heatmaps or coordinates: {options.landmark_output!r}"
+    )
 
   def one_pass(variables, images, crop_to_image):
     image_hw = images.shape[1:3]
@@ -117,8 +174,8 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
     total_theta = (_normalised_homogeneous(crop_theta) @ _normalised_homogeneous(st_theta))[:, :2]
     canonical = sampler.warp(images, total_theta, (size, size))
 
-    if options.landmark_network == "regression":
-      normalised = landmark_model.apply(variables["resnet"], canonical, train=False)
+    if options.landmark_output == "coordinates":
+      normalised = landmark_model.apply(variables[options.landmark_stage], canonical, train=False)
       points = normalised_to_crop(normalised, size)
       scores = jnp.ones(points.shape[:2], jnp.float32)
       reliable = jnp.ones(points.shape[:2], bool)
@@ -126,8 +183,8 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
       points, scores, reliable = _heatmap_landmarks(landmark_model, variables, canonical, options)
 
     final = points
-    if options.use_shape_reconstruction and options.landmark_network == "hourglass":
-      final = _repair(points, reliable, variables["dictionary"], options)
+    if options.use_shape_reconstruction and options.landmark_output == "heatmaps":
+      final = repair_shapes(points, reliable, variables["dictionary"], options)
 
     to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
     return {
@@ -200,7 +257,7 @@ def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOpt
 
 def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions):
   """Hourglass -> (crop-pixel landmarks, normalised Eq. 9 scores, reliability mask)."""
-  maps, points = hourglass_points(hourglass, variables["hourglass"], canonical, options)
+  maps, points = hourglass_points(hourglass, variables[options.landmark_stage], canonical, options)
   peaks = heatmap_lib.heatmap_argmax(maps)
   scores = heatmap_lib.normalise_scores(
     heatmap_lib.landmark_scores(maps, peaks, options.score_radius)
@@ -208,8 +265,9 @@ def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions
   return points, scores, heatmap_lib.reliable_mask(scores, variables["thresholds"])
 
 
-def _repair(points, reliable, dictionary, options: PipelineOptions):
-  """Sec. III-C in the dictionary's frame: align, reconstruct, align back."""
+def repair_shapes(points, reliable, dictionary, options: PipelineOptions):
+  """Sec. III-C in the dictionary's frame: align, reconstruct, align back. points [B, L, 2]
+  in any frame (the alignment is a similarity fit), reliable [B, L] bool."""
   mean_shape = jnp.mean(dictionary, axis=0)  # [L, 2]
   weights = reliable.astype(jnp.float32)
   enough = jnp.sum(weights, axis=-1, keepdims=True) >= 2

@@ -7,7 +7,8 @@ A package is a folder with two files:
                  "inference": {"use_spatial_transformer": bool,   # the ST of Tables VII/VIII
                                "use_shape_reconstruction": bool}, # the SR
                  "stages":    the trained stages packaged (stgan, hourglass, dictionary),
-                 "detector":  the Haar-box calibration (msm_jax.detection)}
+                 "detector":  the face detector's box calibration (msm_jax.inference.detection),
+                 "detector_fallbacks": [calibrations of detectors tried next, in order]}
   weights.npz   float32 arrays under "/"-joined keys: generator/params/... (only when the
                 ST-GAN was trained), hourglass/params/..., hourglass/batch_stats/...,
                 dictionary [N, L, 2] (Sec. III-C) and thresholds [L] (Table IX).
@@ -16,8 +17,9 @@ Only inference variables are kept (no optimiser state, no discriminator). The mo
 rebuilt from the config, and every array is checked against the shapes those modules expect,
 so a package from another config or code version fails with a message naming the file.
 
-  python -m msm_jax.pretrained --config configs/300w_subset.py --workdir runs/300w_subset \
-      --out pretrained/ [--detector_calibration calibration.json] [--spatial_transformer off]
+  python -m msm_jax.inference.pretrained --config configs/300w_subset.py \
+      --workdir runs/300w_subset --out pretrained/ \
+      [--detector_calibration calibration.json] [--spatial_transformer off]
 """
 
 import dataclasses
@@ -32,8 +34,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from msm_jax import detection, landmarks, model_io, pipeline
-from msm_jax.train import stages
+from msm_jax import landmarks, models
+from msm_jax.inference import detection, pipeline
 
 FORMAT = "msm-jax-pretrained"
 FORMAT_VERSION = 1
@@ -50,28 +52,36 @@ class PackageError(ValueError):
 class PretrainedModel:
   """Everything `prediction.predict_images` needs.
 
-  model: modules + variables (as `model_io.load_trained` returns them; no Res-50).
+  model: modules + variables (as `model_io.load_trained` returns them; the hourglass only).
   options: the pipeline options (crop size, ST/SR switches, decoding, repair).
   config: the training config (box_margin, landmark scheme, ...).
-  calibration: Haar box -> landmark-box convention.
+  calibration: detector box -> landmark-box convention (the first detector tried).
+  fallbacks: calibrations of the detectors tried next when it finds no face in an image.
   """
 
-  model: model_io.TrainedModel
+  model: pipeline.TrainedModel
   options: pipeline.PipelineOptions
   config: ml_collections.ConfigDict
   calibration: detection.DetectorCalibration
+  fallbacks: tuple = ()
+
+  @property
+  def calibrations(self) -> tuple:
+    """The detectors to try, in order, with their calibrations."""
+    return (self.calibration, *self.fallbacks)
 
   @functools.cached_property
   def infer(self):
     """The one-jit pipeline, built once so every call reuses its compilations."""
-    return pipeline.make_inference_fn(self.model.generator, self.model.hourglass, self.options)
+    return self.model.inference_fn(self.options)
 
 
 def from_trained(
-  model: model_io.TrainedModel,
+  model: pipeline.TrainedModel,
   config,
   use_spatial_transformer: bool | None = None,
   calibration: detection.DetectorCalibration | None = None,
+  fallbacks: tuple | None = None,
 ) -> PretrainedModel:
   """A live `TrainedModel` as a PretrainedModel (ST on when trained unless told otherwise,
   SR on when the dictionary exists)."""
@@ -80,11 +90,14 @@ def from_trained(
   )
   if use_st and "stgan" not in model.available:
     raise ValueError("use_spatial_transformer=True but the ST-GAN stage was not trained")
-  options = model_io.pipeline_options(config, use_st, "dictionary" in model.available)
-  return PretrainedModel(model, options, config, calibration or detection.DEFAULT_CALIBRATION)
+  options = pipeline.options_from_config(config, use_st, "dictionary" in model.available)
+  if calibration is None:
+    calibration, *default_fallbacks = detection.DEFAULT_CALIBRATIONS
+    fallbacks = tuple(default_fallbacks) if fallbacks is None else fallbacks
+  return PretrainedModel(model, options, config, calibration, tuple(fallbacks or ()))
 
 
-def _flat_weights(model: model_io.TrainedModel) -> dict[str, np.ndarray]:
+def _flat_weights(model: pipeline.TrainedModel) -> dict[str, np.ndarray]:
   variables = {name: model.variables[name] for name in _NETWORKS if model.variables.get(name)}
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   flat["dictionary"] = model.variables["dictionary"]
@@ -114,6 +127,7 @@ def write_package(pretrained: PretrainedModel, out_dir: str) -> dict:
     },
     "stages": stages_packaged,
     "detector": pretrained.calibration.to_dict(),
+    "detector_fallbacks": [fallback.to_dict() for fallback in pretrained.fallbacks],
   }
   config_path = os.path.join(out_dir, CONFIG_FILE)
   with open(config_path + ".tmp", "w") as file:
@@ -142,6 +156,8 @@ def package_pretrained(
   use_spatial_transformer: None = on when the ST-GAN stage was trained.
   Returns what `write_package` returns (the size in bytes included).
   """
+  from msm_jax import model_io  # the training side: checkpoints (Orbax)
+
   model = model_io.load_trained(config, workdir)
   return write_package(
     from_trained(model, config, use_spatial_transformer, detector_calibration), out_dir
@@ -187,6 +203,15 @@ def _expected_shapes(module, config) -> dict[str, tuple]:
   }
 
 
+def _check_values(value: np.ndarray, key: str, path: str) -> None:
+  """Weights are float32 and finite: a cast integer array or a NaN would give silently wrong
+  landmarks."""
+  if value.dtype != np.float32:
+    raise PackageError(f"{path}: '{key}' is {value.dtype}, expected float32")
+  if not np.all(np.isfinite(value)):
+    raise PackageError(f"{path}: '{key}' holds NaN or infinite values")
+
+
 def _network_variables(weights, prefix, module, config, path) -> dict:
   """The `prefix/...` arrays, checked against the module's own shapes, as a variables tree."""
   found = {
@@ -206,6 +231,7 @@ def _network_variables(weights, prefix, module, config, path) -> dict:
         f"{path}: {prefix}/{key} has shape {found[key].shape}, the network "
         f"of config.json expects {shape}"
       )
+    _check_values(found[key], f"{prefix}/{key}", path)
   return traverse_util.unflatten_dict(
     {key: jnp.asarray(value) for key, value in found.items()}, sep="/"
   )
@@ -241,13 +267,20 @@ def load_pretrained(directory: str) -> PretrainedModel:
     use_st = bool(header["inference"]["use_spatial_transformer"])
     use_sr = bool(header["inference"]["use_shape_reconstruction"])
     scheme = landmarks.get_scheme(config.data.scheme)
-    generator, hourglass = stages.generator_module(config), stages.hourglass_module(config)
+    generator = models.generator(config)
+    hourglass = models.landmark_network(config, "hourglass", scheme.num_points)
   except (KeyError, AttributeError, TypeError, ValueError) as error:
     raise PackageError(
       f"{config_path}: incomplete config or inference section ({type(error).__name__}: {error})"
     ) from None
   calibration = detection.DetectorCalibration.from_dict(
     header.get("detector", detection.DEFAULT_CALIBRATION.to_dict()), config_path
+  )
+  fallbacks = header.get("detector_fallbacks", [])
+  if not isinstance(fallbacks, list):
+    raise PackageError(f"{config_path}: detector_fallbacks must be a list of calibrations")
+  fallbacks = tuple(
+    detection.DetectorCalibration.from_dict(fallback, config_path) for fallback in fallbacks
   )
   if use_st and "stgan" not in available:
     raise PackageError(
@@ -279,15 +312,16 @@ def load_pretrained(directory: str) -> PretrainedModel:
         f"{weights_path}: '{key}' must have shape {shape} (None: any), got "
         f"{None if value is None else value.shape}"
       )
+    _check_values(value, key, weights_path)
     variables[key] = jnp.asarray(value, jnp.float32)
-  model = model_io.TrainedModel(generator, hourglass, None, variables, available)
-  options = model_io.pipeline_options(config, use_st, use_sr)
-  return PretrainedModel(model, options, config, calibration)
+  model = pipeline.TrainedModel(generator, {"hourglass": hourglass}, variables, available)
+  options = pipeline.options_from_config(config, use_st, use_sr)
+  return PretrainedModel(model, options, config, calibration, fallbacks)
 
 
 def _cli() -> None:
-  """`python -m msm_jax.pretrained`: flags are defined here, not at import, so importing this
-  module from train.py / evaluate.py (which define --config) cannot clash."""
+  """`python -m msm_jax.inference.pretrained`: flags are defined here, not at import, so
+  importing this module from train.py / evaluate.py (which define --config) cannot clash."""
   import sys
   from absl import app, flags
   from ml_collections import config_flags
@@ -301,7 +335,7 @@ def _cli() -> None:
   calibration_file = flags.DEFINE_string(
     "detector_calibration",
     None,
-    "JSON of `python -m msm_jax.detection` (default: the built-in 300-W calibration).",
+    "JSON of `python -m msm_jax.inference.detection` (default: the built-in 300-W calibration).",
   )
   st_switch = flags.DEFINE_enum(
     "spatial_transformer",

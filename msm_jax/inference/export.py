@@ -41,7 +41,7 @@ File layout (version 1), readable with the standard library and jax alone:
 jax's serialisation needs the `flatbuffers` package. An artefact loads in the jax version
 that wrote it and in later ones within jax.export's compatibility window (6 months).
 
-  python -m msm_jax.export --model pretrained/ --out pretrained/msm_pipeline.jaxexport
+  python -m msm_jax.inference.export --model pretrained/ --out pretrained/msm_pipeline.jaxexport
 """
 
 import argparse
@@ -60,7 +60,7 @@ import numpy as np
 from jax import export as jax_export
 
 import msm_jax
-from msm_jax import pipeline
+from msm_jax.inference import pipeline
 
 FORMAT = "msm-jax-exported"
 FORMAT_VERSION = 1
@@ -102,18 +102,20 @@ def _input_specs(image_size, batch, max_batch):
 def _used_variables(variables: dict, options: pipeline.PipelineOptions) -> dict:
   """The entries of `variables` the pipeline reads with these options: closed-over arrays are
   embedded in the artefact even when unused (e.g. 1.45 MB of GDNN weights with ST off)."""
-  heatmaps = options.landmark_network == "hourglass"
+  heatmaps = options.landmark_output == "heatmaps"
+  upright = options.recrop_passes > 0 and options.upright_recrop  # its roll: the dictionary
   names = (
     ["generator"] * options.use_spatial_transformer
-    + (["hourglass", "thresholds"] if heatmaps else ["resnet"])
-    + ["dictionary"] * (heatmaps and options.use_shape_reconstruction)
+    + [options.landmark_stage]
+    + ["thresholds"] * heatmaps
+    + ["dictionary"] * ((heatmaps and options.use_shape_reconstruction) or upright)
   )
   missing = [name for name in names if name not in variables]
   if missing:
     raise ValueError(
       f"variables lacks {missing}, which the pipeline options "
       f"(ST {options.use_spatial_transformer}, SR "
-      f"{options.use_shape_reconstruction}, {options.landmark_network}) need"
+      f"{options.use_shape_reconstruction}, {options.landmark_stage}) need"
     )
   return {name: variables[name] for name in names}
 
@@ -158,8 +160,8 @@ def export_pipeline(
 
 
 def export_from_trained(model, options: pipeline.PipelineOptions, **kwargs) -> jax_export.Exported:
-  """`export_pipeline` for a `model_io.TrainedModel` (modules + variables); kwargs as there."""
-  landmark_model = model.resnet if options.landmark_network == "regression" else model.hourglass
+  """`export_pipeline` for a `pipeline.TrainedModel` (modules + variables); kwargs as there."""
+  landmark_model = model.networks[options.landmark_stage]
   return export_pipeline(model.generator, landmark_model, model.variables, options, **kwargs)
 
 
@@ -329,7 +331,8 @@ def load_exported(path: str) -> ExportedPipeline:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  """`python -m msm_jax.export`: export a pretrained package (`msm_jax.pretrained`)."""
+  """`python -m msm_jax.inference.export`: export a pretrained package
+  (`msm_jax.inference.pretrained`)."""
   parser = argparse.ArgumentParser(
     description="Export the MSM pipeline with its weights (jax.export StableHLO)."
   )
@@ -353,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     help="largest batch of one call when the batch is symbolic",
   )
   args = parser.parse_args(argv)
-  from msm_jax.pretrained import load_pretrained  # lazy: only the CLI reads packages
+  from msm_jax.inference.pretrained import load_pretrained  # lazy: only the CLI reads packages
 
   pretrained = load_pretrained(args.model)
   start = time.perf_counter()
