@@ -13,6 +13,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from msm_jax.cli import parse_flags_help_exits_zero, quiet_library_logs
+
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "A configs/<name>.py file.", lock_config=True
 )
@@ -26,8 +28,6 @@ flags.mark_flag_as_required("config")
 
 def main(argv):
   del argv
-  from msm_jax.cli import quiet_library_logs
-
   quiet_library_logs()
   model_dir = _CHECKPOINT.value or _WORKDIR.value
   if not model_dir:
@@ -40,4 +40,4 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_help_exits_zero)

@@ -4,8 +4,10 @@
   python predict.py photos/ more.png --out predictions/ --batch-size 8
   python predict.py group.jpg --boxes boxes.json --model pretrained/
 
-Folders are walked for image files (.jpg .jpeg .png .bmp .tif .tiff .webp). Faces are found
-with OpenCV's Haar cascade, calibrated to the training crops, unless --boxes gives them:
+Folders are walked for image files (.jpg .jpeg .png .bmp .tif .tiff .webp), leaving out this
+program's own overlays (*_overlay.png). Faces are found by the package's detectors in order
+(dlib's HOG detector, then OpenCV's Haar cascade), each calibrated to the training crops,
+unless --boxes gives them:
 
   boxes.json = {"photos/a.jpg": [[x0, y0, x1, y1], ...], "b.png": [[x0, y0, x1, y1]]}
 
@@ -14,10 +16,11 @@ in pixels of the upright image (EXIF orientation applied), ideally the tight box
 68 landmarks: the model crops that box grown 1.25 times and squared, as in training.
 
 Writes per image <stem>.json (faces: box, 68 landmarks in 0-based pixels of the upright image,
-per-landmark scores, reliable flags) and <stem>_overlay.png (green: reliable landmarks, red:
-repaired by the shape dictionary, blue: the box) into --out. A file that cannot be read, or
-with no face found, is reported and skipped; the exit status is 1 if any file failed, 2 for a
-bad boxes.json or a missing model.
+per-landmark scores, reliable flags, the landmarks before the repair, the ST-GAN's theta) and
+<stem>_overlay.png (green: reliable landmarks, red: repaired by the shape dictionary, blue:
+the box) into --out; an output that would overwrite one of the inputs is refused. A file that
+cannot be read, or with no face found, is reported and skipped; the exit status is 1 if any
+file failed (or no image was given), 2 for a bad boxes.json or a missing model.
 """
 
 import argparse
@@ -28,6 +31,7 @@ import sys
 import numpy as np
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+OVERLAY_SUFFIX = "_overlay.png"
 
 
 def parse_args(argv):
@@ -35,28 +39,33 @@ def parse_args(argv):
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-  parser.add_argument("--boxes", help="boxes.json (format above); default: the Haar face detector")
+  parser.add_argument("--boxes", help="boxes.json (format above); default: the face detectors")
   parser.add_argument("--out", default="predictions", help="output folder")
   parser.add_argument("--batch-size", type=int, default=8, help="faces per model call")
   parser.add_argument("--model", default=DEFAULT_MODEL, help="pretrained package folder")
   return parser.parse_args(argv)
 
 
-def collect_images(paths, extensions) -> tuple[list[str], list[tuple[str, str]]]:
-  """(image files, [(path, error)] for paths that do not exist)."""
-  files, missing = [], []
+def collect_images(paths, extensions) -> tuple[list[str], list[tuple[str, str]], set[str]]:
+  """(image files, [(path, error)] for paths that do not exist, every file given or inside a
+  given folder: outputs never overwrite one of them)."""
+  files, missing, protected = [], [], set()
   for path in paths:
     if os.path.isdir(path):
       for folder, subfolders, names in os.walk(path):
         subfolders.sort()
+        protected.update(os.path.realpath(os.path.join(folder, name)) for name in names)
         files += [
-          os.path.join(folder, name) for name in sorted(names) if name.lower().endswith(extensions)
+          os.path.join(folder, name)
+          for name in sorted(names)
+          if name.lower().endswith(extensions) and not name.endswith(OVERLAY_SUFFIX)
         ]
     elif os.path.isfile(path):
       files.append(path)
+      protected.add(os.path.realpath(path))
     else:
       missing.append((path, f"{path}: no such file or folder"))
-  return files, missing
+  return files, missing, protected
 
 
 def read_boxes(path: str) -> dict[str, np.ndarray]:
@@ -137,7 +146,7 @@ def main(argv=None) -> int:
     print(f"error: {error}", file=sys.stderr)
     return 2
 
-  files, failures = collect_images(args.paths, prediction.IMAGE_EXTENSIONS)
+  files, failures, protected = collect_images(args.paths, prediction.IMAGE_EXTENSIONS)
   for _, message in failures:
     print(f"error: {message}", file=sys.stderr)
   todo = []
@@ -149,7 +158,14 @@ def main(argv=None) -> int:
     else:
       todo.append((path, boxes))
 
-  os.makedirs(args.out, exist_ok=True)
+  if not todo and not failures:
+    print(f"error: no image files in {', '.join(args.paths)}", file=sys.stderr)
+    return 1
+  try:
+    os.makedirs(args.out, exist_ok=True)
+  except OSError as error:
+    print(f"error: cannot create the output folder {args.out}: {error}", file=sys.stderr)
+    return 2
   used_stems, face_count, written = set(), 0, 0
   show_progress = any(os.path.isdir(path) for path in args.paths)
   with tqdm(total=len(todo), unit="image", disable=not show_progress) as progress:
@@ -169,11 +185,18 @@ def main(argv=None) -> int:
           if result.error:
             raise ValueError(result.error)
           stem = os.path.join(args.out, output_stem(path, used_stems))
+          clash = [
+            out
+            for out in (stem + ".json", stem + OVERLAY_SUFFIX)
+            if os.path.realpath(out) in protected
+          ]
+          if clash:
+            raise ValueError(f"{path}: not written: {clash[0]} is one of the input files")
           document = prediction.prediction_to_json(result, prediction.exif_orientation(path))
           with open(stem + ".json", "w") as file:
             json.dump(document, file, indent=1)
           prediction.save_overlay(
-            stem + "_overlay.png", prediction.load_upright(path), result.faces
+            stem + OVERLAY_SUFFIX, prediction.load_upright(path), result.faces
           )
           face_count += len(result.faces)
           written += 1

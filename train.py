@@ -7,6 +7,8 @@
 Each stage resumes from its newest checkpoint in the workdir; re-running a finished run is a
 no-op apart from re-evaluating. Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID on every host (or MSM_JAX_DISTRIBUTED=1 where JAX detects the cluster).
+One run at a time holds a workdir (<workdir>/.lock); a config whose data or network fields
+differ from the workdir's config.json is refused unless --allow_changed_config is given.
 """
 
 import os
@@ -15,12 +17,22 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from msm_jax.cli import configure_training_process, quiet_library_logs, restart_with_jemalloc
+from msm_jax.cli import (
+  configure_training_process,
+  parse_flags_help_exits_zero,
+  quiet_library_logs,
+  restart_with_jemalloc,
+)
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "A configs/<name>.py file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
+_ALLOW_CHANGED_CONFIG = flags.DEFINE_bool(
+  "allow_changed_config",
+  False,
+  "Train even if the data or network fields differ from the workdir's config.json.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,10 +42,10 @@ def main(argv):
   configure_training_process()
   from msm_jax.train import run  # after the XLA flags are set
 
-  run.train(_CONFIG.value, _WORKDIR.value)
+  run.train(_CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value)
 
 
 if __name__ == "__main__":
   restart_with_jemalloc()
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ imports `configs`
-  app.run(main)
+  app.run(main, flags_parser=parse_flags_help_exits_zero)

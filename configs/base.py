@@ -139,6 +139,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference = ml_collections.ConfigDict()
   config.inference.recrop_passes = 1
   config.inference.upright_recrop = True
+  # Average the maps of the crop and of its mirror image (test-time flip; twice the hourglass).
+  config.inference.flip_test = False
 
   # Evaluation, Sec. IV-B.
   config.eval = ml_collections.ConfigDict()

@@ -34,6 +34,20 @@ def quiet_library_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def parse_flags_help_exits_zero(argv):
+  """absl's flag parsing (`app.run(main, flags_parser=...)`), except that --help and
+  --helpfull exit 0: absl exits 1 after printing the help, which scripts and CI read as a
+  failure."""
+  from absl import app, flags
+
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error:
+    return app.parse_flags_with_usage(argv)  # prints the error as absl does, exits 1
+  except SystemExit as stop:  # while parsing, only the help flags exit
+    raise SystemExit(0 if stop.code == 1 else stop.code) from None
+
+
 def jemalloc_path() -> str | None:
   """The system's jemalloc (Debian/Ubuntu package libjemalloc2), if installed."""
   return next((path for path in _JEMALLOC_PATHS if os.path.exists(path)), None)

@@ -10,8 +10,8 @@ model under these conditions, each seeded so that two runs print the same table:
                  over for an upright box around a rolled face)
   sloppy box     the landmark box scaled by U[0.8, 1.25] and shifted by U[-15, 15] % of its
                  size along each axis
-  occluded       a rectangle of natural texture (a window of another part of the same photo)
-                 over 30-50 % of the landmark box; the landmarks under it are "occluded"
+  occluded       a rectangle of natural texture (a window of the same photo outside the face
+                 box) over 30-50 % of the landmark box; the landmarks under it are "occluded"
 
 Faces are cut out of their photos as a square window 3 x the landmark box's side (turned for
 the rotated rows), so every condition but "detector" sees the same pixels around the face.
@@ -70,6 +70,9 @@ VARIANTS = {
   "HG + SR + re-crop": dict(
     use_spatial_transformer=False, use_shape_reconstruction=True, recrop_passes=1
   ),
+  "HG + SR + re-crop + flip": dict(
+    use_spatial_transformer=False, use_shape_reconstruction=True, recrop_passes=1, flip_test=True
+  ),
   "ST + HG + SR": dict(
     use_spatial_transformer=True, use_shape_reconstruction=True, recrop_passes=0
   ),
@@ -113,7 +116,8 @@ def sloppy_box(box: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def occlude(image: np.ndarray, points: np.ndarray, rng: np.random.Generator):
   """A rectangle of natural texture over 30-50 % of the landmark box, its centre inside the
-  box; the texture is a window of the same image of the patch's size, drawn elsewhere.
+  box; the texture is a window of the same image of the patch's size, outside the face box
+  (the first of 20 draws that is; else the last draw).
   Returns (occluded image, [L] bool: landmarks under the patch)."""
   box = box_from_landmarks(points)
   width, height = box[2] - box[0], box[3] - box[1]
@@ -124,8 +128,19 @@ def occlude(image: np.ndarray, points: np.ndarray, rng: np.random.Generator):
   centre = box[:2] + rng.uniform(0.2, 0.8, 2) * [width, height]
   left = int(np.clip(round(centre[0] - patch_w / 2), 0, image.shape[1] - patch_w))
   top = int(np.clip(round(centre[1] - patch_h / 2), 0, image.shape[0] - patch_h))
-  source_left = int(rng.integers(0, image.shape[1] - patch_w + 1))
-  source_top = int(rng.integers(0, image.shape[0] - patch_h + 1))
+  # The texture comes from outside the face box where it fits (background, hair, clothing:
+  # a pasted copy of the face's own eye or mouth would be a second face, not an occluder).
+  for _ in range(20):
+    source_left = int(rng.integers(0, image.shape[1] - patch_w + 1))
+    source_top = int(rng.integers(0, image.shape[0] - patch_h + 1))
+    apart = (
+      source_left + patch_w <= box[0]
+      or source_left >= box[2]
+      or source_top + patch_h <= box[1]
+      or source_top >= box[3]
+    )
+    if apart:
+      break
   occluded_image = image.copy()
   occluded_image[top : top + patch_h, left : left + patch_w] = image[
     source_top : source_top + patch_h, source_left : source_left + patch_w
@@ -245,6 +260,10 @@ def variants_of(model) -> dict:
       continue
     if fields["use_shape_reconstruction"] and "dictionary" not in stages:
       continue
+    if fields.get("flip_test"):  # the scheme's left/right permutation
+      scheme = landmarks.get_scheme(model.config.data.scheme)
+      fields = dict(fields, flip_test=tuple(scheme.flip_permutation))
+    fields = {"flip_test": None, **fields}
     chosen[name] = dataclasses.replace(model, options=dataclasses.replace(model.options, **fields))
   return chosen
 

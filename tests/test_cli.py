@@ -60,3 +60,33 @@ def test_training_flags_added_once_and_respect_opt_out(monkeypatch):
   monkeypatch.setenv("MSM_JAX_NO_YNN", "1")
   cli.configure_training_process()
   assert os.environ["XLA_FLAGS"] == ""
+
+
+def _run_script(*args):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run(
+    [sys.executable, os.path.join(root, args[0]), *args[1:]],
+    env=dict(os.environ, MSM_JAX_NO_JEMALLOC="1"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+
+
+@pytest.mark.parametrize(
+  "script, own_flag", [("train.py", "--allow_changed_config"), ("evaluate.py", "--checkpoint")]
+)
+def test_help_exits_zero_and_lists_the_flags(script, own_flag):
+  short = _run_script(script, "--help")
+  assert short.returncode == 0, short.stderr[-2000:]
+  assert own_flag in short.stdout and "--config" in short.stdout
+  assert "--verbosity" not in short.stdout  # absl's own flags only in --helpfull
+  full = _run_script(script, "--helpfull")
+  assert full.returncode == 0, full.stderr[-2000:]
+  assert own_flag in full.stdout and "--verbosity" in full.stdout
+
+
+def test_missing_required_flag_still_fails():
+  result = _run_script("train.py", "--workdir", "unused")
+  assert result.returncode == 1
+  assert "Flag --config must have a value" in result.stderr

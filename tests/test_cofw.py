@@ -229,3 +229,42 @@ def test_cofw68_wrong_points_shape(cofw68_root):
 def test_cofw68_needs_its_annotation_folder(cofw_root):
   with pytest.raises(FileNotFoundError, match="test_annotations"):
     read_cofw68(cofw_root)
+
+
+def test_cofw_is_a_dataset_of_the_configs(cofw_root):
+  # --config.data.dataset=cofw trains on COFW_train*.mat and evaluates on COFW_test*.mat,
+  # with the occlusion flags (the occluded / visible table of evaluate.py).
+  import ml_collections
+
+  from msm_jax.data import datasets
+
+  _write_v73(
+    cofw_root / "COFW_train_color.mat",
+    _images(),
+    _phis(),
+    BOXES,
+    names=("IsTr", "phisTr", "bboxesTr"),
+  )
+  config = ml_collections.ConfigDict(
+    {
+      "seed": 0,
+      "data": dict(
+        dataset="cofw",
+        root=str(cofw_root),
+        validation_fraction=0.0,
+        validation_list="",
+        skip_bad_samples=False,
+        eval_splits=("test",),
+        eval_dataset="",
+        eval_root="",
+      ),
+    }
+  )
+  with pytest.warns(DatasetSizeWarning):
+    train, validation = datasets.train_and_validation_sources(config)
+  assert len(train) == 3 and validation is None
+  with pytest.warns(DatasetSizeWarning):
+    sources = datasets.eval_sources(config)
+  assert list(sources) == ["test"] and len(sources["test"]) == 3
+  np.testing.assert_array_equal(sources["test"].records[1].occluded, _phis()[1, 58:] > 0)
+  assert datasets.evaluation_dataset(config).occlusion_flags

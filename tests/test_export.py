@@ -321,3 +321,33 @@ def test_shipped_artefact_matches_the_shipped_package():
   )
   agree = (shipped["reliable"] == live["reliable"]).all(axis=1)
   np.testing.assert_allclose(shipped["landmarks"][agree], live["landmarks"][agree], atol=5e-2)
+
+
+def _model_card_snippet() -> str:
+  card = open(os.path.join(SHIPPED, "MODEL_CARD.md")).read()
+  return card.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_model_card_snippet_checks_the_payload(tiny, tmp_path):
+  # The documented way to load the artefact without msm-jax, run as written (the path and the
+  # inputs substituted): it accepts an intact file and refuses one with a flipped byte.
+  path = str(tmp_path / "msm.jaxexport")
+  export.save_exported(path, tiny.exported)
+  images, boxes = tiny.inputs[SIZE_A]
+  np.savez(tmp_path / "inputs.npz", images=images, boxes=boxes)
+  snippet = _model_card_snippet().replace("pretrained/msm_pipeline.jaxexport", path)
+  script = (
+    f"import numpy as np\ninputs = np.load({str(tmp_path / 'inputs.npz')!r})\n"
+    'images, boxes = inputs["images"], inputs["boxes"]\n' + snippet + "\nprint('RAN')\n"
+  )
+
+  def run():
+    return subprocess.run(
+      [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+
+  intact = run()
+  assert intact.returncode == 0 and "RAN" in intact.stdout, intact.stderr[-2000:]
+  _corrupt(path, "flipped_byte")
+  broken = run()
+  assert broken.returncode != 0 and "corrupt" in broken.stderr

@@ -1,5 +1,6 @@
 """The training loop: non-finite losses stop it cleanly; a SIGKILLed run resumes exactly."""
 
+import json
 import os
 import signal
 import subprocess
@@ -104,6 +105,60 @@ def test_resumed_toy_run_matches_an_uninterrupted_one(tmp_path):
   assert (
     float(resumed.models["toy"].params["w"]) == float(straight.models["toy"].params["w"]) == 36.0
   )
+
+
+class Killed(Exception):
+  """Stands for a SIGKILL: the run stops between two steps."""
+
+
+class KilledIterator(CountingIterator):
+  """Raises Killed instead of giving batch `kill_at`."""
+
+  def __init__(self, kill_at: int):
+    super().__init__()
+    self.kill_at = kill_at
+
+  def __next__(self):
+    if self.position + 1 == self.kill_at:
+      raise Killed
+    return super().__next__()
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+  mesh = parallel.data_mesh()
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=3, keep=2)
+
+  def run(iterator, state):
+    return loop.train_stage(
+      stage="toy",
+      step_fn=jax.jit(_toy_step),
+      state=state,
+      data=iterator,
+      manager=manager,
+      mesh=mesh,
+      total_steps=8,
+      batch_size=2,
+      workdir=str(tmp_path),
+      log_every=1,
+      log=lambda _: None,
+    )
+
+  with pytest.raises(Killed):  # steps 1-5 run; the newest checkpoint is step 3's
+    run(KilledIterator(kill_at=6), _toy_state())
+  metrics = tmp_path / "metrics" / "toy.jsonl"
+  with open(metrics, "a") as file:
+    file.write('{"step": 5, "lo')  # the kill also cut a line short
+  logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()[:-1]]
+  assert logged == [1, 2, 3, 4] and manager.latest_step() == 3
+
+  state, data_state, _ = checkpoints.restore_latest(manager, _toy_state())
+  iterator = CountingIterator()
+  iterator.set_state(data_state)
+  final = run(iterator, state)
+  assert float(final.models["toy"].params["w"]) == 36.0  # 1 + 2 + ... + 8
+  lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6, 7, 8]
+  assert [line["loss"] for line in lines] == [1, 3, 6, 10, 15, 21, 28, 36]
 
 
 def _train_command(workdir, total_epochs):

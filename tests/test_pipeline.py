@@ -246,3 +246,37 @@ def test_recrop_without_turning_equals_a_second_call_on_the_landmark_square(setu
 def test_pad_images_rejects_empty():
   with pytest.raises(ValueError, match="no images"):
     pipeline.pad_images([])
+
+
+def test_flip_test_makes_the_landmarks_mirror_equivariant():
+  # A random hourglass is not mirror-symmetric; averaging its maps with the mirrored crop's
+  # (permuted by the scheme) makes the landmarks of a mirrored image the mirrored landmarks.
+  from msm_jax.models.hourglass import StackedHourglass
+  from tests import tiny_models
+
+  hourglass = StackedHourglass(num_landmarks=L, width=8, depth=2, stem_widths=(4, 4, 8))
+  rng = np.random.default_rng(4)
+  variables = {
+    "hourglass": tiny_models.random_variables(hourglass, rng),
+    "thresholds": jnp.zeros(L),
+  }
+  permutation = tuple(get_scheme("300w").flip_permutation)
+  image = rng.integers(0, 255, (1, 150, 170, 3), dtype=np.uint8)
+  box = np.array([[30.0, 20.0, 140.0, 130.0]], np.float32)
+  width = image.shape[2]
+  mirrored_box = np.array([[width - 1 - box[0, 2], box[0, 1], width - 1 - box[0, 0], box[0, 3]]])
+
+  def mirror_error(flip_test):
+    options = pipeline.PipelineOptions(
+      use_spatial_transformer=False, use_shape_reconstruction=False, flip_test=flip_test
+    )
+    infer = pipeline.make_inference_fn(None, hourglass, options)
+    points = np.asarray(infer(variables, image, box)["landmarks"][0], np.float64)
+    mirrored = np.asarray(
+      infer(variables, image[:, :, ::-1], mirrored_box.astype(np.float32))["landmarks"][0]
+    )
+    expected = points[list(permutation)] * [-1, 1] + [width - 1, 0]
+    return np.abs(mirrored - expected).max()
+
+  assert mirror_error(permutation) < 1e-2  # float32 rounding of the two warps
+  assert mirror_error(None) > 0.5  # without the flip test the network's asymmetry shows

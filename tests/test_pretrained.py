@@ -166,7 +166,9 @@ def test_package_without_stgan(tmp_path):
   loaded = pretrained.load_pretrained(str(tmp_path / "p"))
   assert info["stages"] == ["dictionary", "hourglass"]
   assert not loaded.options.use_spatial_transformer and loaded.options.use_shape_reconstruction
-  assert loaded.calibration == detection.DEFAULT_CALIBRATION
+  # No calibration given: the default detectors, dlib's first, in that order.
+  assert loaded.calibrations == detection.DEFAULT_CALIBRATIONS
+  assert loaded.calibration.cascade == detection.DLIB_HOG
   with np.load(str(tmp_path / "p" / "weights.npz")) as archive:
     assert not any(name.startswith("generator/") for name in archive.files)
 
@@ -238,6 +240,23 @@ def test_mismatched_package_names_the_file(packaged, tmp_path):
   broken = _copy_package(packaged[2], str(tmp_path / "c"))
   _edit_header(broken, lambda header: header["config"]["hourglass"].update(depth=3))
   with pytest.raises(pretrained.PackageError, match="weights.npz: hourglass weights do not fit"):
+    pretrained.load_pretrained(broken)
+  broken = _copy_package(packaged[2], str(tmp_path / "d"))  # 12 exemplars, k = 13
+  _edit_header(broken, lambda header: header["config"]["shape"].update(num_neighbours=13))
+  with pytest.raises(pretrained.PackageError, match="dictionary has 12 shapes, fewer than .* 13"):
+    pretrained.load_pretrained(broken)
+
+
+@pytest.mark.parametrize("how", ["int32", "nan"])
+def test_weights_of_the_wrong_dtype_or_not_finite_are_refused(packaged, tmp_path, how):
+  broken = _copy_package(packaged[2], str(tmp_path / how))
+  path = os.path.join(broken, pretrained.WEIGHTS_FILE)
+  weights = dict(np.load(path))
+  key = "hourglass/params/stem_conv1/kernel"
+  weights[key] = weights[key].astype(np.int32) if how == "int32" else weights[key] * np.nan
+  np.savez(path, **weights)
+  message = "is int32, expected float32" if how == "int32" else "holds NaN or infinite"
+  with pytest.raises(pretrained.PackageError, match=f"'{key}' {message}"):
     pretrained.load_pretrained(broken)
 
 

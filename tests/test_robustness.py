@@ -67,6 +67,10 @@ def test_occluder_covers_its_share_of_the_box_and_flags_the_landmarks_under_it()
     np.testing.assert_array_equal(
       covered, changed[points[:, 1].astype(int), points[:, 0].astype(int)]
     )
+    # The texture was cut outside the face box: red / green encode the source x / y.
+    source_x, source_y = occluded[changed, 0].astype(int), occluded[changed, 1].astype(int)
+    outside = (source_x < 60) | (source_x > 159) | (source_y < 50) | (source_y > 149)
+    assert outside.all()
 
 
 def test_summary_numbers_by_hand():

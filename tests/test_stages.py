@@ -80,3 +80,17 @@ def test_a_registered_stage_runs_in_train_py(counting_stage, tmp_path):
   logs.clear()
   run.train(config, workdir, log=logs.append)
   assert any("[counter] resumed from step 4" in line for line in logs), logs
+
+
+def test_a_run_that_cannot_finish_is_refused_before_anything_is_written(tmp_path):
+  config = tiny_models.tiny_config()
+  config.stages = "hourglass,dictionary"
+  config.data.train_size, config.shape.num_neighbours = 8, 20
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match="shape.num_neighbours=20: .* the data has 8"):
+    run.train(config, str(workdir), log=lambda _: None)
+  assert not workdir.exists()  # no config.json describing a run that never happened
+  config.stages = "hourglas"
+  with pytest.raises(ValueError, match="stages='hourglas'"):
+    run.train(config, str(workdir), log=lambda _: None)
+  assert not workdir.exists()

@@ -95,6 +95,15 @@ def test_read_pts_headerless(tmp_path):
   np.testing.assert_array_equal(read_pts(tmp_path / "b.pts"), points - 1)
 
 
+@pytest.mark.parametrize("header", [True, False])
+def test_read_pts_with_a_byte_order_mark(tmp_path, header):
+  # Windows editors save UTF-8 with a BOM; it must not hide the header or the first point.
+  points, path = _file_points(5), tmp_path / "bom.pts"
+  _write_pts(path, points, header)
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  np.testing.assert_array_equal(read_pts(path), points - 1)
+
+
 @pytest.mark.parametrize(
   "split, folders",
   [
@@ -290,6 +299,15 @@ def test_read_menpo_keeps_68_point_faces_and_ignores_39_point_profiles(tmp_path)
   np.testing.assert_array_equal(records[0].landmarks, frontal - 1)
   with pytest.raises(AnnotationError, match="39 points, expected 68"):
     read_pts_folder(tmp_path / "menpo")
+  # --config.data.dataset=menpo: the same faces train (the paper's dictionary source).
+  import ml_collections
+
+  from msm_jax.data import datasets
+
+  data = dict(dataset="menpo", root=str(tmp_path / "menpo"), skip_bad_samples=False)
+  config = ml_collections.ConfigDict({"data": data})
+  [face] = datasets.read_training_records(config)
+  np.testing.assert_array_equal(face.landmarks, frontal - 1)
 
 
 def test_box_from_landmarks_and_record_validation():

@@ -251,6 +251,19 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
   return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
+def _random_patch(rng, size: int, area_range, aspect_range, min_side: int):
+  """(top, left, height, width) of a rectangle inside an S x S crop: area a fraction
+  U[area_range] of the crop, aspect (height / width) log-uniform in aspect_range.
+  Draws area, log aspect, top, left, in that order."""
+  area = rng.uniform(*area_range) * size * size
+  aspect = np.exp(rng.uniform(*np.log(aspect_range)))
+  height = int(np.clip(np.round(np.sqrt(area * aspect)), min_side, size))
+  width = int(np.clip(np.round(np.sqrt(area / aspect)), min_side, size))
+  top = int(rng.integers(0, size - height + 1))
+  left = int(rng.integers(0, size - width + 1))
+  return top, left, height, width
+
+
 def random_erasing(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator):
   """Pastes one uniform-noise rectangle (a synthetic occluder) into the crop.
 
@@ -262,13 +275,9 @@ def random_erasing(image: np.ndarray, landmarks: np.ndarray, rng: np.random.Gene
     (image [S, S, 3] uint8 with the patch, covered [L] bool: landmarks whose
     position lies inside the patch's area).
   """
-  size = image.shape[0]
-  area = rng.uniform(*_ERASE_AREA_RANGE) * size * size
-  aspect = np.exp(rng.uniform(*np.log(_ERASE_ASPECT_RANGE)))
-  patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 1, size))
-  patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 1, size))
-  top = int(rng.integers(0, size - patch_h + 1))
-  left = int(rng.integers(0, size - patch_w + 1))
+  top, left, patch_h, patch_w = _random_patch(
+    rng, image.shape[0], _ERASE_AREA_RANGE, _ERASE_ASPECT_RANGE, min_side=1
+  )
   erased = image.copy()
   erased[top : top + patch_h, left : left + patch_w] = rng.integers(
     0, 256, (patch_h, patch_w, 3), dtype=np.uint8
@@ -303,13 +312,9 @@ def natural_occluder(
   Returns:
     (crop [S, S, 3] uint8 with the patch, covered [L] bool: landmarks under the patch).
   """
-  size = crop.shape[0]
-  area = rng.uniform(*_OCCLUDER_AREA_RANGE) * size * size
-  aspect = np.exp(rng.uniform(*np.log(_OCCLUDER_ASPECT_RANGE)))
-  patch_h = int(np.clip(np.round(np.sqrt(area * aspect)), 2, size))
-  patch_w = int(np.clip(np.round(np.sqrt(area / aspect)), 2, size))
-  top = int(rng.integers(0, size - patch_h + 1))
-  left = int(rng.integers(0, size - patch_w + 1))
+  top, left, patch_h, patch_w = _random_patch(
+    rng, crop.shape[0], _OCCLUDER_AREA_RANGE, _OCCLUDER_ASPECT_RANGE, min_side=2
+  )
   elliptical = rng.uniform() < 0.5
   height, width = photo.shape[:2]
   side = max(2, int(rng.uniform(*_OCCLUDER_WINDOW_RANGE) * min(height, width)))

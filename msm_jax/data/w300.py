@@ -111,7 +111,7 @@ def read_pts(path: str | os.PathLike, n_points: int | None = POINTS_300W) -> np.
   """
   path = os.fspath(path)
   try:
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8-sig") as file:  # -sig: a BOM would hide the header
       text = file.read()
   except UnicodeDecodeError:
     raise AnnotationError(f"{path}: not a text .pts file") from None

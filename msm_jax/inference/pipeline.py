@@ -65,6 +65,9 @@ class PipelineOptions:
   ridge_lambda: float = 60.0  # Sec. IV-C
   replace: str = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
   recrop_passes: int = 0  # further passes on a crop fitted to the landmarks (see above)
+  # Test-time flip: the scheme's left/right permutation, or None (off). The hourglass also
+  # sees the mirrored crop; the two sets of maps are averaged before decoding.
+  flip_test: tuple | None = None
   box_margin: float = 1.25  # the training crop: landmark box x this, squared
   upright_recrop: bool = True  # re-crop turned by the face's roll (needs the dictionary)
 
@@ -75,7 +78,7 @@ def options_from_config(
   """The pipeline options a trained config implies: crop and map sizes, decoding (maps are
   logits when the heatmap loss says so), Eq. 9's radius, the repair's k and lambda, the
   re-crop passes; the landmark network of ``landmark_stage``'s config section."""
-  from msm_jax import models
+  from msm_jax import landmarks, models
   from msm_jax.train import losses  # the registry only: jax, no training stack
 
   output = models.architecture(config, landmark_stage).output
@@ -95,6 +98,9 @@ def options_from_config(
     ridge_lambda=config.shape.ridge_lambda,
     replace=config.shape.replace,
     recrop_passes=int(inference.get("recrop_passes", 0)),
+    flip_test=tuple(landmarks.get_scheme(config.data.scheme).flip_permutation)
+    if inference.get("flip_test", False)
+    else None,
     upright_recrop=bool(inference.get("upright_recrop", True)),
     box_margin=float(config.data.box_margin),
   )
@@ -194,6 +200,10 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
       "reliable": reliable,
       "theta": st_theta,
       "canonical_faces": canonical,
+      # The hourglass landmarks in the canonical crop and that crop's pixels -> image pixels:
+      # enough to rerun the repair alone (Table IX's threshold sweep).
+      "canonical_landmarks": points,
+      "canonical_to_image": to_image,
     }
 
   def infer(variables, images, boxes):
@@ -245,10 +255,19 @@ def normalised_to_crop(normalised: jax.Array, crop_size: int) -> jax.Array:
 
 
 def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOptions):
-  """The last stack's maps (probabilities) and their decoded landmarks in crop pixels."""
-  maps = hourglass.apply(hourglass_variables, crops, train=False)[-1]
-  if options.heatmaps_are_logits:
-    maps = heatmap_lib.spatial_softmax(maps)
+  """The last stack's maps (probabilities) and their decoded landmarks in crop pixels; with
+  `flip_test`, the maps averaged with those of the mirrored crop, mirrored back."""
+
+  def probabilities(images):
+    maps = hourglass.apply(hourglass_variables, images, train=False)[-1]
+    return heatmap_lib.spatial_softmax(maps) if options.heatmaps_are_logits else maps
+
+  maps = probabilities(crops)
+  if options.flip_test is not None:
+    # Channel i of the mirrored crop's maps is landmark flip_test[i] mirrored (the scheme's
+    # left/right permutation, an involution); mirrored crop pixel S-1-x is map pixel h-1-x_h.
+    mirrored = probabilities(crops[:, :, ::-1])[:, :, ::-1][..., jnp.asarray(options.flip_test)]
+    maps = (maps + mirrored) / 2
   decoded = heatmap_lib.decode_heatmaps(
     maps, options.decode_method, blur_sigma=options.decode_blur_sigma
   )

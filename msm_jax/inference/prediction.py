@@ -84,6 +84,12 @@ def crop_squares(boxes: np.ndarray, margin: float) -> np.ndarray:
   return np.concatenate([centre - half, centre + half], axis=1)
 
 
+def padded_batch(faces: int, batch_size: int) -> int:
+  """The batch a call with ``faces`` faces is padded to: the next power of two, at most
+  ``batch_size``, so a few compiled sizes serve every call and one face costs one face."""
+  return min(batch_size, 1 << max(0, faces - 1).bit_length())
+
+
 def window_size(crop_size: int) -> int:
   """The one padded window side: the largest window (a crop square of MAX_CROP_DOWNSCALE x
   crop_size with CONTEXT around it, +2 for rounding) rounded up to a power of two."""
@@ -135,6 +141,28 @@ def _as_image(item, index: int) -> tuple[str, np.ndarray]:
   return f"image {index}", image
 
 
+MIN_BOX_SIDE = 4.0  # pixels: a smaller box holds no face the model could read
+MIN_BOX_INSIDE = 0.25  # fraction of a box's area that must lie on the image
+MAX_BOX_SIDE = 8.0  # times the image's longer side
+
+
+def _check_boxes_fit(boxes: np.ndarray, image_hw, source: str) -> None:
+  """Refuse boxes that cannot frame a face of this image (a typo, another image's box)."""
+  height, width = image_hw
+  for box in boxes:
+    side = max(box[2] - box[0], box[3] - box[1])
+    inside_w = max(0.0, min(box[2], width - 0.5) - max(box[0], -0.5))
+    inside_h = max(0.0, min(box[3], height - 0.5) - max(box[1], -0.5))
+    inside = inside_w * inside_h / ((box[2] - box[0]) * (box[3] - box[1]))
+    if side < MIN_BOX_SIDE or side > MAX_BOX_SIDE * max(height, width) or inside < MIN_BOX_INSIDE:
+      raise ValueError(
+        f"{source}: box {[round(float(v), 1) for v in box]} does not frame a face of this "
+        f"{width}x{height} image (side {side:.1f} px, {100 * inside:.0f} % on the image; want "
+        f"a side of {MIN_BOX_SIDE:g} px to {MAX_BOX_SIDE:g}x the image and >= "
+        f"{100 * MIN_BOX_INSIDE:.0f} % on it)"
+      )
+
+
 def _face_boxes(image, given, calibrations, source):
   """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None). Without given boxes the
   detectors are tried in order; the first that finds a face in the image gives the boxes."""
@@ -152,6 +180,7 @@ def _face_boxes(image, given, calibrations, source):
         f"{source}: boxes must be [N, 4] finite (x0, y0, x1, y1) with x1 > x0, "
         f"y1 > y0; got {boxes.tolist()}"
       )
+    _check_boxes_fit(boxes, image.shape[:2], source)
     return boxes, None
   tried = []
   for calibration in calibrations:
@@ -177,7 +206,8 @@ def predict_images(
     images_or_paths: file paths (EXIF orientation applied) or [H, W, 3] uint8 RGB arrays.
     boxes: None (Haar detector) or one entry per image: [N, 4] landmark-like face boxes
       (x0, y0, x1, y1) in upright image pixels; the crop is the box x box_margin, squared.
-    batch_size: faces per pipeline call (the last batch is padded: one compilation).
+    batch_size: faces per pipeline call at most (a call is padded to a power of two, so that
+      a few compilations serve all calls).
     errors: "raise" the first per-image error, or "collect" it in that image's result.
   Returns:
     one ImagePrediction per input, in order.
@@ -221,9 +251,10 @@ def predict_images(
   for start in range(0, len(faces), batch_size):
     chunk = faces[start : start + batch_size]
     windows, _ = pipeline.pad_images([face[3] for face in chunk])
-    batch = np.zeros((batch_size, side, side, 3), np.uint8)
+    padded = padded_batch(len(chunk), batch_size)
+    batch = np.zeros((padded, side, side, 3), np.uint8)
     batch[: len(chunk), : windows.shape[1], : windows.shape[2]] = windows
-    squares = np.tile(np.array([-0.5, -0.5, crop_size - 0.5, crop_size - 0.5]), (batch_size, 1))
+    squares = np.tile(np.array([-0.5, -0.5, crop_size - 0.5, crop_size - 0.5]), (padded, 1))
     squares[: len(chunk)] = [face[4] for face in chunk]
     out = model.infer(model.model.variables, batch, squares.astype(np.float32))
     landmarks = np.asarray(out["landmarks"], np.float64)

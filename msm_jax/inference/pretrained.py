@@ -316,6 +316,12 @@ def load_pretrained(directory: str) -> PretrainedModel:
     variables[key] = jnp.asarray(value, jnp.float32)
   model = pipeline.TrainedModel(generator, {"hourglass": hourglass}, variables, available)
   options = pipeline.options_from_config(config, use_st, use_sr)
+  rows = variables["dictionary"].shape[0]
+  if use_sr and rows < options.num_neighbours:
+    raise PackageError(
+      f"{weights_path}: the dictionary has {rows} shapes, fewer than the k = "
+      f"{options.num_neighbours} neighbours of the repair (shape.num_neighbours in config.json)"
+    )
   return PretrainedModel(model, options, config, calibration, fallbacks)
 
 

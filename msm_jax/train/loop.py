@@ -25,11 +25,17 @@ class TrainingDivergedError(RuntimeError):
 
 
 class MetricsWriter:
-  """Metrics as JSON lines (`<workdir>/metrics/<stage>.jsonl`) and TensorBoard event files."""
+  """Metrics as JSON lines (`<workdir>/metrics/<stage>.jsonl`) and TensorBoard event files.
 
-  def __init__(self, workdir: str, stage: str):
+  start_step: the step training resumes from; the lines of later steps (written before an
+  interruption, replayed now) are dropped so that each step has its lines once.
+  """
+
+  def __init__(self, workdir: str, stage: str, start_step: int = 0):
     os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics", f"{stage}.jsonl"), "a")
+    path = os.path.join(workdir, "metrics", f"{stage}.jsonl")
+    _drop_lines_after(path, start_step)
+    self._jsonl = open(path, "a")
     try:
       from tensorboardX import SummaryWriter
 
@@ -48,6 +54,30 @@ class MetricsWriter:
     self._jsonl.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def _step_of(line: str) -> float:
+  """A metrics line's step; infinite for a line cut short by a kill (dropped with the later
+  steps' lines)."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
+def _drop_lines_after(path: str, step: int) -> None:
+  """Keep the complete lines of steps <= `step`; rewritten atomically, only if needed."""
+  if not os.path.exists(path):
+    return
+  with open(path) as file:
+    lines = file.readlines()
+  kept = [line for line in lines if line.endswith("\n") and _step_of(line) <= step]
+  if len(kept) == len(lines):
+    return
+  temporary = path + ".tmp"
+  with open(temporary, "w") as file:
+    file.writelines(kept)
+  os.replace(temporary, path)
 
 
 def _to_host(metrics: dict) -> dict:
@@ -90,32 +120,17 @@ def train_stage(
     `get_state()` is checkpointed with the model;
   eval_fn(state) -> dict of scalars, run every `eval_every` steps and at the end.
   """
-  writer = MetricsWriter(workdir, stage)
   start_step = int(state.step)
+  writer = MetricsWriter(workdir, stage, start_step)
+  progress = _Progress(stage, writer, log, total_steps, batch_size, start_step)
   pending = None  # (step, device metrics) of the previous step, read one step late
-  window_start, window_steps = time.perf_counter(), 0
-  stage_start = window_start
   try:
     for step in range(start_step + 1, total_steps + 1):
       batch = parallel.shard_batch(next(data), mesh)
       state, metrics = step_fn(state, batch)
-      window_steps += 1
+      progress.stepped()
       if pending is not None:
-        _report(
-          stage,
-          pending,
-          writer,
-          log_every,
-          total_steps,
-          batch_size,
-          log,
-          window_steps,
-          window_start,
-          stage_start,
-          start_step,
-        )
-        if pending[0] % log_every == 0:
-          window_start, window_steps = time.perf_counter(), 0
+        progress.report(*pending, log_every)
       pending = (step, metrics)
       is_last = step == total_steps
       if manager.should_save(step) or is_last:
@@ -126,53 +141,42 @@ def train_stage(
         writer.write(step, {f"eval/{k}": v for k, v in scalars.items()})
         log(f"[{stage}] step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
     if pending is not None:
-      _report(
-        stage,
-        pending,
-        writer,
-        1,
-        total_steps,
-        batch_size,
-        log,
-        window_steps,
-        window_start,
-        stage_start,
-        start_step,
-      )
+      progress.report(*pending, 1)
   finally:
     manager.wait_until_finished()
     writer.close()
   return state
 
 
-def _report(
-  stage,
-  pending,
-  writer,
-  log_every,
-  total_steps,
-  batch_size,
-  log,
-  window_steps,
-  window_start,
-  stage_start,
-  start_step,
-):
-  step, metrics = pending
-  scalars = _to_host(metrics)
-  _check_finite(stage, step, scalars)
-  if step % log_every and step != total_steps:
-    return
-  now = time.perf_counter()
-  steps_per_second = window_steps / max(now - window_start, 1e-9)
-  done = step - start_step
-  eta = (total_steps - step) * (now - stage_start) / max(done, 1)
-  scalars.update(steps_per_second=steps_per_second, images_per_second=steps_per_second * batch_size)
-  writer.write(step, scalars)
-  shown = " ".join(
-    f"{k}={v:.4g}" for k, v in scalars.items() if k not in ("steps_per_second", "images_per_second")
-  )
-  log(
-    f"[{stage}] step {step}/{total_steps} {shown} | {steps_per_second:.2f} steps/s "
-    f"{steps_per_second * batch_size:.1f} img/s | ETA {_format_duration(eta)}"
-  )
+class _Progress:
+  """Checks each step's metrics (one step late), and every `log_every` steps writes them with
+  the speed since the last report and the ETA."""
+
+  def __init__(self, stage, writer, log, total_steps, batch_size, start_step):
+    self.stage, self.writer, self.log = stage, writer, log
+    self.total_steps, self.batch_size, self.start_step = total_steps, batch_size, start_step
+    self.stage_start = self.window_start = time.perf_counter()
+    self.window_steps = 0
+
+  def stepped(self) -> None:
+    self.window_steps += 1
+
+  def report(self, step: int, metrics, log_every: int) -> None:
+    scalars = _to_host(metrics)
+    _check_finite(self.stage, step, scalars)
+    if step % log_every and step != self.total_steps:
+      return
+    now = time.perf_counter()
+    steps_per_second = self.window_steps / max(now - self.window_start, 1e-9)
+    eta = (self.total_steps - step) * (now - self.stage_start) / max(step - self.start_step, 1)
+    speed = {
+      "steps_per_second": steps_per_second,
+      "images_per_second": steps_per_second * self.batch_size,
+    }
+    self.writer.write(step, {**scalars, **speed})
+    shown = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+    self.log(
+      f"[{self.stage}] step {step}/{self.total_steps} {shown} | {steps_per_second:.2f} steps/s "
+      f"{speed['images_per_second']:.1f} img/s | ETA {_format_duration(eta)}"
+    )
+    self.window_start, self.window_steps = now, 0

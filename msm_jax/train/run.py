@@ -1,5 +1,5 @@
-"""`train.py`'s body: set up devices, save the config, run the chosen stages in order, then
-evaluate (``config.evaluate_after_training``)."""
+"""`train.py`'s body: set up devices, lock the workdir, record the config, run the chosen
+stages in order, then evaluate (``config.evaluate_after_training``)."""
 
 import json
 import os
@@ -9,14 +9,25 @@ import jax
 
 from msm_jax import evaluation_run
 from msm_jax.train import parallel, stages
+from msm_jax.train.workdir import locked, record_config
 
 
-def train(config, workdir: str, log=print) -> None:
+def train(config, workdir: str, log=print, allow_changed: bool = False) -> None:
+  """allow_changed: accept a config whose checkpoint-shaping fields differ from the
+  workdir's recorded config.json (`workdir.CHECKPOINT_FIELDS`)."""
   chosen = stages.parse_stages(config.stages)  # a typo fails before anything is written
+  for name in chosen:
+    stages.STAGES[name].check(config)
   parallel.maybe_initialize_distributed()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as file:
-    file.write(config.to_json_best_effort(indent=2))
+  if jax.process_index() > 0:  # multi-host: process 0 locks and records for the whole job
+    return _train_stages(config, workdir, chosen, log)
+  with locked(workdir, log):
+    record_config(config, workdir, allow_changed, log)
+    _train_stages(config, workdir, chosen, log)
+
+
+def _train_stages(config, workdir: str, chosen: tuple, log) -> None:
   mesh = parallel.data_mesh()
   log(
     f"devices: {jax.device_count()} x {jax.devices()[0].platform} "

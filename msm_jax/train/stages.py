@@ -60,6 +60,8 @@ class Stage:
   prepare(config, log) -> config: fixes config values computed from data before training.
   in_all: trained by `config.stages = "all"` (the paper's three).
   run(config, workdir, log): a stage without update steps (then the builders are unused).
+  check(config): raises a ValueError naming the config field when the stage cannot run to
+    its end with this config; `train.py` checks every chosen stage before training any.
   """
 
   name: str
@@ -73,6 +75,7 @@ class Stage:
   prepare: Callable = lambda config, log: config
   in_all: bool = True
   run: Callable | None = None
+  check: Callable = lambda config: None
 
   def train(self, config, workdir: str, mesh, log=print):
     if self.run is not None:
@@ -442,5 +445,17 @@ register(
   )
 )
 register(landmark_stage("hourglass"))
-register(Stage(name="dictionary", section="shape", run=build_dictionary))
+
+
+def check_dictionary(config) -> None:
+  """The repair needs k = shape.num_neighbours exemplars: at least that many training faces."""
+  train_source, _ = datasets.train_and_validation_sources(config)
+  if len(train_source) < config.shape.num_neighbours:
+    raise ValueError(
+      f"config shape.num_neighbours={config.shape.num_neighbours}: the shape repair needs at "
+      f"least that many training faces for the dictionary, the data has {len(train_source)}"
+    )
+
+
+register(Stage(name="dictionary", section="shape", run=build_dictionary, check=check_dictionary))
 register(landmark_stage("resnet", in_all=False))  # the ablation baseline, on request

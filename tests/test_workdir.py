@@ -1,0 +1,156 @@
+"""The workdir of `run.train`: one training process at a time (<workdir>/.lock), and a config
+that cannot silently change the data or networks under the recorded one (config.json)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from msm_jax.train import run, stages
+from msm_jax.train.workdir import ConfigChangedError, WorkdirLockedError
+from tests import tiny_models
+
+
+def _tiny_config():
+  config = tiny_models.tiny_config()
+  config.stages = "hourglass"
+  config.data.train_size = 8
+  config.data.validation_size = 0
+  config.hourglass.batch_size = 4
+  config.hourglass.epochs = 1
+  config.evaluate_after_training = False
+  return config
+
+
+@pytest.fixture
+def stub_stage(monkeypatch):
+  """The hourglass stage replaced by one that records the workdir's lock while it "trains"
+  (a real stage compiles for minutes on a busy 2-core machine); `calls` lists the locks."""
+  calls = []
+
+  def fake_run(config, workdir, log):
+    lock = os.path.join(workdir, ".lock")
+    calls.append(json.load(open(lock)) if os.path.exists(lock) else None)
+    if config.seed == 13:
+      raise RuntimeError("stage failed")
+
+  monkeypatch.setitem(stages.STAGES, "hourglass", stages.Stage(name="hourglass", run=fake_run))
+  return calls
+
+
+def _write_lock(workdir, pid, host):
+  os.makedirs(workdir, exist_ok=True)
+  lock = {"pid": pid, "host": host, "started": "2024-01-01T00:00:00+00:00"}
+  with open(os.path.join(workdir, ".lock"), "w") as file:
+    json.dump(lock, file)
+  return lock
+
+
+def _exited_pid() -> int:
+  process = subprocess.Popen([sys.executable, "-c", "pass"])
+  process.wait()  # reaped: the pid names no process now
+  return process.pid
+
+
+def test_a_live_lock_refuses_a_second_run(tmp_path, stub_stage):
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    lock = _write_lock(tmp_path, sleeper.pid, socket.gethostname())
+    with pytest.raises(WorkdirLockedError) as error:
+      run.train(_tiny_config(), str(tmp_path), log=lambda _: None)
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(tmp_path) in message and f"process {sleeper.pid} " in message
+    assert f"host {socket.gethostname()} " in message
+    assert stub_stage == []  # nothing trained, nothing recorded, the lock left as it was
+    assert sorted(os.listdir(tmp_path)) == [".lock"]
+    assert json.load(open(tmp_path / ".lock")) == lock
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_lock_of_another_host_is_not_broken(tmp_path, stub_stage):
+  # The pid is dead here, but it names a process of the other host, which may be running.
+  lock = _write_lock(tmp_path, _exited_pid(), "another-host")
+  with pytest.raises(WorkdirLockedError, match="on host another-host "):
+    run.train(_tiny_config(), str(tmp_path), log=lambda _: None)
+  assert stub_stage == [] and json.load(open(tmp_path / ".lock")) == lock
+
+
+def test_a_stale_lock_is_broken_with_one_log_line(tmp_path, stub_stage):
+  dead = _exited_pid()
+  _write_lock(tmp_path, dead, socket.gethostname())
+  lines = []
+  run.train(_tiny_config(), str(tmp_path), log=lines.append)
+  assert lines[0] == f"breaking the stale lock of process {dead} (no longer running) on {tmp_path}"
+  assert not any("no longer running" in line for line in lines[1:])
+  assert [(call["pid"], call["host"]) for call in stub_stage] == [
+    (os.getpid(), socket.gethostname())
+  ]
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_the_lock_is_released_when_training_fails(tmp_path, stub_stage):
+  config = _tiny_config()
+  config.seed = 13  # the stub stage raises
+  with pytest.raises(RuntimeError, match="stage failed"):
+    run.train(config, str(tmp_path), log=lambda _: None)
+  assert stub_stage[0]["pid"] == os.getpid()  # held while the stage ran
+  assert not (tmp_path / ".lock").exists()
+
+
+def _history_widths(workdir) -> list:
+  with open(os.path.join(workdir, "config_history.jsonl")) as file:
+    return [json.loads(line)["config"]["hourglass"]["width"] for line in file]
+
+
+def test_a_changed_network_is_refused_unless_allowed(tmp_path, stub_stage):
+  workdir, quiet = str(tmp_path), lambda _: None
+  run.train(_tiny_config(), workdir, log=quiet)
+  run.train(_tiny_config(), workdir, log=quiet)  # a resume with the same config
+  recorded = (tmp_path / "config.json").read_bytes()
+  assert json.loads(recorded)["hourglass"]["width"] == 8
+
+  wider = _tiny_config()
+  wider.hourglass.width = 16
+  wider.data.crop_size = 96
+  with pytest.raises(ConfigChangedError) as error:
+    run.train(wider, workdir, log=quiet)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "data.crop_size: 128 -> 96; hourglass.width: 8 -> 16)" in message
+  assert (tmp_path / "config.json").read_bytes() == recorded
+  assert len(stub_stage) == 2 and _history_widths(workdir) == [8, 8]
+  assert not (tmp_path / ".lock").exists()  # a refused run releases the lock too
+
+  lines = []
+  run.train(wider, workdir, log=lines.append, allow_changed=True)
+  assert "config changed (allowed): data.crop_size: 128 -> 96; hourglass.width: 8 -> 16" in lines
+  assert json.loads((tmp_path / "config.json").read_text())["hourglass"]["width"] == 16
+  assert len(stub_stage) == 3 and _history_widths(workdir) == [8, 8, 16]
+
+  slower = _tiny_config()
+  slower.hourglass.width = 16
+  slower.data.crop_size = 96
+  slower.hourglass.learning_rate = 1e-4  # does not shape the checkpoints: accepted
+  run.train(slower, workdir, log=quiet)
+  assert len(stub_stage) == 4 and _history_widths(workdir) == [8, 8, 16, 16]
+
+
+def test_a_real_run_holds_the_lock_then_releases_it(tmp_path):
+  held = []
+
+  def log(line):
+    if line.startswith("[hourglass] step"):
+      held.append(json.load(open(tmp_path / ".lock"))["pid"])
+
+  run.train(_tiny_config(), str(tmp_path), log=log)
+  assert held == [os.getpid()]  # one progress line (step 2 of 2), logged under the lock
+  assert not (tmp_path / ".lock").exists()
+  assert json.loads((tmp_path / "config.json").read_text())["hourglass"]["width"] == 8
+  assert _history_widths(tmp_path) == [8]
+  assert os.path.isdir(tmp_path / "checkpoints" / "hourglass" / "2")
