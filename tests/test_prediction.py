@@ -164,6 +164,7 @@ def test_prediction_to_json_fields():
   face = prediction.FacePrediction(
     box=np.array([1, 2, 3, 4], np.float32),
     detector_box=np.array([0, 1, 5, 6], np.float32),
+    detector="dlib_hog",
     landmarks=np.full((68, 2), 1.23456, np.float32),
     scores=np.ones(68, np.float32),
     reliable=np.ones(68, bool),
@@ -181,7 +182,7 @@ def test_prediction_to_json_fields():
   assert "EXIF orientation applied" in document["coordinates"]
   assert document["exif_orientation"] == 6
   [entry] = document["faces"]
-  assert entry["box_source"] == "haar_calibrated" and entry["detector_box"] == [0, 1, 5, 6]
+  assert entry["box_source"] == "dlib_hog (calibrated)" and entry["detector_box"] == [0, 1, 5, 6]
   assert len(entry["landmarks"]) == 68 and entry["landmarks"][0] == [1.235, 1.235]
   assert len(entry["scores"]) == 68 and entry["reliable"][0] is True
   assert entry["hourglass_landmarks"][0] == [2.0, 2.0]
@@ -258,6 +259,7 @@ def test_detectors_are_tried_in_order_until_one_finds_a_face(model, monkeypatch)
   [result] = prediction.predict_images(model, [image], batch_size=BATCH)
   [face] = result.faces
   np.testing.assert_array_equal(face.detector_box, haar_box[0])
+  assert face.detector == detection.DEFAULT_CASCADE
   expected = detection.calibrated_face_box(haar_box, model.calibrations[1])[0]
   np.testing.assert_allclose(face.box, expected, rtol=1e-6)
   found[detection.DEFAULT_CASCADE] = np.zeros((0, 4), np.float32)

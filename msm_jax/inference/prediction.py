@@ -58,6 +58,7 @@ class FacePrediction:
   reliable: np.ndarray
   hourglass_landmarks: np.ndarray | None = None
   theta: np.ndarray | None = None
+  detector: str | None = None  # the detector that found the face; None for given boxes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +165,9 @@ def _check_boxes_fit(boxes: np.ndarray, image_hw, source: str) -> None:
 
 
 def _face_boxes(image, given, calibrations, source):
-  """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None). Without given boxes the
-  detectors are tried in order; the first that finds a face in the image gives the boxes."""
+  """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None, the detector's name or
+  None). Without given boxes the detectors are tried in order; the first that finds a face in
+  the image gives the boxes."""
   if given is not None:
     boxes = np.asarray(given, np.float64)
     if boxes.ndim == 1:
@@ -181,7 +183,7 @@ def _face_boxes(image, given, calibrations, source):
         f"y1 > y0; got {boxes.tolist()}"
       )
     _check_boxes_fit(boxes, image.shape[:2], source)
-    return boxes, None
+    return boxes, None, None
   tried = []
   for calibration in calibrations:
     if not detection.detector_available(calibration.cascade):
@@ -189,7 +191,7 @@ def _face_boxes(image, given, calibrations, source):
     tried.append(calibration.cascade)
     detected = detection.detect_faces(image, calibration.cascade)
     if len(detected):
-      return detection.calibrated_face_box(detected, calibration), detected
+      return detection.calibrated_face_box(detected, calibration), detected, calibration.cascade
   raise NoFaceFoundError(
     f"{source}: no face found by {', '.join(tried) or 'any installed detector'} "
     f"(pass its box: boxes= or --boxes)"
@@ -220,12 +222,13 @@ def predict_images(
   if boxes is not None and len(boxes) != len(items):
     raise ValueError(f"boxes: {len(boxes)} entries for {len(items)} images")
   crop_size, margin = model.options.crop_size, float(model.config.data.box_margin)
-  results, faces = [], []  # faces: (image index, model box, detector box, window, square, back)
+  # faces: (image index, model box, detector box, window, square, back, detector name)
+  results, faces = [], []
   for index, item in enumerate(items):
     source = f"image {index}"
     try:
       source, image = _as_image(item, index)
-      face_boxes, detector_boxes = _face_boxes(
+      face_boxes, detector_boxes, detector = _face_boxes(
         image, None if boxes is None else boxes[index], model.calibrations, source
       )
     except (OSError, ValueError) as error:
@@ -244,6 +247,7 @@ def predict_images(
           window,
           window_square,
           back,
+          detector,
         )
       )
 
@@ -261,13 +265,14 @@ def predict_images(
     before_repair = np.asarray(out["hourglass_landmarks"], np.float64)
     thetas = np.asarray(out["theta"], np.float32)
     scores, reliable = np.asarray(out["scores"]), np.asarray(out["reliable"])
-    for row, (index, box, detector_box, _, _, back) in enumerate(chunk):
+    for row, (index, box, detector_box, _, _, back, detector) in enumerate(chunk):
       to_image = lambda points: points @ back[:2, :2].T + back[:2, 2]
       points = to_image(landmarks[row])
       results[index].faces.append(
         FacePrediction(
           box=np.asarray(box, np.float32),
           detector_box=None if detector_box is None else np.asarray(detector_box, np.float32),
+          detector=detector,
           landmarks=points.astype(np.float32),
           scores=scores[row].astype(np.float32),
           reliable=reliable[row].astype(bool),
@@ -291,7 +296,7 @@ def prediction_to_json(result: ImagePrediction, exif_orientation: int | None = N
     "faces": [
       {
         "box": [round(float(v), 2) for v in face.box],
-        "box_source": "given" if face.detector_box is None else "haar_calibrated",
+        "box_source": "given" if face.detector is None else f"{face.detector} (calibrated)",
         "detector_box": None
         if face.detector_box is None
         else [round(float(v), 2) for v in face.detector_box],
