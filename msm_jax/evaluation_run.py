@@ -10,11 +10,13 @@ outputs and reruns only the reliability test and the shape repair for each thres
 
 Faces enter as the evaluation crops of the input pipeline (the record's box with the config's
 margin, 128x128): exactly what the ST-GAN saw in training as I_fake. Predictions are mapped
-back to original-image pixels and compared with the annotations there. With re-crop passes
-(`config.inference.recrop_passes`) every row is read off the last pass, whose crop is fitted to
-the previous pass's final (repaired) landmarks.
+back to original-image pixels and compared with the annotations there. These crops carry no
+context around the face, so the evaluation runs Algorithm 2 in one pass: a re-crop pass
+(`config.inference.recrop_passes`) would sample zeros where the photo was; it is measured on
+whole photos by `msm_jax.robustness`.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -130,6 +132,10 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
   Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
 
 
+def _one_pass(options: pipeline.PipelineOptions) -> pipeline.PipelineOptions:
+  return dataclasses.replace(options, recrop_passes=0)  # see the module docstring
+
+
 def _variants(model: pipeline.TrainedModel, config) -> list[tuple]:
   """(row of the landmarks before repair, row after repair or None, inference function, its
   pipeline options)."""
@@ -138,12 +144,12 @@ def _variants(model: pipeline.TrainedModel, config) -> list[tuple]:
   variants = []
   for st in st_settings:
     prefix = "ST-GAN + " if st else ""
-    options = pipeline.options_from_config(config, st, use_sr)
+    options = _one_pass(pipeline.options_from_config(config, st, use_sr))
     variants.append(
       (prefix + "HG", prefix + "HG + SR" if use_sr else None, model.inference_fn(options), options)
     )
     if "resnet" in model.available:
-      options = pipeline.options_from_config(config, st, False, landmark_stage="resnet")
+      options = _one_pass(pipeline.options_from_config(config, st, False, landmark_stage="resnet"))
       variants.append((prefix + "Res-50", None, model.inference_fn(options), options))
   return variants
 
