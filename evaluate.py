@@ -32,10 +32,15 @@ def main(argv):
   model_dir = _CHECKPOINT.value or _WORKDIR.value
   if not model_dir:
     raise app.UsageError("give --workdir (or --checkpoint)")
-  from msm_jax import evaluation_run
+  from msm_jax import evaluation_run, model_io
+  from msm_jax.data.records import AnnotationError
+  from msm_jax.data.images import ImageReadError
 
   out_dir = _OUT.value or os.path.join(_WORKDIR.value or model_dir, "eval")
-  evaluation_run.evaluate(_CONFIG.value, model_dir, out_dir)
+  try:
+    evaluation_run.evaluate(_CONFIG.value, model_dir, out_dir)
+  except (FileNotFoundError, AnnotationError, ImageReadError, model_io.MissingStageError) as error:
+    raise SystemExit(f"error: {error}") from None  # bad data or run: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ program's own overlays (*_overlay.png). Faces are found by the package's detecto
 (dlib's HOG detector, then OpenCV's Haar cascade), each calibrated to the training crops,
 unless --boxes gives them:
 
-  boxes.json = {"photos/a.jpg": [[x0, y0, x1, y1], ...], "b.png": [[x0, y0, x1, y1]]}
+  boxes.json = {"photos/a.jpg": [[x0, y0, x1, y1], ...], "b.png": [x0, y0, x1, y1]}
 
 A key is the image path as given (or as found in a folder) or its file name alone; boxes are
 in pixels of the upright image (EXIF orientation applied), ideally the tight box around the
@@ -83,6 +83,8 @@ def read_boxes(path: str) -> dict[str, np.ndarray]:
       array = np.asarray(value, np.float64)
     except (TypeError, ValueError):
       array = np.zeros((0,))
+    if array.shape == (4,):  # one face, given as a flat box (as the Python API accepts)
+      array = array[None]
     if (
       array.ndim != 2
       or array.shape[0] == 0

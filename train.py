@@ -40,9 +40,12 @@ def main(argv):
   del argv
   quiet_library_logs()
   configure_training_process()
-  from msm_jax.train import run  # after the XLA flags are set
+  from msm_jax.train import run, workdir  # after the XLA flags are set
 
-  run.train(_CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value)
+  try:
+    run.train(_CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value)
+  except workdir.WorkdirError as error:  # locked, changed config, unwritable: one line
+    raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -306,6 +306,7 @@ def test_calls_are_padded_to_powers_of_two_not_to_the_flag():
     ([400.0, 400.0, 500.0, 500.0], "0 % on the image"),  # another image's box
     ([50.0, 50.0, 50.001, 50.001], "side 0.0 px"),  # a speck
     ([-1e30, -1e30, 1e30, 1e30], "side 2"),
+    ([-2e4, -2e4, 2e4, 2e4], "side 40000.0 px"),  # a window of 100k px: refused, not allocated
   ],
 )
 def test_boxes_that_cannot_frame_a_face_are_refused_per_image(model, box, why):
@@ -319,3 +320,43 @@ def test_boxes_that_cannot_frame_a_face_are_refused_per_image(model, box, why):
   )
   assert "does not frame a face" in results[0].error and why in results[0].error
   assert results[0].faces == [] and len(results[1].faces) == 1  # the other image is done
+
+
+def test_non_finite_landmarks_are_an_error_never_a_json_nan(model, monkeypatch):
+  # A model whose outputs are NaN for one face (as NaN weights would give): that image fails
+  # with the reason, the other is done, and no NaN reaches a result.
+  infer = model.infer
+
+  def poisoned(variables, images, boxes):
+    out = dict(infer(variables, images, boxes))
+    out["landmarks"] = np.asarray(out["landmarks"]).copy()
+    out["landmarks"][0, 5] = np.nan
+    return out
+
+  monkeypatch.setattr(type(model), "infer", property(lambda self: poisoned))
+  image = np.full((120, 160, 3), 90, np.uint8)
+  results = prediction.predict_images(
+    model,
+    [image, image],
+    boxes=[np.array([[20.0, 10.0, 110.0, 100.0]])] * 2,
+    batch_size=BATCH,
+    errors="collect",
+  )
+  assert "non-finite landmarks" in results[0].error and results[0].faces == []
+  assert results[1].error is None and np.isfinite(results[1].faces[0].landmarks).all()
+
+
+def test_boxes_json_accepts_a_flat_box_for_one_face(tmp_path):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("predict_cli", os.path.join(ROOT, "predict.py"))
+  predict_cli = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(predict_cli)
+  path = tmp_path / "boxes.json"
+  path.write_text(json.dumps({"a.jpg": [1, 2, 30, 40], "b.jpg": [[1, 2, 30, 40], [5, 5, 9, 9]]}))
+  table = predict_cli.read_boxes(str(path))
+  np.testing.assert_array_equal(table["a.jpg"], [[1, 2, 30, 40]])
+  assert table["b.jpg"].shape == (2, 4)
+  path.write_text(json.dumps({"a.jpg": [1, 2, 30]}))
+  with pytest.raises(ValueError, match="entry 'a.jpg' must be"):
+    predict_cli.read_boxes(str(path))

@@ -154,3 +154,42 @@ def test_a_real_run_holds_the_lock_then_releases_it(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["hourglass"]["width"] == 8
   assert _history_widths(tmp_path) == [8]
   assert os.path.isdir(tmp_path / "checkpoints" / "hourglass" / "2")
+
+
+def test_an_unwritable_workdir_is_one_clear_line(tmp_path, stub_stage):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  from msm_jax.train.workdir import WorkdirUnwritableError
+
+  with pytest.raises(WorkdirUnwritableError, match="cannot write to the workdir .*a_file/run"):
+    run.train(_tiny_config(), str(blocker / "run"), log=lambda _: None)
+
+
+def test_train_py_reports_a_locked_workdir_in_one_line(tmp_path):
+  # What a user sees: exit status 1 and one line naming the holder, no traceback.
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    lock = {"pid": sleeper.pid, "host": socket.gethostname(), "started": "now"}
+    (workdir / ".lock").write_text(json.dumps(lock))
+    result = subprocess.run(
+      [
+        sys.executable,
+        os.path.join(tiny_models.ROOT, "train.py"),
+        "--config",
+        os.path.join(tiny_models.ROOT, "configs", "synthetic.py"),
+        "--workdir",
+        str(workdir),
+      ],
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(os.environ, MSM_JAX_NO_JEMALLOC="1"),
+    )
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  assert result.returncode == 1
+  assert f"is in use by process {sleeper.pid}" in result.stderr
+  assert "Traceback" not in result.stderr

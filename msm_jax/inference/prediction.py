@@ -145,6 +145,7 @@ def _as_image(item, index: int) -> tuple[str, np.ndarray]:
 MIN_BOX_SIDE = 4.0  # pixels: a smaller box holds no face the model could read
 MIN_BOX_INSIDE = 0.25  # fraction of a box's area that must lie on the image
 MAX_BOX_SIDE = 8.0  # times the image's longer side
+MAX_WINDOW_SIDE = 12288  # pixels: a face's window (CONTEXT x its crop square) stays < 0.5 GB
 
 
 def _check_boxes_fit(boxes: np.ndarray, image_hw, source: str) -> None:
@@ -155,12 +156,14 @@ def _check_boxes_fit(boxes: np.ndarray, image_hw, source: str) -> None:
     inside_w = max(0.0, min(box[2], width - 0.5) - max(box[0], -0.5))
     inside_h = max(0.0, min(box[3], height - 0.5) - max(box[1], -0.5))
     inside = inside_w * inside_h / ((box[2] - box[0]) * (box[3] - box[1]))
-    if side < MIN_BOX_SIDE or side > MAX_BOX_SIDE * max(height, width) or inside < MIN_BOX_INSIDE:
+    # (the crop square is the box x box_margin, 1.25 by default; the window CONTEXT x that)
+    largest = min(MAX_BOX_SIDE * max(height, width), MAX_WINDOW_SIDE / (CONTEXT * 1.25))
+    if side < MIN_BOX_SIDE or side > largest or inside < MIN_BOX_INSIDE:
       raise ValueError(
         f"{source}: box {[round(float(v), 1) for v in box]} does not frame a face of this "
         f"{width}x{height} image (side {side:.1f} px, {100 * inside:.0f} % on the image; want "
-        f"a side of {MIN_BOX_SIDE:g} px to {MAX_BOX_SIDE:g}x the image and >= "
-        f"{100 * MIN_BOX_INSIDE:.0f} % on it)"
+        f"a side of {MIN_BOX_SIDE:g} to {largest:.0f} px and >= {100 * MIN_BOX_INSIDE:.0f} % on "
+        f"the image)"
       )
 
 
@@ -266,8 +269,16 @@ def predict_images(
     thetas = np.asarray(out["theta"], np.float32)
     scores, reliable = np.asarray(out["scores"]), np.asarray(out["reliable"])
     for row, (index, box, detector_box, _, _, back, detector) in enumerate(chunk):
+      if results[index].error:  # another face of this image already failed
+        continue
       to_image = lambda points: points @ back[:2, :2].T + back[:2, 2]
       points = to_image(landmarks[row])
+      if not np.all(np.isfinite(points)):  # never hand NaN on (JSON would not parse)
+        message = f"{results[index].source}: the model gave non-finite landmarks"
+        if errors == "raise":
+          raise ValueError(message)
+        results[index] = dataclasses.replace(results[index], faces=[], error=message)
+        continue
       results[index].faces.append(
         FacePrediction(
           box=np.asarray(box, np.float32),

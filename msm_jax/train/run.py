@@ -9,6 +9,7 @@ import jax
 
 from msm_jax import evaluation_run
 from msm_jax.train import parallel, stages
+from msm_jax.train import workdir as workdir_lib
 from msm_jax.train.workdir import locked, record_config
 
 
@@ -19,7 +20,7 @@ def train(config, workdir: str, log=print, allow_changed: bool = False) -> None:
   for name in chosen:
     stages.STAGES[name].check(config)
   parallel.maybe_initialize_distributed()
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.prepare(workdir)
   if jax.process_index() > 0:  # multi-host: process 0 locks and records for the whole job
     return _train_stages(config, workdir, chosen, log)
   with locked(workdir, log):

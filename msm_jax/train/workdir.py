@@ -40,11 +40,19 @@ CHECKPOINT_FIELDS = (
 )
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used: `train.py` prints these as one line."""
+
+
+class WorkdirUnwritableError(WorkdirError):
+  """The workdir cannot be created or written."""
+
+
+class WorkdirLockedError(WorkdirError):
   """Another training process holds the workdir."""
 
 
-class ConfigChangedError(RuntimeError):
+class ConfigChangedError(WorkdirError):
   """The config differs from the workdir's recorded one in a checkpoint-shaping field."""
 
 
@@ -69,6 +77,21 @@ def _read_lock(path: str) -> dict | None:
       return json.load(file)
   except (FileNotFoundError, json.JSONDecodeError):
     return None
+
+
+def prepare(workdir: str) -> None:
+  """Create the workdir; WorkdirUnwritableError (one line) where that, or writing in it,
+  is not allowed."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as error:
+    raise WorkdirUnwritableError(
+      f"cannot write to the workdir {os.path.abspath(workdir)}: {error.strerror or error}"
+    ) from None
 
 
 def acquire_lock(workdir: str, log=print) -> str:
