@@ -66,6 +66,7 @@ def _run_script(*args):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return subprocess.run(
     [sys.executable, os.path.join(root, args[0]), *args[1:]],
+    cwd=root,
     env=dict(os.environ, MSM_JAX_NO_JEMALLOC="1"),
     capture_output=True,
     text=True,
@@ -90,3 +91,18 @@ def test_missing_required_flag_still_fails():
   result = _run_script("train.py", "--workdir", "unused")
   assert result.returncode == 1
   assert "Flag --config must have a value" in result.stderr
+
+
+def test_evaluate_reports_a_missing_run_in_one_line(tmp_path):
+  missing = tmp_path / "no_such_300w"
+  result = _run_script(
+    "evaluate.py",
+    "--config",
+    os.path.join("configs", "300w.py"),
+    "--workdir",
+    str(tmp_path),
+    f"--config.data.root={missing}",
+  )
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stderr.startswith("error: no hourglass checkpoint in")
+  assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1

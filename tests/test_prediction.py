@@ -360,3 +360,15 @@ def test_boxes_json_accepts_a_flat_box_for_one_face(tmp_path):
   path.write_text(json.dumps({"a.jpg": [1, 2, 30]}))
   with pytest.raises(ValueError, match="entry 'a.jpg' must be"):
     predict_cli.read_boxes(str(path))
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(model, tmp_path):
+  package = str(tmp_path / "package")
+  pretrained.write_package(model, package)
+  Image.fromarray(np.full((60, 60, 3), 90, np.uint8)).save(tmp_path / "a.png")
+  (tmp_path / "blocker").write_text("a file where the output folder should go")
+  result = _run_predict(
+    str(tmp_path / "a.png"), "--out", str(tmp_path / "blocker" / "out"), "--model", package
+  )
+  assert result.returncode == 2
+  assert "cannot create the output folder" in result.stderr and "Traceback" not in result.stderr
