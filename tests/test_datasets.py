@@ -204,7 +204,7 @@ def test_a_registered_dataset_trains_and_evaluates(toy_dataset, tmp_path):
   assert {name: len(source) for name, source in datasets.eval_sources(config).items()} == {
     "toy test": 2
   }
-  config.hourglass.batch_size, config.hourglass.epochs = 3, 1
+  config.hourglass.batch_size, config.hourglass.epochs = 2, 1  # divisible by 2 or 4 devices
   stages.STAGES["hourglass"].train(config, str(tmp_path), parallel.data_mesh(), log=print)
   assert os.path.isdir(tmp_path / "checkpoints" / "hourglass")
   with pytest.raises(ValueError, match="already registered"):
