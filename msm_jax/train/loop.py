@@ -119,7 +119,10 @@ def train_stage(
   data: yields host batches (dicts of numpy arrays, global batch on one host); its
     `get_state()` is checkpointed with the model;
   eval_fn(state) -> dict of scalars, run every `eval_every` steps and at the end.
+  The state is replicated over the mesh first (a no-op when it already is), so a state
+  restored or built on one device trains with batches sharded over many.
   """
+  state = parallel.replicate(state, mesh)
   start_step = int(state.step)
   writer = MetricsWriter(workdir, stage, start_step)
   progress = _Progress(stage, writer, log, total_steps, batch_size, start_step)
