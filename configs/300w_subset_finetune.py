@@ -4,10 +4,12 @@ training faces with detector-like box jitter and natural-texture occluders, then
 shape dictionary from the same faces.
 
   python train.py --config configs/300w_subset_finetune.py --workdir runs/300w_finetune \
-      --config.stages=hourglass,dictionary --config.hourglass.init_from=pretrained
+      --config.stages=hourglass,dictionary --config.hourglass.init_from=<package>
 
-The package's hourglass must have been trained on none of the validation images (the
-shipped one was trained on afw + helen/trainset images outside the validation list only).
+The starting package must not have been trained on the validation images. The shipped
+`pretrained/` is this recipe applied to the base network (`300w_subset.py` trained on the
+afw + helen/trainset training faces only); started from `pretrained/` itself, it would
+fine-tune the shipped network once more.
 """
 
 import importlib
