@@ -17,12 +17,13 @@ Faces are cut out of their photos as a square window 3 x the landmark box's side
 the rotated rows), so every condition but "detector" sees the same pixels around the face.
 
 Rows are the inference variants the package supports (`VARIANTS`: hourglass alone, with the
-shape repair, with the re-crop pass, with the ST stage when trained); columns: NME (mean and
+shape repair, with the re-crop pass, with the test-time flip, with the ST stage when
+trained); columns: NME (mean and
 median, inter-ocular, %), FR@0.08 (%), NME of the occluded and of the visible landmarks, and
 the precision / recall of `reliable == False` as an occlusion detector.
 
   python -m msm_jax.robustness --model pretrained --config configs/300w_subset.py \
-      [--folder DIR] [--limit N] [--out report.json]
+      [--folder DIR] [--limit N] [--variants "HG,HG + SR"] [--out report.json]
 """
 
 from __future__ import annotations
