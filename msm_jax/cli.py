@@ -48,6 +48,18 @@ def parse_flags_help_exits_zero(argv):
     raise SystemExit(0 if stop.code == 1 else stop.code) from None
 
 
+def load_config_file(path: str):
+  """`get_config()` of a configs/<name>.py file, for the argparse commands (train.py and
+  evaluate.py take theirs through ml_collections' --config flag)."""
+  import importlib.util
+
+  sys.path.insert(0, os.getcwd())  # config files import `configs`
+  spec = importlib.util.spec_from_file_location("msm_jax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def jemalloc_path() -> str | None:
   """The system's jemalloc (Debian/Ubuntu package libjemalloc2), if installed."""
   return next((path for path in _JEMALLOC_PATHS if os.path.exists(path)), None)

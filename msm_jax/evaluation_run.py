@@ -256,12 +256,7 @@ def _threshold_sweep(predictions, options, variables, subset_name, config, schem
     points, reliable = repaired(
       predictions["canonical_points"], predictions["scores"], thresholds, variables["dictionary"]
     )
-    final = (
-      np.einsum(
-        "bij,blj->bli", predictions["canonical_to_image"][:, :2, :2], np.asarray(points, np.float64)
-      )
-      + predictions["canonical_to_image"][:, None, :2, 2]
-    )
+    final = geometry.apply_affine(np.asarray(points, np.float64), predictions["canonical_to_image"])
     swept = dict(predictions, final=final, reliable=np.asarray(reliable))
     return _subset(subset_name, swept, "final", with_occlusion=False)
 

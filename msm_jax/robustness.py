@@ -32,11 +32,10 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
-from msm_jax import geometry, landmarks, metrics
+from msm_jax import cli, geometry, landmarks, metrics
 from msm_jax.inference import prediction
 from msm_jax.data import augment
 from msm_jax.data.records import box_from_landmarks
@@ -356,15 +355,7 @@ def main(argv=None) -> dict:
   from msm_jax.inference import pretrained
 
   model = pretrained.load_pretrained(args.model)
-  config = None
-  if args.config:
-    import importlib.util
-
-    sys.path.insert(0, os.getcwd())  # config files import `configs`
-    spec = importlib.util.spec_from_file_location("robustness_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+  config = cli.load_config_file(args.config) if args.config else None
   records = _records(config, args.folder, args.limit)
   variants = [name.strip() for name in args.variants.split(",")] if args.variants else None
   unknown = sorted(set(variants or ()) - set(VARIANTS))

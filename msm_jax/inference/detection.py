@@ -400,16 +400,10 @@ def main(argv=None) -> None:
   parser.add_argument("--out", required=True, help="JSON file for the calibration")
   args = parser.parse_args(argv)
   if args.config:
-    import importlib.util
-    import sys
-
+    from msm_jax.cli import load_config_file
     from msm_jax.data import datasets
 
-    sys.path.insert(0, os.getcwd())  # config files import `configs`
-    spec = importlib.util.spec_from_file_location("calibration_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config_file(args.config)
     records, _ = datasets.split_records(config, datasets.read_training_records(config))
   else:
     from msm_jax.data import w300
