@@ -123,6 +123,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.resnet.learning_rate = 5e-4
   config.resnet.lr_halve_epochs = (100,)
 
+  # Joint fine-tuning (not in the paper; stage "joint", on request): the trained GDNN and
+  # hourglass together through the relaxed pipeline on the ST-GAN's detector-like crops, so
+  # that the hourglass learns the ST-GAN's outputs and the ST-GAN what the hourglass needs
+  # (msm_jax/train/steps.py, make_joint_step).
+  config.joint = ml_collections.ConfigDict()
+  config.joint.batch_size = 16
+  config.joint.epochs = 4
+  config.joint.learning_rate = 1e-4
+  config.joint.lr_halve_epochs = (3,)
+  config.joint.landmark_weight = 1.0  # per crop pixel of mean landmark error
+  config.joint.theta_weight = 0.1  # x ||theta - theta*|| in stgan.theta_loss_units
+  # Where the trained ST-GAN and hourglass checkpoints are read: "" = this workdir.
+  config.joint.init_from = ""
+
   # Scores and exemplar shape reconstruction, Sec. III-B/C, IV-C, Table IX.
   config.shape = ml_collections.ConfigDict()
   config.shape.score_radius = 1  # r of Eq. 9; not given in the paper
@@ -132,6 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.shape.num_neighbours = 100  # k, Sec. IV-C
   config.shape.ridge_lambda = 60.0  # Sec. IV-C
   config.shape.replace = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+  # Width of the soft reliability weight sigmoid((score - K) / T) of the differentiable
+  # pipeline (normalised-score units; msm_jax/inference/pipeline.py).
+  config.shape.reliability_temperature = 0.05
 
   # Inference (msm_jax/inference/pipeline.py): passes re-run on a crop fitted to the previous
   # pass's landmarks, turned upright by the face's roll (not in the paper; what a detector's box

@@ -2,8 +2,9 @@
 
 For each subset the one-jit pipeline (Algorithm 2) runs twice, with the ST stage on and off;
 each run returns the landmarks before and after the shape repair, so the four ablation rows
-of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes, and the
-Res-50 rows (when that baseline was trained) two more. The full
+of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes, the
+Res-50 rows (when that baseline was trained) two more, and the jointly fine-tuned GDNN and
+hourglass (stage "joint", when trained) one more, as "ST-GAN + HG (joint)" and "... + SR (joint)". The full
 model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
 row gives the scale of the numbers. Table IX's threshold sweep keeps the full model's hourglass
 outputs and reruns only the reliability test and the shape repair for each threshold pair.
@@ -136,21 +137,32 @@ def _one_pass(options: pipeline.PipelineOptions) -> pipeline.PipelineOptions:
   return dataclasses.replace(options, recrop_passes=0)  # see the module docstring
 
 
+JOINT_SUFFIX = " (joint)"  # rows of the jointly fine-tuned GDNN and hourglass
+
+
 def _variants(model: pipeline.TrainedModel, config) -> list[tuple]:
   """(row of the landmarks before repair, row after repair or None, inference function, its
-  pipeline options)."""
+  pipeline options, the variables it runs with)."""
   use_sr = "dictionary" in model.available
   st_settings = (False, True) if "stgan" in model.available else (False,)
   variants = []
   for st in st_settings:
     prefix = "ST-GAN + " if st else ""
     options = _one_pass(pipeline.options_from_config(config, st, use_sr))
-    variants.append(
-      (prefix + "HG", prefix + "HG + SR" if use_sr else None, model.inference_fn(options), options)
-    )
+    after = prefix + "HG + SR" if use_sr else None
+    variants.append((prefix + "HG", after, model.inference_fn(options), options, model.variables))
     if "resnet" in model.available:
       options = _one_pass(pipeline.options_from_config(config, st, False, landmark_stage="resnet"))
-      variants.append((prefix + "Res-50", None, model.inference_fn(options), options))
+      variants.append(
+        (prefix + "Res-50", None, model.inference_fn(options), options, model.variables)
+      )
+  if "joint" in model.variants:
+    joint = model.variant("joint")
+    options = _one_pass(pipeline.options_from_config(config, True, use_sr))
+    after = "ST-GAN + HG + SR" + JOINT_SUFFIX if use_sr else None
+    variants.append(
+      ("ST-GAN + HG" + JOINT_SUFFIX, after, joint.inference_fn(options), options, joint.variables)
+    )
   return variants
 
 
@@ -171,8 +183,8 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
   rows, curves, sweep = {}, {}, None
   for subset_name, source in sources.items():
     overlay = None
-    for before_name, after_name, infer, options in variants:
-      predictions = predict_source(infer, model.variables, source, config)
+    for before_name, after_name, infer, options, variables in variants:
+      predictions = predict_source(infer, variables, source, config)
       if after_name == FULL_MODEL and subset_name == sweep_subset:
         sweep = (predictions, options)
       named = [(before_name, "hourglass")] + ([(after_name, "final")] if after_name else [])
@@ -182,7 +194,7 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
           subset, scheme, norms, threshold
         )
         curves.setdefault(subset_name, {})[method] = evaluation.subset_nmes(subset, scheme)
-      if after_name or overlay is None:  # the last repaired variant: the full model
+      if after_name == FULL_MODEL or overlay is None:  # the full model
         overlay = predictions
     save_overlays(os.path.join(out_dir, f"overlay_{reports.file_stem(subset_name)}.png"), overlay)
     baseline = evaluation.mean_shape_baseline(

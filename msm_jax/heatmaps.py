@@ -56,8 +56,15 @@ def _as_height_width(size: int | Sequence[int], name: str) -> tuple[int, int]:
   return int(size[0]), int(size[1])
 
 
+def _as_float(array) -> jax.Array:
+  """A floating array: float32, or float64 when x64 is on and the input is float64 (so that
+  gradient checks can run in double precision)."""
+  array = jnp.asarray(array)
+  return array.astype(jnp.result_type(array.dtype, jnp.float32))
+
+
 def _check_points(points: jax.Array, name: str, ndim: int | None = None) -> jax.Array:
-  points = jnp.asarray(points, jnp.float32)
+  points = _as_float(points)
   if points.ndim < 1 or points.shape[-1] != 2 or (ndim is not None and points.ndim != ndim):
     expected = "[B, L, 2]" if ndim == 3 else "[..., 2]"
     raise ValueError(f"{name} must have shape {expected} (x, y), got {points.shape}")
@@ -65,7 +72,7 @@ def _check_points(points: jax.Array, name: str, ndim: int | None = None) -> jax.
 
 
 def _check_heatmaps(heatmaps: jax.Array) -> jax.Array:
-  heatmaps = jnp.asarray(heatmaps, jnp.float32)
+  heatmaps = _as_float(heatmaps)
   if heatmaps.ndim != 4:
     raise ValueError(f"heatmaps must have shape [B, h, w, L], got {heatmaps.shape}")
   return heatmaps
@@ -382,7 +389,7 @@ def decode_heatmaps(
     # (measured: 0.157 -> 0.101 px at noise std 0.1).
     heatmaps = _gaussian_blur(heatmaps, float(blur_sigma))
   peaks = heatmap_argmax(heatmaps)
-  locations = peaks.astype(jnp.float32)
+  locations = peaks.astype(heatmaps.dtype)
   if method == "quarter":
     locations = locations + _quarter_offsets(heatmaps, peaks)
   elif method == "dark":
@@ -449,7 +456,7 @@ def normalise_scores(scores: jax.Array) -> jax.Array:
     ``[B, L]`` float32, at most 1 (to rounding: XLA may divide by multiplying with
     the reciprocal), the best landmark of each face 1.
   """
-  scores = jnp.asarray(scores, jnp.float32)
+  scores = _as_float(scores)
   if scores.ndim != 2:
     raise ValueError(f"scores must have shape [B, L], got {scores.shape}")
   face_best = jnp.max(scores, axis=-1, keepdims=True)
@@ -468,8 +475,8 @@ def reliable_mask(normalised_scores: jax.Array, thresholds: jax.Array | float) -
   Returns:
     ``[B, L]`` bool, strictly greater than the threshold.
   """
-  normalised_scores = jnp.asarray(normalised_scores, jnp.float32)
-  thresholds = jnp.asarray(thresholds, jnp.float32)
+  normalised_scores = _as_float(normalised_scores)
+  thresholds = _as_float(thresholds)
   if normalised_scores.ndim != 2:
     raise ValueError(f"normalised_scores must have shape [B, L], got {normalised_scores.shape}")
   if thresholds.ndim > 1 or (

@@ -46,13 +46,16 @@ def _abstract_setup(stage, config):
 def load_trained(config, workdir: str) -> pipeline.TrainedModel:
   """The newest checkpoint of every stage in `workdir`, and the dictionary."""
   scheme = landmarks.get_scheme(config.data.scheme)
-  variables, available, networks = {"generator": {}}, set(), {}
+  variables, available, networks, variants = {"generator": {}}, set(), {}, {}
   for stage in stages.STAGES.values():
     if stage.setup is None:
       continue
     setup = _abstract_setup(stage, config)
     restored = _restore_models(config, workdir, stage.name, setup.state)
-    if restored is not None:
+    if restored is not None and stage.variant:
+      variants[stage.name] = {name: restored[name].variables for name in stage.serves}
+      available.add(stage.name)
+    elif restored is not None:
       variables.update({name: restored[name].variables for name in stage.serves})
       # A landmark stage keys its network by its own name ("hourglass", "resnet").
       networks.update({name: setup.modules[name] for name in stage.models if name == stage.name})
@@ -75,4 +78,6 @@ def load_trained(config, workdir: str) -> pipeline.TrainedModel:
       scheme, config.shape.contour_threshold, config.shape.feature_threshold
     )
   )
-  return pipeline.TrainedModel(models.generator(config), networks, variables, frozenset(available))
+  return pipeline.TrainedModel(
+    models.generator(config), networks, variables, frozenset(available), variants
+  )

@@ -296,7 +296,9 @@ def _ridge_coefficients(neighbours, coordinate_mask, targets, ridge_lambda):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "replace"))
-def reconstruct(shapes, reliable, dictionary, k=100, ridge_lambda=60.0, replace="unreliable"):
+def reconstruct(
+  shapes, reliable, dictionary, k=100, ridge_lambda=60.0, replace="unreliable", weights=None
+):
   """Exemplar-based shape reconstruction, Eq. 11 and Algorithm 2 lines 11-13.
 
   For each face: the k dictionary shapes nearest on its reliable landmarks
@@ -328,18 +330,25 @@ def reconstruct(shapes, reliable, dictionary, k=100, ridge_lambda=60.0, replace=
     replace: "unreliable" keeps the reliable landmarks and replaces the others
       with the reconstruction; "all" returns the paper's literal ``S_F = D_S
       alpha`` for every landmark (static).
+    weights: None (the exact repair), or [B, L] soft reliability in [0, 1] (the
+      differentiable relaxation): the neighbours are still searched on ``reliable``,
+      the ridge fit weights each coordinate's residual by ``weights**2`` and
+      "unreliable" returns ``weights * shapes + (1 - weights) * D_k alpha``. With
+      weights equal to ``reliable`` (0/1) this is the exact repair. The shapes must be
+      finite.
 
   Returns:
     (final_shapes [B, L, 2], info) with info = {"neighbours": [B, k] int32
     dictionary rows, "coefficients": [B, k] alpha, "reconstruction": [B, L, 2]
     ``D_k alpha`` (the mean shape for fallback faces), "fallback": [B] bool}.
   """
-  _check_reconstruct_args(shapes, reliable, dictionary, k, replace)
+  _check_reconstruct_args(shapes, reliable, dictionary, k, replace, weights)
   dtype = jnp.result_type(shapes.dtype, dictionary.dtype, jnp.float32)
   shapes, dictionary = shapes.astype(dtype), dictionary.astype(dtype)
   batch = shapes.shape[0]
+  fit_weights = reliable.astype(dtype) if weights is None else weights.astype(dtype)
   if batch <= _CHUNK_SIZE:
-    fitted, info = _fit_chunk(shapes, reliable, dictionary, k, ridge_lambda)
+    fitted, info = _fit_chunk(shapes, reliable, fit_weights, dictionary, k, ridge_lambda)
   else:
     # Chunks of 32 faces keep each chunk's [32, k, 2L] neighbours and [32, k, k]
     # Gram in the L2 cache: ~1.4x faster per face than one [256, ...] pass.
@@ -352,32 +361,36 @@ def reconstruct(shapes, reliable, dictionary, k=100, ridge_lambda=60.0, replace=
 
     fitted, info = lax.map(
       lambda chunk: _fit_chunk(*chunk, dictionary, k, ridge_lambda),
-      (split(shapes), split(reliable)),
+      (split(shapes), split(reliable), split(fit_weights)),
     )
     fitted, info = jax.tree.map(
       lambda array: array.reshape(num_chunks * _CHUNK_SIZE, *array.shape[2:])[:batch],
       (fitted, info),
     )
-  if replace == "unreliable":
+  if replace == "unreliable" and weights is None:
     final = jnp.where(reliable[..., None], shapes, fitted)
+  elif replace == "unreliable":
+    final = fit_weights[..., None] * shapes + (1.0 - fit_weights[..., None]) * fitted
   else:
     final = fitted
   return final, {**info, "reconstruction": fitted}
 
 
-def _fit_chunk(shapes, reliable, dictionary, k, ridge_lambda):
-  """``reconstruct`` for one chunk of faces: (D_k alpha [B, L, 2], info) (see there)."""
+def _fit_chunk(shapes, reliable, fit_weights, dictionary, k, ridge_lambda):
+  """``reconstruct`` for one chunk of faces: (D_k alpha [B, L, 2], info) (see there);
+  fit_weights [B, L] weight the ridge fit (the reliable mask as 0/1 in the exact repair)."""
   batch, num_points, _ = shapes.shape
-  # Unreliable coordinates may be anything (even NaN): zero them so that masking by
-  # multiplication cannot turn them into NaN (0 * NaN).
-  shapes = jnp.where(reliable[..., None], shapes, 0.0)
   landmark_mask = reliable.astype(shapes.dtype)
-  distances = _masked_squared_distances(shapes, landmark_mask, dictionary)
+  # Unreliable coordinates may be anything (even NaN): zero them so that masking by
+  # multiplication cannot turn them into NaN (0 * NaN). Soft weights use every coordinate.
+  search_shapes = jnp.where(reliable[..., None], shapes, 0.0)
+  shapes = jnp.where(fit_weights[..., None] > 0, shapes, 0.0)
+  distances = _masked_squared_distances(search_shapes, landmark_mask, dictionary)
   # Ties (e.g. no reliable landmark) resolve to the lowest index, as a stable sort.
   _, neighbours_idx = lax.top_k(-distances, k)
   flat_dictionary = dictionary.reshape(dictionary.shape[0], 2 * num_points)
   neighbours = flat_dictionary[neighbours_idx]  # [B, k, 2L]
-  coordinate_mask = jnp.repeat(landmark_mask, 2, axis=1)
+  coordinate_mask = jnp.repeat(fit_weights, 2, axis=1)
   targets = shapes.reshape(batch, 2 * num_points) * coordinate_mask
   alpha = _ridge_coefficients(neighbours, coordinate_mask, targets, ridge_lambda)
   fitted = jnp.einsum("bk,bkc->bc", alpha, neighbours).reshape(batch, num_points, 2)
@@ -391,7 +404,7 @@ def _fit_chunk(shapes, reliable, dictionary, k, ridge_lambda):
   return fitted, info
 
 
-def _check_reconstruct_args(shapes, reliable, dictionary, k, replace):
+def _check_reconstruct_args(shapes, reliable, dictionary, k, replace, weights=None):
   """Static checks, so bad input fails with a message instead of a JAX traceback."""
   if shapes.ndim != 3 or shapes.shape[-1] != 2:
     raise ValueError(f"reconstruct: shapes must be [B, L, 2], got {shapes.shape}")
@@ -404,6 +417,8 @@ def _check_reconstruct_args(shapes, reliable, dictionary, k, replace):
       f"reconstruct: reliable must be a bool mask, got {reliable.dtype} "
       "(threshold the scores first)"
     )
+  if weights is not None and weights.shape != reliable.shape:
+    raise ValueError(f"reconstruct: weights must be [B, L] = {reliable.shape}, got {weights.shape}")
   if dictionary.ndim != 3 or dictionary.shape[1:] != shapes.shape[1:]:
     raise ValueError(
       f"reconstruct: dictionary must be [N, {shapes.shape[1]}, 2] like "

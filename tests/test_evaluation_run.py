@@ -21,9 +21,11 @@ from msm_jax.train import run  # noqa: E402
 def _tiny_config():
   config = synthetic_config.get_config()
   config.data.train_size, config.data.validation_size, config.data.test_size = 16, 4, 4
-  config.stages = "all,resnet"
+  config.stages = "all,resnet,joint"
   config.hourglass.batch_size = config.stgan.batch_size = config.resnet.batch_size = 8
+  config.joint.batch_size = 8
   config.hourglass.epochs = config.stgan.epochs = config.resnet.epochs = 1  # 2 steps each
+  config.joint.epochs = 1
   config.resnet.width = 0.0625
   config.hourglass.width, config.hourglass.depth = 8, 2
   config.hourglass.stem_widths = (4, 4, 8)
@@ -44,7 +46,8 @@ def test_train_all_stages_then_evaluate(tmp_path):
     logs
   )
   assert any("[hourglass] step 2 eval nme_inter_ocular" in line for line in logs), logs
-  for stage in ("stgan", "hourglass"):
+  assert any("[joint] step 2 eval nme_inter_ocular" in line for line in logs), logs
+  for stage in ("stgan", "hourglass", "joint"):
     lines = open(os.path.join(workdir, "metrics", f"{stage}.jsonl")).read().splitlines()
     assert all(np.isfinite(v) for line in lines for k, v in json.loads(line).items() if k != "step")
   assert model_io.load_trained(config, workdir).available == {
@@ -52,6 +55,7 @@ def test_train_all_stages_then_evaluate(tmp_path):
     "hourglass",
     "dictionary",
     "resnet",
+    "joint",
   }
 
   # train.py ends with the evaluation (config.evaluate_after_training): its table is logged.
@@ -67,6 +71,8 @@ def test_train_all_stages_then_evaluate(tmp_path):
     "ST-GAN + HG",
     "HG + SR",
     "ST-GAN + HG + SR",
+    "ST-GAN + HG (joint)",
+    "ST-GAN + HG + SR (joint)",
     "Mean shape",
   ):
     assert f'"{method}"' in text, method

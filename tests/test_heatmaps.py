@@ -143,6 +143,52 @@ def test_dark_uses_the_cross_derivative():
   np.testing.assert_allclose(hm.decode_heatmaps(maps, "dark")[0], centres, atol=1e-3)
 
 
+def test_dark_follows_a_shifted_gaussian_to_first_order():
+  """The derivative the differentiable pipeline relies on: moving a Gaussian map's centre by
+  d moves DARK's decoded point by d (the step is exact on log-quadratics), so the gradient
+  of the decoded point along that change of the map values is the identity."""
+  with jax.enable_x64(True):
+    centres = jnp.asarray([[[10.3, 20.7], [33.2, 15.6]]])
+
+    def decoded_from_centres(points):
+      return hm.decode_heatmaps(hm.gaussian_heatmaps(points, SIZE, SIGMA), "dark")
+
+    jacobian = jax.jacfwd(decoded_from_centres)(centres).reshape(4, 4)
+    np.testing.assert_allclose(jacobian, np.eye(4), atol=1e-9)
+
+
+@pytest.mark.parametrize("method, blur", [("dark", None), ("dark", 1.5), ("soft_argmax", None)])
+def test_decoding_gradients_match_finite_differences(method, blur):
+  """Eq. 8 relaxed (the integer peak fixed, the sub-pixel step a smooth function of the map
+  values): check_grads in float64 on noisy Gaussians whose steps stay inside the clip."""
+  from jax.test_util import check_grads
+
+  rng = np.random.default_rng(7)
+  with jax.enable_x64(True):
+    centres = np.array([[[10.3, 20.7], [33.2, 15.6], [21.8, 40.4]]])
+    maps = np.asarray(hm.gaussian_heatmaps(jnp.asarray(centres), SIZE, SIGMA))
+    maps = jnp.asarray(maps + 0.01 * rng.random(maps.shape))
+    decode = lambda values: hm.decode_heatmaps(values, method, blur_sigma=blur)  # noqa: E731
+    # |f| ~ 40 px: float64 rounding ~40 x 2e-16 / 1e-6 = 1e-8, far inside 1e-6.
+    check_grads(decode, (maps,), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-6, rtol=1e-6)
+    tangent = jnp.asarray(rng.normal(size=maps.shape))
+    assert float(jnp.abs(jax.jvp(decode, (maps,), (tangent,))[1]).max()) > 1e-3
+
+
+def test_score_gradients_match_finite_differences():
+  """Eq. 9's scores, normalised by the face's best, as functions of the map values."""
+  from jax.test_util import check_grads
+
+  rng = np.random.default_rng(8)
+  with jax.enable_x64(True):
+    centres = np.array([[[10.3, 20.7], [33.2, 15.6], [21.8, 40.4]]])
+    maps = np.asarray(hm.gaussian_heatmaps(jnp.asarray(centres), SIZE, SIGMA))
+    maps = jnp.asarray(maps * np.array([1.0, 0.6, 0.3]) + 0.01 * rng.random(maps.shape))
+    peaks = hm.heatmap_argmax(maps)
+    scores = lambda values: hm.normalise_scores(hm.landmark_scores(values, peaks, 1))  # noqa: E731
+    check_grads(scores, (maps,), order=1, modes=("fwd", "rev"), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
 def test_decoding_accuracy_on_clean_maps():
   rng = np.random.default_rng(2)
   centres = _random_centres(rng, 4, 64)

@@ -11,6 +11,9 @@ import pytest
 from msm_jax import geometry, heatmaps
 from msm_jax.inference import pipeline
 from msm_jax.landmarks import get_scheme, region_thresholds
+from msm_jax.models.gdnn import GDNN
+from msm_jax.train import stages
+from tests import tiny_models
 
 CROP, MAPS, L = 128, 64, 68
 
@@ -252,7 +255,6 @@ def test_flip_test_makes_the_landmarks_mirror_equivariant():
   # A random hourglass is not mirror-symmetric; averaging its maps with the mirrored crop's
   # (permuted by the scheme) makes the landmarks of a mirrored image the mirrored landmarks.
   from msm_jax.models.hourglass import StackedHourglass
-  from tests import tiny_models
 
   hourglass = StackedHourglass(num_landmarks=L, width=8, depth=2, stem_widths=(4, 4, 8))
   rng = np.random.default_rng(4)
@@ -280,3 +282,143 @@ def test_flip_test_makes_the_landmarks_mirror_equivariant():
 
   assert mirror_error(permutation) < 1e-2  # float32 rounding of the two warps
   assert mirror_error(None) > 0.5  # without the flip test the network's asymmetry shows
+
+
+# --- gradients through the relaxed pipeline (differentiable=True) ------------------------------
+#
+# The checks run in float64: a central difference with step eps carries a rounding error of
+# ~|f| kappa 2e-16 / eps per output (|f| ~ 100 px, kappa ~ 10 the conditioning of the repair's
+# solves: 2e-6 at eps = 1e-8), and a projection on 136 outputs sums ~12 of them: 1e-4 leaves a
+# margin of ~4 while a wrong or missing gradient path is off by O(1). The networks are
+# ReLU/max-pool piecewise-linear maps: eps = 1e-8 keeps the random direction from crossing
+# one of their kinks (a pre-activation within ~1e-7 of zero; expected count ~0.1 here).
+GRADIENT_EPS, GRADIENT_TOLERANCE = 1e-8, 1e-4
+
+
+def _float64(tree):
+  return jax.tree.map(
+    lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+  )
+
+
+def _tiny_networks(dtype):
+  """The tiny GDNN and hourglass of tests/tiny_models.py computing in ``dtype``."""
+  config = tiny_models.tiny_config()
+  config.hourglass.compute_dtype = jnp.dtype(dtype).name
+  generator = GDNN(width=config.stgan.generator_width, dtype=dtype)
+  hourglass = stages.hourglass_module(config)
+  rng = np.random.default_rng(0)
+  generator_variables = tiny_models.random_variables(generator, rng)
+  # A GDNN output near the zoom + shift of the other tests, still depending on the image.
+  generator_variables["params"]["conv11"]["bias"] = jnp.asarray(tiny_models.ZOOM_SHIFT_THETA)
+  generator_variables["params"]["conv11"]["kernel"] *= 0.01
+  variables = {
+    "generator": generator_variables,
+    "hourglass": tiny_models.random_variables(hourglass, rng),
+    "dictionary": jnp.asarray(tiny_models.face_dictionary(rng)),
+    "thresholds": jnp.asarray(region_thresholds(get_scheme("300w"), 0.4, 0.6)),
+  }
+  images = rng.random((1, 150, 140, 3))
+  boxes = np.array([[8.0, 12.0, 136.0, 140.0]])
+  return config, generator, hourglass, variables, images, boxes
+
+
+@pytest.mark.parametrize("wrt", ["generator", "hourglass", "image"])
+def test_relaxed_pipeline_gradients_match_finite_differences(wrt):
+  from jax.test_util import check_grads
+
+  with jax.enable_x64(True):
+    config, generator, hourglass, variables, images, boxes = _tiny_networks(jnp.float64)
+    variables, images, boxes = _float64(variables), jnp.asarray(images), jnp.asarray(boxes)
+    options = pipeline.options_from_config(config, differentiable=True)
+    assert options.use_spatial_transformer and options.use_shape_reconstruction
+    infer = pipeline.make_inference_fn(generator, hourglass, options)
+    weights = np.asarray(infer(variables, images, boxes)["reliability"])
+    # The soft weights are in play: some landmarks between the saturated ends.
+    assert np.any((weights > 1e-3) & (weights < 1 - 1e-3))
+
+    if wrt == "image":
+      final = jax.jit(lambda x: infer(variables, x, boxes)["landmarks"])
+      argument = images
+    else:
+      final = jax.jit(
+        lambda params: infer(
+          {**variables, wrt: {**variables[wrt], "params": params}}, images, boxes
+        )["landmarks"]
+      )
+      argument = variables[wrt]["params"]
+    check_grads(
+      final,
+      (argument,),
+      order=1,
+      modes=("fwd", "rev"),
+      eps=GRADIENT_EPS,
+      atol=GRADIENT_TOLERANCE,
+      rtol=GRADIENT_TOLERANCE,
+    )
+    # Not a vacuous pass: the landmarks do depend on the argument.
+    tangent = jax.tree.map(jnp.ones_like, argument)
+    assert float(jnp.abs(jax.jvp(final, (argument,), (tangent,))[1]).max()) > 1e-3
+
+
+def test_final_landmarks_derivative_wrt_theta_matches_central_differences(setup):
+  """d(final landmarks)/d(theta), theta the GDNN's output, through the warp, the hourglass,
+  the decoder and the mapping back: the whole 136 x 6 Jacobian against central differences."""
+  with jax.enable_x64(True):
+    config, _, hourglass, variables, _, boxes = _tiny_networks(jnp.float64)
+    rows, columns = np.mgrid[0:150, 0:140] / 20.0
+    smooth = np.stack([np.sin(rows), np.cos(columns), np.sin(rows + columns)], -1)
+    images = jnp.asarray(0.5 + 0.4 * smooth[None])
+    variables, boxes = _float64(variables), jnp.asarray(boxes)
+    options = dataclasses.replace(
+      pipeline.options_from_config(config, differentiable=True), use_shape_reconstruction=False
+    )
+    infer = pipeline.make_inference_fn(ShiftGenerator(), hourglass, options)
+
+    @jax.jit
+    def final(theta):
+      generator_variables = {"params": {"theta": theta}}
+      return infer({**variables, "generator": generator_variables}, images, boxes)["landmarks"]
+
+    theta = jnp.array([[0.9, 0.1, 0.05], [-0.1, 0.9, -0.03]], jnp.float64)
+    jacobian = np.asarray(jax.jacfwd(final)(theta))  # [1, L, 2, 2, 3]
+    # A step of 1e-8 moves the samples by < 1e-6 px: ~0.05 of the 2 x 16384 samples cross a
+    # pixel-centre line, where the bilinear weights kink (and the image is smooth, so that a
+    # crossing changes the slope little); rounding: ~100 px x 2e-16 / 1e-8 = 2e-6 px per unit.
+    step = 1e-8
+    for row, column in np.ndindex(2, 3):
+      delta = jnp.zeros_like(theta).at[row, column].set(step)
+      central = (np.asarray(final(theta + delta)) - np.asarray(final(theta - delta))) / (2 * step)
+      np.testing.assert_allclose(jacobian[..., row, column], central, atol=1e-3, rtol=1e-4)
+    # A theta entry moves the landmarks by tens of pixels per unit.
+    assert np.abs(jacobian).max() > 10.0
+
+
+@pytest.mark.parametrize("case", ["all reliable", "none reliable", "no repair"])
+def test_relaxed_pipeline_equals_the_exact_one_where_the_relaxation_is_exact(case):
+  """Every soft weight saturates to exactly 0 or 1 in float32 (scores > 17 temperatures from
+  their thresholds), or the repair is off: the two pipelines give the same landmarks."""
+  config, generator, hourglass, variables, images, boxes = _tiny_networks(jnp.float32)
+  thresholds = {"all reliable": -1.0, "none reliable": 2.0, "no repair": 0.5}[case]
+  variables["thresholds"] = jnp.full((L,), thresholds, jnp.float32)
+  exact = pipeline.options_from_config(config, use_sr=case != "no repair")
+  relaxed = dataclasses.replace(exact, differentiable=True)
+  out_exact = pipeline.make_inference_fn(generator, hourglass, exact)(variables, images, boxes)
+  out_relaxed = pipeline.make_inference_fn(generator, hourglass, relaxed)(variables, images, boxes)
+  # With none reliable the weights are sigmoid(-20) = 2e-9: a blend that moves a ~100 px
+  # landmark by ~2e-7 px; otherwise only float32 rounding of ~100 px coordinates (~1e-5).
+  np.testing.assert_allclose(out_relaxed["landmarks"], out_exact["landmarks"], atol=1e-3)
+  if case == "all reliable":
+    assert np.all(np.asarray(out_relaxed["reliability"]) == 1.0)
+  if case != "no repair":  # the repair really acted (fallback or identity) in both
+    assert bool(np.all(out_exact["reliable"])) == (case == "all reliable")
+
+
+def test_differentiable_needs_a_decoder_with_a_gradient():
+  options = pipeline.PipelineOptions(differentiable=True, decode_method="argmax")
+  with pytest.raises(ValueError, match="decode_method"):
+    pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
+  with pytest.raises(ValueError, match="reliability_temperature"):
+    pipeline.make_inference_fn(
+      ShiftGenerator(), FixedLogits(), pipeline.PipelineOptions(reliability_temperature=0.0)
+    )

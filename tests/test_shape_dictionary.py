@@ -463,3 +463,71 @@ def test_reconstruct_rejects_bad_arguments():
     sd.reconstruct(shapes, reliable, jnp.zeros((10, 98, 2)), k=3)
   with pytest.raises(ValueError, match="reliable must be"):
     sd.reconstruct(shapes, reliable[:, :60], dictionary, k=3)
+
+
+# ---------------------------------------------------------------------------------------
+# The soft-weighted repair of the differentiable pipeline.
+
+
+def test_weighted_reconstruct_matches_sklearn_with_sample_weights(problem):
+  """Neighbours from the hard mask, the ridge fit weighting each coordinate's residual by
+  w^2 (sklearn's sample_weight), the output w * shape + (1 - w) * fit."""
+  shapes, reliable, dictionary = problem
+  faces = slice(3, 8)
+  shapes, reliable = shapes[faces], reliable[faces]
+  weights = np.where(reliable, 0.7, 0.2) + np.random.default_rng(5).uniform(0, 0.1, reliable.shape)
+  with jax.enable_x64(True):
+    final, info = sd.reconstruct(
+      jnp.asarray(shapes),
+      jnp.asarray(reliable),
+      jnp.asarray(dictionary),
+      k=100,
+      weights=jnp.asarray(weights),
+    )
+    final, neighbours = np.asarray(final), np.asarray(info["neighbours"])
+  _, expected_neighbours, _ = reference_reconstruct(shapes, reliable, dictionary, 100)
+  flat_dictionary = dictionary.reshape(len(dictionary), -1)
+  for face in range(len(shapes)):
+    np.testing.assert_array_equal(np.sort(neighbours[face]), np.sort(expected_neighbours[face]))
+    basis = flat_dictionary[expected_neighbours[face]]  # [k, 2L]
+    ridge = Ridge(alpha=60.0, fit_intercept=False, solver="cholesky")
+    ridge.fit(basis.T, shapes[face].reshape(-1), sample_weight=np.repeat(weights[face], 2) ** 2)
+    fitted = (ridge.coef_ @ basis).reshape(-1, 2)
+    expected = weights[face, :, None] * shapes[face] + (1 - weights[face, :, None]) * fitted
+    np.testing.assert_allclose(final[face], expected, atol=1e-9 * FRAME, rtol=0)
+
+
+def test_weighted_reconstruct_with_the_mask_as_weights_is_the_exact_repair(problem):
+  shapes, reliable, dictionary = problem
+  arguments = (jnp.asarray(shapes, jnp.float32), jnp.asarray(reliable), jnp.asarray(dictionary))
+  exact, _ = sd.reconstruct(*arguments, k=100)
+  weighted, _ = sd.reconstruct(*arguments, k=100, weights=jnp.asarray(reliable, jnp.float32))
+  # The same float32 operations on the same values; only the blend's arithmetic differs.
+  np.testing.assert_allclose(weighted, exact, atol=1e-6 * FRAME, rtol=0)
+
+
+def test_weighted_reconstruct_gradients_match_finite_differences(problem):
+  from jax.test_util import check_grads
+
+  shapes, reliable, dictionary = problem
+  shapes, reliable = shapes[3:5], reliable[3:5]
+  weights = np.where(reliable, 0.8, 0.3)
+  with jax.enable_x64(True):
+
+    def repaired(points, soft):
+      final, _ = sd.reconstruct(
+        points, jnp.asarray(reliable), jnp.asarray(dictionary), k=100, weights=soft
+      )
+      return final
+
+    # float64 central differences (eps 1e-6, |f| ~ 100 px: rounding ~1e-8) of a smooth map:
+    # the neighbour set does not change under so small a step.
+    check_grads(
+      repaired,
+      (jnp.asarray(shapes), jnp.asarray(weights)),
+      order=1,
+      modes=("fwd", "rev"),
+      eps=1e-6,
+      atol=1e-5,
+      rtol=1e-5,
+    )

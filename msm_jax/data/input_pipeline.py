@@ -264,6 +264,9 @@ class StganTrainTransform(grain.transforms.RandomMap):
       "fake": pair["fake"],
       "real": pair["real"],
       "theta": pair["theta"],
+      # For the joint stage (the ST-GAN ignores them): I_fake's landmarks, crop pixels.
+      "landmarks": pair["fake_landmarks"],
+      "visible": augment.inside_crop(pair["fake_landmarks"], self.options.crop_size),
       "index": np.int32(example["index"]),
     }
 
@@ -421,10 +424,12 @@ def stgan_train_dataset(
   worker_count: int | None = None,
   shard_index: int = 0,
   shard_count: int = 1,
+  batch_size: int | None = None,
 ) -> grain.IterDataset:
-  """(I_fake, I_real, theta*) batches for the ST-GAN (Sec. III-A, IV-C, Algorithm 1).
+  """(I_fake, I_real, theta*) batches for the ST-GAN (Sec. III-A, IV-C, Algorithm 1), with
+  I_fake's landmarks and their visibility (the joint stage's targets).
 
-  Arguments as :func:`hourglass_train_dataset`; the batch size is
+  Arguments as :func:`hourglass_train_dataset`; the batch size defaults to
   ``config.stgan.batch_size`` and I_fake is cropped from the source's box.
   """
   transform = StganTrainTransform(
@@ -434,7 +439,7 @@ def stgan_train_dataset(
   return _training_dataset(
     source,
     transform,
-    batch_size=int(config.stgan.batch_size),
+    batch_size=int(config.stgan.batch_size if batch_size is None else batch_size),
     seed=config.seed if seed is None else seed,
     num_epochs=num_epochs,
     worker_count=config.data.worker_count if worker_count is None else worker_count,

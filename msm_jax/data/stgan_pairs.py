@@ -269,6 +269,8 @@ def make_stgan_pair(
       fake: [S, S, 3] uint8, I_fake;
       real: [S, S, 3] uint8, I_real;
       theta: [2, 3] float32, theta* (I_real frame -> I_fake frame, normalised);
+      fake_landmarks: [L, 2] float32, the landmarks in I_fake pixels (the joint stage's
+        targets; left/right renamed when flipped);
       fake_matrix, real_matrix: [3, 3] float32, image -> I_fake / I_real pixels.
   """
   size = options.crop_size
@@ -284,7 +286,9 @@ def make_stgan_pair(
   perturbation = augment.random_augmentation_matrix(
     rng, size, options.perturb_rotation_degrees, options.perturb_scale, options.perturb_translation
   )
-  fake_matrix = perturbation @ augment.face_crop_matrix(box, size, options.box_margin) @ source
+  fake_from_source = perturbation @ augment.face_crop_matrix(box, size, options.box_margin)
+  fake_matrix = fake_from_source @ source
+  fake_landmarks = geometry.apply_affine(landmarks, fake_from_source)
   real_matrix = canonical_matrix(landmarks, anchors, options.template, size) @ source
   fake = augment.warp_image(image, fake_matrix, size)
   real = augment.warp_image(image, real_matrix, size)
@@ -296,6 +300,7 @@ def make_stgan_pair(
     "fake": fake,
     "real": real,
     "theta": stn_theta(fake_matrix, real_matrix, size),
+    "fake_landmarks": fake_landmarks.astype(np.float32),
     "fake_matrix": fake_matrix.astype(np.float32),
     "real_matrix": real_matrix.astype(np.float32),
   }

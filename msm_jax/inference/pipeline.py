@@ -31,6 +31,24 @@ Canonical frame for the shape repair: the dictionary shapes were aligned by thei
 (Sec. IV-C). At test time the eyes may be the occluded part, so instead of the predicted
 pupils we fit a similarity from the *reliable* predicted landmarks to the dictionary's mean
 shape (weights = reliability); with fewer than two reliable landmarks every landmark is used.
+
+Gradients (`differentiable=True`): the final landmarks become a smooth function (almost
+everywhere) of the GDNN and landmark-network variables and of a float image. Algorithm 2's
+discrete steps are relaxed as follows, everything else is already differentiable:
+* Eq. 8: the integer peak (argmax) is fixed; the DARK Taylor step around it
+  (`decode_method="dark"`, or "soft_argmax") is a smooth function of the map values, and for
+  a Gaussian-shaped map shifted by a fraction of a pixel the step follows the shift, so the
+  decoded landmark follows the image as the exact decoder does. The peak's jumps carry no
+  gradient.
+* Algorithm 2 lines 7-8: the reliability mask becomes the weight
+  w = sigmoid((score - threshold) / reliability_temperature). The repair's similarity fit
+  weights each landmark by w, the ridge fit of Eq. 11 weights each coordinate's residual by
+  w^2, and the output is w * hourglass landmark + (1 - w) * reconstruction.
+* Eq. 11's neighbour search (top_k on the hard mask) selects dictionary rows without a
+  gradient; the gradient flows through the ridge fit on the selected rows.
+The forward values differ from the exact pipeline only through the soft weights: where every
+w is 0 or 1 in float32 (scores further than ~17 temperatures from their threshold) both give
+the same landmarks, and with the repair off they are identical.
 """
 
 import dataclasses
@@ -70,10 +88,21 @@ class PipelineOptions:
   flip_test: tuple | None = None
   box_margin: float = 1.25  # the training crop: landmark box x this, squared
   upright_recrop: bool = True  # re-crop turned by the face's roll (needs the dictionary)
+  # Smooth relaxations of Algorithm 2 for jax.grad (module docstring), and the width of the
+  # soft reliability weight in normalised-score units.
+  differentiable: bool = False
+  reliability_temperature: float = 0.05
+
+
+DIFFERENTIABLE_DECODERS = ("dark", "soft_argmax")  # a gradient w.r.t. the map values
 
 
 def options_from_config(
-  config, use_st: bool = True, use_sr: bool = True, landmark_stage: str = "hourglass"
+  config,
+  use_st: bool = True,
+  use_sr: bool = True,
+  landmark_stage: str = "hourglass",
+  differentiable: bool = False,
 ) -> PipelineOptions:
   """The pipeline options a trained config implies: crop and map sizes, decoding (maps are
   logits when the heatmap loss says so), Eq. 9's radius, the repair's k and lambda, the
@@ -103,6 +132,8 @@ def options_from_config(
     else None,
     upright_recrop=bool(inference.get("upright_recrop", True)),
     box_margin=float(config.data.box_margin),
+    differentiable=differentiable,
+    reliability_temperature=float(config.shape.get("reliability_temperature", 0.05)),
   )
 
 
@@ -112,16 +143,27 @@ class TrainedModel:
 
   generator: the GDNN module; networks: {stage name: landmark network module} ("hourglass",
   and "resnet" when the baseline was trained); variables: {"generator", one entry per
-  network's stage, "dictionary" [N, L, 2], "thresholds" [L]}; available: the stages found.
+  network's stage, "dictionary" [N, L, 2], "thresholds" [L]}; available: the stages found;
+  variants: {stage name: {model: variables}} of stages that fine-tune the others' networks
+  (the joint stage: "generator" and "hourglass").
   """
 
   generator: Any
   networks: dict
   variables: dict
   available: frozenset
+  variants: dict = dataclasses.field(default_factory=dict)
 
   def inference_fn(self, options: PipelineOptions) -> Callable:
     return make_inference_fn(self.generator, self.networks[options.landmark_stage], options)
+
+  def variant(self, name: str) -> "TrainedModel":
+    """This model with the networks of variant ``name`` (e.g. "joint") in place."""
+    if name not in self.variants:
+      raise KeyError(f"no trained variant {name!r}; trained: {sorted(self.variants) or 'none'}")
+    return dataclasses.replace(
+      self, variables={**self.variables, **self.variants[name]}, variants={}
+    )
 
 
 def pad_images(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -156,67 +198,100 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
   boxes: [B, 4] face boxes x0, y0, x1, y1 in image pixels (square them beforehand).
   Returns: landmarks [B, L, 2] in image pixels (final), hourglass_landmarks [B, L, 2]
     (before the shape repair), scores [B, L] (normalised Eq. 9), reliable [B, L] bool,
-    theta [B, 2, 3] (GDNN output, identity when ST is off), canonical_faces [B, S, S, 3],
-    canonical_landmarks [B, L, 2] (the hourglass's, canonical-crop pixels) and
-    canonical_to_image [B, 3, 3].
+    reliability [B, L] (the repair's weights: the mask as 0/1, or its soft relaxation when
+    `options.differentiable`), theta [B, 2, 3] (GDNN output, identity when ST is off),
+    canonical_faces [B, S, S, 3], canonical_landmarks [B, L, 2] (the hourglass's,
+    canonical-crop pixels) and canonical_to_image [B, 3, 3].
+  With `options.differentiable`, `jax.grad` of a function of the outputs flows to the
+  variables and to float images (module docstring).
   """
+  check_options(options)
   size = options.crop_size
+
+  def infer(variables, images, boxes):
+    if images.dtype == jnp.uint8:
+      images = images.astype(jnp.float32) / 255.0
+    crop_to_image = geometry.invert_affine(geometry.crop_matrix(boxes.astype(jnp.float32), size))
+    outputs, _ = run_pass(generator, landmark_model, options, variables, images, crop_to_image)
+    for _ in range(options.recrop_passes):
+      crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"], options)
+      outputs, _ = run_pass(generator, landmark_model, options, variables, images, crop_to_image)
+    return outputs
+
+  return jax.jit(infer)
+
+
+def check_options(options: PipelineOptions) -> None:
+  """Options that cannot work fail here with their name, before anything is traced."""
   if options.recrop_passes < 0:
     raise ValueError(f"recrop_passes must be >= 0, got {options.recrop_passes}")
   if options.landmark_output not in ("heatmaps", "coordinates"):
     raise ValueError(
       f"landmark_output must be heatmaps or coordinates: {options.landmark_output!r}"
     )
+  if options.differentiable and options.decode_method not in DIFFERENTIABLE_DECODERS:
+    raise ValueError(
+      f"differentiable=True needs a decode_method with a gradient "
+      f"{DIFFERENTIABLE_DECODERS}, got {options.decode_method!r}"
+    )
+  if options.reliability_temperature <= 0:
+    raise ValueError(f"reliability_temperature must be > 0, got {options.reliability_temperature}")
 
-  def one_pass(variables, images, crop_to_image):
-    image_hw = images.shape[1:3]
-    crop_theta = geometry.pixel_matrix_to_theta(crop_to_image, image_hw, (size, size))
-    crops = sampler.warp(images, crop_theta, (size, size))
-    if options.use_spatial_transformer:
-      st_theta = generator.apply(variables["generator"], crops, train=False)
-    else:
-      st_theta = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), crop_theta.shape)
-    # canonical normalised -> crop normalised (GDNN) -> image normalised (crop).
-    total_theta = (_normalised_homogeneous(crop_theta) @ _normalised_homogeneous(st_theta))[:, :2]
-    canonical = sampler.warp(images, total_theta, (size, size))
 
-    if options.landmark_output == "coordinates":
-      normalised = landmark_model.apply(variables[options.landmark_stage], canonical, train=False)
-      points = normalised_to_crop(normalised, size)
-      scores = jnp.ones(points.shape[:2], jnp.float32)
-      reliable = jnp.ones(points.shape[:2], bool)
-    else:
-      points, scores, reliable = _heatmap_landmarks(landmark_model, variables, canonical, options)
+def run_pass(generator, landmark_model, options: PipelineOptions, variables, images, crop_to_image):
+  """One pass of Algorithm 2 on float images [B, H, W, 3] from crops given by their crop ->
+  image pixel matrices [B, 3, 3]: (outputs as `make_inference_fn`'s, the landmark network's
+  raw output: the stacked maps [S, B, h, w, L] or normalised coordinates). Not jitted: the
+  joint training stage differentiates it inside its own step."""
+  size = options.crop_size
+  image_hw = images.shape[1:3]
+  crop_theta = geometry.pixel_matrix_to_theta(crop_to_image, image_hw, (size, size))
+  crops = sampler.warp(images, crop_theta, (size, size))
+  if options.use_spatial_transformer:
+    st_theta = generator.apply(variables["generator"], crops, train=False)
+  else:
+    st_theta = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), crop_theta.shape)
+  # canonical normalised -> crop normalised (GDNN) -> image normalised (crop).
+  total_theta = (_normalised_homogeneous(crop_theta) @ _normalised_homogeneous(st_theta))[:, :2]
+  canonical = sampler.warp(images, total_theta, (size, size))
 
-    final = points
-    if options.use_shape_reconstruction and options.landmark_output == "heatmaps":
-      final = repair_shapes(points, reliable, variables["dictionary"], options)
+  raw = landmark_model.apply(variables[options.landmark_stage], canonical, train=False)
+  if options.landmark_output == "coordinates":
+    points = normalised_to_crop(raw, size)
+    scores = jnp.ones(points.shape[:2], jnp.float32)
+    reliable = jnp.ones(points.shape[:2], bool)
+    weights = reliable.astype(jnp.float32)
+  else:
+    maps, points = hourglass_points(
+      landmark_model, variables[options.landmark_stage], canonical, options, stacks=raw
+    )
+    scores, reliable, weights = reliability(maps, variables["thresholds"], options)
 
-    to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
-    return {
-      "landmarks": geometry.apply_affine(final, to_image),
-      "hourglass_landmarks": geometry.apply_affine(points, to_image),
-      "scores": scores,
-      "reliable": reliable,
-      "theta": st_theta,
-      "canonical_faces": canonical,
-      # The hourglass landmarks in the canonical crop and that crop's pixels -> image pixels:
-      # enough to rerun the repair alone (Table IX's threshold sweep).
-      "canonical_landmarks": points,
-      "canonical_to_image": to_image,
-    }
+  final = points
+  if options.use_shape_reconstruction and options.landmark_output == "heatmaps":
+    final = repair_shapes(
+      points,
+      reliable,
+      variables["dictionary"],
+      options,
+      weights=weights if options.differentiable else None,
+    )
 
-  def infer(variables, images, boxes):
-    if images.dtype == jnp.uint8:
-      images = images.astype(jnp.float32) / 255.0
-    crop_to_image = geometry.invert_affine(geometry.crop_matrix(boxes.astype(jnp.float32), size))
-    outputs = one_pass(variables, images, crop_to_image)
-    for _ in range(options.recrop_passes):
-      crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"], options)
-      outputs = one_pass(variables, images, crop_to_image)
-    return outputs
-
-  return jax.jit(infer)
+  to_image = geometry.theta_to_pixel_matrix(total_theta, image_hw, (size, size))
+  outputs = {
+    "landmarks": geometry.apply_affine(final, to_image),
+    "hourglass_landmarks": geometry.apply_affine(points, to_image),
+    "scores": scores,
+    "reliable": reliable,
+    "reliability": weights,
+    "theta": st_theta,
+    "canonical_faces": canonical,
+    # The hourglass landmarks in the canonical crop and that crop's pixels -> image pixels:
+    # enough to rerun the repair alone (Table IX's threshold sweep).
+    "canonical_landmarks": points,
+    "canonical_to_image": to_image,
+  }
+  return outputs, raw
 
 
 def landmark_crop_to_image(
@@ -254,19 +329,22 @@ def normalised_to_crop(normalised: jax.Array, crop_size: int) -> jax.Array:
   return ((normalised + 1.0) * crop_size - 1.0) / 2.0
 
 
-def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOptions):
+def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOptions, stacks=None):
   """The last stack's maps (probabilities) and their decoded landmarks in crop pixels; with
-  `flip_test`, the maps averaged with those of the mirrored crop, mirrored back."""
+  `flip_test`, the maps averaged with those of the mirrored crop, mirrored back. ``stacks``:
+  the network's output on ``crops`` when the caller already has it."""
 
-  def probabilities(images):
-    maps = hourglass.apply(hourglass_variables, images, train=False)[-1]
+  def probabilities(maps):
     return heatmap_lib.spatial_softmax(maps) if options.heatmaps_are_logits else maps
 
-  maps = probabilities(crops)
+  if stacks is None:
+    stacks = hourglass.apply(hourglass_variables, crops, train=False)
+  maps = probabilities(stacks[-1])
   if options.flip_test is not None:
     # Channel i of the mirrored crop's maps is landmark flip_test[i] mirrored (the scheme's
     # left/right permutation, an involution); mirrored crop pixel S-1-x is map pixel h-1-x_h.
-    mirrored = probabilities(crops[:, :, ::-1])[:, :, ::-1][..., jnp.asarray(options.flip_test)]
+    mirrored_stacks = hourglass.apply(hourglass_variables, crops[:, :, ::-1], train=False)
+    mirrored = probabilities(mirrored_stacks[-1])[:, :, ::-1][..., jnp.asarray(options.flip_test)]
     maps = (maps + mirrored) / 2
   decoded = heatmap_lib.decode_heatmaps(
     maps, options.decode_method, blur_sigma=options.decode_blur_sigma
@@ -274,25 +352,32 @@ def hourglass_points(hourglass, hourglass_variables, crops, options: PipelineOpt
   return maps, heatmap_lib.heatmap_to_crop(decoded, options.crop_size, options.heatmap_size)
 
 
-def _heatmap_landmarks(hourglass, variables, canonical, options: PipelineOptions):
-  """Hourglass -> (crop-pixel landmarks, normalised Eq. 9 scores, reliability mask)."""
-  maps, points = hourglass_points(hourglass, variables[options.landmark_stage], canonical, options)
+def reliability(maps, thresholds, options: PipelineOptions):
+  """Eq. 9's normalised scores [B, L], the reliability mask [B, L] (lines 7-8) and the
+  repair's weights: the mask as 0/1, or w = sigmoid((score - K) / temperature) when
+  `options.differentiable`."""
   peaks = heatmap_lib.heatmap_argmax(maps)
   scores = heatmap_lib.normalise_scores(
     heatmap_lib.landmark_scores(maps, peaks, options.score_radius)
   )
-  return points, scores, heatmap_lib.reliable_mask(scores, variables["thresholds"])
+  reliable = heatmap_lib.reliable_mask(scores, thresholds)
+  if options.differentiable:
+    weights = jax.nn.sigmoid((scores - thresholds) / options.reliability_temperature)
+  else:
+    weights = reliable.astype(jnp.float32)
+  return scores, reliable, weights
 
 
-def repair_shapes(points, reliable, dictionary, options: PipelineOptions):
+def repair_shapes(points, reliable, dictionary, options: PipelineOptions, weights=None):
   """Sec. III-C in the dictionary's frame: align, reconstruct, align back. points [B, L, 2]
-  in any frame (the alignment is a similarity fit), reliable [B, L] bool."""
+  in any frame (the alignment is a similarity fit), reliable [B, L] bool; weights [B, L]:
+  soft reliability for the relaxed repair (module docstring), None for the exact one."""
   mean_shape = jnp.mean(dictionary, axis=0)  # [L, 2]
-  weights = reliable.astype(jnp.float32)
-  enough = jnp.sum(weights, axis=-1, keepdims=True) >= 2
-  weights = jnp.where(enough, weights, 1.0)
+  fit_weights = reliable.astype(jnp.float32) if weights is None else weights
+  enough = jnp.sum(fit_weights, axis=-1, keepdims=True) >= 2
+  fit_weights = jnp.where(enough, fit_weights, 1.0)
   to_canonical = geometry.estimate_similarity(
-    points, jnp.broadcast_to(mean_shape, points.shape), weights
+    points, jnp.broadcast_to(mean_shape, points.shape), fit_weights
   )  # [B, 3, 3]
   canonical_points = geometry.apply_affine(points, to_canonical)
   repaired, _ = shape_dictionary.reconstruct(
@@ -302,5 +387,6 @@ def repair_shapes(points, reliable, dictionary, options: PipelineOptions):
     k=options.num_neighbours,
     ridge_lambda=options.ridge_lambda,
     replace=options.replace,
+    weights=weights,
   )
   return geometry.apply_affine(repaired, geometry.invert_affine(to_canonical))

@@ -81,4 +81,5 @@ class GDNN(nn.Module):
       dtype=self.dtype,
       name="conv11",
     )(x)
-    return theta.reshape(images.shape[0], 2, 3).astype(jnp.float32)
+    # float32 for a bfloat16 compute, float64 for a float64 one (gradient checks).
+    return theta.reshape(images.shape[0], 2, 3).astype(jnp.promote_types(self.dtype, jnp.float32))

@@ -111,7 +111,8 @@ class StackedHourglass(nn.Module):
   ``images [B, H, W, C] float32`` (H, W divisible by ``2 ** (depth + 1)``; 128x128x3 in
   the paper) -> heatmaps ``[num_stacks, B, H/2, W/2, num_landmarks] float32``, one set
   per stack (all are supervised; the last is the prediction). Compute runs in ``dtype``
-  (e.g. bfloat16); parameters are float32 and the heatmaps are returned as float32.
+  (e.g. bfloat16); parameters are float32 and the heatmaps are returned as float32 (float64
+  when the compute dtype is float64).
 
   Attributes:
     num_landmarks: L, heatmaps per stack (68 for 300-W, 98 WFLW, 29 COFW).
@@ -157,7 +158,7 @@ class StackedHourglass(nn.Module):
       )
       y = _pre_activation(y, train, self.dtype)
       stack_heatmaps = Conv1x1(self.num_landmarks, dtype=self.dtype, name=f"heatmaps{stack}")(y)
-      heatmaps.append(stack_heatmaps.astype(jnp.float32))
+      heatmaps.append(stack_heatmaps.astype(jnp.promote_types(self.dtype, jnp.float32)))
       if stack < self.num_stacks - 1:
         x = (
           x

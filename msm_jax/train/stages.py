@@ -57,8 +57,11 @@ class Stage:
   step(config, setup, mesh) -> the jitted update (TrainState, batch) -> (TrainState, metrics).
   validation(config, setup) -> fn(state, source) -> {name: scalar}, or None.
   data(source, host_config, shard_index=, shard_count=) -> its Grain training dataset.
-  prepare(config, log) -> config: fixes config values computed from data before training.
+  prepare(config, workdir, log) -> config: fixes config values computed from data (or the
+    workdir) before training.
   in_all: trained by `config.stages = "all"` (the paper's three).
+  variant: its served models replace the other stages' ones in a variant of the trained
+    model (`TrainedModel.variant(name)`) instead of being the model's own (joint fine-tuning).
   run(config, workdir, log): a stage without update steps (then the builders are unused).
   check(config): raises a ValueError naming the config field when the stage cannot run to
     its end with this config; `train.py` checks every chosen stage before training any.
@@ -72,15 +75,16 @@ class Stage:
   step: Callable | None = None
   validation: Callable | None = None
   data: Callable | None = None
-  prepare: Callable = lambda config, log: config
+  prepare: Callable = lambda config, workdir, log: config
   in_all: bool = True
+  variant: bool = False
   run: Callable | None = None
   check: Callable = lambda config: None
 
   def train(self, config, workdir: str, mesh, log=print):
     if self.run is not None:
       return self.run(config, workdir, log)
-    return _train_steps(self, self.prepare(config, log), workdir, mesh, log)
+    return _train_steps(self, self.prepare(config, workdir, log), workdir, mesh, log)
 
 
 STAGES: dict[str, Stage] = {}
@@ -441,7 +445,7 @@ register(
     step=stgan_step,
     validation=template_distance,
     data=input_pipeline.stgan_train_dataset,
-    prepare=resolve_stgan_template,
+    prepare=lambda config, workdir, log: resolve_stgan_template(config, log),
   )
 )
 register(landmark_stage("hourglass"))
@@ -459,3 +463,147 @@ def check_dictionary(config) -> None:
 
 register(Stage(name="dictionary", section="shape", run=build_dictionary, check=check_dictionary))
 register(landmark_stage("resnet", in_all=False))  # the ablation baseline, on request
+
+
+# --- joint fine-tuning of the GDNN and the hourglass ---------------------------------------------
+
+
+def joint_setup(config, steps_per_epoch: int) -> Setup:
+  """The GDNN and the hourglass, each with its own Adam (``config.joint``), started from the
+  trained ``stgan`` and ``hourglass`` checkpoints of the workdir ``joint.init_from``."""
+  generator, hourglass = models.generator(config), hourglass_module(config)
+  g_optimizer = _optimizer(config, "joint", steps_per_epoch)
+  h_optimizer = _optimizer(config, "joint", steps_per_epoch)
+  g_rng, h_rng = jax.random.split(jax.random.key(config.seed))
+  example = _example_images(config)
+  g_state = init_model_state(generator, g_optimizer, g_rng, example)
+  h_state = init_model_state(hourglass, h_optimizer, h_rng, example)
+  if config.joint.init_from:
+    trained = _trained_generator_and_hourglass(config, config.joint.init_from)
+    g_state = _with_variables(g_state, g_optimizer, trained["generator"])
+    h_state = _with_variables(h_state, h_optimizer, trained["hourglass"])
+  state = new_train_state(config.seed, {"generator": g_state, "hourglass": h_state})
+  modules = {"generator": generator, "hourglass": hourglass}
+  return Setup(modules, {"generator": g_optimizer, "hourglass": h_optimizer}, state)
+
+
+def _trained_generator_and_hourglass(config, workdir: str) -> dict:
+  from msm_jax import model_io  # reads this registry
+
+  trained = model_io.load_trained(config, workdir)
+  if "stgan" not in trained.available:
+    raise model_io.MissingStageError(
+      f"the joint stage starts from a trained ST-GAN: no checkpoint in "
+      f"{workdir}/checkpoints/stgan (train stages 'stgan,hourglass' first)"
+    )
+  return trained.variables
+
+
+def _with_variables(model_state, optimizer, variables):
+  return model_state.replace(
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=optimizer.init(variables["params"]),
+  )
+
+
+def prepare_joint(config, workdir: str, log):
+  """The ST template (the crops' theta* as the ST-GAN's), and the workdir to start from."""
+  config = resolve_stgan_template(config, log)
+  if not config.joint.init_from:
+    config.joint.init_from = os.path.abspath(workdir)
+  return config
+
+
+def joint_options(config, differentiable: bool) -> pipeline.PipelineOptions:
+  """ST + HG, one pass, no flip, no repair: what the joint stage trains and validates."""
+  options = pipeline.options_from_config(config, True, False, differentiable=differentiable)
+  return dataclasses.replace(options, recrop_passes=0, flip_test=None)
+
+
+def joint_step(config, setup: Setup, mesh):
+  scheme = landmarks.get_scheme(config.data.scheme)
+  return steps.make_joint_step(
+    setup.modules["generator"],
+    setup.modules["hourglass"],
+    setup.optimizers["generator"],
+    setup.optimizers["hourglass"],
+    options=joint_options(config, differentiable=True),
+    thresholds=jnp.asarray(
+      landmarks.region_thresholds(
+        scheme, config.shape.contour_threshold, config.shape.feature_threshold
+      )
+    ),
+    loss_name=config.hourglass.loss,
+    sigma=config.hourglass.sigma,
+    landmark_weight=config.joint.landmark_weight,
+    theta_weight=config.joint.theta_weight,
+    theta_loss_units=config.stgan.theta_loss_units,
+    mesh=mesh,
+  )
+
+
+def joint_validation(config, setup: Setup):
+  """fn(state, source) -> {"nme_inter_ocular": ST + HG NME (%) on the records' own boxes}: the
+  exact pipeline (no repair) on the crops a detector's box gives."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  infer = pipeline.make_inference_fn(
+    setup.modules["generator"], setup.modules["hourglass"], joint_options(config, False)
+  )
+  size = config.data.crop_size
+  whole_crop = np.array([-0.5, -0.5, size - 0.5, size - 0.5], np.float32)
+  thresholds = jnp.asarray(
+    landmarks.region_thresholds(
+      scheme, config.shape.contour_threshold, config.shape.feature_threshold
+    )
+  )
+
+  def evaluate(state, source):
+    variables = {
+      "generator": state.models["generator"].variables,
+      "hourglass": state.models["hourglass"].variables,
+      "thresholds": thresholds,
+      "dictionary": jnp.zeros((1, scheme.num_points, 2), jnp.float32),
+    }
+    nmes = []
+    for batch in input_pipeline.eval_dataset(
+      source, config, batch_size=config.eval.batch_size, crop_box="record", worker_count=0
+    ):
+      boxes = np.broadcast_to(whole_crop, (len(batch["images"]), 4))
+      pred = np.asarray(infer(variables, batch["images"], boxes)["landmarks"])
+      nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
+    return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
+
+  return evaluate
+
+
+def joint_train_dataset(source, config, **kwargs):
+  return input_pipeline.stgan_train_dataset(
+    source, config, batch_size=config.joint.batch_size, **kwargs
+  )
+
+
+def check_joint(config) -> None:
+  if models.architecture(config, "hourglass").output != "heatmaps":
+    raise ValueError(
+      f"config hourglass.architecture={models.architecture_name(config, 'hourglass')!r}: the "
+      "joint stage fine-tunes a heatmap network through the pipeline's decoder"
+    )
+
+
+register(
+  Stage(
+    name="joint",
+    section="joint",
+    models=("generator", "hourglass"),
+    serves=("generator", "hourglass"),
+    setup=joint_setup,
+    step=joint_step,
+    validation=joint_validation,
+    data=joint_train_dataset,
+    prepare=prepare_joint,
+    in_all=False,
+    variant=True,
+    check=check_joint,
+  )
+)

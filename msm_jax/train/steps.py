@@ -9,6 +9,9 @@ them one step late so the host never waits on the device.
 Hourglass (Sec. III-B): Gaussian targets are rendered inside the step from the landmarks, so
 the host ships only uint8 images and coordinates.
 
+Joint fine-tuning (not in the paper): the GDNN and the hourglass together, through the
+relaxed inference pipeline, on detector-like crops (`make_joint_step`).
+
 ST-GAN (Algorithm 1), all four sub-steps inside one compiled update:
   1. G step on L_G (Eq. 5);
   2. D step on real canonical faces (first term of Eq. 3), masked to the part of the face the
@@ -31,8 +34,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from msm_jax import geometry
 from msm_jax import heatmaps as heatmap_lib
 from msm_jax import sampler
+from msm_jax.inference import pipeline
 from msm_jax.train import losses
 from msm_jax.train import parallel
 from msm_jax.train.state import ModelState, TrainState, apply_gradients
@@ -234,6 +239,92 @@ def make_stgan_step(
       "theta_error": losses.theta_loss(jax.lax.stop_gradient(theta), target_theta),
     }
     models = {"generator": g_state, "discriminator": d_state}
+    return state.replace(step=state.step + 1, models=models), metrics
+
+  return _jit_step(step, mesh)
+
+
+def make_joint_step(
+  generator,
+  hourglass,
+  g_optimizer,
+  h_optimizer,
+  *,
+  options,
+  thresholds: jax.Array,
+  loss_name: str,
+  sigma: float,
+  landmark_weight: float,
+  theta_weight: float,
+  theta_loss_units: str,
+  mesh,
+) -> Callable:
+  """The joint fine-tuning update of the GDNN and the hourglass through the relaxed pipeline.
+
+  batch: as the ST-GAN's (fake uint8 [B, S, S, 3] detector-like crops, theta [B, 2, 3]) plus
+  landmarks [B, L, 2] in fake-crop pixels and visible [B, L] bool.
+
+  The loss is computed on `pipeline.run_pass` itself (options.differentiable), the function
+  inference runs: the crop -> GDNN theta -> canonical face -> hourglass -> decoded landmarks ->
+  crop pixels. Three terms:
+    heatmap loss of the hourglass on the canonical face, the targets being the landmarks
+      mapped into it (held fixed: this term keeps the maps maps, it does not steer theta);
+    landmark_weight x mean distance (crop pixels) of the final landmarks to the truth;
+    theta_weight x ||theta - theta*|| (Eq. 5's supervised term) in `theta_loss_units`, which
+      keeps the canonical face near the template the hourglass was trained on.
+  BatchNorm runs in inference mode (its statistics stay those of the independent stages):
+  the networks are fine-tuned exactly as the pipeline uses them, and batches of a few faces
+  would give noisy statistics.
+  """
+  loss_fn = losses.heatmap_loss(loss_name).fn
+  theta_scale = theta_loss_scale(theta_loss_units, options.crop_size)
+  size, heatmap_size = options.crop_size, options.heatmap_size
+  whole_crop = jnp.array([-0.5, -0.5, size - 0.5, size - 0.5], jnp.float32)
+
+  def objective(params, state: TrainState, crops, batch):
+    g_state, h_state = state.models["generator"], state.models["hourglass"]
+    variables = {
+      "generator": {**g_state.variables, "params": params["generator"]},
+      "hourglass": {**h_state.variables, "params": params["hourglass"]},
+      "thresholds": thresholds,
+    }
+    crop_to_image = geometry.invert_affine(
+      geometry.crop_matrix(jnp.broadcast_to(whole_crop, (crops.shape[0], 4)), size)
+    )
+    outputs, stacks = pipeline.run_pass(
+      generator, hourglass, options, variables, crops, crop_to_image
+    )
+    to_canonical = jax.lax.stop_gradient(geometry.invert_affine(outputs["canonical_to_image"]))
+    canonical_points = geometry.apply_affine(batch["landmarks"], to_canonical)
+    inside = jnp.all((canonical_points >= -0.5) & (canonical_points <= size - 0.5), axis=-1)
+    visible = batch["visible"] & inside
+    targets = heatmap_lib.gaussian_heatmaps(
+      heatmap_lib.crop_to_heatmap(canonical_points, size, heatmap_size),
+      (heatmap_size, heatmap_size),
+      sigma,
+    )
+    heatmap_loss = loss_fn(stacks, targets, visible)
+    distances = jnp.linalg.norm(outputs["landmarks"] - batch["landmarks"], axis=-1)
+    weights = batch["visible"].astype(jnp.float32)
+    landmark_error = jnp.sum(distances * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    theta_error = losses.theta_loss(outputs["theta"], batch["theta"])
+    theta_term = theta_weight * theta_scale * theta_error
+    loss = heatmap_loss + landmark_weight * landmark_error + theta_term
+    return loss, {
+      "heatmap_loss": heatmap_loss,
+      "landmark_error_px": landmark_error,
+      "theta_error": theta_error,
+    }
+
+  def step(state: TrainState, batch: dict):
+    crops = images_to_float(batch["fake"])
+    params = {name: state.models[name].params for name in ("generator", "hourglass")}
+    (loss, parts), grads = jax.value_and_grad(objective, has_aux=True)(params, state, crops, batch)
+    models = {
+      "generator": apply_gradients(state.models["generator"], grads["generator"], g_optimizer),
+      "hourglass": apply_gradients(state.models["hourglass"], grads["hourglass"], h_optimizer),
+    }
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
     return state.replace(step=state.step + 1, models=models), metrics
 
   return _jit_step(step, mesh)
