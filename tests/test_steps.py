@@ -262,3 +262,91 @@ def test_theta_loss_scale_converts_normalised_units_to_pixels():
   assert steps.theta_loss_scale("normalised", 128) == 1.0
   with pytest.raises(ValueError, match="stgan.theta_loss_units"):
     steps.theta_loss_scale("px", 128)
+
+
+def test_joint_step_is_sgd_on_the_landmark_heatmap_and_theta_losses():
+  """One joint update against the same loss written out from the library's pieces (warp,
+  hourglass, DARK decode, pixel matrices), not through `pipeline.run_pass`: SGD on both
+  networks, BatchNorm statistics untouched (inference mode)."""
+  from msm_jax import geometry, heatmaps, sampler
+  from msm_jax.inference import pipeline
+  from msm_jax.models.gdnn import GDNN
+
+  rng = np.random.default_rng(3)
+  num_points, size = 68, 128
+  generator = GDNN(width=0.125)
+  hourglass = StackedHourglass(
+    num_landmarks=num_points, width=8, num_stacks=2, depth=2, stem_widths=(4, 4, 8)
+  )
+  optimizer = optax.sgd(0.05)
+  example = jnp.zeros((1, size, size, 3))
+  g_state = init_model_state(generator, optimizer, jax.random.key(1), example)
+  h_state = init_model_state(hourglass, optimizer, jax.random.key(2), example)
+  state = new_train_state(0, {"generator": g_state, "hourglass": h_state})
+  batch = {
+    "fake": rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8),
+    "theta": np.tile(np.array([[0.9, 0.05, 0.02], [-0.05, 0.9, 0.01]], np.float32), (2, 1, 1)),
+    "landmarks": rng.uniform(30, 98, (2, num_points, 2)).astype(np.float32),
+    "visible": rng.random((2, num_points)) < 0.9,
+  }
+  options = pipeline.PipelineOptions(use_shape_reconstruction=False, differentiable=True)
+  thresholds = jnp.full((num_points,), 0.5)
+  weights = dict(landmark_weight=0.7, theta_weight=0.3)
+  mesh = parallel.data_mesh()
+  step = steps.make_joint_step(
+    generator,
+    hourglass,
+    optimizer,
+    optimizer,
+    options=options,
+    thresholds=thresholds,
+    loss_name="softmax_cross_entropy",
+    sigma=1.5,
+    theta_loss_units="pixels",
+    mesh=mesh,
+    **weights,
+  )
+
+  def loss_of(params):
+    crops = batch["fake"].astype(np.float32) / 255.0
+    theta = generator.apply({**g_state.variables, "params": params["generator"]}, crops)
+    canonical = sampler.warp(crops, theta, (size, size))
+    stacks = hourglass.apply({**h_state.variables, "params": params["hourglass"]}, canonical)
+    decoded = heatmaps.decode_heatmaps(heatmaps.spatial_softmax(stacks[-1]), "dark", blur_sigma=1.5)
+    to_crop = geometry.theta_to_pixel_matrix(theta, (size, size), (size, size))
+    final = geometry.apply_affine(heatmaps.heatmap_to_crop(decoded, size, 64), to_crop)
+    in_canonical = geometry.apply_affine(
+      batch["landmarks"], jax.lax.stop_gradient(geometry.invert_affine(to_crop))
+    )
+    inside = np.all((in_canonical >= -0.5) & (in_canonical <= size - 0.5), axis=-1)
+    targets = heatmaps.gaussian_heatmaps(heatmaps.crop_to_heatmap(in_canonical, size, 64), 64, 1.5)
+    heat = losses.heatmap_softmax_cross_entropy(stacks, targets, batch["visible"] & inside)
+    errors = jnp.linalg.norm(final - batch["landmarks"], axis=-1)
+    landmark = jnp.sum(errors * batch["visible"]) / batch["visible"].sum()
+    theta_term = 64.0 * losses.theta_loss(theta, batch["theta"])
+    return heat + weights["landmark_weight"] * landmark + weights["theta_weight"] * theta_term
+
+  params = {"generator": g_state.params, "hourglass": h_state.params}
+  expected_loss, grads = jax.value_and_grad(loss_of)(params)
+  expected = jax.tree.map(lambda p, g: np.asarray(p - 0.05 * g), params, grads)
+  stats_before = jax.tree.map(np.array, h_state.batch_stats)
+  generator_before = jax.tree.map(np.array, g_state.params)  # the step donates the state
+  new_state, metrics = step(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
+  # float32: the loss sums ~2 x 68 x 4096 terms; relative rounding ~1e-7 x sqrt(that) < 1e-4.
+  np.testing.assert_allclose(float(metrics["loss"]), float(expected_loss), rtol=1e-4)
+  for name in ("generator", "hourglass"):
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3),
+      new_state.models[name].params,
+      expected[name],
+    )
+  jax.tree.map(
+    np.testing.assert_array_equal, new_state.models["hourglass"].batch_stats, stats_before
+  )
+  # The update moved both networks.
+  moved = jax.tree.map(
+    lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+    new_state.models["generator"].params,
+    generator_before,
+  )
+  assert max(jax.tree.leaves(moved)) > 1e-6

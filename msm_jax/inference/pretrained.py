@@ -150,15 +150,19 @@ def package_pretrained(
   out_dir: str,
   detector_calibration: detection.DetectorCalibration | None = None,
   use_spatial_transformer: bool | None = None,
+  variant: str | None = None,
 ) -> dict:
   """Package `workdir`'s newest checkpoints (`model_io.load_trained`) into `out_dir`.
 
   use_spatial_transformer: None = on when the ST-GAN stage was trained.
+  variant: ship the networks of a fine-tuning stage (e.g. "joint") in place of the others'.
   Returns what `write_package` returns (the size in bytes included).
   """
   from msm_jax import model_io  # the training side: checkpoints (Orbax)
 
   model = model_io.load_trained(config, workdir)
+  if variant:
+    model = model.variant(variant)
   return write_package(
     from_trained(model, config, use_spatial_transformer, detector_calibration), out_dir
   )
@@ -349,6 +353,9 @@ def _cli() -> None:
     ["auto", "on", "off"],
     "Use the ST stage by default (auto: when it was trained).",
   )
+  variant = flags.DEFINE_string(
+    "variant", None, "Ship the networks of this fine-tuning stage (joint) instead."
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
@@ -360,7 +367,9 @@ def _cli() -> None:
           json.load(file), calibration_file.value
         )
     use_st = {"auto": None, "on": True, "off": False}[st_switch.value]
-    info = package_pretrained(config_flag.value, workdir.value, out.value, calibration, use_st)
+    info = package_pretrained(
+      config_flag.value, workdir.value, out.value, calibration, use_st, variant.value
+    )
     print(json.dumps(info, indent=2))
 
   app.run(main)
