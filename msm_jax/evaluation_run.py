@@ -4,8 +4,8 @@ For each subset the one-jit pipeline (Algorithm 2) runs twice, with the ST stage
 each run returns the landmarks before and after the shape repair, so the four ablation rows
 of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes, the
 Res-50 rows (when that baseline was trained) two more, and the jointly fine-tuned GDNN and
-hourglass (stage "joint", when trained) one more, as "ST-GAN + HG (joint)" and "... + SR (joint)". The full
-model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
+hourglass (stage "joint", when trained) one more, as "ST-GAN + HG (joint)" and its "+ SR"
+row. The full model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
 row gives the scale of the numbers. Table IX's threshold sweep keeps the full model's hourglass
 outputs and reruns only the reliability test and the shape repair for each threshold pair.
 
