@@ -5,9 +5,10 @@ each run returns the landmarks before and after the shape repair, so the four ab
 of Tables VII/VIII (HG, ST-GAN + HG, HG + SR, ST-GAN + HG + SR) cost two passes, the
 Res-50 rows (when that baseline was trained) two more, and the jointly fine-tuned GDNN and
 hourglass (stage "joint", when trained) one more, as "ST-GAN + HG (joint)" and its "+ SR"
-row. The full model is also reported as "MSM" in the dataset's own table (III/IV, V or VI). A mean-shape
-row gives the scale of the numbers. Table IX's threshold sweep keeps the full model's hourglass
-outputs and reruns only the reliability test and the shape repair for each threshold pair.
+row. The full model is also reported as "MSM" in the dataset's own table (III/IV, V or VI).
+A mean-shape row gives the scale of the numbers. Table IX's threshold sweep keeps the full
+model's hourglass outputs and reruns only the reliability test and the shape repair for each
+threshold pair.
 
 Faces enter as the evaluation crops of the input pipeline (the record's box with the config's
 margin, 128x128): exactly what the ST-GAN saw in training as I_fake. Predictions are mapped
