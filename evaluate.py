@@ -4,7 +4,9 @@
   python evaluate.py --config configs/300w.py --workdir runs/300w --config.data.root=/data/300W
 
 Reads the newest checkpoints of `--workdir` (or `--checkpoint DIR`, a workdir of another run)
-and writes report.json, report.md, CED plots and overlay images to `<workdir>/eval`.
+and writes report.json, report.md, CED plots and overlay images to `<workdir>/eval`. With
+`--robustness` it also runs the robustness protocol on whole photos (the validation split, or
+`--robustness_folder DIR` of images + .pts) and writes robustness.{md,json} there.
 """
 
 import os
@@ -23,6 +25,16 @@ _CHECKPOINT = flags.DEFINE_string(
   "checkpoint", None, "Read the model from this workdir instead of --workdir."
 )
 _OUT = flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval).")
+_ROBUSTNESS = flags.DEFINE_bool(
+  "robustness",
+  False,
+  "Also run the robustness protocol (msm_jax/robustness.py) on whole photos: landmark box, "
+  "detector, rotated, sloppy box, occluded.",
+)
+_ROBUSTNESS_FOLDER = flags.DEFINE_string(
+  "robustness_folder", None, "Images + .pts for the protocol (default: the validation split)."
+)
+_ROBUSTNESS_LIMIT = flags.DEFINE_integer("robustness_limit", None, "The first N faces only.")
 flags.mark_flag_as_required("config")
 
 
@@ -32,14 +44,24 @@ def main(argv):
   model_dir = _CHECKPOINT.value or _WORKDIR.value
   if not model_dir:
     raise app.UsageError("give --workdir (or --checkpoint)")
-  from msm_jax import evaluation_run, model_io
+  from msm_jax import evaluation_run, model_io, robustness
   from msm_jax.data.records import AnnotationError
   from msm_jax.data.images import ImageReadError
 
   out_dir = _OUT.value or os.path.join(_WORKDIR.value or model_dir, "eval")
   try:
     evaluation_run.evaluate(_CONFIG.value, model_dir, out_dir)
-  except (FileNotFoundError, AnnotationError, ImageReadError, model_io.MissingStageError) as error:
+    if _ROBUSTNESS.value:
+      evaluation_run.evaluate_robustness(
+        _CONFIG.value, model_dir, out_dir, _ROBUSTNESS_FOLDER.value, _ROBUSTNESS_LIMIT.value
+      )
+  except (
+    FileNotFoundError,
+    AnnotationError,
+    ImageReadError,
+    model_io.MissingStageError,
+    robustness.NoFacesError,
+  ) as error:
     raise SystemExit(f"error: {error}") from None  # bad data or run: one line, no traceback
 
 

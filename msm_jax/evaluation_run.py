@@ -279,3 +279,27 @@ def _threshold_sweep(predictions, options, variables, subset_name, config, schem
   return reports.threshold_table(
     sweep, subset=subset_name, with_paper=config.data.get("eval_dataset", "") == "cofw68"
   )
+
+
+def evaluate_robustness(
+  config, workdir: str, out_dir: str, folder: str | None = None, limit: int | None = None, log=print
+) -> str:
+  """`msm_jax.robustness`'s protocol on the workdir's trained model (rows HG, ST + HG, HG +
+  SR, ST + HG + SR, and the joint stage's), on ``folder``'s images + `.pts` or the config's
+  validation split; writes robustness.{md,json} to ``out_dir``, returns the Markdown."""
+  import json
+
+  from msm_jax import robustness
+
+  model = model_io.load_trained(config, workdir)
+  records = robustness.records_for(config, folder, limit)
+  log(f"robustness protocol: {len(records)} faces, stages {sorted(model.available)}")
+  table = robustness.evaluate_trained(model, config, records, log=log)
+  text = robustness.markdown(table)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "robustness.md"), "w") as file:
+    file.write(text + "\n")
+  with open(os.path.join(out_dir, "robustness.json"), "w") as file:
+    json.dump({"faces": len(records), "seed": 0, "table": table}, file, indent=2)
+  log(text)
+  return text

@@ -18,9 +18,10 @@ the rotated rows), so every condition but "detector" sees the same pixels around
 
 Rows are the inference variants the package supports (`VARIANTS`: hourglass alone, with the
 shape repair, with the re-crop pass, with the test-time flip, with the ST stage when
-trained); columns: NME (mean and
-median, inter-ocular, %), FR@0.08 (%), NME of the occluded and of the visible landmarks, and
-the precision / recall of `reliable == False` as an occlusion detector.
+trained); `evaluate.py --robustness` runs the same protocol on a training run's workdir with
+the paper's ablation rows (HG, ST + HG, HG + SR, ST + HG + SR, and the joint stage's).
+Columns: NME (mean and median, inter-ocular, %), FR@0.08 (%), NME of the occluded and of the
+visible landmarks, and the precision / recall of `reliable == False` as an occlusion detector.
 
   python -m msm_jax.robustness --model pretrained --config configs/300w_subset.py \
       [--folder DIR] [--limit N] [--variants "HG,HG + SR"] [--out report.json]
@@ -49,6 +50,10 @@ MAX_WINDOW = 768  # larger windows are scaled down (faces of 256 px and more)
 FAILURE_THRESHOLD = 0.08
 
 
+class NoFacesError(ValueError):
+  """The protocol was given nothing to run on."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Face:
   """One test face: the photo it is shown in, its box (None: the detector finds it), the
@@ -63,6 +68,7 @@ class Face:
 # name -> PipelineOptions fields; a variant needing a stage the package lacks is left out.
 VARIANTS = {
   "HG": dict(use_spatial_transformer=False, use_shape_reconstruction=False, recrop_passes=0),
+  "ST + HG": dict(use_spatial_transformer=True, use_shape_reconstruction=False, recrop_passes=0),
   "HG + SR": dict(use_spatial_transformer=False, use_shape_reconstruction=True, recrop_passes=0),
   "HG + re-crop": dict(
     use_spatial_transformer=False, use_shape_reconstruction=False, recrop_passes=1
@@ -295,6 +301,28 @@ def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print, vari
   return table
 
 
+# The rows of `evaluate.py --robustness` (the paper's ablation rows, one pass each).
+PROTOCOL_VARIANTS = ("HG", "ST + HG", "HG + SR", "ST + HG + SR")
+JOINT_SUFFIX = " (joint)"
+
+
+def evaluate_trained(model, config, records, seed: int = 0, batch_size: int = 8, log=print):
+  """The protocol's rows for a trained model (`pipeline.TrainedModel`, as `model_io` loads a
+  workdir): PROTOCOL_VARIANTS with the stages it has, and the ST rows of the jointly
+  fine-tuned networks, suffixed " (joint)", when that stage was trained."""
+  from msm_jax.inference import pretrained
+
+  table = evaluate(
+    pretrained.from_trained(model, config), records, seed, batch_size, log, PROTOCOL_VARIANTS
+  )
+  if "joint" in model.variants:
+    joint = pretrained.from_trained(model.variant("joint"), config)
+    st_rows = [name for name in PROTOCOL_VARIANTS if name.startswith("ST")]
+    for condition, rows in evaluate(joint, records, seed, batch_size, log, st_rows).items():
+      table[condition].update({name + JOINT_SUFFIX: row for name, row in rows.items()})
+  return table
+
+
 def markdown(table: dict) -> str:
   """The table as Markdown: one block of rows per condition."""
 
@@ -318,7 +346,8 @@ def markdown(table: dict) -> str:
   return "\n".join(lines)
 
 
-def _records(config, folder: str | None, limit: int | None):
+def records_for(config, folder: str | None, limit: int | None = None):
+  """The faces of a folder (tree) of images + `.pts`, or else the config's validation split."""
   from msm_jax.data import datasets, w300
 
   if folder:
@@ -328,7 +357,7 @@ def _records(config, folder: str | None, limit: int | None):
   else:
     _, records = datasets.split_records(config, datasets.read_training_records(config))
     if not records:
-      raise SystemExit("the config has no validation split: give --folder")
+      raise NoFacesError("the config has no validation split: give a folder of images + .pts")
   return records[:limit] if limit else records
 
 
@@ -356,7 +385,10 @@ def main(argv=None) -> dict:
 
   model = pretrained.load_pretrained(args.model)
   config = cli.load_config_file(args.config) if args.config else None
-  records = _records(config, args.folder, args.limit)
+  try:
+    records = records_for(config, args.folder, args.limit)
+  except NoFacesError as error:
+    parser.error(str(error))
   variants = [name.strip() for name in args.variants.split(",")] if args.variants else None
   unknown = sorted(set(variants or ()) - set(VARIANTS))
   if unknown:

@@ -120,3 +120,37 @@ def test_a_tiny_model_runs_every_condition_and_variant():
         assert row["found"] == 2 and np.isfinite(row["nme"])
   assert "occlusion_recall" in table["occluded"]["HG + SR"]
   assert "| occluded | HG + SR |" in robustness.markdown(table)
+
+
+def test_the_protocol_on_a_trained_model_has_the_ablation_and_joint_rows_and_is_seeded():
+  """`evaluate.py --robustness`'s table: HG, ST + HG, HG + SR, ST + HG + SR, the joint
+  variant's ST rows; the same seed prints the same table."""
+  import dataclasses
+
+  import jax
+
+  package = tiny_models.tiny_pretrained()
+  trained = package.model
+  # A "jointly fine-tuned" hourglass: the same network, its last kernels scaled.
+  hourglass = jax.tree.map(lambda x: x, trained.variables["hourglass"])
+  hourglass["params"] = jax.tree.map(lambda x: 1.5 * x, hourglass["params"])
+  trained = dataclasses.replace(
+    trained,
+    variants={"joint": {"generator": trained.variables["generator"], "hourglass": hourglass}},
+  )
+  records = tiny_models.face_records(count=2)
+  run = lambda: robustness.evaluate_trained(  # noqa: E731
+    trained, package.config, records, batch_size=2, log=lambda _: None
+  )
+  table = run()
+  assert list(table["occluded"]) == [
+    "HG",
+    "ST + HG",
+    "HG + SR",
+    "ST + HG + SR",
+    "ST + HG (joint)",
+    "ST + HG + SR (joint)",
+  ]
+  rows = table["landmark box"]
+  assert rows["ST + HG (joint)"]["nme"] != rows["ST + HG"]["nme"]  # the variant's networks
+  assert run() == table
