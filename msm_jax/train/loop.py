@@ -14,6 +14,7 @@ import os
 import time
 from typing import Callable, Iterator
 
+import jax
 import numpy as np
 
 from msm_jax.train import checkpoints
@@ -124,7 +125,9 @@ def train_stage(
   """
   state = parallel.replicate(state, mesh)
   start_step = int(state.step)
-  writer = MetricsWriter(workdir, stage, start_step)
+  # Multi-host: every process steps and checkpoints (Orbax's saves are collective); process 0
+  # alone writes the metrics.
+  writer = MetricsWriter(workdir, stage, start_step) if jax.process_index() == 0 else _NoMetrics()
   progress = _Progress(stage, writer, log, total_steps, batch_size, start_step)
   pending = None  # (step, device metrics) of the previous step, read one step late
   try:
@@ -149,6 +152,16 @@ def train_stage(
     manager.wait_until_finished()
     writer.close()
   return state
+
+
+class _NoMetrics:
+  """The MetricsWriter of processes other than process 0."""
+
+  def write(self, step: int, scalars: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 class _Progress:

@@ -22,9 +22,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+COORDINATOR_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
 def maybe_initialize_distributed() -> None:
-  """Join a multi-host job when the launcher's environment asks for it; no-op otherwise."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("MSM_JAX_DISTRIBUTED"):
+  """Join a multi-host job when the launcher's environment asks for it; no-op otherwise.
+
+  JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID are
+  passed to `jax.distributed.initialize` (which does not read the last two itself);
+  MSM_JAX_DISTRIBUTED=1 alone lets JAX detect the cluster (cloud TPU, SLURM).
+  """
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [name for name in COORDINATOR_VARIABLES if not os.environ.get(name)]
+    if missing:
+      raise ValueError(
+        f"JAX_COORDINATOR_ADDRESS is set: a multi-process job also needs {', '.join(missing)}"
+      )
+    jax.distributed.initialize(
+      coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+      process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
+  elif os.environ.get("MSM_JAX_DISTRIBUTED"):
     jax.distributed.initialize()
 
 

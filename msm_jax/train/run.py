@@ -13,39 +13,43 @@ from msm_jax.train import workdir as workdir_lib
 from msm_jax.train.workdir import locked, record_config
 
 
-def train(config, workdir: str, log=print, allow_changed: bool = False) -> None:
+def train(config, workdir: str, log=print, allow_changed: bool = False) -> dict:
   """allow_changed: accept a config whose checkpoint-shaping fields differ from the
-  workdir's recorded config.json (`workdir.CHECKPOINT_FIELDS`)."""
+  workdir's recorded config.json (`workdir.CHECKPOINT_FIELDS`). Returns {stage: what its
+  training returned} (the final TrainState; the dictionary stage's exemplars)."""
   chosen = stages.parse_stages(config.stages)  # a typo fails before anything is written
   for name in chosen:
     stages.STAGES[name].check(config)
   parallel.maybe_initialize_distributed()
   workdir_lib.prepare(workdir)
-  if jax.process_index() > 0:  # multi-host: process 0 locks and records for the whole job
-    return _train_stages(config, workdir, chosen, log)
+  if jax.process_index() > 0:  # multi-host: process 0 locks, records and logs for the job
+    return _train_stages(config, workdir, chosen, lambda line: None)
   with locked(workdir, log):
     record_config(config, workdir, allow_changed, log)
-    _train_stages(config, workdir, chosen, log)
+    return _train_stages(config, workdir, chosen, log)
 
 
-def _train_stages(config, workdir: str, chosen: tuple, log) -> None:
+def _train_stages(config, workdir: str, chosen: tuple, log) -> dict:
   mesh = parallel.data_mesh()
   log(
     f"devices: {jax.device_count()} x {jax.devices()[0].platform} "
     f"({jax.process_count()} process(es)); workdir {os.path.abspath(workdir)}"
   )
   started = time.perf_counter()
+  results = {}
   for stage in chosen:
     stage_start = time.perf_counter()
-    stages.STAGES[stage].train(config, workdir, mesh, log)
+    results[stage] = stages.STAGES[stage].train(config, workdir, mesh, log)
     log(f"[{stage}] done in {time.perf_counter() - stage_start:.0f} s")
   timing = {"train_seconds": time.perf_counter() - started}
-  with open(os.path.join(workdir, "train_time.json"), "w") as file:
-    json.dump(timing, file)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "train_time.json"), "w") as file:
+      json.dump(timing, file)
   log(f"training finished in {timing['train_seconds']:.0f} s")
   if not config.evaluate_after_training:
-    return
+    return results
   if jax.process_count() > 1:  # the report is written by one process reading every checkpoint
     log("multi-host run: evaluate with `python evaluate.py --config ... --workdir ...` on one host")
-    return
+    return results
   evaluation_run.evaluate(config, workdir, log=log)
+  return results

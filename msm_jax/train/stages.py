@@ -415,7 +415,10 @@ def _train_steps(stage: Stage, config, workdir: str, mesh, log):
     f"steps of batch {batch_size} on {mesh.devices.size} device(s)"
   )
   evaluate = None
-  if stage.validation is not None and validation_source is not None:
+  if jax.process_count() > 1 and stage.validation is not None:
+    # The validation feeds host-local crops: on several processes `evaluate.py` does it after.
+    log(f"[{stage.name}] validation off on {jax.process_count()} processes (run evaluate.py)")
+  elif stage.validation is not None and validation_source is not None:
     validate = stage.validation(config, setup)
     evaluate = lambda state: validate(state, validation_source)
   return loop.train_stage(
