@@ -44,6 +44,10 @@ def get_config():
   config.hourglass.learning_rate = 1e-3
   config.hourglass.lr_halve_epochs = (1.5,)
 
+  # Joint fine-tuning (stage "joint"): one epoch on the ST-GAN's detector-like crops.
+  config.joint.epochs = 1
+  config.joint.lr_halve_epochs = ()
+
   config.checkpoint.every_steps = 200
   config.log_every_steps = 25
   config.eval_every_steps = 0  # evaluate at the end of each stage only

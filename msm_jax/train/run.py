@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from msm_jax import evaluation_run
+from msm_jax import evaluation_run, model_io
 from msm_jax.train import parallel, stages
 from msm_jax.train import workdir as workdir_lib
 from msm_jax.train.workdir import locked, record_config
@@ -51,5 +51,8 @@ def _train_stages(config, workdir: str, chosen: tuple, log) -> dict:
   if jax.process_count() > 1:  # the report is written by one process reading every checkpoint
     log("multi-host run: evaluate with `python evaluate.py --config ... --workdir ...` on one host")
     return results
-  evaluation_run.evaluate(config, workdir, log=log)
+  try:
+    evaluation_run.evaluate(config, workdir, log=log)
+  except model_io.MissingStageError as error:  # e.g. only the ST-GAN trained so far
+    log(f"evaluation skipped: {error}")
   return results
