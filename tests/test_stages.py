@@ -16,9 +16,10 @@ from tests import tiny_models
 
 
 def test_names_and_training_order():
-  assert list(stages.STAGES) == ["stgan", "hourglass", "dictionary", "resnet"]
+  assert list(stages.STAGES) == ["stgan", "hourglass", "dictionary", "resnet", "joint"]
   assert stages.parse_stages("all") == ("stgan", "hourglass", "dictionary")
   assert stages.parse_stages("resnet, hourglass") == ("hourglass", "resnet")
+  assert stages.parse_stages("joint,all") == ("stgan", "hourglass", "dictionary", "joint")
   with pytest.raises(ValueError, match="choose 'all' or a comma list of stgan, hourglass"):
     stages.parse_stages("hourglas")
   with pytest.raises(ValueError, match="already registered"):
@@ -64,7 +65,7 @@ def counting_stage():
 
 
 def test_a_registered_stage_runs_in_train_py(counting_stage, tmp_path):
-  assert list(stages.STAGES)[-2:] == ["counter", "resnet"]
+  assert list(stages.STAGES)[-3:] == ["counter", "resnet", "joint"]
   config = tiny_models.tiny_config()
   config.stages = "counter"  # --config.stages=counter
   config.data.train_size, config.data.validation_size = 8, 0
