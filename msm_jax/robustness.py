@@ -85,6 +85,9 @@ VARIANTS = {
   "ST + HG + SR + re-crop": dict(
     use_spatial_transformer=True, use_shape_reconstruction=True, recrop_passes=1
   ),
+  "ST + HG + SR + re-crop + flip": dict(
+    use_spatial_transformer=True, use_shape_reconstruction=True, recrop_passes=1, flip_test=True
+  ),
 }
 
 
