@@ -234,7 +234,10 @@ def _tables(config, rows, sources, with_occlusion: bool) -> dict:
   full_rows = {"MSM": rows[FULL_MODEL]} if FULL_MODEL in rows else {}
   tables = {}
   if paper and full_rows:
-    tables.update(PAPER_TABLES[paper](rows, full_rows))
+    try:
+      tables.update(PAPER_TABLES[paper](rows, full_rows))
+    except reports.NoTableError:  # e.g. a validation split: the ablation table below remains
+      pass
   columns = [
     (subset, metric) for subset in sources for metric in ("nme_inter_ocular", "failure_rate", "auc")
   ]

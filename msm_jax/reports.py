@@ -353,6 +353,10 @@ def _failure_threshold(rows: Mapping, subsets: Iterable[str]) -> str:
   return f"{thresholds.pop():g}" if thresholds else "?"
 
 
+class NoTableError(ValueError):
+  """None of the evaluated subsets is one of a paper table's."""
+
+
 def _tables(rows, specs, dataset, paper_rows, subset_names=None, row_header="Method"):
   """Builds each (key, title, columns) spec whose columns exist in ``rows``."""
   paper = _references_for(dataset, rows, paper_rows, subset_names)
@@ -362,7 +366,7 @@ def _tables(rows, specs, dataset, paper_rows, subset_names=None, row_header="Met
     if columns:
       tables[key] = results_table(rows, columns, title, row_header, paper)
   if not tables:
-    raise ValueError(
+    raise NoTableError(
       f"no row has any of the subsets / metrics of the {dataset!r} "
       f"tables (rows have: { {m: sorted(s) for m, s in rows.items()} })"
     )

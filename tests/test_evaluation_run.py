@@ -82,3 +82,21 @@ def test_train_all_stages_then_evaluate(tmp_path):
     overlay = Image.open(os.path.join(workdir, "eval", f"overlay_{subset}.png"))
     assert overlay.size[0] == 2 * 2 * config.data.crop_size  # crop | canonical, zoom 2
     assert os.path.exists(os.path.join(workdir, "eval", f"report_ced_{subset}.png"))
+
+
+def test_a_split_outside_the_paper_tables_still_gets_the_ablation_table():
+  """300-W's Tables III/IV need its common / challenge / private subsets; a validation split
+  of the training folders has none of them: the ablation table alone, no error."""
+  from msm_jax import evaluation, evaluation_run
+  from tests import tiny_models
+
+  config = _tiny_config()
+  config.data.dataset = "300w"
+  rng = np.random.default_rng(0)
+  truth = tiny_models.face_dictionary(rng, size=3).astype(np.float64)
+  subset = evaluation.SubsetPredictions("validation", truth + 1.0, truth)
+  row = evaluation.subset_metrics(subset, "300w")
+  tables = evaluation_run._tables(
+    config, {"ST-GAN + HG + SR": {"validation": row}}, {"validation": None}, False
+  )
+  assert list(tables) == ["ablation"]
