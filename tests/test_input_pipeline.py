@@ -44,6 +44,8 @@ STGAN_LAYOUT = {
   "fake": ((BATCH, CROP, CROP, 3), np.uint8),
   "real": ((BATCH, CROP, CROP, 3), np.uint8),
   "theta": ((BATCH, 2, 3), np.float32),
+  "landmarks": ((BATCH, 68, 2), np.float32),  # in I_fake, for the joint stage
+  "visible": ((BATCH, 68), np.bool_),
   "index": ((BATCH,), np.int32),
 }
 EVAL_LAYOUT = dict(

@@ -68,7 +68,11 @@ def test_two_processes_train_as_one_and_one_process_resumes_their_checkpoint(tmp
     )
     for index in range(2)
   ]
-  outputs = [_finish(process, "pair") for process in pair]
+  # Both outputs first: a process that fails makes the other time out, and the failure's
+  # reason is in its own output.
+  outputs = [process.communicate(timeout=600)[0] for process in pair]
+  for process, output in zip(pair, outputs):
+    assert process.returncode == 0 and "pair done" in output, "\n\n".join(outputs)[-8000:]
   assert "[hourglass] step 2/2" in outputs[0] and "2 process(es)" in outputs[0], outputs[0]
 
   # Both processes hold the same parameters: each applied the same all-reduced gradient.

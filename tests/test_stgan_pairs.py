@@ -125,6 +125,21 @@ def test_theta_star_maps_real_landmarks_onto_fake_landmarks():
   assert np.abs(ANCHORS.points(fake_points) - np.asarray(TEMPLATE)).max() > 2.0
 
 
+def test_fake_landmarks_are_the_landmarks_in_i_fake_renamed_when_flipped():
+  """The joint stage's targets: each landmark where I_fake shows it, and after a flip the
+  subject's left/right renamed as for I_real."""
+  flipped_count = 0
+  for seed in range(10):
+    _, landmarks, pair = _pair(seed, flip=True)
+    fake_matrix = pair["fake_matrix"].astype(np.float64)
+    expected = geometry.apply_affine(landmarks, fake_matrix)
+    if np.linalg.det(fake_matrix[:2, :2]) < 0:
+      flipped_count += 1
+      expected = expected[np.asarray(PERMUTATION)]
+    np.testing.assert_allclose(pair["fake_landmarks"], expected, atol=1e-3)
+  assert 0 < flipped_count < 10
+
+
 def test_real_crop_samples_the_image_at_the_canonical_pose():
   image, landmarks, pair = _pair(5)
   expected = augment.warp_image(image, pair["real_matrix"].astype(np.float64), 128)

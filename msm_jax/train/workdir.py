@@ -84,7 +84,8 @@ def prepare(workdir: str) -> None:
   is not allowed."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # One probe per process: the processes of a multi-host job prepare the same workdir.
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "w"):
       pass
     os.remove(probe)
