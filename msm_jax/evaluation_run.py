@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from msm_jax import evaluation, geometry, heatmaps, landmarks, model_io, overlays, reports
+from msm_jax.robustness import JOINT_SUFFIX  # the rows of the jointly fine-tuned networks
 from msm_jax.inference import pipeline
 from msm_jax.data import augment, datasets, input_pipeline
 
@@ -136,9 +137,6 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
 
 def _one_pass(options: pipeline.PipelineOptions) -> pipeline.PipelineOptions:
   return dataclasses.replace(options, recrop_passes=0)  # see the module docstring
-
-
-JOINT_SUFFIX = " (joint)"  # rows of the jointly fine-tuned GDNN and hourglass
 
 
 def _variants(model: pipeline.TrainedModel, config) -> list[tuple]:
