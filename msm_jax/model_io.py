@@ -73,11 +73,7 @@ def load_trained(config, workdir: str) -> pipeline.TrainedModel:
   else:  # a placeholder of the right shape; SR must be off without a dictionary
     dictionary = np.zeros((max(1, config.shape.num_neighbours), scheme.num_points, 2), np.float32)
   variables["dictionary"] = jnp.asarray(dictionary, jnp.float32)
-  variables["thresholds"] = jnp.asarray(
-    landmarks.region_thresholds(
-      scheme, config.shape.contour_threshold, config.shape.feature_threshold
-    )
-  )
+  variables["thresholds"] = stages.reliability_thresholds(config)
   return pipeline.TrainedModel(
     models.generator(config), networks, variables, frozenset(available), variants
   )

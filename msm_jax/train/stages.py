@@ -169,10 +169,27 @@ def _start_from_package(model_state, module, optimizer, config, name: str):
   from msm_jax.inference import pretrained
 
   variables = pretrained.package_network_variables(config[name].init_from, name, module, config)
+  return _with_variables(model_state, optimizer, variables)
+
+
+def _with_variables(model_state, optimizer, variables):
+  """A network's state holding ``variables`` (parameters, BatchNorm statistics) and a fresh
+  optimiser state."""
   return model_state.replace(
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
     opt_state=optimizer.init(variables["params"]),
+  )
+
+
+def reliability_thresholds(config) -> jax.Array:
+  """[L] Table IX thresholds K of the config (contour and facial-feature landmarks)."""
+  return jnp.asarray(
+    landmarks.region_thresholds(
+      landmarks.get_scheme(config.data.scheme),
+      config.shape.contour_threshold,
+      config.shape.feature_threshold,
+    )
   )
 
 
@@ -209,11 +226,23 @@ def predict_crop_landmarks(config, name: str, module, variables, crops):
   return pipeline.hourglass_points(module, variables, crops, options)[1]
 
 
+def crop_nme(config, source, crop_box: str, predict) -> dict:
+  """{"nme_inter_ocular": mean NME (%)} of ``predict`` (uint8 crops [B, S, S, 3] -> crop
+  pixels [B, L, 2]) on the source's evaluation crops from ``crop_box``."""
+  scheme = landmarks.get_scheme(config.data.scheme)
+  nmes = []
+  for batch in input_pipeline.eval_dataset(
+    source, config, batch_size=config.eval.batch_size, crop_box=crop_box, worker_count=0
+  ):
+    pred = np.asarray(predict(batch["images"]))
+    nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
+  return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
+
+
 def landmark_validation(name: str) -> Callable:
   """fn(state, source) -> {"nme_inter_ocular": mean NME (%)} on ground-truth-box crops."""
 
   def validation(config, setup: Setup):
-    scheme = landmarks.get_scheme(config.data.scheme)
     module = setup.modules[name]
     forward = jax.jit(
       lambda variables, crops: predict_crop_landmarks(
@@ -223,13 +252,7 @@ def landmark_validation(name: str) -> Callable:
 
     def evaluate(state, source):
       variables = state.models[name].variables
-      nmes = []
-      for batch in input_pipeline.eval_dataset(
-        source, config, batch_size=config.eval.batch_size, crop_box="landmarks", worker_count=0
-      ):
-        pred = np.asarray(forward(variables, batch["images"]))
-        nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
-      return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
+      return crop_nme(config, source, "landmarks", lambda images: forward(variables, images))
 
     return evaluate
 
@@ -502,14 +525,6 @@ def _trained_generator_and_hourglass(config, workdir: str) -> dict:
   return trained.variables
 
 
-def _with_variables(model_state, optimizer, variables):
-  return model_state.replace(
-    params=variables["params"],
-    batch_stats=variables.get("batch_stats", {}),
-    opt_state=optimizer.init(variables["params"]),
-  )
-
-
 def prepare_joint(config, workdir: str, log):
   """The ST template (the crops' theta* as the ST-GAN's), and the workdir to start from."""
   config = resolve_stgan_template(config, log)
@@ -525,18 +540,13 @@ def joint_options(config, differentiable: bool) -> pipeline.PipelineOptions:
 
 
 def joint_step(config, setup: Setup, mesh):
-  scheme = landmarks.get_scheme(config.data.scheme)
   return steps.make_joint_step(
     setup.modules["generator"],
     setup.modules["hourglass"],
     setup.optimizers["generator"],
     setup.optimizers["hourglass"],
     options=joint_options(config, differentiable=True),
-    thresholds=jnp.asarray(
-      landmarks.region_thresholds(
-        scheme, config.shape.contour_threshold, config.shape.feature_threshold
-      )
-    ),
+    thresholds=reliability_thresholds(config),
     loss_name=config.hourglass.loss,
     sigma=config.hourglass.sigma,
     landmark_weight=config.joint.landmark_weight,
@@ -555,11 +565,7 @@ def joint_validation(config, setup: Setup):
   )
   size = config.data.crop_size
   whole_crop = np.array([-0.5, -0.5, size - 0.5, size - 0.5], np.float32)
-  thresholds = jnp.asarray(
-    landmarks.region_thresholds(
-      scheme, config.shape.contour_threshold, config.shape.feature_threshold
-    )
-  )
+  thresholds = reliability_thresholds(config)
 
   def evaluate(state, source):
     variables = {
@@ -568,14 +574,12 @@ def joint_validation(config, setup: Setup):
       "thresholds": thresholds,
       "dictionary": jnp.zeros((1, scheme.num_points, 2), jnp.float32),
     }
-    nmes = []
-    for batch in input_pipeline.eval_dataset(
-      source, config, batch_size=config.eval.batch_size, crop_box="record", worker_count=0
-    ):
-      boxes = np.broadcast_to(whole_crop, (len(batch["images"]), 4))
-      pred = np.asarray(infer(variables, batch["images"], boxes)["landmarks"])
-      nmes.append(metrics.nme(pred, batch["landmarks"], scheme, "inter_ocular"))
-    return {"nme_inter_ocular": 100.0 * float(np.mean(np.concatenate(nmes)))}
+
+    def predict(images):  # the crop is the whole image
+      boxes = np.broadcast_to(whole_crop, (len(images), 4))
+      return infer(variables, images, boxes)["landmarks"]
+
+    return crop_nme(config, source, "record", predict)
 
   return evaluate
 
