@@ -42,3 +42,29 @@ def thresholds_between(scores, margin: float) -> np.ndarray:
   thresholds = np.where(gaps[widest, columns] > 2 * margin, middle, 2.0)
   assert clear_of_thresholds(scores, thresholds, margin).all()
   return thresholds.astype(np.float32)
+
+
+def check_eval_mode_gradients(model, image_shape, output=lambda out: out) -> None:
+  """`check_grads` (fwd and rev) of ``output(model(image))`` in inference mode w.r.t. the
+  parameters and the image, in float64 (``model`` computes in float64): a central difference
+  with eps 1e-8 rounds at ~|f| 2e-16 / 1e-8 = 2e-8 relative, and the random direction moves
+  pre-activations by ~1e-8, so it crosses no ReLU / max-pool kink of a tiny network; 1e-5
+  leaves a wide margin while a wrong gradient is off by O(1)."""
+  import jax
+  import jax.numpy as jnp
+  from jax.test_util import check_grads
+
+  with jax.enable_x64(True):
+    images = jnp.asarray(np.random.default_rng(0).random(image_shape))
+    variables = model.init(jax.random.key(0), images, train=False)
+    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
+    forward = jax.jit(lambda params, x: output(model.apply({**variables, "params": params}, x)))
+    check_grads(
+      forward,
+      (variables["params"], images),
+      order=1,
+      modes=("fwd", "rev"),
+      eps=1e-8,
+      atol=1e-5,
+      rtol=1e-5,
+    )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from msm_jax.models.gdnn import GDNN
+from tests import float_checks
 
 
 def _count(tree):
@@ -58,22 +59,5 @@ def test_wrong_input_size_is_named():
 
 
 def test_eval_mode_gradients_match_finite_differences():
-  """theta as a function of the GDNN's parameters and of the image (float64, eps 1e-8: no
-  ReLU kink crossed)."""
-  from jax.test_util import check_grads
-
-  with jax.enable_x64(True):
-    model = GDNN(width=0.125, dtype=jnp.float64)
-    images = jnp.asarray(np.random.default_rng(0).random((1, 128, 128, 3)))
-    variables = model.init(jax.random.key(0), images, train=False)
-    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), variables)
-    theta = jax.jit(lambda params, x: model.apply({**variables, "params": params}, x))
-    check_grads(
-      theta,
-      (variables["params"], images),
-      order=1,
-      modes=("fwd", "rev"),
-      eps=1e-8,
-      atol=1e-5,
-      rtol=1e-5,
-    )
+  """theta as a function of the GDNN's parameters and of the image."""
+  float_checks.check_eval_mode_gradients(GDNN(width=0.125, dtype=jnp.float64), (1, 128, 128, 3))

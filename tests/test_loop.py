@@ -50,24 +50,28 @@ def _toy_state():
   )
 
 
+def _train_toy(tmp_path, manager, iterator, state, total_steps):
+  """`loop.train_stage` on the toy step, metrics every step, no console output."""
+  return loop.train_stage(
+    stage="toy",
+    step_fn=jax.jit(_toy_step),
+    state=state,
+    data=iterator,
+    manager=manager,
+    mesh=parallel.data_mesh(),
+    total_steps=total_steps,
+    batch_size=2,
+    workdir=str(tmp_path),
+    log_every=1,
+    log=lambda _: None,
+  )
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  mesh = parallel.data_mesh()
   manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=2, keep=3)
   iterator = CountingIterator(nan_at=5)
   with pytest.raises(loop.TrainingDivergedError, match="step 5"):
-    loop.train_stage(
-      stage="toy",
-      step_fn=jax.jit(_toy_step),
-      state=_toy_state(),
-      data=iterator,
-      manager=manager,
-      mesh=mesh,
-      total_steps=10,
-      batch_size=2,
-      workdir=str(tmp_path),
-      log_every=1,
-      log=lambda _: None,
-    )
+    _train_toy(tmp_path, manager, iterator, _toy_state(), total_steps=10)
   assert manager.latest_step() == 4
   state, data_state, _ = checkpoints.restore_latest(manager, _toy_state())
   # w after 4 steps = 1 + 2 + 3 + 4; the data position is 4.
@@ -77,8 +81,6 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_resumed_toy_run_matches_an_uninterrupted_one(tmp_path):
-  mesh = parallel.data_mesh()
-
   def run(directory, total):
     manager = checkpoints.checkpoint_manager(str(directory), every_steps=3, keep=2)
     iterator, state = CountingIterator(), _toy_state()
@@ -86,18 +88,7 @@ def test_resumed_toy_run_matches_an_uninterrupted_one(tmp_path):
     if restored:
       state, data_state, _ = restored
       iterator.set_state(data_state)
-    return loop.train_stage(
-      stage="toy",
-      step_fn=jax.jit(_toy_step),
-      state=state,
-      data=iterator,
-      manager=manager,
-      mesh=mesh,
-      total_steps=total,
-      batch_size=2,
-      workdir=str(tmp_path),
-      log=lambda _: None,
-    )
+    return _train_toy(tmp_path, manager, iterator, state, total_steps=total)
 
   run(tmp_path / "a", 5)  # "interrupted" after its step-3 checkpoint and the final one at 5
   resumed = run(tmp_path / "a", 8)
@@ -125,23 +116,10 @@ class KilledIterator(CountingIterator):
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path):
-  mesh = parallel.data_mesh()
   manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=3, keep=2)
 
   def run(iterator, state):
-    return loop.train_stage(
-      stage="toy",
-      step_fn=jax.jit(_toy_step),
-      state=state,
-      data=iterator,
-      manager=manager,
-      mesh=mesh,
-      total_steps=8,
-      batch_size=2,
-      workdir=str(tmp_path),
-      log_every=1,
-      log=lambda _: None,
-    )
+    return _train_toy(tmp_path, manager, iterator, state, total_steps=8)
 
   with pytest.raises(Killed):  # steps 1-5 run; the newest checkpoint is step 3's
     run(KilledIterator(kill_at=6), _toy_state())
