@@ -42,32 +42,39 @@ def _randomise(params, seed):
   return jax.tree.unflatten(tree, [_random(seed + i, leaf.shape) for i, leaf in enumerate(leaves)])
 
 
-def test_deconv_matches_conv_transpose():
+# "onednn" runs the products of Conv1x1 and Deconv2x2 through msm_jax/kernels where it can.
+each_convolution = pytest.mark.parametrize("convolution", ["xla", "onednn"])
+
+
+@each_convolution
+def test_deconv_matches_conv_transpose(convolution):
   x = _random(0, (2, 5, 6, 3))
   reference = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
   params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=10)
   expected = _values_and_gradients(reference, {"params": params}, x)
-  actual = _values_and_gradients(Deconv2x2(4), {"params": params}, x)
+  actual = _values_and_gradients(Deconv2x2(4, convolution=convolution), {"params": params}, x)
   assert actual[0].shape == (2, 10, 12, 4)
   _assert_close(actual, expected)
 
 
-def test_deconv_paints_each_pixel_into_a_2x2_block():
+@each_convolution
+def test_deconv_paints_each_pixel_into_a_2x2_block(convolution):
   # One input pixel of value 1 at (0, 0), one channel in and out: the output block
   # (i, j) holds kernel[1 - i, 1 - j] (lax correlates with the dilated input).
   x = jnp.zeros((1, 2, 2, 1)).at[0, 0, 0, 0].set(1.0)
   kernel = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(2, 2, 1, 1)
   params = {"kernel": kernel, "bias": jnp.zeros(1)}
-  y = Deconv2x2(1).apply({"params": params}, x)[0, :, :, 0]
+  y = Deconv2x2(1, convolution=convolution).apply({"params": params}, x)[0, :, :, 0]
   np.testing.assert_array_equal(y, [[4, 3, 0, 0], [2, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
 
 
-def test_conv1x1_matches_conv():
+@each_convolution
+def test_conv1x1_matches_conv(convolution):
   x = _random(2, (2, 4, 3, 5))
   reference = nn.Conv(7, (1, 1))
   params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=20)
   _assert_close(
-    _values_and_gradients(Conv1x1(7), {"params": params}, x),
+    _values_and_gradients(Conv1x1(7, convolution=convolution), {"params": params}, x),
     _values_and_gradients(reference, {"params": params}, x),
   )
 

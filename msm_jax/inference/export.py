@@ -120,6 +120,14 @@ def _used_variables(variables: dict, options: pipeline.PipelineOptions) -> dict:
   return {name: variables[name] for name in names}
 
 
+def exportable(network):
+  """``network`` with XLA's convolutions: jax.export refuses the oneDNN custom calls (they
+  carry no stability guarantee, and the artefact must run where the extension is absent)."""
+  if getattr(network, "convolution", "xla") != "xla":
+    return network.clone(convolution="xla")
+  return network
+
+
 def export_pipeline(
   generator,
   landmark_model,
@@ -143,7 +151,7 @@ def export_pipeline(
     raise ValueError(f"platforms must be a non-empty subset of {PLATFORMS}, got {platforms!r}")
   specs = _input_specs(image_size, batch, max_batch)
   variables = _used_variables(variables, options)
-  infer = pipeline.make_inference_fn(generator, landmark_model, options)
+  infer = pipeline.make_inference_fn(generator, exportable(landmark_model), options)
 
   def msm_pipeline(images, boxes):
     outputs = infer(variables, images, boxes)

@@ -43,7 +43,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msm_jax.models.layers import BatchNormReLU, Conv1x1, Deconv2x2, Dtype, max_pool_2x2
+from msm_jax.models.layers import (
+  BatchNormReLU,
+  Conv1x1,
+  Deconv2x2,
+  Dtype,
+  convolution,
+  max_pool_2x2,
+)
 
 
 def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
@@ -53,6 +60,17 @@ def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
   if in_features != out_features:
     raise ValueError(f"nearest-upsampling init needs Cin == Cout, got kernel shape {shape}")
   return jnp.broadcast_to(jnp.eye(in_features, dtype=dtype), shape)
+
+
+def _conv3x3(features: int, dtype: Dtype, convolution_name: str, name=None) -> nn.Conv:
+  return nn.Conv(
+    features,
+    (3, 3),
+    padding=1,
+    dtype=dtype,
+    conv_general_dilated=convolution(convolution_name),
+    name=name,
+  )
 
 
 def _pre_activation(x: jax.Array, train: bool, dtype: Dtype) -> jax.Array:
@@ -65,21 +83,21 @@ class ResidualUnit(nn.Module):
 
   features: int
   dtype: Dtype = jnp.float32
+  convolution: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     bottleneck = self.features // 2
-    y = _pre_activation(x, train, self.dtype)
-    y = Conv1x1(bottleneck, dtype=self.dtype)(y)
-    y = _pre_activation(y, train, self.dtype)
-    y = nn.Conv(bottleneck, (3, 3), padding=1, dtype=self.dtype)(y)
-    y = _pre_activation(y, train, self.dtype)
-    y = Conv1x1(self.features, dtype=self.dtype)(y)
-    skip = (
-      x
-      if x.shape[-1] == self.features
-      else Conv1x1(self.features, dtype=self.dtype, name="skip")(x)
+    conv1x1 = lambda features, **kw: Conv1x1(
+      features, dtype=self.dtype, convolution=self.convolution, **kw
     )
+    y = _pre_activation(x, train, self.dtype)
+    y = conv1x1(bottleneck)(y)
+    y = _pre_activation(y, train, self.dtype)
+    y = _conv3x3(bottleneck, self.dtype, self.convolution)(y)
+    y = _pre_activation(y, train, self.dtype)
+    y = conv1x1(self.features)(y)
+    skip = x if x.shape[-1] == self.features else conv1x1(self.features, name="skip")(x)
     return skip + y
 
 
@@ -89,18 +107,28 @@ class HourglassModule(nn.Module):
   features: int
   depth: int
   dtype: Dtype = jnp.float32
+  convolution: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    skip = ResidualUnit(self.features, self.dtype, name="skip")(x, train)
-    low = ResidualUnit(self.features, self.dtype, name="down")(max_pool_2x2(x), train)
+    unit = lambda name: ResidualUnit(
+      self.features, self.dtype, convolution=self.convolution, name=name
+    )
+    skip = unit("skip")(x, train)
+    low = unit("down")(max_pool_2x2(x), train)
     if self.depth > 1:
-      low = HourglassModule(self.features, self.depth - 1, self.dtype, name="inner")(low, train)
+      low = HourglassModule(
+        self.features, self.depth - 1, self.dtype, convolution=self.convolution, name="inner"
+      )(low, train)
     else:
-      low = ResidualUnit(self.features, self.dtype, name="bottom")(low, train)
-    low = ResidualUnit(self.features, self.dtype, name="up")(low, train)
+      low = unit("bottom")(low, train)
+    low = unit("up")(low, train)
     upsampled = Deconv2x2(
-      self.features, dtype=self.dtype, kernel_init=_nearest_upsampling_init, name="deconv"
+      self.features,
+      dtype=self.dtype,
+      kernel_init=_nearest_upsampling_init,
+      convolution=self.convolution,
+      name="deconv",
     )(low)
     return skip + upsampled
 
@@ -121,6 +149,8 @@ class StackedHourglass(nn.Module):
     depth: recursive levels per hourglass (4, Sec. III-B).
     stem_widths: channels of the stem's three 3x3 convs.
     dtype: compute dtype.
+    convolution: ``layers.CONVOLUTIONS`` name: "xla", or "onednn" (oneDNN's kernels on CPU
+      where they can run, XLA's elsewhere; not exportable with ``jax.export``).
   """
 
   num_landmarks: int = 68
@@ -129,6 +159,7 @@ class StackedHourglass(nn.Module):
   depth: int = 4
   stem_widths: tuple[int, int, int] = (64, 64, 128)
   dtype: Dtype = jnp.float32
+  convolution: str = "xla"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -140,29 +171,33 @@ class StackedHourglass(nn.Module):
       )
     if len(self.stem_widths) != 3:
       raise ValueError(f"stem_widths needs 3 entries, got {self.stem_widths}")
-    conv3x3 = lambda features, name: nn.Conv(
-      features, (3, 3), padding=1, dtype=self.dtype, name=name
+    conv3x3 = lambda features, name: _conv3x3(features, self.dtype, self.convolution, name)
+    conv1x1 = lambda features, name: Conv1x1(
+      features, dtype=self.dtype, convolution=self.convolution, name=name
+    )
+    unit = lambda name: ResidualUnit(
+      self.width, self.dtype, convolution=self.convolution, name=name
     )
     x = conv3x3(self.stem_widths[0], "stem_conv1")(images)
     x = conv3x3(self.stem_widths[1], "stem_conv2")(_pre_activation(x, train, self.dtype))
     x = max_pool_2x2(x)
     x = conv3x3(self.stem_widths[2], "stem_conv3")(_pre_activation(x, train, self.dtype))
-    x = ResidualUnit(self.width, self.dtype, name="stem_residual")(x, train)
+    x = unit("stem_residual")(x, train)
 
     heatmaps = []
     for stack in range(self.num_stacks):
-      y = HourglassModule(self.width, self.depth, self.dtype, name=f"hourglass{stack}")(x, train)
-      y = ResidualUnit(self.width, self.dtype, name=f"head_residual{stack}")(y, train)
-      y = Conv1x1(self.width, dtype=self.dtype, name=f"head_conv{stack}")(
-        _pre_activation(y, train, self.dtype)
-      )
+      y = HourglassModule(
+        self.width, self.depth, self.dtype, convolution=self.convolution, name=f"hourglass{stack}"
+      )(x, train)
+      y = unit(f"head_residual{stack}")(y, train)
+      y = conv1x1(self.width, f"head_conv{stack}")(_pre_activation(y, train, self.dtype))
       y = _pre_activation(y, train, self.dtype)
-      stack_heatmaps = Conv1x1(self.num_landmarks, dtype=self.dtype, name=f"heatmaps{stack}")(y)
+      stack_heatmaps = conv1x1(self.num_landmarks, f"heatmaps{stack}")(y)
       heatmaps.append(stack_heatmaps.astype(jnp.promote_types(self.dtype, jnp.float32)))
       if stack < self.num_stacks - 1:
         x = (
           x
-          + Conv1x1(self.width, dtype=self.dtype, name=f"features_back{stack}")(y)
-          + Conv1x1(self.width, dtype=self.dtype, name=f"heatmaps_back{stack}")(stack_heatmaps)
+          + conv1x1(self.width, f"features_back{stack}")(y)
+          + conv1x1(self.width, f"heatmaps_back{stack}")(stack_heatmaps)
         )
     return jnp.stack(heatmaps)

@@ -1,0 +1,1 @@
+"""Native CPU kernels behind pure-JAX fallbacks (oneDNN convolutions via XLA FFI)."""

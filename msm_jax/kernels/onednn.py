@@ -1,0 +1,227 @@
+"""oneDNN convolutions on CPU: ``conv_general_dilated`` with a custom VJP over three XLA FFI
+handlers (``onednn_conv.cc``: forward, gradient w.r.t. the input, gradient w.r.t. the kernel).
+
+Why: on CPUs with AVX512-BF16 or AMX, oneDNN's convolutions run 2-3x faster than XLA's in
+bfloat16 and faster in float32 too (``docs/cpu_notes.md``; ``benchmarks/bench_conv.py``
+re-measures). The handlers are compiled by ``pip install`` (``setup.py``) against the headers
+of the ``onednn-devel-cpu-gomp`` wheel and run with the ``libdnnl.so.3`` of
+``onednn-cpu-gomp``.
+
+:func:`conv_general_dilated` takes ``lax.conv_general_dilated``'s arguments (so it drops into
+``flax.linen.Conv(conv_general_dilated=...)``) and uses oneDNN only where all of these hold,
+else it is ``lax.conv_general_dilated`` itself:
+
+* the extension and ``libdnnl`` loaded (:func:`unavailable_reason` says why not);
+* NHWC input, HWIO kernel, NHWC output (Flax's layout), no dilation, one feature group;
+* input and kernel both float32 or both bfloat16, no ``preferred_element_type`` change;
+* the computation is lowered for CPU: ``lax.platform_dependent`` keeps XLA's convolution
+  on every other platform, so one traced function serves CPU, GPU and TPU.
+
+A computation that holds these custom calls cannot go through ``jax.export`` (XLA refuses
+custom calls without a stability guarantee): build the network with
+``convolution="xla"`` for that.
+"""
+
+import ctypes
+import functools
+import glob
+import importlib.metadata
+import os
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+_HANDLERS = {
+  "msm_conv_forward": "MsmConvForward",
+  "msm_conv_backward_data": "MsmConvBackwardData",
+  "msm_conv_backward_weights": "MsmConvBackwardWeights",
+}
+# Where the onednn-cpu-gomp wheels exist (requirements.txt installs them there only).
+WHEEL_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
+_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+_NHWC = lax.ConvDimensionNumbers(
+  lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+
+
+def _libdnnl_candidates() -> list[str]:
+  """Where ``onednn-cpu-gomp`` put ``libdnnl.so.3``: its recorded files, then ``<prefix>/lib``."""
+  found = []
+  try:
+    distribution = importlib.metadata.distribution("onednn-cpu-gomp")
+    found = [
+      str(distribution.locate_file(f)) for f in distribution.files or () if f.name == "libdnnl.so.3"
+    ]
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  return found + [os.path.join(sys.prefix, "lib", "libdnnl.so.3")]
+
+
+def _extension_path() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  matches = sorted(glob.glob(os.path.join(here, "_onednn_conv*.so")))
+  return matches[0] if matches else None
+
+
+@functools.cache
+def _load() -> str:
+  """Loads libdnnl and the extension, registers the handlers; '' on success, else why not."""
+  if not WHEEL_PLATFORM:
+    return f"no oneDNN wheels for {sys.platform} {platform.machine()}"
+  extension = _extension_path()
+  if extension is None:
+    return "the extension was not built (pip install found no C++ compiler or no oneDNN headers)"
+  libdnnl = next((path for path in _libdnnl_candidates() if os.path.exists(path)), None)
+  if libdnnl is None:
+    return "libdnnl.so.3 not found (pip install onednn-cpu-gomp==2023.2.0)"
+  try:
+    # The extension leaves oneDNN's symbols to the dynamic linker: load libdnnl globally first.
+    ctypes.CDLL(libdnnl, mode=ctypes.RTLD_GLOBAL)
+    library = ctypes.CDLL(extension)
+    for target, symbol in _HANDLERS.items():
+      jax.ffi.register_ffi_target(
+        target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
+      )
+  except (OSError, AttributeError) as error:
+    return f"loading {extension}: {error}"
+  return ""
+
+
+def unavailable_reason() -> str:
+  """'' when the oneDNN convolutions can run in this process, else the reason."""
+  return _load()
+
+
+def available() -> bool:
+  return not _load()
+
+
+def _attributes(strides, padding) -> dict:
+  (top, bottom), (left, right) = padding
+  return dict(
+    stride_h=np.int64(strides[0]),
+    stride_w=np.int64(strides[1]),
+    pad_top=np.int64(top),
+    pad_bottom=np.int64(bottom),
+    pad_left=np.int64(left),
+    pad_right=np.int64(right),
+  )
+
+
+def _call(target, result_shape, dtype, operands, strides, padding):
+  return jax.ffi.ffi_call(
+    target, jax.ShapeDtypeStruct(result_shape, dtype), vmap_method="sequential"
+  )(*operands, **_attributes(strides, padding))
+
+
+def _xla_conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+
+
+def _forward(x, kernel, strides, padding):
+  out_shape = jax.eval_shape(lambda a, b: _xla_conv(a, b, strides, padding), x, kernel).shape
+
+  def onednn(x, kernel):
+    return _call("msm_conv_forward", out_shape, x.dtype, (x, kernel), strides, padding)
+
+  return lax.platform_dependent(
+    x, kernel, cpu=onednn, default=lambda a, b: _xla_conv(a, b, strides, padding)
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, kernel, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
+  """NHWC x HWIO -> NHWC convolution, explicit ``((top, bottom), (left, right))`` padding.
+  Call only where :func:`supports` holds."""
+  return _forward(x, kernel, strides, padding)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+  return _forward(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, grad_y):
+  x, kernel = residuals
+  grad_y = grad_y.astype(x.dtype)
+
+  def onednn(x, kernel, grad_y):
+    grad_x = _call("msm_conv_backward_data", x.shape, x.dtype, (grad_y, kernel), strides, padding)
+    grad_kernel = _call(
+      "msm_conv_backward_weights", kernel.shape, kernel.dtype, (x, grad_y), strides, padding
+    )
+    return grad_x, grad_kernel
+
+  def xla(x, kernel, grad_y):
+    return jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding), x, kernel)[1](grad_y)
+
+  return lax.platform_dependent(x, kernel, grad_y, cpu=onednn, default=xla)
+
+
+conv2d.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _explicit_padding(padding, x_shape, kernel_shape, strides):
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(x_shape[1:3], kernel_shape[:2], strides, padding))
+  return tuple((int(low), int(high)) for low, high in padding)
+
+
+def supports(x, kernel) -> bool:
+  """Whether :func:`conv2d` can take these operands: same dtype, float32 or bfloat16, and the
+  extension loaded."""
+  return x.dtype == kernel.dtype and jnp.dtype(x.dtype) in _DTYPES and available()
+
+
+def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups, preferred):
+  if lhs.ndim != 4 or rhs.ndim != 4 or groups != 1 or not supports(lhs, rhs):
+    return False
+  if preferred is not None and jnp.dtype(preferred) != jnp.dtype(lhs.dtype):
+    return False
+  if any(d != 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1))):
+    return False
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return numbers == _NHWC
+
+
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
+  """``lax.conv_general_dilated``, through oneDNN on CPU where supported (module docstring)."""
+  if batch_group_count == 1 and _supported(
+    lhs,
+    rhs,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    preferred_element_type,
+  ):
+    strides = tuple(int(s) for s in window_strides)
+    return conv2d(lhs, rhs, strides, _explicit_padding(padding, lhs.shape, rhs.shape, strides))
+  return lax.conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )

@@ -1,0 +1,221 @@
+"""The oneDNN convolutions (msm_jax/kernels/onednn.py) against a float64 NumPy convolution:
+values, input gradient and kernel gradient, in float32 and bfloat16, with worst-case rounding
+bounds; the fallbacks to XLA; the hourglass built on them.
+
+Bounds: a float32 sum of n products is within gamma_n * sum|terms| of the exact sum (gamma_n =
+n u / (1 - n u), u = 2^-24), whatever the order or blocking of the sum (oneDNN's and XLA's
+differ by CPU). bfloat16 operands multiply exactly in float32 and are summed there, and the
+result is rounded once to bfloat16: + 2^-8 |exact|. A wrong index, tap or transpose is off by
+O(sum|terms|), far outside these bounds.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from msm_jax.kernels import onednn
+from msm_jax.models.hourglass import StackedHourglass
+
+F32_UNIT = 2.0**-24
+BF16_UNIT = 2.0**-8
+NHWC = ("NHWC", "HWIO", "NHWC")
+# (batch, height, width, in channels, out channels, kernel, strides, padding)
+GEOMETRIES = [
+  (2, 16, 16, 32, 24, 3, (1, 1), ((1, 1), (1, 1))),  # the hourglass's 3x3
+  (2, 8, 8, 64, 48, 1, (1, 1), ((0, 0), (0, 0))),  # its 1x1
+  (3, 13, 11, 3, 16, 3, (1, 1), ((1, 1), (1, 1))),  # the stem: 3 channels, odd sizes
+  (2, 15, 12, 8, 16, 3, (2, 2), ((1, 1), (1, 1))),  # ResNet's stride-2 3x3
+  (1, 9, 10, 4, 5, 3, (1, 2), ((0, 2), (1, 0))),  # asymmetric padding and strides
+]
+
+
+def _conv64(x, kernel, strides, padding):
+  """Float64 correlation, NHWC x HWIO -> NHWC, as a sum over the kernel taps."""
+  (top, bottom), (left, right) = padding
+  x = np.pad(np.asarray(x, np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)))
+  kernel = np.asarray(kernel, np.float64)
+  k_h, k_w = kernel.shape[:2]
+  out_h = (x.shape[1] - k_h) // strides[0] + 1
+  out_w = (x.shape[2] - k_w) // strides[1] + 1
+  out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[3]))
+  for i in range(k_h):
+    for j in range(k_w):
+      window = x[
+        :, i : i + strides[0] * out_h : strides[0], j : j + strides[1] * out_w : strides[1]
+      ]
+      out += window @ kernel[i, j]
+  return out
+
+
+def _conv64_vjp(x, kernel, grad_y, strides, padding):
+  """Float64 input and kernel gradients of ``_conv64`` for the output cotangent ``grad_y``."""
+  (top, bottom), (left, right) = padding
+  x = np.asarray(x, np.float64)
+  kernel = np.asarray(kernel, np.float64)
+  grad_y = np.asarray(grad_y, np.float64)
+  padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  grad_padded = np.zeros_like(padded)
+  grad_kernel = np.zeros_like(kernel)
+  out_h, out_w = grad_y.shape[1:3]
+  for i in range(kernel.shape[0]):
+    for j in range(kernel.shape[1]):
+      rows = slice(i, i + strides[0] * out_h, strides[0])
+      cols = slice(j, j + strides[1] * out_w, strides[1])
+      grad_padded[:, rows, cols] += grad_y @ kernel[i, j].T
+      grad_kernel[i, j] = np.einsum("bhwc,bhwd->cd", padded[:, rows, cols], grad_y)
+  height, width = x.shape[1:3]
+  return grad_padded[:, top : top + height, left : left + width], grad_kernel
+
+
+def _gamma(num_terms):
+  return num_terms * F32_UNIT / (1 - num_terms * F32_UNIT)
+
+
+def _assert_within(got, exact, magnitude, num_terms, dtype):
+  """|got - exact| <= gamma_n * magnitude (+ one bfloat16 rounding of the result)."""
+  got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
+  bound = _gamma(num_terms) * magnitude
+  if dtype == jnp.bfloat16:
+    bound = bound + BF16_UNIT * np.abs(exact)
+  excess = np.abs(got - exact) - bound
+  assert excess.max() <= 0, f"max error beyond the bound: {excess.max()} (bound {bound.max()})"
+
+
+def _operands(geometry, dtype, seed=0):
+  batch, height, width, cin, cout, size, strides, padding = geometry
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.standard_normal((batch, height, width, cin)), dtype)
+  kernel = jnp.asarray(rng.standard_normal((size, size, cin, cout)) / size, dtype)
+  return x, kernel, strides, padding
+
+
+def test_extension_loads_where_the_wheels_exist():
+  if not onednn.WHEEL_PLATFORM:
+    pytest.skip("the oneDNN wheels exist for Linux x86_64 only")
+  assert onednn.available(), onednn.unavailable_reason()
+
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=onednn.unavailable_reason())
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g[5]}x{g[5]}s{g[6]}p{g[7]}")
+def test_values_and_gradients_against_float64(geometry, dtype):
+  x, kernel, strides, padding = _operands(geometry, dtype)
+  y, vjp = jax.vjp(lambda a, b: onednn.conv2d(a, b, strides, padding), x, kernel)
+  assert y.dtype == dtype
+  k_h, k_w, cin, cout = kernel.shape
+  _assert_within(
+    y,
+    _conv64(x, kernel, strides, padding),
+    _conv64(np.abs(x), np.abs(kernel), strides, padding),
+    k_h * k_w * cin,
+    dtype,
+  )
+
+  grad_y = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), dtype)
+  grad_x, grad_kernel = vjp(grad_y)
+  assert grad_x.dtype == dtype and grad_kernel.dtype == dtype
+  exact_x, exact_kernel = _conv64_vjp(x, kernel, grad_y, strides, padding)
+  magnitude_x, magnitude_kernel = _conv64_vjp(
+    np.abs(x), np.abs(kernel), np.abs(grad_y), strides, padding
+  )
+  _assert_within(grad_x, exact_x, magnitude_x, k_h * k_w * cout, dtype)
+  _assert_within(
+    grad_kernel, exact_kernel, magnitude_kernel, y.shape[0] * y.shape[1] * y.shape[2], dtype
+  )
+
+
+@needs_onednn
+def test_flax_conv_takes_it_and_custom_calls_appear_only_where_supported():
+  x, kernel, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
+  numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
+  call = lambda **kw: jax.jit(
+    lambda a, b: onednn.conv_general_dilated(
+      a, b, strides, padding, dimension_numbers=numbers, **kw
+    )
+  )
+  assert "msm_conv_forward" in call().lower(x, kernel).as_text()
+  exact = _conv64(x, kernel, strides, padding)
+  np.testing.assert_allclose(call()(x, kernel), exact, atol=1e-3)
+  # Not supported: kernel dilation, float16, NCHW. These are lax's convolution itself.
+  unsupported = [
+    (call(rhs_dilation=(2, 2)), x, kernel),
+    (call(), x.astype(jnp.float16), kernel.astype(jnp.float16)),
+    (
+      jax.jit(lambda a, b: onednn.conv_general_dilated(a, b, strides, padding)),
+      x.transpose(0, 3, 1, 2),
+      kernel.transpose(3, 2, 0, 1),
+    ),
+  ]
+  for function, a, b in unsupported:
+    assert "msm_conv" not in function.lower(a, b).as_text()
+
+
+@needs_onednn
+def test_other_platforms_lower_to_xla():
+  x, kernel, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
+
+  def loss(a, b):
+    return jnp.sum(onednn.conv2d(a, b, strides, padding) ** 2)
+
+  exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=["cuda"])(
+    x, kernel
+  )
+  assert "msm_conv" not in exported.mlir_module()
+  with pytest.raises(ValueError, match="custom call"):
+    jax.export.export(jax.jit(loss), platforms=["cpu"])(x, kernel)
+
+
+@needs_onednn
+def test_float64_and_vmap():
+  x, kernel, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
+  with jax.enable_x64(True):
+    x64, kernel64 = x.astype(jnp.float64), kernel.astype(jnp.float64)
+    assert not onednn.supports(x64, kernel64)
+  batched = jax.vmap(lambda a: onednn.conv2d(a, kernel, strides, padding))(x[:, None])
+  _assert_within(
+    batched[:, 0],
+    _conv64(x, kernel, strides, padding),
+    _conv64(np.abs(x), np.abs(kernel), strides, padding),
+    9 * x.shape[-1],
+    jnp.float32,
+  )
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_hourglass_on_onednn_matches_xla(dtype):
+  """Same variables; heatmaps and the gradient of a loss no further from the float64 network
+  than XLA's own result in that dtype is (x 4): every layer is wired the same way."""
+  kwargs = dict(num_landmarks=5, width=16, depth=2, stem_widths=(8, 8, 16))
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  variables = StackedHourglass(**kwargs).init(jax.random.key(1), images, train=False)
+  weights = jax.random.normal(jax.random.key(2), (2, 2, 16, 16, 5))
+
+  def outputs(dtype, convolution):
+    network = StackedHourglass(**kwargs, dtype=dtype, convolution=convolution)
+    cast = lambda tree: jax.tree.map(
+      lambda v: v.astype(jnp.promote_types(dtype, jnp.float32)), tree
+    )
+
+    def loss(params):
+      maps = network.apply({**cast(variables), "params": params}, images, train=False)
+      return jnp.sum(maps * weights), maps
+
+    (_, maps), grads = jax.value_and_grad(loss, has_aux=True)(cast(variables)["params"])
+    return np.asarray(maps, np.float64), jax.tree.map(lambda g: np.asarray(g, np.float64), grads)
+
+  with jax.enable_x64(True):
+    exact_maps, exact_grads = outputs(jnp.float64, "xla")
+  xla_maps, xla_grads = outputs(dtype, "xla")
+  onednn_maps, onednn_grads = outputs(dtype, "onednn")
+  assert jax.tree.structure(onednn_grads) == jax.tree.structure(exact_grads)
+  for got, xla, exact in [(onednn_maps, xla_maps, exact_maps)] + list(
+    zip(jax.tree.leaves(onednn_grads), jax.tree.leaves(xla_grads), jax.tree.leaves(exact_grads))
+  ):
+    floor = 16 * jnp.finfo(dtype).eps * np.abs(exact).max()
+    assert np.abs(got - exact).max() <= 4 * np.abs(xla - exact).max() + floor
