@@ -88,7 +88,8 @@ def _operands(geometry, dtype, seed=0):
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((batch, height, width, cin)), dtype)
   kernel = jnp.asarray(rng.standard_normal((size, size, cin, cout)) / size, dtype)
-  return x, kernel, strides, padding
+  bias = jnp.asarray(rng.standard_normal(cout), dtype)
+  return x, kernel, bias, strides, padding
 
 
 def test_extension_loads_where_the_wheels_exist():
@@ -104,34 +105,37 @@ needs_onednn = pytest.mark.skipif(not onednn.available(), reason=onednn.unavaila
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"{g[5]}x{g[5]}s{g[6]}p{g[7]}")
 def test_values_and_gradients_against_float64(geometry, dtype):
-  x, kernel, strides, padding = _operands(geometry, dtype)
-  y, vjp = jax.vjp(lambda a, b: onednn.conv2d(a, b, strides, padding), x, kernel)
+  x, kernel, bias, strides, padding = _operands(geometry, dtype)
+  conv = lambda a, b, c: onednn.conv2d(a, b, c, strides, padding)
+  y, vjp = jax.vjp(conv, x, kernel, bias)
   assert y.dtype == dtype
   k_h, k_w, cin, cout = kernel.shape
+  bias64 = np.asarray(bias, np.float64)
   _assert_within(
     y,
-    _conv64(x, kernel, strides, padding),
-    _conv64(np.abs(x), np.abs(kernel), strides, padding),
-    k_h * k_w * cin,
+    _conv64(x, kernel, strides, padding) + bias64,
+    _conv64(np.abs(x), np.abs(kernel), strides, padding) + np.abs(bias64),
+    k_h * k_w * cin + 1,
     dtype,
   )
 
   grad_y = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), dtype)
-  grad_x, grad_kernel = vjp(grad_y)
-  assert grad_x.dtype == dtype and grad_kernel.dtype == dtype
+  grad_x, grad_kernel, grad_bias = vjp(grad_y)
+  assert grad_x.dtype == grad_kernel.dtype == grad_bias.dtype == dtype
   exact_x, exact_kernel = _conv64_vjp(x, kernel, grad_y, strides, padding)
   magnitude_x, magnitude_kernel = _conv64_vjp(
     np.abs(x), np.abs(kernel), np.abs(grad_y), strides, padding
   )
+  pixels = y.shape[0] * y.shape[1] * y.shape[2]
+  grad_y64 = np.asarray(grad_y, np.float64)
   _assert_within(grad_x, exact_x, magnitude_x, k_h * k_w * cout, dtype)
-  _assert_within(
-    grad_kernel, exact_kernel, magnitude_kernel, y.shape[0] * y.shape[1] * y.shape[2], dtype
-  )
+  _assert_within(grad_kernel, exact_kernel, magnitude_kernel, pixels, dtype)
+  _assert_within(grad_bias, grad_y64.sum((0, 1, 2)), np.abs(grad_y64).sum((0, 1, 2)), pixels, dtype)
 
 
 @needs_onednn
 def test_flax_conv_takes_it_and_custom_calls_appear_only_where_supported():
-  x, kernel, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
+  x, kernel, _, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
   numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
   call = lambda **kw: jax.jit(
     lambda a, b: onednn.conv_general_dilated(
@@ -157,31 +161,31 @@ def test_flax_conv_takes_it_and_custom_calls_appear_only_where_supported():
 
 @needs_onednn
 def test_other_platforms_lower_to_xla():
-  x, kernel, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
+  x, kernel, bias, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
 
-  def loss(a, b):
-    return jnp.sum(onednn.conv2d(a, b, strides, padding) ** 2)
+  def loss(a, b, c):
+    return jnp.sum(onednn.conv2d(a, b, c, strides, padding) ** 2)
 
-  exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1))), platforms=["cuda"])(
-    x, kernel
-  )
+  gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  exported = jax.export.export(gradients, platforms=["cuda"])(x, kernel, bias)
   assert "msm_conv" not in exported.mlir_module()
   with pytest.raises(ValueError, match="custom call"):
-    jax.export.export(jax.jit(loss), platforms=["cpu"])(x, kernel)
+    jax.export.export(jax.jit(loss), platforms=["cpu"])(x, kernel, bias)
 
 
 @needs_onednn
 def test_float64_and_vmap():
-  x, kernel, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
+  x, kernel, bias, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
   with jax.enable_x64(True):
     x64, kernel64 = x.astype(jnp.float64), kernel.astype(jnp.float64)
     assert not onednn.supports(x64, kernel64)
-  batched = jax.vmap(lambda a: onednn.conv2d(a, kernel, strides, padding))(x[:, None])
+  batched = jax.vmap(lambda a: onednn.conv2d(a, kernel, bias, strides, padding))(x[:, None])
+  bias64 = np.asarray(bias, np.float64)
   _assert_within(
     batched[:, 0],
-    _conv64(x, kernel, strides, padding),
-    _conv64(np.abs(x), np.abs(kernel), strides, padding),
-    9 * x.shape[-1],
+    _conv64(x, kernel, strides, padding) + bias64,
+    _conv64(np.abs(x), np.abs(kernel), strides, padding) + np.abs(bias64),
+    9 * x.shape[-1] + 1,
     jnp.float32,
   )
 

@@ -112,53 +112,71 @@ def _attributes(strides, padding) -> dict:
   )
 
 
-def _call(target, result_shape, dtype, operands, strides, padding):
-  return jax.ffi.ffi_call(
-    target, jax.ShapeDtypeStruct(result_shape, dtype), vmap_method="sequential"
-  )(*operands, **_attributes(strides, padding))
-
-
-def _xla_conv(x, kernel, strides, padding):
-  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
-
-
-def _forward(x, kernel, strides, padding):
-  out_shape = jax.eval_shape(lambda a, b: _xla_conv(a, b, strides, padding), x, kernel).shape
-
-  def onednn(x, kernel):
-    return _call("msm_conv_forward", out_shape, x.dtype, (x, kernel), strides, padding)
-
-  return lax.platform_dependent(
-    x, kernel, cpu=onednn, default=lambda a, b: _xla_conv(a, b, strides, padding)
+def _call(target, results, operands, strides, padding):
+  return jax.ffi.ffi_call(target, results, vmap_method="sequential")(
+    *operands, **_attributes(strides, padding)
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x, kernel, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
-  """NHWC x HWIO -> NHWC convolution, explicit ``((top, bottom), (left, right))`` padding.
-  Call only where :func:`supports` holds."""
-  return _forward(x, kernel, strides, padding)
+def _xla_conv(x, kernel, bias, strides, padding):
+  y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+  return y + bias
 
 
-def _conv_fwd(x, kernel, strides, padding):
-  return _forward(x, kernel, strides, padding), (x, kernel)
+def _forward(x, kernel, bias, strides, padding):
+  if not available():
+    raise RuntimeError(f"oneDNN convolutions unavailable: {unavailable_reason()}")
+  xla = lambda x, kernel, bias: _xla_conv(x, kernel, bias, strides, padding)
+  result = jax.eval_shape(xla, x, kernel, bias)
+
+  def onednn(x, kernel, bias):
+    return _call("msm_conv_forward", result, (x, kernel, bias), strides, padding)
+
+  return lax.platform_dependent(x, kernel, bias, cpu=onednn, default=xla)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def conv2d(x, kernel, bias, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
+  """``conv(x, kernel) + bias``: NHWC x HWIO -> NHWC, ``bias [Cout]`` in the same dtype,
+  explicit ``((top, bottom), (left, right))`` padding. Call only where :func:`supports`
+  holds. The bias is added inside oneDNN's convolution and its gradient comes out of the
+  kernel-gradient pass."""
+  return _forward(x, kernel, bias, strides, padding)
+
+
+def _conv_fwd(x, kernel, bias, strides, padding):
+  return _forward(x, kernel, bias, strides, padding), (x, kernel, bias)
 
 
 def _conv_bwd(strides, padding, residuals, grad_y):
-  x, kernel = residuals
+  x, kernel, bias = residuals
   grad_y = grad_y.astype(x.dtype)
 
-  def onednn(x, kernel, grad_y):
-    grad_x = _call("msm_conv_backward_data", x.shape, x.dtype, (grad_y, kernel), strides, padding)
-    grad_kernel = _call(
-      "msm_conv_backward_weights", kernel.shape, kernel.dtype, (x, grad_y), strides, padding
+  def onednn(x, kernel, bias, grad_y):
+    grad_x = _call(
+      "msm_conv_backward_data",
+      jax.ShapeDtypeStruct(x.shape, x.dtype),
+      (grad_y, kernel),
+      strides,
+      padding,
     )
-    return grad_x, grad_kernel
+    grad_kernel, grad_bias = _call(
+      "msm_conv_backward_weights",
+      (
+        jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
+        jax.ShapeDtypeStruct(bias.shape, jnp.float32),
+      ),
+      (x, grad_y),
+      strides,
+      padding,
+    )
+    return grad_x, grad_kernel, grad_bias.astype(bias.dtype)
 
-  def xla(x, kernel, grad_y):
-    return jax.vjp(lambda a, b: _xla_conv(a, b, strides, padding), x, kernel)[1](grad_y)
+  def xla(x, kernel, bias, grad_y):
+    conv = lambda a, b, c: _xla_conv(a, b, c, strides, padding)
+    return jax.vjp(conv, x, kernel, bias)[1](grad_y)
 
-  return lax.platform_dependent(x, kernel, grad_y, cpu=onednn, default=xla)
+  return lax.platform_dependent(x, kernel, bias, grad_y, cpu=onednn, default=xla)
 
 
 conv2d.defvjp(_conv_fwd, _conv_bwd)
@@ -211,7 +229,10 @@ def conv_general_dilated(
     preferred_element_type,
   ):
     strides = tuple(int(s) for s in window_strides)
-    return conv2d(lhs, rhs, strides, _explicit_padding(padding, lhs.shape, rhs.shape, strides))
+    bias = jnp.zeros(rhs.shape[-1], lhs.dtype)
+    return conv2d(
+      lhs, rhs, bias, strides, _explicit_padding(padding, lhs.shape, rhs.shape, strides)
+    )
   return lax.conv_general_dilated(
     lhs,
     rhs,

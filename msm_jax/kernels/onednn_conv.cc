@@ -1,14 +1,16 @@
 // 2-D convolutions through oneDNN, as XLA FFI handlers for the CPU platform.
 //
-// Three handlers, one per derivative of y = conv(x, w) (NHWC activations, HWIO kernel, the
-// layouts of lax.conv_general_dilated with dimension numbers ("NHWC", "HWIO", "NHWC")):
-//   msm_conv_forward          x, w   -> y
-//   msm_conv_backward_data    dy, w  -> dx
-//   msm_conv_backward_weights x, dy  -> dw
+// Three handlers, one per derivative of y = conv(x, w) + b (NHWC activations, HWIO kernel,
+// the layouts of lax.conv_general_dilated with dimension numbers ("NHWC", "HWIO", "NHWC")):
+//   msm_conv_forward          x, w, b -> y
+//   msm_conv_backward_data    dy, w   -> dx
+//   msm_conv_backward_weights x, dy   -> dw, db (db float32)
 // Attributes (int64): stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right.
-// Element types: float32, or bfloat16 (accumulated in float32 by oneDNN; the kernel gradient
-// is accumulated into a float32 buffer and rounded once). msm_jax/kernels/onednn.py builds
-// the custom_vjp around them and checks shapes before calling.
+// Element types: float32, or bfloat16 (accumulated in float32 by oneDNN; the kernel and bias
+// gradients are accumulated in float32, the kernel's rounded once into the caller's type).
+// The bias gradient is a sum over batch x height x width: computed inside the kernel-gradient
+// pass rather than by XLA, whose bfloat16 -> float32 reductions of that size are slow.
+// msm_jax/kernels/onednn.py builds the custom_vjp around them and checks shapes first.
 //
 // Activations stay NHWC (oneDNN's nhwc kernels, as PyTorch's channels-last); the kernel is
 // reordered into the blocked layout the chosen implementation wants on every call (a few
@@ -65,6 +67,7 @@ struct Geometry {
   memory::desc AnyWeights(memory::data_type t) const {
     return {{out_c, in_c, k_h, k_w}, t, Tag::any};
   }
+  memory::desc Bias(memory::data_type t) const { return {{out_c}, t, Tag::a}; }
   std::string Key(const char* op) const {
     std::ostringstream key;
     key << op << ' ' << static_cast<int>(type) << ' ' << batch << ' ' << in_h << ' ' << in_w
@@ -75,8 +78,9 @@ struct Geometry {
     return key.str();
   }
   dnnl::convolution_forward::primitive_desc Forward() const {
-    return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-            Source(), AnyWeights(type), Destination(), strides, pad_l, pad_r};
+    return {Engine(),     dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+            Source(),     AnyWeights(type), Bias(type), Destination(), strides, pad_l,
+            pad_r};
   }
 };
 
@@ -160,7 +164,13 @@ void* WeightsScratch(size_t bytes) {
   return scratch.data();
 }
 
+// One oneDNN call at a time: each already spreads over every core through OpenMP, and XLA
+// may run independent thunks (or several forced CPU devices) on concurrent threads; two
+// OpenMP teams on the same cores spin against each other.
+std::mutex run_mutex;
+
 ffi::Error Run(const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(run_mutex);
   try {
     body();
   } catch (const dnnl::error& e) {
@@ -174,12 +184,14 @@ Attributes ReadAttributes(int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_
   return {sh, sw, pt, pb, pl, pr};
 }
 
-ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                       ffi::Result<ffi::AnyBuffer> y,
                        int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
                        int64_t pad_left, int64_t pad_right) {
   Geometry g;
   auto attributes = ReadAttributes(stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right);
-  if (x.element_type() != w.element_type() || y->element_type() != x.element_type())
+  if (x.element_type() != w.element_type() || y->element_type() != x.element_type() ||
+      b.element_type() != x.element_type())
     return ffi::Error::InvalidArgument("msm_conv_forward: mixed element types");
   auto status = MakeGeometry(x.element_type(), x.dimensions(), w.dimensions(), y->dimensions(),
                              attributes, &g);
@@ -199,6 +211,7 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyB
     }
     plan->conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Source(), Engine(), x.untyped_data())},
                                 {DNNL_ARG_WEIGHTS, weights},
+                                {DNNL_ARG_BIAS, memory(g.Bias(g.type), Engine(), b.untyped_data())},
                                 {DNNL_ARG_DST, memory(g.Destination(), Engine(), y->untyped_data())}});
     stream.wait();
   });
@@ -238,12 +251,14 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi
 }
 
 ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
-                               ffi::Result<ffi::AnyBuffer> dw, int64_t stride_h,
+                               ffi::Result<ffi::AnyBuffer> dw,
+                               ffi::Result<ffi::AnyBuffer> db, int64_t stride_h,
                                int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
                                int64_t pad_left, int64_t pad_right) {
   Geometry g;
   auto attributes = ReadAttributes(stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right);
-  if (x.element_type() != dy.element_type() || dw->element_type() != x.element_type())
+  if (x.element_type() != dy.element_type() || dw->element_type() != x.element_type() ||
+      db->element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("msm_conv_backward_weights: mixed element types");
   auto status = MakeGeometry(x.element_type(), x.dimensions(), dw->dimensions(),
                              dy.dimensions(), attributes, &g);
@@ -254,8 +269,8 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
     auto plan = CachedPlan(g.Key("backward_weights"), [&] {
       dnnl::convolution_backward_weights::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.Source(),
-          g.AnyWeights(memory::data_type::f32), g.Destination(), g.strides, g.pad_l, g.pad_r,
-          g.Forward());
+          g.AnyWeights(memory::data_type::f32), g.Bias(memory::data_type::f32), g.Destination(),
+          g.strides, g.pad_l, g.pad_r, g.Forward());
       return MakePlan(dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
                       g.UserWeights(g.type), false);
     });
@@ -266,7 +281,8 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                          : user_weights;
     plan->conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Source(), Engine(), x.untyped_data())},
                                 {DNNL_ARG_DIFF_DST, memory(g.Destination(), Engine(), dy.untyped_data())},
-                                {DNNL_ARG_DIFF_WEIGHTS, weights}});
+                                {DNNL_ARG_DIFF_WEIGHTS, weights},
+                                {DNNL_ARG_DIFF_BIAS, memory(g.Bias(memory::data_type::f32), Engine(), db->untyped_data())}});
     if (plan->reorder_needed) plan->reorder.execute(stream, weights, user_weights);
     stream.wait();
   });
@@ -282,6 +298,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsmConvForward, ConvForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() MSM_CONV_ATTRIBUTES);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MsmConvBackwardData, ConvBackwardData,
@@ -294,4 +311,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsmConvBackwardWeights, ConvBackwardWeights,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() MSM_CONV_ATTRIBUTES);

@@ -43,14 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msm_jax.models.layers import (
-  BatchNormReLU,
-  Conv1x1,
-  Deconv2x2,
-  Dtype,
-  convolution,
-  max_pool_2x2,
-)
+from msm_jax.models.layers import BatchNormReLU, Conv, Conv1x1, Deconv2x2, Dtype, max_pool_2x2
 
 
 def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
@@ -62,15 +55,8 @@ def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
   return jnp.broadcast_to(jnp.eye(in_features, dtype=dtype), shape)
 
 
-def _conv3x3(features: int, dtype: Dtype, convolution_name: str, name=None) -> nn.Conv:
-  return nn.Conv(
-    features,
-    (3, 3),
-    padding=1,
-    dtype=dtype,
-    conv_general_dilated=convolution(convolution_name),
-    name=name,
-  )
+def _conv3x3(features: int, dtype: Dtype, convolution: str, name=None) -> Conv:
+  return Conv(features, (3, 3), padding=1, dtype=dtype, convolution=convolution, name=name)
 
 
 def _pre_activation(x: jax.Array, train: bool, dtype: Dtype) -> jax.Array:

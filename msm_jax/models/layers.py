@@ -42,9 +42,10 @@ bfloat16 compute did not pay on XLA:CPU (+7 % per step): XLA does not use AMX he
 
 ``CONVOLUTIONS`` names the convolution the layers run: "xla" (``lax`` and ``jnp.dot``) or
 "onednn" (``msm_jax/kernels/onednn.py``: oneDNN's kernels through XLA FFI on CPU, 2-4x
-faster there in bfloat16; the same function as "xla" wherever it cannot run). The 3x3
-convolutions take it as ``nn.Conv(conv_general_dilated=...)``; ``Conv1x1`` and ``Deconv2x2``
-run their matrix product as a 1x1 oneDNN convolution.
+faster there in bfloat16; the same function as "xla" wherever it cannot run). ``Conv``
+(nn.Conv's parameters), ``Conv1x1`` and ``Deconv2x2`` (its four taps as one 1x1 convolution
+with 4 x Cout outputs) take the name; oneDNN adds the bias inside the convolution and computes
+its gradient in the kernel-gradient pass.
 """
 
 import functools
@@ -59,23 +60,79 @@ from msm_jax.kernels import onednn
 
 Dtype = Any
 
-CONVOLUTIONS = {"xla": lax.conv_general_dilated, "onednn": onednn.conv_general_dilated}
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def xla_convolution(x, kernel, bias, strides, padding):
+  """``conv(x, kernel) + bias`` (NHWC x HWIO; bias None: none) with XLA's ops; a 1x1 stride-1
+  kernel runs as a matrix product over channels (XLA's 1x1 convolution is ~3x slower)."""
+  if kernel.shape[:2] == (1, 1) and tuple(strides) == (1, 1) and not any(map(any, padding)):
+    y = jnp.dot(x, kernel[0, 0])
+  else:
+    y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+  return y if bias is None else y + bias
+
+
+def onednn_convolution(x, kernel, bias, strides, padding):
+  """``xla_convolution`` through oneDNN's kernels (bias fused) where they can run."""
+  if x.ndim != 4 or not onednn.supports(x, kernel):
+    return xla_convolution(x, kernel, bias, strides, padding)
+  bias = jnp.zeros(kernel.shape[-1], x.dtype) if bias is None else bias
+  return onednn.conv2d(x, kernel, bias, tuple(strides), tuple(map(tuple, padding)))
+
+
+# f(x [B, H, W, Cin], kernel [kh, kw, Cin, Cout], bias [Cout] | None, strides, padding pairs).
+CONVOLUTIONS = {"xla": xla_convolution, "onednn": onednn_convolution}
 
 
 def convolution(name: str):
-  """The ``lax.conv_general_dilated``-like function registered as ``name``."""
+  """The convolution registered as ``name``."""
   if name not in CONVOLUTIONS:
     raise ValueError(f"convolution {name!r}: expected one of {', '.join(sorted(CONVOLUTIONS))}")
   return CONVOLUTIONS[name]
 
 
-def _channel_product(x: jax.Array, matrix: jax.Array, convolution_name: str) -> jax.Array:
-  """``x [B, H, W, Cin] @ matrix [Cin, Cout]``: a 1x1 convolution through the named
-  convolution where it has its own kernel for it, else XLA's matrix product (whose gradients
-  are matrix products; XLA's 1x1 convolution is ~3x slower)."""
-  if convolution_name == "onednn" and x.ndim == 4 and onednn.supports(x, matrix):
-    return onednn.conv2d(x, matrix[None, None], (1, 1), ((0, 0), (0, 0)))
-  return jnp.dot(x, matrix)
+class Conv(nn.Module):
+  """``nn.Conv(features, kernel_size, strides, padding=int)`` on ``[B, H, W, Cin]``: same
+  parameters (``kernel [kh, kw, Cin, Cout]``, ``bias``) and outputs, run by the named
+  ``CONVOLUTIONS`` entry (oneDNN adds the bias inside its convolution).
+
+  Attributes:
+    features: output channels Cout.
+    kernel_size: (kh, kw).
+    strides: (sh, sw).
+    padding: zero rows / columns on each side.
+    use_bias: add a learned bias per output channel.
+    dtype: compute dtype (None: promote input and parameters).
+    param_dtype: parameter dtype.
+    convolution: a ``CONVOLUTIONS`` name.
+  """
+
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: int = 1
+  use_bias: bool = True
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  convolution: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"Conv expects [B, H, W, C] inputs, got shape {x.shape}")
+    kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    padding = ((self.padding, self.padding),) * 2
+    return convolution(self.convolution)(x, kernel, bias, self.strides, padding)
 
 
 class Deconv2x2(nn.Module):
@@ -119,13 +176,11 @@ class Deconv2x2(nn.Module):
     batch, height, width, channels = x.shape
     # One product over channels gives all four taps per pixel: [B, H, W, (i, j, Cout)].
     taps = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(channels, 4 * self.features)
-    blocks = _channel_product(x, taps, self.convolution).reshape(
-      batch, height, width, 2, 2, self.features
-    )
-    y = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, self.features)
-    if bias is not None:
-      y = y + bias
-    return y
+    taps_bias = None if bias is None else jnp.tile(bias, 4)
+    no_padding = ((0, 0), (0, 0))
+    blocks = convolution(self.convolution)(x, taps[None, None], taps_bias, (1, 1), no_padding)
+    blocks = blocks.reshape(batch, height, width, 2, 2, self.features)
+    return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, self.features)
 
 
 class Conv1x1(nn.Module):
@@ -159,10 +214,7 @@ class Conv1x1(nn.Module):
       else None
     )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = _channel_product(x, kernel[0, 0], self.convolution)
-    if bias is not None:
-      y = y + bias
-    return y
+    return convolution(self.convolution)(x, kernel, bias, (1, 1), ((0, 0), (0, 0)))
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
