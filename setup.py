@@ -41,8 +41,9 @@ def _extensions() -> list[Extension]:
     return []
   return [
     Extension(
-      "msm_jax.kernels._onednn_conv",
-      sources=["msm_jax/kernels/onednn_conv.cc"],
+      "msm_jax.kernels._onednn",
+      sources=["msm_jax/kernels/onednn_conv.cc", "msm_jax/kernels/onednn_batch_norm.cc"],
+      depends=["msm_jax/kernels/onednn_common.h"],
       include_dirs=includes,
       language="c++",
       # The FFI headers end some switch functions without a return (-Wreturn-type noise).

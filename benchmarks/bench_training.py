@@ -100,11 +100,11 @@ def _step_and_state(stage: str, config, mesh):
 
 def step_flops(stage: str, config, mesh, batch) -> float:
   """FLOPs of one update from XLA's cost analysis, counted on XLA's convolutions: oneDNN's
-  custom calls (config.hourglass.convolution) compute the same products but XLA cannot see
+  custom calls (config.hourglass.kernels) compute the same products but XLA cannot see
   into them."""
   config = config.copy_and_resolve_references()
-  if "convolution" in config.get(stage, {}):
-    config[stage].convolution = "xla"
+  if "kernels" in config.get(stage, {}):
+    config[stage].kernels = "xla"
   step, state = _step_and_state(stage, config, mesh)
   from msm_jax.train import parallel  # pylint: disable=g-import-not-at-top
 

@@ -110,9 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (docs/cpu_notes.md), spatial softmax cross-entropy did.
   config.hourglass.loss = "softmax_cross_entropy"  # or "mse" (train/losses.py: HEATMAP_LOSSES)
   config.hourglass.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
-  # msm_jax/models/layers.py: CONVOLUTIONS. "onednn": oneDNN's CPU kernels where they can run
-  # (XLA's convolution on other platforms or without the extension); "xla": XLA's everywhere.
-  config.hourglass.convolution = "onednn"
+  # msm_jax/models/layers.py: KERNELS. "onednn": oneDNN's CPU convolutions and BN + ReLU where
+  # they can run (XLA's ops on other platforms or without the extension); "xla": XLA's everywhere.
+  config.hourglass.kernels = "onednn"
   # Fine-tuning: start from the hourglass of this pretrained package folder ("" = random
   # init). Used only when the workdir has no hourglass checkpoint yet.
   config.hourglass.init_from = ""

@@ -43,38 +43,38 @@ def _randomise(params, seed):
 
 
 # "onednn" runs the products of Conv1x1 and Deconv2x2 through msm_jax/kernels where it can.
-each_convolution = pytest.mark.parametrize("convolution", ["xla", "onednn"])
+each_kernels = pytest.mark.parametrize("kernels", ["xla", "onednn"])
 
 
-@each_convolution
-def test_deconv_matches_conv_transpose(convolution):
+@each_kernels
+def test_deconv_matches_conv_transpose(kernels):
   x = _random(0, (2, 5, 6, 3))
   reference = nn.ConvTranspose(4, (2, 2), strides=(2, 2))
   params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=10)
   expected = _values_and_gradients(reference, {"params": params}, x)
-  actual = _values_and_gradients(Deconv2x2(4, convolution=convolution), {"params": params}, x)
+  actual = _values_and_gradients(Deconv2x2(4, kernels=kernels), {"params": params}, x)
   assert actual[0].shape == (2, 10, 12, 4)
   _assert_close(actual, expected)
 
 
-@each_convolution
-def test_deconv_paints_each_pixel_into_a_2x2_block(convolution):
+@each_kernels
+def test_deconv_paints_each_pixel_into_a_2x2_block(kernels):
   # One input pixel of value 1 at (0, 0), one channel in and out: the output block
   # (i, j) holds kernel[1 - i, 1 - j] (lax correlates with the dilated input).
   x = jnp.zeros((1, 2, 2, 1)).at[0, 0, 0, 0].set(1.0)
   kernel = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(2, 2, 1, 1)
   params = {"kernel": kernel, "bias": jnp.zeros(1)}
-  y = Deconv2x2(1, convolution=convolution).apply({"params": params}, x)[0, :, :, 0]
+  y = Deconv2x2(1, kernels=kernels).apply({"params": params}, x)[0, :, :, 0]
   np.testing.assert_array_equal(y, [[4, 3, 0, 0], [2, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
 
 
-@each_convolution
-def test_conv1x1_matches_conv(convolution):
+@each_kernels
+def test_conv1x1_matches_conv(kernels):
   x = _random(2, (2, 4, 3, 5))
   reference = nn.Conv(7, (1, 1))
   params = _randomise(reference.init(jax.random.PRNGKey(1), x)["params"], seed=20)
   _assert_close(
-    _values_and_gradients(Conv1x1(7, convolution=convolution), {"params": params}, x),
+    _values_and_gradients(Conv1x1(7, kernels=kernels), {"params": params}, x),
     _values_and_gradients(reference, {"params": params}, x),
   )
 
@@ -112,8 +112,9 @@ def _flax_batch_norm_relu():
   return Reference()
 
 
+@each_kernels
 @pytest.mark.parametrize("train", [True, False])
-def test_batch_norm_relu_matches_flax(train):
+def test_batch_norm_relu_matches_flax(train, kernels):
   x = _random(5, (4, 3, 5, 6), scale=2.0, offset=0.7)
   reference = _flax_batch_norm_relu()
   params = {"BatchNorm_0": {"scale": _random(6, (6,), 0.5, 1.0), "bias": _random(7, (6,), 0.5)}}
@@ -127,7 +128,7 @@ def test_batch_norm_relu_matches_flax(train):
     mutable=["batch_stats"],
   )
   ours = {"params": params["BatchNorm_0"], "batch_stats": batch_stats["BatchNorm_0"]}
-  actual_y, actual_stats = BatchNormReLU().apply(
+  actual_y, actual_stats = BatchNormReLU(kernels=kernels).apply(
     ours, x, use_running_average=not train, mutable=["batch_stats"]
   )
   _assert_close(actual_y, expected_y)
@@ -154,7 +155,7 @@ def test_batch_norm_relu_matches_flax(train):
   actual_grads = jax.grad(
     lambda p, x: jnp.sum(
       strip(
-        BatchNormReLU().apply(
+        BatchNormReLU(kernels=kernels).apply(
           {"params": p, "batch_stats": ours["batch_stats"]},
           x,
           use_running_average=not train,

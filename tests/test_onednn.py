@@ -9,6 +9,8 @@ result is rounded once to bfloat16: + 2^-8 |exact|. A wrong index, tap or transp
 O(sum|terms|), far outside these bounds.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,8 +202,8 @@ def test_hourglass_on_onednn_matches_xla(dtype):
   variables = StackedHourglass(**kwargs).init(jax.random.key(1), images, train=False)
   weights = jax.random.normal(jax.random.key(2), (2, 2, 16, 16, 5))
 
-  def outputs(dtype, convolution):
-    network = StackedHourglass(**kwargs, dtype=dtype, convolution=convolution)
+  def outputs(dtype, kernels):
+    network = StackedHourglass(**kwargs, dtype=dtype, kernels=kernels)
     cast = lambda tree: jax.tree.map(
       lambda v: v.astype(jnp.promote_types(dtype, jnp.float32)), tree
     )
@@ -223,3 +225,61 @@ def test_hourglass_on_onednn_matches_xla(dtype):
   ):
     floor = 16 * jnp.finfo(dtype).eps * np.abs(exact).max()
     assert np.abs(got - exact).max() <= 4 * np.abs(xla - exact).max() + floor
+
+
+def _batch_norm_relu64(x, scale, shift, epsilon):
+  """Plain float64 training-mode BN + ReLU over all but the last axis (biased variance)."""
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  var = jnp.mean((x - mean) ** 2, axes)
+  return jax.nn.relu((x - mean) / jnp.sqrt(var + epsilon) * scale + shift), mean, var
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_batch_norm_relu_against_float64(dtype):
+  """Outputs, statistics and the gradients of a loss that reads all three (so the statistics'
+  own gradients are exercised) against float64 autodiff of the formula. Each value is a few
+  operations on statistics summed over n rows: within 8 n u of the largest exact value
+  (u = float32's unit roundoff), plus the roundings of the result to bfloat16."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((4, 6, 5, 16)) * 2 + 0.5
+  scale, shift = rng.standard_normal(16) * 0.5 + 1, rng.standard_normal(16) * 0.5
+  weights = [rng.standard_normal(x.shape), rng.standard_normal(16), rng.standard_normal(16)]
+  x = np.asarray(jnp.asarray(x, dtype).astype(jnp.float32), np.float64)  # representable
+
+  def loss(function, x, scale, shift):
+    outputs = function(x, scale, shift, 1e-5)
+    return sum(
+      jnp.sum(o.astype(jnp.promote_types(o.dtype, jnp.float32)) * w)
+      for o, w in zip(outputs, weights)
+    )
+
+  with jax.enable_x64(True):
+    exact = _batch_norm_relu64(jnp.asarray(x), scale, shift, 1e-5)
+    # The kernel receives y's cotangent in y's dtype: the reference gets it rounded the same way.
+    weights_seen = [np.asarray(jnp.asarray(weights[0], dtype).astype(jnp.float32), np.float64)]
+    weights, original = weights_seen + weights[1:], weights
+    exact_grads = jax.grad(functools.partial(loss, _batch_norm_relu64), (0, 1, 2))(x, scale, shift)
+    weights = original
+  operands = (
+    jnp.asarray(x, dtype),
+    jnp.asarray(scale, jnp.float32),
+    jnp.asarray(shift, jnp.float32),
+  )
+  got = onednn.batch_norm_relu(*operands, 1e-5)
+  got_grads = jax.grad(functools.partial(loss, onednn.batch_norm_relu), (0, 1, 2))(*operands)
+  assert got[0].dtype == got_grads[0].dtype == dtype
+  rows = x.size // x.shape[-1]
+  for value, reference, rounded in zip(
+    list(got) + list(got_grads),
+    list(exact) + list(exact_grads),
+    [True, False, False, True, False, False],
+  ):
+    reference = np.asarray(reference)
+    bound = 8 * rows * F32_UNIT * np.abs(reference).max()
+    if rounded and dtype == jnp.bfloat16:
+      # x's gradient is rounded twice when the statistics' gradients are added to it.
+      bound = bound + 2 * BF16_UNIT * np.abs(reference).max()
+    error = np.abs(np.asarray(jnp.asarray(value, jnp.float32), np.float64) - reference)
+    assert (error <= bound).all(), f"max error {error.max()} beyond bound {np.max(bound)}"

@@ -34,12 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 _HANDLERS = {
   "msm_conv_forward": "MsmConvForward",
   "msm_conv_backward_data": "MsmConvBackwardData",
   "msm_conv_backward_weights": "MsmConvBackwardWeights",
+  "msm_bn_relu_forward": "MsmBnReluForward",
+  "msm_bn_relu_backward": "MsmBnReluBackward",
 }
+_LIBRARY = {}  # "library": the loaded extension (ctypes), for its plain C functions
 # Where the onednn-cpu-gomp wheels exist (requirements.txt installs them there only).
 WHEEL_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -63,7 +67,7 @@ def _libdnnl_candidates() -> list[str]:
 
 def _extension_path() -> str | None:
   here = os.path.dirname(os.path.abspath(__file__))
-  matches = sorted(glob.glob(os.path.join(here, "_onednn_conv*.so")))
+  matches = sorted(glob.glob(os.path.join(here, "_onednn.*so")))
   return matches[0] if matches else None
 
 
@@ -82,6 +86,10 @@ def _load() -> str:
     # The extension leaves oneDNN's symbols to the dynamic linker: load libdnnl globally first.
     ctypes.CDLL(libdnnl, mode=ctypes.RTLD_GLOBAL)
     library = ctypes.CDLL(extension)
+    workspace_bytes = library.MsmBnReluWorkspaceBytes
+    workspace_bytes.restype = ctypes.c_size_t
+    workspace_bytes.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float]
+    _LIBRARY["library"] = library
     for target, symbol in _HANDLERS.items():
       jax.ffi.register_ffi_target(
         target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu"
@@ -246,3 +254,115 @@ def conv_general_dilated(
     precision=precision,
     preferred_element_type=preferred_element_type,
   )
+
+
+def supports_batch_norm(x, scale, shift) -> bool:
+  """Whether :func:`batch_norm_relu` can take these operands: ``x`` float32 or bfloat16 with
+  channels last, float32 ``scale`` and ``shift``, and the extension loaded."""
+  return (
+    x.ndim >= 2
+    and jnp.dtype(x.dtype) in _DTYPES
+    and scale.dtype == shift.dtype == jnp.float32
+    and available()
+  )
+
+
+def _batch_norm_statistics_xla(x):
+  axes = tuple(range(x.ndim - 1))
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axes)
+  return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
+
+
+def _batch_norm_relu_xla(x, scale, shift, epsilon):
+  mean, var = _batch_norm_statistics_xla(x)
+  z = (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + shift
+  return jnp.maximum(z, 0.0).astype(x.dtype), mean, var
+
+
+def _workspace(x, epsilon) -> jax.ShapeDtypeStruct:
+  """The ReLU mask oneDNN's forward hands to its backward, as a uint8 buffer."""
+  rows = x.size // x.shape[-1]
+  type_code = 1 if x.dtype == jnp.bfloat16 else 0
+  size = _LIBRARY["library"].MsmBnReluWorkspaceBytes(rows, x.shape[-1], type_code, epsilon)
+  return jax.ShapeDtypeStruct((max(int(size), 1),), jnp.uint8)
+
+
+def _batch_norm_forward(x, scale, shift, epsilon):
+  """(y, mean, var, workspace)."""
+  if not available():
+    raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
+  statistic = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
+  workspace = _workspace(x, epsilon)
+  results = (jax.ShapeDtypeStruct(x.shape, x.dtype), statistic, statistic, workspace)
+
+  def onednn(x, scale, shift):
+    return jax.ffi.ffi_call("msm_bn_relu_forward", results, vmap_method="sequential")(
+      x, scale, shift, epsilon=np.float32(epsilon)
+    )
+
+  def xla(x, scale, shift):
+    y, mean, var = _batch_norm_relu_xla(x, scale, shift, epsilon)
+    return y, mean, var, jnp.zeros(workspace.shape, workspace.dtype)
+
+  return lax.platform_dependent(x, scale, shift, cpu=onednn, default=xla)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_relu(x, scale, shift, epsilon: float):
+  """Training-mode batch normalisation over all but the last axis, then ReLU:
+  ``x [..., C]`` float32 or bfloat16, ``scale``, ``shift`` float32 ``[C]`` -> ``(y [..., C]``
+  in x's dtype, ``mean [C]``, biased ``var [C]``)``. Call only where
+  :func:`supports_batch_norm` holds."""
+  return _batch_norm_forward(x, scale, shift, epsilon)[:3]
+
+
+def _batch_norm_fwd(x, scale, shift, epsilon):
+  # symbolic_zeros=True: the primals come wrapped (value, perturbed).
+  x, scale, shift = x.value, scale.value, shift.value
+  y, mean, var, workspace = _batch_norm_forward(x, scale, shift, epsilon)
+  return (y, mean, var), (x, y, mean, var, scale, shift, workspace)
+
+
+def _normalize_xla(x, scale, shift, epsilon):
+  mean, var = _batch_norm_statistics_xla(x)
+  z = (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + shift
+  return z.astype(x.dtype)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+  x, y, mean, var, scale, shift, workspace = residuals
+  grad_y, grad_mean, grad_var = cotangents
+  grad_y = jnp.zeros_like(y) if isinstance(grad_y, SymbolicZero) else grad_y.astype(x.dtype)
+  statistic = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
+  results = (jax.ShapeDtypeStruct(x.shape, x.dtype), statistic, statistic)
+
+  def onednn(x, y, grad_y, mean, var, scale, shift, workspace):
+    del y, shift
+    return jax.ffi.ffi_call("msm_bn_relu_backward", results, vmap_method="sequential")(
+      x, grad_y, mean, var, scale, workspace, epsilon=np.float32(epsilon)
+    )
+
+  def xla(x, y, grad_y, mean, var, scale, shift, workspace):
+    del mean, var, workspace
+    # ReLU passes the gradient where its output is positive (jax.nn.relu's convention at 0).
+    grad_z = jnp.where(y > 0, grad_y, jnp.zeros((), x.dtype))
+    normalize = lambda x, scale, shift: _normalize_xla(x, scale, shift, epsilon)
+    return jax.vjp(normalize, x, scale, shift)[1](grad_z)
+
+  operands = (x, y, grad_y, mean, var, scale, shift, workspace)
+  grad_x, grad_scale, grad_shift = lax.platform_dependent(*operands, cpu=onednn, default=xla)
+  # The returned statistics' own gradients; symbolic zeros (the training step's case: they
+  # only feed running averages) cost nothing.
+  count = x.size // x.shape[-1]
+  extra = 0.0
+  if not isinstance(grad_mean, SymbolicZero):
+    extra = extra + grad_mean / count
+  if not isinstance(grad_var, SymbolicZero):
+    extra = extra + (x.astype(jnp.float32) - mean) * (2.0 * grad_var / count)
+  if not isinstance(extra, float):
+    grad_x = (grad_x.astype(jnp.float32) + extra).astype(x.dtype)
+  return grad_x, grad_scale, grad_shift
+
+
+batch_norm_relu.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)

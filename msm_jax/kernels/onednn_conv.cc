@@ -26,32 +26,15 @@
 #include <unordered_map>
 #include <vector>
 
-#include "oneapi/dnnl/dnnl.hpp"
-#include "xla/ffi/api/ffi.h"
+#include "onednn_common.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
 using Tag = dnnl::memory::format_tag;
+using msm_onednn::Engine;
+using msm_onednn::Run;
 
 namespace {
-
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-bool ToDnnlType(ffi::DataType type, memory::data_type* out) {
-  switch (type) {
-    case ffi::DataType::F32:
-      *out = memory::data_type::f32;
-      return true;
-    case ffi::DataType::BF16:
-      *out = memory::data_type::bf16;
-      return true;
-    default:
-      return false;
-  }
-}
 
 // Sizes of one convolution, in oneDNN's logical order (N C H W / O I H W).
 struct Geometry {
@@ -94,7 +77,7 @@ ffi::Error MakeGeometry(ffi::DataType type, ffi::Span<const int64_t> activations
                         const Attributes& a, Geometry* g) {
   if (activations.size() != 4 || kernel.size() != 4 || outputs.size() != 4)
     return ffi::Error::InvalidArgument("msm_conv: operands must be 4-D (NHWC, HWIO)");
-  if (!ToDnnlType(type, &g->type))
+  if (!msm_onednn::ToDnnlType(type, &g->type))
     return ffi::Error::InvalidArgument("msm_conv: only float32 and bfloat16 are supported");
   g->batch = activations[0];
   g->in_h = activations[1];
@@ -162,21 +145,6 @@ void* WeightsScratch(size_t bytes) {
   thread_local std::vector<uint8_t> scratch;
   if (scratch.size() < bytes) scratch.resize(bytes);
   return scratch.data();
-}
-
-// One oneDNN call at a time: each already spreads over every core through OpenMP, and XLA
-// may run independent thunks (or several forced CPU devices) on concurrent threads; two
-// OpenMP teams on the same cores spin against each other.
-std::mutex run_mutex;
-
-ffi::Error Run(const std::function<void()>& body) {
-  std::lock_guard<std::mutex> lock(run_mutex);
-  try {
-    body();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("msm_conv (oneDNN): ") + e.what());
-  }
-  return ffi::Error::Success();
 }
 
 Attributes ReadAttributes(int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,

@@ -46,7 +46,7 @@ def _stacked_hourglass(section, num_landmarks: int) -> nn.Module:
     depth=section.depth,
     stem_widths=tuple(section.stem_widths),
     dtype=jnp.dtype(section.get("compute_dtype", "float32")),
-    convolution=section.get("convolution", "onednn"),
+    kernels=section.get("kernels", "onednn"),
   )
 
 

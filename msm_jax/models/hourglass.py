@@ -55,13 +55,13 @@ def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
   return jnp.broadcast_to(jnp.eye(in_features, dtype=dtype), shape)
 
 
-def _conv3x3(features: int, dtype: Dtype, convolution: str, name=None) -> Conv:
-  return Conv(features, (3, 3), padding=1, dtype=dtype, convolution=convolution, name=name)
+def _conv3x3(features: int, dtype: Dtype, kernels: str, name=None) -> Conv:
+  return Conv(features, (3, 3), padding=1, dtype=dtype, kernels=kernels, name=name)
 
 
-def _pre_activation(x: jax.Array, train: bool, dtype: Dtype) -> jax.Array:
+def _pre_activation(x: jax.Array, train: bool, dtype: Dtype, kernels: str) -> jax.Array:
   """BN then ReLU: the "batch normalization before the convolution" of Sec. III-B."""
-  return BatchNormReLU(dtype=dtype)(x, use_running_average=not train)
+  return BatchNormReLU(dtype=dtype, kernels=kernels)(x, use_running_average=not train)
 
 
 class ResidualUnit(nn.Module):
@@ -69,19 +69,17 @@ class ResidualUnit(nn.Module):
 
   features: int
   dtype: Dtype = jnp.float32
-  convolution: str = "xla"
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     bottleneck = self.features // 2
-    conv1x1 = lambda features, **kw: Conv1x1(
-      features, dtype=self.dtype, convolution=self.convolution, **kw
-    )
-    y = _pre_activation(x, train, self.dtype)
+    conv1x1 = lambda features, **kw: Conv1x1(features, dtype=self.dtype, kernels=self.kernels, **kw)
+    y = _pre_activation(x, train, self.dtype, self.kernels)
     y = conv1x1(bottleneck)(y)
-    y = _pre_activation(y, train, self.dtype)
-    y = _conv3x3(bottleneck, self.dtype, self.convolution)(y)
-    y = _pre_activation(y, train, self.dtype)
+    y = _pre_activation(y, train, self.dtype, self.kernels)
+    y = _conv3x3(bottleneck, self.dtype, self.kernels)(y)
+    y = _pre_activation(y, train, self.dtype, self.kernels)
     y = conv1x1(self.features)(y)
     skip = x if x.shape[-1] == self.features else conv1x1(self.features, name="skip")(x)
     return skip + y
@@ -93,18 +91,16 @@ class HourglassModule(nn.Module):
   features: int
   depth: int
   dtype: Dtype = jnp.float32
-  convolution: str = "xla"
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    unit = lambda name: ResidualUnit(
-      self.features, self.dtype, convolution=self.convolution, name=name
-    )
+    unit = lambda name: ResidualUnit(self.features, self.dtype, kernels=self.kernels, name=name)
     skip = unit("skip")(x, train)
     low = unit("down")(max_pool_2x2(x), train)
     if self.depth > 1:
       low = HourglassModule(
-        self.features, self.depth - 1, self.dtype, convolution=self.convolution, name="inner"
+        self.features, self.depth - 1, self.dtype, kernels=self.kernels, name="inner"
       )(low, train)
     else:
       low = unit("bottom")(low, train)
@@ -113,7 +109,7 @@ class HourglassModule(nn.Module):
       self.features,
       dtype=self.dtype,
       kernel_init=_nearest_upsampling_init,
-      convolution=self.convolution,
+      kernels=self.kernels,
       name="deconv",
     )(low)
     return skip + upsampled
@@ -135,8 +131,9 @@ class StackedHourglass(nn.Module):
     depth: recursive levels per hourglass (4, Sec. III-B).
     stem_widths: channels of the stem's three 3x3 convs.
     dtype: compute dtype.
-    convolution: ``layers.CONVOLUTIONS`` name: "xla", or "onednn" (oneDNN's kernels on CPU
-      where they can run, XLA's elsewhere; not exportable with ``jax.export``).
+    kernels: ``layers.KERNELS`` name: "xla", or "onednn" (oneDNN's convolutions and
+      training-mode BN + ReLU on CPU where they can run, XLA's elsewhere; not exportable with
+      ``jax.export``).
   """
 
   num_landmarks: int = 68
@@ -145,7 +142,7 @@ class StackedHourglass(nn.Module):
   depth: int = 4
   stem_widths: tuple[int, int, int] = (64, 64, 128)
   dtype: Dtype = jnp.float32
-  convolution: str = "xla"
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -157,27 +154,26 @@ class StackedHourglass(nn.Module):
       )
     if len(self.stem_widths) != 3:
       raise ValueError(f"stem_widths needs 3 entries, got {self.stem_widths}")
-    conv3x3 = lambda features, name: _conv3x3(features, self.dtype, self.convolution, name)
+    activate = lambda y: _pre_activation(y, train, self.dtype, self.kernels)
+    conv3x3 = lambda features, name: _conv3x3(features, self.dtype, self.kernels, name)
     conv1x1 = lambda features, name: Conv1x1(
-      features, dtype=self.dtype, convolution=self.convolution, name=name
+      features, dtype=self.dtype, kernels=self.kernels, name=name
     )
-    unit = lambda name: ResidualUnit(
-      self.width, self.dtype, convolution=self.convolution, name=name
-    )
+    unit = lambda name: ResidualUnit(self.width, self.dtype, kernels=self.kernels, name=name)
     x = conv3x3(self.stem_widths[0], "stem_conv1")(images)
-    x = conv3x3(self.stem_widths[1], "stem_conv2")(_pre_activation(x, train, self.dtype))
+    x = conv3x3(self.stem_widths[1], "stem_conv2")(activate(x))
     x = max_pool_2x2(x)
-    x = conv3x3(self.stem_widths[2], "stem_conv3")(_pre_activation(x, train, self.dtype))
+    x = conv3x3(self.stem_widths[2], "stem_conv3")(activate(x))
     x = unit("stem_residual")(x, train)
 
     heatmaps = []
     for stack in range(self.num_stacks):
       y = HourglassModule(
-        self.width, self.depth, self.dtype, convolution=self.convolution, name=f"hourglass{stack}"
+        self.width, self.depth, self.dtype, kernels=self.kernels, name=f"hourglass{stack}"
       )(x, train)
       y = unit(f"head_residual{stack}")(y, train)
-      y = conv1x1(self.width, f"head_conv{stack}")(_pre_activation(y, train, self.dtype))
-      y = _pre_activation(y, train, self.dtype)
+      y = conv1x1(self.width, f"head_conv{stack}")(activate(y))
+      y = activate(y)
       stack_heatmaps = conv1x1(self.num_landmarks, f"heatmaps{stack}")(y)
       heatmaps.append(stack_heatmaps.astype(jnp.promote_types(self.dtype, jnp.float32)))
       if stack < self.num_stacks - 1:

@@ -40,16 +40,18 @@ only a training script can set them (before JAX starts):
 
 bfloat16 compute did not pay on XLA:CPU (+7 % per step): XLA does not use AMX here.
 
-``CONVOLUTIONS`` names the convolution the layers run: "xla" (``lax`` and ``jnp.dot``) or
-"onednn" (``msm_jax/kernels/onednn.py``: oneDNN's kernels through XLA FFI on CPU, 2-4x
-faster there in bfloat16; the same function as "xla" wherever it cannot run). ``Conv``
-(nn.Conv's parameters), ``Conv1x1`` and ``Deconv2x2`` (its four taps as one 1x1 convolution
-with 4 x Cout outputs) take the name; oneDNN adds the bias inside the convolution and computes
-its gradient in the kernel-gradient pass.
+``KERNELS`` names the kernels the layers run: "xla" (``lax``, ``jnp.dot`` and the BN + ReLU
+below) or "onednn" (``msm_jax/kernels/onednn.py``: oneDNN's convolutions and training-mode
+BN + ReLU through XLA FFI on CPU, 2-4x faster there in bfloat16; the same functions as "xla"
+wherever they cannot run). ``Conv`` (nn.Conv's parameters), ``Conv1x1``, ``Deconv2x2`` (its
+four taps as one 1x1 convolution with 4 x Cout outputs) and ``BatchNormReLU`` take the name;
+oneDNN adds the bias inside the convolution and computes its gradient in the kernel-gradient
+pass.
 """
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -81,21 +83,10 @@ def onednn_convolution(x, kernel, bias, strides, padding):
   return onednn.conv2d(x, kernel, bias, tuple(strides), tuple(map(tuple, padding)))
 
 
-# f(x [B, H, W, Cin], kernel [kh, kw, Cin, Cout], bias [Cout] | None, strides, padding pairs).
-CONVOLUTIONS = {"xla": xla_convolution, "onednn": onednn_convolution}
-
-
-def convolution(name: str):
-  """The convolution registered as ``name``."""
-  if name not in CONVOLUTIONS:
-    raise ValueError(f"convolution {name!r}: expected one of {', '.join(sorted(CONVOLUTIONS))}")
-  return CONVOLUTIONS[name]
-
-
 class Conv(nn.Module):
   """``nn.Conv(features, kernel_size, strides, padding=int)`` on ``[B, H, W, Cin]``: same
   parameters (``kernel [kh, kw, Cin, Cout]``, ``bias``) and outputs, run by the named
-  ``CONVOLUTIONS`` entry (oneDNN adds the bias inside its convolution).
+  ``KERNELS`` entry (oneDNN adds the bias inside its convolution).
 
   Attributes:
     features: output channels Cout.
@@ -105,7 +96,7 @@ class Conv(nn.Module):
     use_bias: add a learned bias per output channel.
     dtype: compute dtype (None: promote input and parameters).
     param_dtype: parameter dtype.
-    convolution: a ``CONVOLUTIONS`` name.
+    kernels: a ``KERNELS`` name.
   """
 
   features: int
@@ -117,7 +108,7 @@ class Conv(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  convolution: str = "xla"
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -132,7 +123,7 @@ class Conv(nn.Module):
     )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     padding = ((self.padding, self.padding),) * 2
-    return convolution(self.convolution)(x, kernel, bias, self.strides, padding)
+    return kernels(self.kernels).convolution(x, kernel, bias, self.strides, padding)
 
 
 class Deconv2x2(nn.Module):
@@ -149,7 +140,7 @@ class Deconv2x2(nn.Module):
     dtype: compute dtype (None: promote input and parameters).
     param_dtype: parameter dtype.
     kernel_init: initialiser of the ``[2, 2, Cin, Cout]`` kernel.
-    convolution: a ``CONVOLUTIONS`` name.
+    kernels: a ``KERNELS`` name.
   """
 
   features: int
@@ -158,7 +149,7 @@ class Deconv2x2(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  convolution: str = "xla"
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -178,7 +169,7 @@ class Deconv2x2(nn.Module):
     taps = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(channels, 4 * self.features)
     taps_bias = None if bias is None else jnp.tile(bias, 4)
     no_padding = ((0, 0), (0, 0))
-    blocks = convolution(self.convolution)(x, taps[None, None], taps_bias, (1, 1), no_padding)
+    blocks = kernels(self.kernels).convolution(x, taps[None, None], taps_bias, (1, 1), no_padding)
     blocks = blocks.reshape(batch, height, width, 2, 2, self.features)
     return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(batch, 2 * height, 2 * width, self.features)
 
@@ -192,7 +183,7 @@ class Conv1x1(nn.Module):
     dtype: compute dtype (None: promote input and parameters).
     param_dtype: parameter dtype.
     kernel_init: initialiser of the ``[1, 1, Cin, Cout]`` kernel (``nn.Conv``'s layout).
-    convolution: a ``CONVOLUTIONS`` name.
+    kernels: a ``KERNELS`` name.
   """
 
   features: int
@@ -201,7 +192,7 @@ class Conv1x1(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  convolution: str = "xla"
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -214,7 +205,7 @@ class Conv1x1(nn.Module):
       else None
     )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return convolution(self.convolution)(x, kernel, bias, (1, 1), ((0, 0), (0, 0)))
+    return kernels(self.kernels).convolution(x, kernel, bias, (1, 1), ((0, 0), (0, 0)))
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -285,6 +276,36 @@ def _batch_norm_relu_backward(epsilon, dtype, residuals, cotangents):
 batch_norm_relu_train.defvjp(_batch_norm_relu_forward, _batch_norm_relu_backward)
 
 
+def onednn_batch_norm_relu_train(x, scale, bias, epsilon, dtype):
+  """``batch_norm_relu_train`` through oneDNN where it can run (x already in ``dtype``)."""
+  if x.dtype != jnp.dtype(dtype) or not onednn.supports_batch_norm(x, scale, bias):
+    return batch_norm_relu_train(x, scale, bias, epsilon, dtype)
+  return onednn.batch_norm_relu(x, scale, bias, epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """convolution(x [B, H, W, Cin], kernel [kh, kw, Cin, Cout], bias [Cout] | None, strides,
+  padding pairs) and batch_norm_relu(x [..., C], scale, bias, epsilon, dtype) -> (y, mean,
+  var), the training-mode BN + ReLU (``batch_norm_relu_train``'s contract)."""
+
+  convolution: Callable
+  batch_norm_relu: Callable
+
+
+KERNELS = {
+  "xla": Kernels(xla_convolution, batch_norm_relu_train),
+  "onednn": Kernels(onednn_convolution, onednn_batch_norm_relu_train),
+}
+
+
+def kernels(name: str) -> Kernels:
+  """The kernels registered as ``name``."""
+  if name not in KERNELS:
+    raise ValueError(f"kernels {name!r}: expected one of {', '.join(sorted(KERNELS))}")
+  return KERNELS[name]
+
+
 class BatchNormReLU(nn.Module):
   """Batch normalisation over all but the last axis, then ReLU: ``[..., C] -> [..., C]``.
 
@@ -297,12 +318,14 @@ class BatchNormReLU(nn.Module):
     epsilon: added to the variance.
     dtype: output (compute) dtype; None keeps the input's.
     param_dtype: dtype of scale and bias.
+    kernels: a ``KERNELS`` name (the training-mode normalisation).
   """
 
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  kernels: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -316,7 +339,7 @@ class BatchNormReLU(nn.Module):
       return _normalize_relu(
         x, running_mean.value, running_var.value, scale, bias, self.epsilon, dtype
       )
-    y, mean, var = batch_norm_relu_train(x, scale, bias, self.epsilon, dtype)
+    y, mean, var = kernels(self.kernels).batch_norm_relu(x, scale, bias, self.epsilon, dtype)
     if not self.is_initializing():
       running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
       running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var

@@ -1,0 +1,49 @@
+// What the oneDNN FFI handlers share: the CPU engine, element types, and running one oneDNN
+// call at a time with its errors turned into XLA FFI errors.
+#ifndef MSM_JAX_KERNELS_ONEDNN_COMMON_H_
+#define MSM_JAX_KERNELS_ONEDNN_COMMON_H_
+
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace msm_onednn {
+
+inline dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+inline bool ToDnnlType(xla::ffi::DataType type, dnnl::memory::data_type* out) {
+  switch (type) {
+    case xla::ffi::DataType::F32:
+      *out = dnnl::memory::data_type::f32;
+      return true;
+    case xla::ffi::DataType::BF16:
+      *out = dnnl::memory::data_type::bf16;
+      return true;
+    default:
+      return false;
+  }
+}
+
+// One oneDNN call at a time: each already spreads over every core through OpenMP, and XLA
+// may run independent thunks (or several forced CPU devices) on concurrent threads; two
+// OpenMP teams on the same cores spin against each other.
+inline xla::ffi::Error Run(const std::function<void()>& body) {
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  try {
+    body();
+  } catch (const dnnl::error& e) {
+    return xla::ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return xla::ffi::Error::Success();
+}
+
+}  // namespace msm_onednn
+
+#endif  // MSM_JAX_KERNELS_ONEDNN_COMMON_H_
