@@ -6,7 +6,9 @@
   step (forward, backward, Adam), from XLA's cost analysis of the lowered computations.
 * The machine's measured peak: GFLOP/s of a large square float32 and bfloat16 matmul in
   JAX, without and with the YNN XLA flag (each in its own process), and in PyTorch when
-  it is installed (oneDNN; its bfloat16 kernels use AVX512-BF16 / AMX where XLA does not).
+  it is installed (oneDNN; its bfloat16 kernels use AVX512-BF16 / AMX where XLA does not);
+  and of the hourglass's busiest 3x3 convolution in XLA, in oneDNN through msm_jax/kernels
+  and in PyTorch channels-last.
 * The achieved rate: FLOPs / median time of the forward pass (this process, no YNN flag, as
   predict.py) and of the train step (a ``bench_training`` worker with the YNN flag, as
   train.py), and its fraction of the float32 and of the overall measured peak.
@@ -50,6 +52,75 @@ def torch_matmul_rates(size: int, repeats: int, warmup: int) -> dict:
   return rates
 
 
+CONV_SHAPE = dict(batch=16, size=64, channels=128)  # the hourglass's busiest 3x3 conv
+
+
+def conv_rates(repeats: int, warmup: int, quick: bool = False) -> dict:
+  """GFLOP/s of the hourglass's busiest 3x3 convolution (16 x 64 x 64 x 128 -> 128, forward)
+  in float32 and bfloat16: XLA, oneDNN through msm_jax/kernels, and PyTorch channels-last
+  (oneDNN inside, bfloat16 autocast) when installed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from msm_jax.models import layers  # pylint: disable=g-import-not-at-top
+
+  batch, size, channels = (2, 16, 16) if quick else CONV_SHAPE.values()
+  flops = 2.0 * batch * size * size * 9 * channels * channels
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((batch, size, size, channels)).astype(np.float32)
+  kernel = (rng.standard_normal((3, 3, channels, channels)) * 0.05).astype(np.float32)
+  bias = np.zeros(channels, np.float32)
+  rates = {}
+  for dtype in ("float32", "bfloat16"):
+    operands = [jnp.asarray(a, dtype) for a in (x, kernel, bias)]
+    for name in ("xla", "onednn"):
+      conv = jax.jit(
+        lambda x, k, b, name=name: layers.KERNELS[name].convolution(
+          x, k, b, (1, 1), ((1, 1), (1, 1))
+        )
+      )
+      timing = common.time_calls(lambda: conv(*operands), repeats, warmup)
+      label = "XLA" if name == "xla" else "oneDNN (msm_jax)"
+      rates[f"{label} conv3x3 {dtype}"] = flops / timing.median / 1e9
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return rates
+  conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(memory_format=torch.channels_last)
+  tx = torch.from_numpy(x.transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last)
+  for dtype in ("float32", "bfloat16"):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def call():
+      with torch.inference_mode(), autocast:
+        return conv(tx)
+
+    timing = common.time_calls(call, repeats, warmup)
+    rates[f"PyTorch conv3x3 {dtype}"] = flops / timing.median / 1e9
+  return rates
+
+
+def peaks_by_dtype(rates: dict) -> dict:
+  """{"float32": best rate, "bfloat16": best rate} over matmul and convolution rows whose name
+  ends with the dtype."""
+  return {
+    dtype: max(rate for name, rate in rates.items() if name.endswith(dtype))
+    for dtype in ("float32", "bfloat16")
+    if any(name.endswith(dtype) for name in rates)
+  }
+
+
+def forward_flops(module, variables, images) -> float:
+  """FLOPs of the inference-mode forward from XLA's cost analysis, counted with XLA's kernels
+  (oneDNN's custom calls compute the same products, but XLA cannot see into them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if getattr(module, "kernels", "xla") != "xla":
+    module = module.clone(kernels="xla")
+  forward = jax.jit(lambda variables, images: module.apply(variables, images, train=False))
+  return float(forward.lower(variables, images).cost_analysis()["flops"])
+
+
 def hourglass_forward(batch: int, overrides, repeats: int, warmup: int) -> dict:
   """FLOPs (cost analysis of the lowered forward) and median time at ``batch``."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -62,7 +133,7 @@ def hourglass_forward(batch: int, overrides, repeats: int, warmup: int) -> dict:
   variables = module.init(jax.random.key(0), images[:1], train=False)
   forward = jax.jit(lambda variables, images: module.apply(variables, images, train=False))
   lowered = forward.lower(variables, images)
-  flops = float(lowered.cost_analysis()["flops"])
+  flops = forward_flops(module, variables, images)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -134,16 +205,20 @@ def main():
     )
   except ImportError:
     print("PyTorch not installed: its matmul rows are left out (benchmarks/requirements.txt)")
+  rates.update(conv_rates(args.repeats, args.warmup, args.quick))
   peaks = {
     "jax_float32": max(
       rate for name, rate in rates.items() if name.startswith("JAX") and name.endswith("float32")
     ),
     "best": max(rates.values()),
   }
-  print(f"\nMatmul [{size}, {size}] @ [{size}, {size}], median of {args.repeats}:\n")
+  print(
+    f"\nMatmul [{size}, {size}] @ [{size}, {size}] and 3x3 convolution "
+    f"{CONV_SHAPE}, median of {args.repeats}:\n"
+  )
   print(
     common.markdown_table(
-      ["matmul", "GFLOP/s"], [[name, f"{rate:.1f}"] for name, rate in rates.items()]
+      ["computation", "GFLOP/s"], [[name, f"{rate:.1f}"] for name, rate in rates.items()]
     )
   )
 

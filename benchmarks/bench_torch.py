@@ -1,6 +1,6 @@
-"""The full-size stacked hourglass in JAX and in PyTorch eager, same run.
+"""The stacked hourglass in JAX and in PyTorch eager, same run, at two sizes.
 
-  python -m benchmarks.bench_torch [--batch 16] [--repeats 5] [--quick]
+  python -m benchmarks.bench_torch [--sizes full,shipped] [--repeats 5] [--quick]
 
 ``build_torch_twin`` builds a PyTorch twin of ``msm_jax.models.hourglass.StackedHourglass``
 (Sec. III-B, Fig. 3-4): same layers, same order, same BatchNorm settings, its submodules
@@ -8,19 +8,23 @@ named like the Flax ones so that ``copy_flax_weights`` maps every Flax variable 
 Before timing, the script checks the twin: equal parameter counts, and with the same
 (randomised) weights copied in, equal heatmaps in inference and in training mode.
 
-Then, at ``--batch`` (16, Sec. IV-C), it times the forward pass (inference mode) and one
+First the machine's peak per dtype: the best of PyTorch's 4096^2 matmul and of the
+hourglass's busiest 3x3 convolution in XLA, oneDNN (msm_jax/kernels) and PyTorch
+(``bench_limit``). Then, for each size ("full": the paper's width 256; "shipped": the width
+128 of ``pretrained/``), batch 16 (Sec. IV-C), the forward pass (inference mode) and one
 train step (forward, the spatial-softmax cross-entropy of ``train/losses.py`` on both
 stacks, backward, Adam):
 
-* JAX float32 and JAX bfloat16 compute (``config.hourglass.compute_dtype``). Inference in
-  this process, without the YNN XLA flag (as predict.py); the train step in a worker
-  process with it (as train.py, ``bench_training --worker``), float32 also with the batch
-  split over 2 forced CPU devices (``--train_devices``), which was faster on 2 cores.
+* JAX float32 and bfloat16 compute (``config.hourglass.compute_dtype``), each with XLA's
+  kernels and with oneDNN's (``config.hourglass.kernels``). Inference in this process,
+  without the YNN XLA flag (as predict.py); the train step in a worker process with it (as
+  train.py, ``bench_training --worker``).
 * PyTorch eager float32 and bfloat16 autocast, each with NCHW and channels-last memory.
 
-and prints JAX/PyTorch speed ratios against PyTorch's fastest configuration, with the
-targets: >= 1.5x on inference, >= 1.0x on the train step. Both frameworks run
-under the same allocator (jemalloc where installed, as train.py; ``--no_jemalloc``).
+and prints GFLOP/s with the fraction of the peak of the row's dtype, and JAX/PyTorch speed
+ratios against PyTorch's fastest configuration with the targets: inference >= 1.0x (stretch
+1.5x), train step >= 1.0x. Both frameworks run under the same allocator (jemalloc where
+installed, as train.py; ``--no_jemalloc``).
 """
 
 import copy
@@ -29,9 +33,9 @@ import time
 
 import numpy as np
 
-from benchmarks import bench_training, common
+from benchmarks import bench_limit, bench_training, common
 
-INFERENCE_TARGET, TRAIN_TARGET = 1.5, 1.0
+INFERENCE_TARGET, INFERENCE_STRETCH, TRAIN_TARGET = 1.0, 1.5, 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,17 +314,14 @@ def torch_cases(
 
 
 def jax_forward_case(
-  sizes: Sizes, dtype: str, variables, images: np.ndarray, repeats: int, warmup: int
+  sizes: Sizes, case: "JaxCase", variables, images: np.ndarray, repeats: int, warmup: int
 ) -> dict:
-  """The Flax forward pass (inference mode) in this process, with the config's compute dtype
-  (``variables`` stay float32 either way)."""
+  """The Flax forward pass (inference mode) in this process, with the case's compute dtype
+  and kernels (``variables`` stay float32 either way)."""
   import jax  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
 
-  config = bench_training.load_config(
-    "paper", sizes.overrides() + [f"hourglass.compute_dtype={dtype}"]
-  )
-  module = stages.hourglass_module(config)
+  module = stages.hourglass_module(bench_training.load_config("paper", case.overrides(sizes)))
   forward = jax.jit(lambda variables, images: module.apply(variables, images, train=False))
   device_images = jax.device_put(images)
   start = time.perf_counter()
@@ -330,13 +331,59 @@ def jax_forward_case(
   return {"compile_and_first_call_s": compile_s, "forward": timing.as_dict()}
 
 
+@dataclasses.dataclass(frozen=True)
+class JaxCase:
+  """One JAX configuration: compute dtype and ``config.hourglass.kernels``."""
+
+  dtype: str
+  kernels: str
+
+  @property
+  def name(self) -> str:
+    kernels = "oneDNN kernels" if self.kernels == "onednn" else "XLA kernels"
+    return f"JAX {self.dtype}, {kernels}"
+
+  def overrides(self, sizes: Sizes) -> list:
+    return sizes.overrides() + [
+      f"hourglass.compute_dtype={self.dtype}",
+      f"hourglass.kernels={self.kernels}",
+    ]
+
+
+JAX_CASES = [JaxCase(d, k) for d in ("float32", "bfloat16") for k in ("xla", "onednn")]
+SIZES = {
+  "full": Sizes(batch=16),
+  "shipped": Sizes(batch=16, width=128, stem_widths=(32, 64, 64)),
+  "quick": Sizes(batch=2, crop_size=64, width=32, stem_widths=(8, 8, 16)),
+}
+
+
+def _dtype_of(name: str) -> str:
+  return "bfloat16" if "bfloat16" in name else "float32"
+
+
+def _rate_cells(result: dict, key: str, flops: float, peaks: dict) -> list:
+  """GFLOP/s of a timed case and its fraction of the measured peak of its dtype."""
+  if key not in result:
+    return ["-", "-"]
+  rate = flops / result[key]["median_s"] / 1e9
+  peak = peaks.get(_dtype_of(result["name"]))
+  return [f"{rate:.0f}", f"{100 * rate / peak:.0f} %" if peak else "-"]
+
+
 def _ratio_rows(jax_results: dict, torch_best: dict) -> list:
   rows = []
   for name, result in jax_results.items():
-    for key, target in (("forward", INFERENCE_TARGET), ("train_step", TRAIN_TARGET)):
+    for key, target, stretch in (
+      ("forward", INFERENCE_TARGET, INFERENCE_STRETCH),
+      ("train_step", TRAIN_TARGET, None),
+    ):
       if key not in result:
         continue
       ratio = torch_best[key]["median_s"] / result[key]["median_s"]
+      status = "met" if ratio >= target else "not met"
+      if stretch and ratio >= target:
+        status += f", stretch {stretch}x {'met' if ratio >= stretch else 'not met'}"
       rows.append(
         [
           name,
@@ -346,131 +393,95 @@ def _ratio_rows(jax_results: dict, torch_best: dict) -> list:
           f"{torch_best[key]['median_s']:.3f}",
           f"{ratio:.2f}x",
           f">= {target}x",
-          "met" if ratio >= target else "not met",
+          status,
         ]
       )
   return rows
 
 
-def main():
-  parser = common.parser("bench_torch", __doc__)
-  parser.add_argument("--batch", type=int, default=16, help="faces per batch (Sec. IV-C: 16)")
-  parser.add_argument(
-    "--no_jemalloc",
-    action="store_true",
-    help="keep the system allocator (default: jemalloc, as train.py)",
-  )
-  parser.add_argument("--skip_train", action="store_true", help="forward passes only")
-  parser.add_argument(
-    "--train_devices",
-    default="1,2",
-    help="forced CPU device counts of the JAX float32 train step (train.py "
-    "uses 1; 2 virtual devices were faster on 2 cores)",
-  )
-  args = parser.parse_args()
-  common.check_args(args)
-  if not args.no_jemalloc:
-    from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+def run_size(label: str, sizes: Sizes, args, peaks: dict) -> dict:
+  """Every JAX case and every PyTorch configuration at one size; prints its tables."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from msm_jax.models.hourglass import StackedHourglass  # pylint: disable=g-import-not-at-top
 
-    restart_with_jemalloc()
-  sizes = (
-    Sizes(batch=2, crop_size=64, width=32, stem_widths=(8, 8, 16))
-    if args.quick
-    else Sizes(batch=args.batch)
-  )
-  machine = common.machine_info()
-  common.print_machine(machine)
-
-  # JAX train steps first, in workers with the YNN flag, before this process grows.
-  jax_results = {"JAX float32": {}, "JAX bfloat16 compute": {}}
-  device_counts = sorted({int(count) for count in args.train_devices.split(",")} | {1})
-  train_cases = [("JAX float32", "float32", 1), ("JAX bfloat16 compute", "bfloat16", 1)] + [
-    (f"JAX float32, {count} virtual devices", "float32", count)
-    for count in device_counts
-    if count > 1
-  ]
-  for name, dtype, devices in [] if args.skip_train else train_cases:
+  print(f"\n## {label}: width {sizes.width}, stem {sizes.stem_widths}, batch {sizes.batch}\n")
+  jax_results = {case.name: {"name": case.name} for case in JAX_CASES}
+  train_flops = None
+  for case in [] if args.skip_train else JAX_CASES:
     worker = common.run_worker(
       "benchmarks.bench_training",
       bench_training.worker_arguments(
-        "paper",
-        "hourglass",
-        sizes.overrides() + [f"hourglass.compute_dtype={dtype}"],
-        args.repeats,
-        args.warmup,
+        "paper", "hourglass", case.overrides(sizes), args.repeats, args.warmup
       ),
-      common.process_env(training=True, devices=devices),
+      common.process_env(training=True),
     )
-    jax_results.setdefault(name, {}).update(
-      train_step=worker["step"], train_compile_s=worker["compile_s"]
-    )
-    print(f"  {name}: train step {worker['step']['median_s']:.3f} s", flush=True)
+    train_flops = worker["flops_per_step"]
+    jax_results[case.name].update(train_step=worker["step"], train_compile_s=worker["compile_s"])
+    print(f"  {case.name}: train step {worker['step']['median_s']:.3f} s", flush=True)
 
-  import jax  # pylint: disable=g-import-not-at-top  (after the workers: see above)
   import torch  # pylint: disable=g-import-not-at-top
-  from msm_jax.models.hourglass import StackedHourglass  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   images = rng.uniform(0.0, 1.0, (sizes.batch, sizes.crop_size, sizes.crop_size, 3))
   images = images.astype(np.float32)
   landmarks = rng.uniform(0.2, 0.8, (sizes.batch, sizes.num_landmarks, 2)) * sizes.crop_size
-
   flax_model = StackedHourglass(
     num_landmarks=sizes.num_landmarks, width=sizes.width, stem_widths=sizes.stem_widths
   )
   variables = randomise_variables(flax_model.init(jax.random.key(0), images[:1], train=False))
   torch_model = build_torch_twin(sizes)
-  check_images = images[:2]
-  twin = check_twin(flax_model, variables, torch_model, check_images)
+  twin = check_twin(flax_model, variables, torch_model, images[:2])
   print(
     f"Twin check: {twin['parameters']:,} parameters in both; max relative heatmap error "
     f"{twin['eval_max_relative_error']:.1e} (inference mode), "
-    f"{twin['train_max_relative_error']:.1e} (training mode) with the same weights\n",
+    f"{twin['train_max_relative_error']:.1e} (training mode) with the same weights",
     flush=True,
   )
-
-  for dtype, name in (("float32", "JAX float32"), ("bfloat16", "JAX bfloat16 compute")):
-    jax_results[name].update(
-      jax_forward_case(sizes, dtype, variables, images, args.repeats, args.warmup)
+  forward_flops = bench_limit.forward_flops(flax_model, variables, images)
+  for case in JAX_CASES:
+    jax_results[case.name].update(
+      jax_forward_case(sizes, case, variables, images, args.repeats, args.warmup)
     )
-    print(f"  {name}: forward {jax_results[name]['forward']['median_s']:.3f} s", flush=True)
+    print(f"  {case.name}: forward {jax_results[case.name]['forward']['median_s']:.3f} s")
   torch_results = torch_cases(
     torch_model, images, gaussian_targets(landmarks, sizes), args.repeats, args.warmup
   )
 
   headers = [
     "configuration",
-    "forward s (median)",
-    "forward s (min)",
-    "faces/s inference",
-    "train step s (median)",
-    "train step s (min)",
-    "images/s training",
+    "forward s",
+    "faces/s",
+    "GFLOP/s",
+    "of peak",
+    "train step s",
+    "images/s",
+    "GFLOP/s",
+    "of peak",
   ]
   rows = []
-  for name, result in list(jax_results.items()) + [(r["name"], r) for r in torch_results]:
+  for result in list(jax_results.values()) + torch_results:
     forward, train = result.get("forward"), result.get("train_step")
     rows.append(
       [
-        name,
+        result["name"],
         f"{forward['median_s']:.3f}" if forward else "-",
-        f"{forward['min_s']:.3f}" if forward else "-",
         f"{sizes.batch / forward['median_s']:.1f}" if forward else "-",
+        *_rate_cells(result, "forward", forward_flops, peaks),
         f"{train['median_s']:.3f}" if train else "-",
-        f"{train['min_s']:.3f}" if train else "-",
         f"{sizes.batch / train['median_s']:.1f}" if train else "-",
+        *(_rate_cells(result, "train_step", train_flops, peaks) if train_flops else ["-", "-"]),
       ]
     )
   print(
     f"\nStacked hourglass, batch {sizes.batch}, {sizes.crop_size}x{sizes.crop_size} input, "
-    f"width {sizes.width}, {twin['parameters']:,} parameters; torch threads "
-    f"{torch.get_num_threads()}:\n"
+    f"width {sizes.width}, {twin['parameters']:,} parameters, "
+    f"{forward_flops / sizes.batch / 1e9:.2f} GFLOP/face forward; torch threads "
+    f"{torch.get_num_threads()}; 'of peak': of the best measured rate in that dtype:\n"
   )
   print(common.markdown_table(headers, rows))
-
   torch_best = {}
   for key in ("forward", "train_step"):
-    best = min((r for r in torch_results), key=lambda r: r[key]["median_s"])
+    best = min(torch_results, key=lambda r: r[key]["median_s"])
     torch_best[key] = {"name": best["name"], **best[key]}
   print(
     "\nJAX / PyTorch speed (PyTorch time / JAX time, > 1: JAX faster), against PyTorch's "
@@ -482,9 +493,68 @@ def main():
       _ratio_rows(jax_results, torch_best),
     )
   )
+  return {
+    "sizes": dataclasses.asdict(sizes),
+    "twin_check": twin,
+    "forward_flops": forward_flops,
+    "train_step_flops": train_flops,
+    "jax": jax_results,
+    "torch": torch_results,
+    "torch_best": torch_best,
+  }
+
+
+def main():
+  parser = common.parser("bench_torch", __doc__)
+  parser.add_argument(
+    "--sizes",
+    default="full,shipped",
+    help="comma list of: full (the paper's width 256), shipped (pretrained/'s width 128)",
+  )
+  parser.add_argument(
+    "--no_jemalloc",
+    action="store_true",
+    help="keep the system allocator (default: jemalloc, as train.py)",
+  )
+  parser.add_argument("--skip_train", action="store_true", help="forward passes only")
+  args = parser.parse_args()
+  common.check_args(args)
+  if not args.no_jemalloc:
+    from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+
+    restart_with_jemalloc()
+  labels = ["quick"] if args.quick else args.sizes.split(",")
+  unknown = [label for label in labels if label not in SIZES]
+  if unknown:
+    parser.error(f"--sizes: unknown {unknown}; expected full, shipped")
+  machine = common.machine_info()
+  common.print_machine(machine)
+
+  # The machine's peak per dtype: the best matmul and 3x3 convolution rates measured here.
+  rates = bench_limit.conv_rates(args.repeats, args.warmup, args.quick)
+  try:
+    rates.update(
+      {
+        f"PyTorch matmul {dtype}": rate
+        for dtype, rate in bench_limit.torch_matmul_rates(
+          512 if args.quick else 4096, args.repeats, args.warmup
+        ).items()
+      }
+    )
+  except ImportError:
+    pass
+  peaks = bench_limit.peaks_by_dtype(rates)
   print(
-    f"\nMedian (min) of {args.repeats} calls after {args.warmup} warm-up; JAX inference in "
-    "this process without the YNN flag, JAX train steps in a worker with it."
+    common.markdown_table(
+      ["peak candidate", "GFLOP/s"], [[n, f"{r:.0f}"] for n, r in rates.items()]
+    )
+  )
+  results = {label: run_size(label, SIZES[label], args, peaks) for label in labels}
+  print(
+    f"\nMedian of {args.repeats} calls after {args.warmup} warm-up; JAX inference in this "
+    "process without the YNN flag, JAX train steps in a worker with it (as train.py). FLOPs "
+    f"from XLA's cost analysis with XLA's kernels. Measured on: {machine['cpu']} "
+    f"({' '.join(machine['cpu_features'])})."
   )
   common.write_json(
     args.json,
@@ -492,13 +562,14 @@ def main():
     args,
     machine,
     {
-      "sizes": dataclasses.asdict(sizes),
-      "twin_check": twin,
-      "torch_threads": torch.get_num_threads(),
-      "jax": jax_results,
-      "torch": torch_results,
-      "torch_best": torch_best,
-      "targets": {"inference": INFERENCE_TARGET, "train_step": TRAIN_TARGET},
+      "peak_candidates_gflops_per_s": rates,
+      "peaks_gflops_per_s": peaks,
+      "sizes": results,
+      "targets": {
+        "inference": INFERENCE_TARGET,
+        "inference_stretch": INFERENCE_STRETCH,
+        "train_step": TRAIN_TARGET,
+      },
     },
   )
 
