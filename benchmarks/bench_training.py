@@ -69,7 +69,7 @@ def load_config(name: str, overrides=()):
   return config
 
 
-def _random_batch(stage: str, config, rng):
+def random_batch(stage: str, config, rng):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages as stage_lib  # pylint: disable=g-import-not-at-top
 
@@ -89,7 +89,7 @@ def _random_batch(stage: str, config, rng):
   }
 
 
-def _step_and_state(stage: str, config, mesh):
+def step_and_state(stage: str, config, mesh):
   from msm_jax.train import stages as stage_lib  # pylint: disable=g-import-not-at-top
 
   registered = stage_lib.STAGES[stage]  # the update train.py runs for this stage
@@ -105,7 +105,7 @@ def step_flops(stage: str, config, mesh, batch) -> float:
   config = config.copy_and_resolve_references()
   if "kernels" in config.get(stage, {}):
     config[stage].kernels = "xla"
-  step, state = _step_and_state(stage, config, mesh)
+  step, state = step_and_state(stage, config, mesh)
   from msm_jax.train import parallel  # pylint: disable=g-import-not-at-top
 
   return float(step.lower(parallel.replicate(state, mesh), batch).cost_analysis()["flops"])
@@ -119,9 +119,9 @@ def time_train_step(stage: str, config, repeats: int, warmup: int) -> dict:
 
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config[stage].batch_size, mesh, f"{stage}.batch_size")
-  step, state = _step_and_state(stage, config, mesh)
+  step, state = step_and_state(stage, config, mesh)
   state = parallel.replicate(state, mesh)
-  batch = parallel.shard_batch(_random_batch(stage, config, np.random.default_rng(0)), mesh)
+  batch = parallel.shard_batch(random_batch(stage, config, np.random.default_rng(0)), mesh)
   start = time.perf_counter()
   lowered = step.lower(state, batch)
   compiled = lowered.compile()

@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from msm_jax.kernels import onednn
+from msm_jax.models import layers
 from msm_jax.models.layers import (
   BatchNormReLU,
   Conv1x1,
@@ -42,8 +44,27 @@ def _randomise(params, seed):
   return jax.tree.unflatten(tree, [_random(seed + i, leaf.shape) for i, leaf in enumerate(leaves)])
 
 
-# "onednn" runs the products of Conv1x1 and Deconv2x2 through msm_jax/kernels where it can.
+# "onednn" runs the layers through msm_jax/kernels where it can; the size thresholds that keep
+# tiny layers on XLA are lifted so that these small cases reach oneDNN.
 each_kernels = pytest.mark.parametrize("kernels", ["xla", "onednn"])
+
+
+@pytest.fixture(autouse=True)
+def onednn_at_every_size(monkeypatch):
+  monkeypatch.setattr(layers, "ONEDNN_MIN_CONV_FLOPS", 0)
+  monkeypatch.setattr(layers, "ONEDNN_MIN_BATCH_NORM_ELEMENTS", 0)
+
+
+def test_tiny_layers_stay_on_xla_and_large_ones_reach_onednn(monkeypatch):
+  monkeypatch.setattr(layers, "ONEDNN_MIN_CONV_FLOPS", 2**24)
+  conv = Conv1x1(64, kernels="onednn")
+  lowered = lambda shape: jax.jit(lambda x: conv.init_with_output(jax.random.key(0), x)[0]).lower(
+    jnp.zeros(shape)
+  )
+  # 2 x 8 x 8 x 64 x 64 x 2 = 1 MFLOP stays on XLA; 16 x 64 x 64 x 64 x 64 x 2 = 537 MFLOP not.
+  assert "msm_conv" not in lowered((2, 8, 8, 64)).as_text()
+  if onednn.available():
+    assert "msm_conv" in lowered((16, 64, 64, 64)).as_text()
 
 
 @each_kernels

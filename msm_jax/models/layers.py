@@ -75,9 +75,18 @@ def xla_convolution(x, kernel, bias, strides, padding):
   return y if bias is None else y + bias
 
 
+# Below these sizes a oneDNN call's fixed cost (~0.1-0.2 ms: dispatch, kernel reorder) exceeds
+# what its faster kernel saves, so tiny layers (tests, toy models) stay on XLA.
+ONEDNN_MIN_CONV_FLOPS = 2**24
+ONEDNN_MIN_BATCH_NORM_ELEMENTS = 2**18
+
+
 def onednn_convolution(x, kernel, bias, strides, padding):
-  """``xla_convolution`` through oneDNN's kernels (bias fused) where they can run."""
-  if x.ndim != 4 or not onednn.supports(x, kernel):
+  """``xla_convolution`` through oneDNN's kernels (bias fused) where they can run and the
+  layer is large enough to gain."""
+  flops = 2 * x.size * kernel.shape[0] * kernel.shape[1] * kernel.shape[3]  # ~, at stride 1
+  flops //= strides[0] * strides[1]
+  if x.ndim != 4 or flops < ONEDNN_MIN_CONV_FLOPS or not onednn.supports(x, kernel):
     return xla_convolution(x, kernel, bias, strides, padding)
   bias = jnp.zeros(kernel.shape[-1], x.dtype) if bias is None else bias
   return onednn.conv2d(x, kernel, bias, tuple(strides), tuple(map(tuple, padding)))
@@ -278,7 +287,11 @@ batch_norm_relu_train.defvjp(_batch_norm_relu_forward, _batch_norm_relu_backward
 
 def onednn_batch_norm_relu_train(x, scale, bias, epsilon, dtype):
   """``batch_norm_relu_train`` through oneDNN where it can run (x already in ``dtype``)."""
-  if x.dtype != jnp.dtype(dtype) or not onednn.supports_batch_norm(x, scale, bias):
+  if (
+    x.dtype != jnp.dtype(dtype)
+    or x.size < ONEDNN_MIN_BATCH_NORM_ELEMENTS
+    or not onednn.supports_batch_norm(x, scale, bias)
+  ):
     return batch_norm_relu_train(x, scale, bias, epsilon, dtype)
   return onednn.batch_norm_relu(x, scale, bias, epsilon)
 
