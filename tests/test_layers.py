@@ -233,3 +233,35 @@ def test_bfloat16_compute_keeps_float32_parameters():
       )
     )(x)
     assert grad_x.dtype == jnp.bfloat16
+
+
+def test_a_registered_kernel_set_is_used_by_name(monkeypatch):
+  from configs import base
+  from msm_jax import models
+  from msm_jax.models.hourglass import StackedHourglass
+
+  calls = []
+
+  def counting_convolution(x, kernel, bias, strides, padding):
+    calls.append(kernel.shape)
+    return layers.xla_convolution(x, kernel, bias, strides, padding)
+
+  monkeypatch.setitem(
+    layers.KERNELS, "counting", layers.Kernels(counting_convolution, batch_norm_relu_train)
+  )
+  config = base.get_config()
+  config.hourglass.kernels = "counting"
+  assert models.landmark_network(config, "hourglass", 68).kernels == "counting"
+
+  kwargs = dict(num_landmarks=3, width=8, depth=1, stem_widths=(4, 4, 8))
+  images = _random(11, (1, 16, 16, 3))
+  variables = StackedHourglass(**kwargs).init(jax.random.key(0), images)
+  expected = StackedHourglass(**kwargs).apply(variables, images)
+  got = StackedHourglass(**kwargs, kernels="counting").apply(variables, images)
+  np.testing.assert_array_equal(got, expected)
+  # Every convolution went through it: 3 stem convs; 3 per residual unit x 11 units (the
+  # stem's, and per stack skip, down, bottom, up, head); per stack a deconv, the head's two
+  # 1x1s; the two 1x1s back into the second stack.
+  assert len(calls) == 3 + 3 * 11 + 2 * (1 + 2) + 2
+  with pytest.raises(ValueError, match="expected one of"):
+    layers.kernels("nonexistent")

@@ -38,7 +38,8 @@ only a training script can set them (before JAX starts):
   again (3-4.6 s of system time per step, threads serialised on the page-fault lock):
   train step 6.7-7.7 s -> 5.0 s, system time -> 0.07 s.
 
-bfloat16 compute did not pay on XLA:CPU (+7 % per step): XLA does not use AMX here.
+With XLA's kernels bfloat16 compute does not pay on CPU (+7 % per step); with oneDNN's it
+does (``docs/cpu_notes.md``).
 
 ``KERNELS`` names the kernels the layers run: "xla" (``lax``, ``jnp.dot`` and the BN + ReLU
 below) or "onednn" (``msm_jax/kernels/onednn.py``: oneDNN's convolutions and training-mode
