@@ -1,25 +1,29 @@
-"""oneDNN convolutions on CPU: ``conv_general_dilated`` with a custom VJP over three XLA FFI
-handlers (``onednn_conv.cc``: forward, gradient w.r.t. the input, gradient w.r.t. the kernel).
+"""oneDNN kernels on CPU through XLA FFI, each with a custom VJP: the 2-D convolution
+(``onednn_conv.cc``: forward with the bias, input gradient, kernel and bias gradients) and
+training-mode batch normalisation + ReLU (``onednn_batch_norm.cc``).
 
-Why: on CPUs with AVX512-BF16 or AMX, oneDNN's convolutions run 2-3x faster than XLA's in
-bfloat16 and faster in float32 too (``docs/cpu_notes.md``; ``benchmarks/bench_conv.py``
-re-measures). The handlers are compiled by ``pip install`` (``setup.py``) against the headers
-of the ``onednn-devel-cpu-gomp`` wheel and run with the ``libdnnl.so.3`` of
-``onednn-cpu-gomp``.
+Why: on CPUs with AVX512-BF16 or AMX, oneDNN's convolutions run 2-4x faster than XLA's in
+bfloat16 and faster in float32 too, and its batch norm takes one or two passes where XLA
+takes several (``docs/cpu_notes.md``; ``benchmarks/bench_limit.py`` and
+``bench_profile.py`` re-measure). The handlers are compiled by ``pip install``
+(``setup.py``) against the headers of the ``onednn-devel-cpu-gomp`` wheel and run with the
+``libdnnl.so.3`` of ``onednn-cpu-gomp``.
 
-:func:`conv_general_dilated` takes ``lax.conv_general_dilated``'s arguments (so it drops into
-``flax.linen.Conv(conv_general_dilated=...)``) and uses oneDNN only where all of these hold,
-else it is ``lax.conv_general_dilated`` itself:
+:func:`conv2d` and :func:`batch_norm_relu` are the kernels (call them where :func:`supports`
+/ :func:`supports_batch_norm` hold; ``msm_jax/models/layers.py``'s "onednn" kernels do, and
+keep tiny layers on XLA). :func:`conv_general_dilated` takes ``lax.conv_general_dilated``'s
+arguments (so it drops into ``flax.linen.Conv(conv_general_dilated=...)``) and uses oneDNN
+only where all of these hold, else it is ``lax.conv_general_dilated`` itself:
 
 * the extension and ``libdnnl`` loaded (:func:`unavailable_reason` says why not);
 * NHWC input, HWIO kernel, NHWC output (Flax's layout), no dilation, one feature group;
-* input and kernel both float32 or both bfloat16, no ``preferred_element_type`` change;
-* the computation is lowered for CPU: ``lax.platform_dependent`` keeps XLA's convolution
-  on every other platform, so one traced function serves CPU, GPU and TPU.
+* input and kernel both float32 or both bfloat16, no ``preferred_element_type`` change.
 
-A computation that holds these custom calls cannot go through ``jax.export`` (XLA refuses
-custom calls without a stability guarantee): build the network with
-``convolution="xla"`` for that.
+Every kernel is wrapped in ``lax.platform_dependent``: lowered for CPU it is the custom call,
+for any other platform XLA's ops, so one traced function serves CPU, GPU and TPU. A CPU
+computation that holds these custom calls cannot go through ``jax.export`` (XLA refuses
+custom calls without a stability guarantee): build the network with ``kernels="xla"`` for
+that (``msm_jax/inference/export.py`` does).
 """
 
 import ctypes
@@ -100,7 +104,7 @@ def _load() -> str:
 
 
 def unavailable_reason() -> str:
-  """'' when the oneDNN convolutions can run in this process, else the reason."""
+  """'' when the oneDNN kernels can run in this process, else the reason."""
   return _load()
 
 
@@ -133,7 +137,7 @@ def _xla_conv(x, kernel, bias, strides, padding):
 
 def _forward(x, kernel, bias, strides, padding):
   if not available():
-    raise RuntimeError(f"oneDNN convolutions unavailable: {unavailable_reason()}")
+    raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
   xla = lambda x, kernel, bias: _xla_conv(x, kernel, bias, strides, padding)
   result = jax.eval_shape(xla, x, kernel, bias)
 
@@ -181,8 +185,11 @@ def _conv_bwd(strides, padding, residuals, grad_y):
     return grad_x, grad_kernel, grad_bias.astype(bias.dtype)
 
   def xla(x, kernel, bias, grad_y):
-    conv = lambda a, b, c: _xla_conv(a, b, c, strides, padding)
-    return jax.vjp(conv, x, kernel, bias)[1](grad_y)
+    conv = lambda a, b: _xla_conv(a, b, jnp.zeros((), a.dtype), strides, padding)
+    grad_x, grad_kernel = jax.vjp(conv, x, kernel)[1](grad_y)
+    # Summed in float32 as oneDNN does (XLA may sum bfloat16 in bfloat16).
+    grad_bias = jnp.sum(grad_y.astype(jnp.float32), axis=(0, 1, 2)).astype(bias.dtype)
+    return grad_x, grad_kernel, grad_bias
 
   return lax.platform_dependent(x, kernel, bias, grad_y, cpu=onednn, default=xla)
 
@@ -274,9 +281,14 @@ def _batch_norm_statistics_xla(x):
   return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
 
 
-def _batch_norm_relu_xla(x, scale, shift, epsilon):
+def _normalize_xla(x, scale, shift, epsilon):
+  """XLA's training-mode BN (before the ReLU) in float32, with its batch statistics."""
   mean, var = _batch_norm_statistics_xla(x)
-  z = (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + shift
+  return (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + shift, mean, var
+
+
+def _batch_norm_relu_xla(x, scale, shift, epsilon):
+  z, mean, var = _normalize_xla(x, scale, shift, epsilon)
   return jnp.maximum(z, 0.0).astype(x.dtype), mean, var
 
 
@@ -324,12 +336,6 @@ def _batch_norm_fwd(x, scale, shift, epsilon):
   return (y, mean, var), (x, y, mean, var, scale, shift, workspace)
 
 
-def _normalize_xla(x, scale, shift, epsilon):
-  mean, var = _batch_norm_statistics_xla(x)
-  z = (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + shift
-  return z.astype(x.dtype)
-
-
 def _batch_norm_bwd(epsilon, residuals, cotangents):
   x, y, mean, var, scale, shift, workspace = residuals
   grad_y, grad_mean, grad_var = cotangents
@@ -347,7 +353,7 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
     del mean, var, workspace
     # ReLU passes the gradient where its output is positive (jax.nn.relu's convention at 0).
     grad_z = jnp.where(y > 0, grad_y, jnp.zeros((), x.dtype))
-    normalize = lambda x, scale, shift: _normalize_xla(x, scale, shift, epsilon)
+    normalize = lambda x, scale, shift: _normalize_xla(x, scale, shift, epsilon)[0].astype(x.dtype)
     return jax.vjp(normalize, x, scale, shift)[1](grad_z)
 
   operands = (x, y, grad_y, mean, var, scale, shift, workspace)
