@@ -10,8 +10,9 @@ same functions as matrix products and reshapes, whose gradients are matrix produ
 elementwise ops:
 
 * ``Deconv2x2``: each input pixel paints a 2x2 block of the output, so the op is one
-  product over channels (to the 4 x Cout taps) plus a transpose. Same parameters (``kernel [2, 2, Cin, Cout]``,
-  ``bias [Cout]``) and same outputs as ``nn.ConvTranspose(Cout, (2, 2), strides=(2, 2))``.
+  product over channels (to the 4 x Cout taps) plus a transpose. Same parameters
+  (``kernel [2, 2, Cin, Cout]``, ``bias [Cout]``) and same outputs as
+  ``nn.ConvTranspose(Cout, (2, 2), strides=(2, 2))``.
 * ``Conv1x1``: a matrix product over channels. Same parameters
   (``kernel [1, 1, Cin, Cout]``) and outputs as ``nn.Conv(Cout, (1, 1))``.
 * ``max_pool_2x2``: window maxima of a reshape, same values as
