@@ -10,7 +10,8 @@
 // gradients are accumulated in float32, the kernel's rounded once into the caller's type).
 // The bias gradient is a sum over batch x height x width: computed inside the kernel-gradient
 // pass rather than by XLA, whose bfloat16 -> float32 reductions of that size are slow.
-// msm_jax/kernels/onednn.py builds the custom_vjp around them and checks shapes first.
+// msm_jax/kernels/onednn.py builds the custom_vjp around them; MakeGeometry refuses
+// inconsistent shapes with an InvalidArgument error.
 //
 // Activations stay NHWC (oneDNN's nhwc kernels, as PyTorch's channels-last); the kernel is
 // reordered into the blocked layout the chosen implementation wants on every call (a few
