@@ -16,9 +16,9 @@ train step (forward, the spatial-softmax cross-entropy of ``train/losses.py`` on
 stacks, backward, Adam):
 
 * JAX float32 and bfloat16 compute (``config.hourglass.compute_dtype``), each with XLA's
-  kernels and with oneDNN's (``config.hourglass.kernels``). Inference in this process,
-  without the YNN XLA flag (as predict.py); the train step in a worker process with it (as
-  train.py, ``bench_training --worker``).
+  kernels and with oneDNN's (``config.hourglass.kernels``). Each case in its own worker
+  process (no PyTorch, with its own OpenMP runtime, beside it): inference without the YNN XLA
+  flag (as predict.py), the train step with it (as train.py, ``bench_training --worker``).
 * PyTorch eager float32 and bfloat16 autocast, each with NCHW and channels-last memory.
 
 and prints GFLOP/s with the fraction of the peak of the row's dtype, and JAX/PyTorch speed
@@ -27,6 +27,7 @@ ratios against PyTorch's fastest configuration with the targets: inference >= 1.
 installed, as train.py; ``--no_jemalloc``).
 """
 
+import argparse
 import copy
 import dataclasses
 import time
@@ -313,14 +314,14 @@ def torch_cases(
   return results
 
 
-def jax_forward_case(
-  sizes: Sizes, case: "JaxCase", variables, images: np.ndarray, repeats: int, warmup: int
-) -> dict:
-  """The Flax forward pass (inference mode) in this process, with the case's compute dtype
-  and kernels (``variables`` stay float32 either way)."""
+def jax_forward_case(sizes: "Sizes", case: "JaxCase", repeats: int, warmup: int) -> dict:
+  """The Flax forward pass (inference mode) with the case's compute dtype and kernels, on the
+  run's random images and weights (``random_inputs``; ``variables`` stay float32). Runs in
+  a worker process: no PyTorch (and its own OpenMP runtime) in the same process."""
   import jax  # pylint: disable=g-import-not-at-top
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
 
+  images, _, variables = random_inputs(sizes)
   module = stages.hourglass_module(bench_training.load_config("paper", case.overrides(sizes)))
   forward = jax.jit(lambda variables, images: module.apply(variables, images, train=False))
   device_images = jax.device_put(images)
@@ -329,6 +330,23 @@ def jax_forward_case(
   compile_s = time.perf_counter() - start
   timing = common.time_calls(lambda: forward(variables, device_images), repeats, warmup)
   return {"compile_and_first_call_s": compile_s, "forward": timing.as_dict()}
+
+
+def random_inputs(sizes: "Sizes"):
+  """(images [B, S, S, 3], landmarks [B, L, 2], randomised Flax variables): the same in every
+  process of a run (seeded)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from msm_jax.models.hourglass import StackedHourglass  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.0, 1.0, (sizes.batch, sizes.crop_size, sizes.crop_size, 3))
+  images = images.astype(np.float32)
+  landmarks = rng.uniform(0.2, 0.8, (sizes.batch, sizes.num_landmarks, 2)) * sizes.crop_size
+  flax_model = StackedHourglass(
+    num_landmarks=sizes.num_landmarks, width=sizes.width, stem_widths=sizes.stem_widths
+  )
+  variables = randomise_variables(flax_model.init(jax.random.key(0), images[:1], train=False))
+  return images, landmarks, variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,7 +419,6 @@ def _ratio_rows(jax_results: dict, torch_best: dict) -> list:
 
 def run_size(label: str, sizes: Sizes, args, peaks: dict) -> dict:
   """Every JAX case and every PyTorch configuration at one size; prints its tables."""
-  import jax  # pylint: disable=g-import-not-at-top
   from msm_jax.models.hourglass import StackedHourglass  # pylint: disable=g-import-not-at-top
 
   print(f"\n## {label}: width {sizes.width}, stem {sizes.stem_widths}, batch {sizes.batch}\n")
@@ -419,16 +436,22 @@ def run_size(label: str, sizes: Sizes, args, peaks: dict) -> dict:
     jax_results[case.name].update(train_step=worker["step"], train_compile_s=worker["compile_s"])
     print(f"  {case.name}: train step {worker['step']['median_s']:.3f} s", flush=True)
 
+  for case in JAX_CASES:
+    worker = common.run_worker(
+      "benchmarks.bench_torch",
+      ["--forward_worker", f"{label},{case.dtype},{case.kernels}"]
+      + ["--repeats", str(args.repeats), "--warmup", str(args.warmup)],
+      common.process_env(training=False),
+    )
+    jax_results[case.name].update(worker)
+    print(f"  {case.name}: forward {worker['forward']['median_s']:.3f} s", flush=True)
+
   import torch  # pylint: disable=g-import-not-at-top
 
-  rng = np.random.default_rng(0)
-  images = rng.uniform(0.0, 1.0, (sizes.batch, sizes.crop_size, sizes.crop_size, 3))
-  images = images.astype(np.float32)
-  landmarks = rng.uniform(0.2, 0.8, (sizes.batch, sizes.num_landmarks, 2)) * sizes.crop_size
+  images, landmarks, variables = random_inputs(sizes)
   flax_model = StackedHourglass(
     num_landmarks=sizes.num_landmarks, width=sizes.width, stem_widths=sizes.stem_widths
   )
-  variables = randomise_variables(flax_model.init(jax.random.key(0), images[:1], train=False))
   torch_model = build_torch_twin(sizes)
   twin = check_twin(flax_model, variables, torch_model, images[:2])
   print(
@@ -438,11 +461,6 @@ def run_size(label: str, sizes: Sizes, args, peaks: dict) -> dict:
     flush=True,
   )
   forward_flops = bench_limit.forward_flops(flax_model, variables, images)
-  for case in JAX_CASES:
-    jax_results[case.name].update(
-      jax_forward_case(sizes, case, variables, images, args.repeats, args.warmup)
-    )
-    print(f"  {case.name}: forward {jax_results[case.name]['forward']['median_s']:.3f} s")
   torch_results = torch_cases(
     torch_model, images, gaussian_targets(landmarks, sizes), args.repeats, args.warmup
   )
@@ -517,8 +535,15 @@ def main():
     help="keep the system allocator (default: jemalloc, as train.py)",
   )
   parser.add_argument("--skip_train", action="store_true", help="forward passes only")
+  parser.add_argument("--forward_worker", help=argparse.SUPPRESS)  # "size,dtype,kernels"
   args = parser.parse_args()
   common.check_args(args)
+  if args.forward_worker:
+    label, dtype, kernels = args.forward_worker.split(",")
+    common.emit_worker_result(
+      jax_forward_case(SIZES[label], JaxCase(dtype, kernels), args.repeats, args.warmup)
+    )
+    return
   if not args.no_jemalloc:
     from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
 
@@ -551,8 +576,8 @@ def main():
   )
   results = {label: run_size(label, SIZES[label], args, peaks) for label in labels}
   print(
-    f"\nMedian of {args.repeats} calls after {args.warmup} warm-up; JAX inference in this "
-    "process without the YNN flag, JAX train steps in a worker with it (as train.py). FLOPs "
+    f"\nMedian of {args.repeats} calls after {args.warmup} warm-up; JAX cases in worker "
+    "processes, inference without the YNN flag, train steps with it (as train.py). FLOPs "
     f"from XLA's cost analysis with XLA's kernels. Measured on: {machine['cpu']} "
     f"({' '.join(machine['cpu_features'])})."
   )
