@@ -121,7 +121,7 @@ def _used_variables(variables: dict, options: pipeline.PipelineOptions) -> dict:
 
 
 def exportable(network):
-  """``network`` with XLA's convolutions: jax.export refuses the oneDNN custom calls (they
+  """``network`` with XLA's kernels: jax.export refuses the oneDNN custom calls (they
   carry no stability guarantee, and the artefact must run where the extension is absent)."""
   if getattr(network, "kernels", "xla") != "xla":
     return network.clone(kernels="xla")
