@@ -148,6 +148,17 @@ void* WeightsScratch(size_t bytes) {
   return scratch.data();
 }
 
+// The caller's HWIO kernel in the layout the plan's primitive reads (reordered into per-thread
+// scratch when they differ).
+memory KernelForPrimitive(const Plan& plan, const Geometry& g, void* kernel,
+                          dnnl::stream& stream) {
+  memory user_weights(g.UserWeights(g.type), Engine(), kernel);
+  if (!plan.reorder_needed) return user_weights;
+  memory weights(plan.weights, Engine(), WeightsScratch(plan.weights.get_size()));
+  plan.reorder.execute(stream, user_weights, weights);
+  return weights;
+}
+
 Attributes ReadAttributes(int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl,
                           int64_t pr) {
   return {sh, sw, pt, pb, pl, pr};
@@ -172,12 +183,7 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                       true);
     });
     dnnl::stream stream(Engine());
-    memory user_weights(g.UserWeights(g.type), Engine(), w.untyped_data());
-    memory weights = user_weights;
-    if (plan->reorder_needed) {
-      weights = memory(plan->weights, Engine(), WeightsScratch(plan->weights.get_size()));
-      plan->reorder.execute(stream, user_weights, weights);
-    }
+    memory weights = KernelForPrimitive(*plan, g, w.untyped_data(), stream);
     plan->conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Source(), Engine(), x.untyped_data())},
                                 {DNNL_ARG_WEIGHTS, weights},
                                 {DNNL_ARG_BIAS, memory(g.Bias(g.type), Engine(), b.untyped_data())},
@@ -205,12 +211,7 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi
                       g.UserWeights(g.type), true);
     });
     dnnl::stream stream(Engine());
-    memory user_weights(g.UserWeights(g.type), Engine(), w.untyped_data());
-    memory weights = user_weights;
-    if (plan->reorder_needed) {
-      weights = memory(plan->weights, Engine(), WeightsScratch(plan->weights.get_size()));
-      plan->reorder.execute(stream, user_weights, weights);
-    }
+    memory weights = KernelForPrimitive(*plan, g, w.untyped_data(), stream);
     plan->conv.execute(stream,
                        {{DNNL_ARG_DIFF_DST, memory(g.Destination(), Engine(), dy.untyped_data())},
                         {DNNL_ARG_WEIGHTS, weights},
