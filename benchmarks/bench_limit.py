@@ -234,7 +234,8 @@ def main():
   print(
     f"\nStacked hourglass ({'--quick sizes' if args.quick else 'full size'}), batch "
     f"{batch}; fractions of the best JAX float32 matmul ({peaks['jax_float32']:.1f} "
-    f"GFLOP/s) and of the best matmul measured ({peaks['best']:.1f} GFLOP/s):\n"
+    f"GFLOP/s) and of the best rate measured, matmul or convolution "
+    f"({peaks['best']:.1f} GFLOP/s):\n"
   )
   print(
     common.markdown_table(
