@@ -63,19 +63,11 @@ std::string Key(const char* op, const Shape& s, float epsilon) {
   return key.str();
 }
 
-template <typename Build>
-std::shared_ptr<dnnl::primitive> Cached(const std::string& key, Build build) {
-  static std::mutex mutex;
-  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<dnnl::primitive>>();
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    auto found = cache->find(key);
-    if (found != cache->end()) return found->second;
-  }
-  auto primitive = std::make_shared<dnnl::primitive>(build());
-  std::lock_guard<std::mutex> lock(mutex);
-  return cache->emplace(key, primitive).first->second;
-}
+// A primitive and the layout of the forward's workspace (the ReLU mask) it reads or writes.
+struct Plan {
+  dnnl::primitive primitive;
+  memory::desc workspace;
+};
 
 ffi::Error BnReluForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
                          ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
@@ -85,19 +77,19 @@ ffi::Error BnReluForward(ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer 
   auto status = MakeShape(x, &s);
   if (status.failure()) return status;
   return msm_onednn::Run([&] {
-    auto primitive = Cached(Key("bn_forward", s, epsilon), [&] {
-      return dnnl::batch_normalization_forward(ForwardDesc(s, epsilon));
+    auto plan = msm_onednn::Cached<Plan>(Key("bn_forward", s, epsilon), [&] {
+      auto forward = ForwardDesc(s, epsilon);
+      return Plan{dnnl::batch_normalization_forward(forward), forward.workspace_desc()};
     });
-    auto workspace_desc = ForwardDesc(s, epsilon).workspace_desc();
     dnnl::stream stream(Engine());
-    primitive->execute(stream,
+    plan->primitive.execute(stream,
                        {{DNNL_ARG_SRC, memory(s.Data(), Engine(), x.untyped_data())},
                         {DNNL_ARG_SCALE, memory(s.Statistic(), Engine(), scale.untyped_data())},
                         {DNNL_ARG_SHIFT, memory(s.Statistic(), Engine(), shift.untyped_data())},
                         {DNNL_ARG_DST, memory(s.Data(), Engine(), y->untyped_data())},
                         {DNNL_ARG_MEAN, memory(s.Statistic(), Engine(), mean->untyped_data())},
                         {DNNL_ARG_VARIANCE, memory(s.Statistic(), Engine(), var->untyped_data())},
-                        {DNNL_ARG_WORKSPACE, memory(workspace_desc, Engine(), workspace->untyped_data())}});
+                        {DNNL_ARG_WORKSPACE, memory(plan->workspace, Engine(), workspace->untyped_data())}});
     stream.wait();
   });
 }
@@ -113,18 +105,19 @@ ffi::Error BnReluBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer me
   if (dy.element_type() != x.element_type() || dx->element_type() != x.element_type())
     return ffi::Error::InvalidArgument("msm_bn_backward: mixed element types");
   return msm_onednn::Run([&] {
-    auto forward = ForwardDesc(s, epsilon);
-    auto primitive = Cached(Key("bn_backward", s, epsilon), [&] {
-      return dnnl::batch_normalization_backward(dnnl::batch_normalization_backward::primitive_desc(
-          Engine(), dnnl::prop_kind::backward, s.Data(), s.Data(), s.Data(), epsilon, kFlags,
-          forward));
+    auto plan = msm_onednn::Cached<Plan>(Key("bn_backward", s, epsilon), [&] {
+      auto forward = ForwardDesc(s, epsilon);
+      return Plan{dnnl::batch_normalization_backward(
+                      dnnl::batch_normalization_backward::primitive_desc(
+                          Engine(), dnnl::prop_kind::backward, s.Data(), s.Data(), s.Data(),
+                          epsilon, kFlags, forward)),
+                  forward.workspace_desc()};
     });
     dnnl::stream stream(Engine());
-    primitive->execute(
+    plan->primitive.execute(
         stream, {{DNNL_ARG_SRC, memory(s.Data(), Engine(), x.untyped_data())},
                  {DNNL_ARG_DIFF_DST, memory(s.Data(), Engine(), dy.untyped_data())},
-                 {DNNL_ARG_WORKSPACE,
-                  memory(forward.workspace_desc(), Engine(), workspace.untyped_data())},
+                 {DNNL_ARG_WORKSPACE, memory(plan->workspace, Engine(), workspace.untyped_data())},
                  {DNNL_ARG_MEAN, memory(s.Statistic(), Engine(), mean.untyped_data())},
                  {DNNL_ARG_VARIANCE, memory(s.Statistic(), Engine(), var.untyped_data())},
                  {DNNL_ARG_SCALE, memory(s.Statistic(), Engine(), scale.untyped_data())},

@@ -4,8 +4,10 @@
 #define MSM_JAX_KERNELS_ONEDNN_COMMON_H_
 
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -42,6 +44,22 @@ inline xla::ffi::Error Run(const std::function<void()>& body) {
     return xla::ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
   return xla::ffi::Error::Success();
+}
+
+// The value built for ``key`` the first time (primitives and their descriptors: building one
+// generates its kernel), shared afterwards.
+template <typename Value, typename Build>
+std::shared_ptr<Value> Cached(const std::string& key, Build build) {
+  static std::mutex mutex;
+  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<Value>>();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = cache->find(key);
+    if (found != cache->end()) return found->second;
+  }
+  auto value = std::make_shared<Value>(build());
+  std::lock_guard<std::mutex> lock(mutex);
+  return cache->emplace(key, value).first->second;
 }
 
 }  // namespace msm_onednn

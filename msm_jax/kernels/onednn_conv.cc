@@ -123,24 +123,6 @@ Plan MakePlan(dnnl::primitive conv, const memory::desc& primitive_layout,
   return plan;
 }
 
-std::mutex cache_mutex;
-std::unordered_map<std::string, std::shared_ptr<Plan>>& Cache() {
-  static auto* cache = new std::unordered_map<std::string, std::shared_ptr<Plan>>();
-  return *cache;
-}
-
-template <typename Build>
-std::shared_ptr<Plan> CachedPlan(const std::string& key, Build build) {
-  {
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    auto found = Cache().find(key);
-    if (found != Cache().end()) return found->second;
-  }
-  auto plan = std::make_shared<Plan>(build());
-  std::lock_guard<std::mutex> lock(cache_mutex);
-  return Cache().emplace(key, plan).first->second;
-}
-
 // Scratch for the reordered kernel; one per thread, grown as needed.
 void* WeightsScratch(size_t bytes) {
   thread_local std::vector<uint8_t> scratch;
@@ -177,7 +159,7 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                              attributes, &g);
   if (status.failure()) return status;
   return Run([&] {
-    auto plan = CachedPlan(g.Key("forward"), [&] {
+    auto plan = msm_onednn::Cached<Plan>(g.Key("forward"), [&] {
       auto pd = g.Forward();
       return MakePlan(dnnl::convolution_forward(pd), pd.weights_desc(), g.UserWeights(g.type),
                       true);
@@ -203,7 +185,7 @@ ffi::Error ConvBackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi
                              dy.dimensions(), attributes, &g);
   if (status.failure()) return status;
   return Run([&] {
-    auto plan = CachedPlan(g.Key("backward_data"), [&] {
+    auto plan = msm_onednn::Cached<Plan>(g.Key("backward_data"), [&] {
       dnnl::convolution_backward_data::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.Source(), g.AnyWeights(g.type),
           g.Destination(), g.strides, g.pad_l, g.pad_r, g.Forward());
@@ -236,7 +218,7 @@ ffi::Error ConvBackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   return Run([&] {
     // The kernel gradient sums batch x height x width products: accumulate it in float32
     // whatever the activations' type, then round once into the caller's HWIO buffer.
-    auto plan = CachedPlan(g.Key("backward_weights"), [&] {
+    auto plan = msm_onednn::Cached<Plan>(g.Key("backward_weights"), [&] {
       dnnl::convolution_backward_weights::primitive_desc pd(
           Engine(), dnnl::algorithm::convolution_direct, g.Source(),
           g.AnyWeights(memory::data_type::f32), g.Bias(memory::data_type::f32), g.Destination(),
