@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from msm_jax.cli import parse_flags_help_exits_zero, quiet_library_logs
+from msm_jax.cli import parse_flags_help_exits_zero, quiet_library_logs, restart_with_page_reuse
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "A configs/<name>.py file.", lock_config=True
@@ -66,5 +66,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  restart_with_page_reuse()
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   app.run(main, flags_parser=parse_flags_help_exits_zero)

@@ -214,4 +214,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from msm_jax.cli import restart_with_page_reuse
+
+  restart_with_page_reuse()
   sys.exit(main())

@@ -21,7 +21,7 @@ from msm_jax.cli import (
   configure_training_process,
   parse_flags_help_exits_zero,
   quiet_library_logs,
-  restart_with_jemalloc,
+  restart_with_page_reuse,
 )
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,6 +49,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  restart_with_jemalloc()
+  restart_with_page_reuse()
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ imports `configs`
   app.run(main, flags_parser=parse_flags_help_exits_zero)

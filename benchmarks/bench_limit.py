@@ -171,9 +171,9 @@ def main():
     common.emit_worker_result(jax_matmul_rates(size, args.repeats, args.warmup))
     return
 
-  from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+  from msm_jax.cli import restart_with_page_reuse  # pylint: disable=g-import-not-at-top
 
-  restart_with_jemalloc()  # the train-step worker runs as train.py does
+  restart_with_page_reuse()  # the train-step worker runs as train.py does
   machine = common.machine_info()
   common.print_machine(machine)
   batch = 2 if args.quick else args.batch

@@ -23,8 +23,8 @@ stacks, backward, Adam):
 
 and prints GFLOP/s with the fraction of the peak of the row's dtype, and JAX/PyTorch speed
 ratios against PyTorch's fastest configuration with the targets: inference >= 1.0x (stretch
-1.5x), train step >= 1.0x. Both frameworks run under the same allocator (jemalloc where
-installed, as train.py; ``--no_jemalloc``).
+1.5x), train step >= 1.0x. Both frameworks run under the same allocator (one that reuses
+freed pages, as train.py and predict.py; ``--system_malloc``: the system's as it is).
 """
 
 import argparse
@@ -530,9 +530,10 @@ def main():
     help="comma list of: full (the paper's width 256), shipped (pretrained/'s width 128)",
   )
   parser.add_argument(
-    "--no_jemalloc",
+    "--system_malloc",
     action="store_true",
-    help="keep the system allocator (default: jemalloc, as train.py)",
+    help="keep the system allocator as it is (default: one that reuses freed pages, as "
+    "train.py and predict.py)",
   )
   parser.add_argument("--skip_train", action="store_true", help="forward passes only")
   parser.add_argument("--forward_worker", help=argparse.SUPPRESS)  # "size,dtype,kernels"
@@ -544,10 +545,10 @@ def main():
       jax_forward_case(SIZES[label], JaxCase(dtype, kernels), args.repeats, args.warmup)
     )
     return
-  if not args.no_jemalloc:
-    from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+  if not args.system_malloc:
+    from msm_jax.cli import restart_with_page_reuse  # pylint: disable=g-import-not-at-top
 
-    restart_with_jemalloc()
+    restart_with_page_reuse()
   labels = ["quick"] if args.quick else args.sizes.split(",")
   unknown = [label for label in labels if label not in SIZES]
   if unknown:

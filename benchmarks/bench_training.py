@@ -7,8 +7,8 @@ and the paper config (``configs/base.py``: Table I/II widths, the 256-channel ho
 Sec. III-B, the full Res-50 of Sec. IV-G), times one update step of each stage - ST-GAN
 (Algorithm 1: two G and two D updates), hourglass, Res-50 baseline - on a random batch of
 the config's size. The data pipeline is left out (``bench_input_pipeline`` measures it).
-Each case runs in its own process with the settings ``train.py`` uses: the YNN XLA flag and,
-where installed, jemalloc (``msm_jax/cli.py``).
+Each case runs in its own process with the settings ``train.py`` uses: the YNN XLA flag and
+the allocator that reuses freed pages (``msm_jax/cli.py``).
 
 Data parallelism: the hourglass step again with the batch sharded over 1, 2 and 4 forced
 host CPU devices (``--xla_force_host_platform_device_count``). On a machine with fewer
@@ -230,9 +230,9 @@ def main():
     common.emit_worker_result(time_train_step(args.stage, config, args.repeats, args.warmup))
     return
 
-  from msm_jax.cli import restart_with_jemalloc  # pylint: disable=g-import-not-at-top
+  from msm_jax.cli import restart_with_page_reuse  # pylint: disable=g-import-not-at-top
 
-  restart_with_jemalloc()  # as train.py: the workers inherit the preload
+  restart_with_page_reuse()  # as train.py: the workers inherit the allocator
   machine = common.machine_info()
   common.print_machine(machine)
   overrides = list(_QUICK_OVERRIDES if args.quick else ()) + args.set

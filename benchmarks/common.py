@@ -214,7 +214,7 @@ def write_json(
 
 def process_env(*, training: bool, devices: int = 1, extra: dict | None = None) -> dict:
   """The environment of a JAX child process: the YNN flag for training processes only,
-  ``devices`` forced host CPU devices, everything else inherited (jemalloc included)."""
+  ``devices`` forced host CPU devices, everything else inherited (the allocator included)."""
   flags = [
     flag
     for flag in os.environ.get("XLA_FLAGS", "").split()

@@ -1,4 +1,4 @@
-"""Process set-up of the command-line programs: XLA flags and the jemalloc re-exec."""
+"""Process set-up of the command-line programs: XLA flags and the allocator re-exec."""
 
 import os
 import subprocess
@@ -8,21 +8,42 @@ import pytest
 
 from msm_jax import cli
 
-# A child that asks for the re-exec, then reports which allocator its process image mapped.
+# A child that asks for the re-exec, then reports its allocator settings and, from a worker
+# thread (as XLA's threads allocate), the page faults of writing a freed-and-reallocated
+# 64 MiB block nine times.
 _CHILD = """
-import sys
+import ctypes, os, resource, sys, threading
 from msm_jax import cli
-cli.restart_with_jemalloc()
-maps = open("/proc/self/maps").read()
-print("jemalloc" if "libjemalloc" in maps else "glibc", sys.argv[1:])
+cli.restart_with_page_reuse()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 64 << 20
+faults = []
+def touch_freed_blocks():
+  for _ in range(10):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+thread = threading.Thread(target=touch_freed_blocks)
+thread.start()
+thread.join()
+allocator = "jemalloc" if "libjemalloc" in open("/proc/self/maps").read() else "glibc"
+arenas = os.environ.get("MALLOC_ARENA_MAX", "unset")
+print(allocator, arenas, faults[-1] - faults[0], sys.argv[1:])
 """
+
+_PAGES = (64 << 20) // os.sysconf("SC_PAGE_SIZE")  # pages of the block
 
 
 def _run_child(**environment):
+  """(allocator, MALLOC_ARENA_MAX, page faults of the last nine writes, argv) of the child."""
   env = {
     key: value
     for key, value in os.environ.items()
-    if key not in ("LD_PRELOAD", "MSM_JAX_NO_JEMALLOC")
+    if key not in ("LD_PRELOAD", "MSM_JAX_SYSTEM_MALLOC", *cli._GLIBC_PAGE_REUSE)
   }
   env.update(environment)
   result = subprocess.run(
@@ -33,19 +54,39 @@ def _run_child(**environment):
     timeout=60,
     check=True,
   )
-  return result.stdout.strip()
+  allocator, arenas, faults, argv = result.stdout.strip().split(" ", 3)
+  return allocator, arenas, int(faults), argv
 
 
-@pytest.mark.skipif(
-  cli.jemalloc_path() is None or not sys.platform.startswith("linux"),
-  reason="libjemalloc2 not installed",
+linux_glibc = pytest.mark.skipif(
+  not sys.platform.startswith("linux") or not cli._is_glibc(), reason="needs Linux with glibc"
 )
-def test_restart_preloads_jemalloc_and_keeps_arguments():
-  assert _run_child() == "jemalloc ['--flag', 'x y']"
 
 
-def test_restart_can_be_turned_off():
-  assert _run_child(MSM_JAX_NO_JEMALLOC="1") == "glibc ['--flag', 'x y']"
+@linux_glibc
+def test_restart_reuses_freed_pages_and_keeps_arguments():
+  allocator, arenas, faults, argv = _run_child()
+  assert argv == "['--flag', 'x y']"
+  expected = "jemalloc" if cli.jemalloc_path() else "glibc"
+  assert (allocator, arenas) == (expected, "unset" if cli.jemalloc_path() else "1")
+  # Each write of a fresh mapping faults every page; a reused block faults none. A tenth of
+  # one block's pages leaves room for the interpreter's own allocations.
+  assert faults < _PAGES // 10
+
+
+@linux_glibc
+def test_system_malloc_faults_the_pages_again():
+  # glibc's default: a 64 MiB block is above the largest mmap threshold (32 MiB), so every
+  # malloc maps fresh pages and every free unmaps them.
+  allocator, arenas, faults, _ = _run_child(MSM_JAX_SYSTEM_MALLOC="1")
+  assert (allocator, arenas) == ("glibc", "unset")
+  assert faults > 9 * _PAGES // 2
+
+
+@linux_glibc
+def test_user_allocator_settings_are_kept():
+  allocator, arenas, _, _ = _run_child(MALLOC_ARENA_MAX="4")
+  assert (allocator, arenas) == ("glibc", "4")
 
 
 def test_training_flags_added_once_and_respect_opt_out(monkeypatch):
@@ -67,7 +108,7 @@ def _run_script(*args):
   return subprocess.run(
     [sys.executable, os.path.join(root, args[0]), *args[1:]],
     cwd=root,
-    env=dict(os.environ, MSM_JAX_NO_JEMALLOC="1"),
+    env=dict(os.environ, MSM_JAX_SYSTEM_MALLOC="1"),
     capture_output=True,
     text=True,
     timeout=120,

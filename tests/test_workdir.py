@@ -185,7 +185,7 @@ def test_train_py_reports_a_locked_workdir_in_one_line(tmp_path):
       capture_output=True,
       text=True,
       timeout=600,
-      env=dict(os.environ, MSM_JAX_NO_JEMALLOC="1"),
+      env=dict(os.environ, MSM_JAX_SYSTEM_MALLOC="1"),
     )
   finally:
     sleeper.kill()
