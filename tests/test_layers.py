@@ -242,9 +242,9 @@ def test_a_registered_kernel_set_is_used_by_name(monkeypatch):
 
   calls = []
 
-  def counting_convolution(x, kernel, bias, strides, padding):
+  def counting_convolution(x, kernel, bias, strides, padding, relu=False):
     calls.append(kernel.shape)
-    return layers.xla_convolution(x, kernel, bias, strides, padding)
+    return layers.xla_convolution(x, kernel, bias, strides, padding, relu)
 
   monkeypatch.setitem(
     layers.KERNELS, "counting", layers.Kernels(counting_convolution, batch_norm_relu_train)
@@ -265,3 +265,49 @@ def test_a_registered_kernel_set_is_used_by_name(monkeypatch):
   assert len(calls) == 3 + 3 * 11 + 2 * (1 + 2) + 2
   with pytest.raises(ValueError, match="expected one of"):
     layers.kernels("nonexistent")
+
+
+class _ConvThenNorm(nn.Module):
+  """A 3x3 Conv or a Conv1x1, then a BatchNormReLU, through ``conv_batch_norm_relu``."""
+
+  conv_kind: str
+  kernels: str
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.conv_kind == "3x3":
+      conv = layers.Conv(5, (3, 3), dtype=jnp.float64, kernels=self.kernels)
+    else:
+      conv = Conv1x1(5, dtype=jnp.float64, kernels=self.kernels)
+    norm = BatchNormReLU(dtype=jnp.float64, kernels=self.kernels)
+    return layers.conv_batch_norm_relu(conv, norm, x, train)
+
+
+@pytest.mark.parametrize("conv_kind", ["3x3", "1x1"])
+def test_folded_batch_norm_equals_the_unfolded_one(conv_kind, monkeypatch):
+  """In inference mode, folding the BN into the convolution (kernel x scale / sqrt(var + eps),
+  bias x that + bias - mean x that, ReLU fused) gives the BN's function: float64 outputs and
+  gradients (parameters, statistics' inputs, x) equal the unfolded layers to float64
+  rounding; in training mode nothing is folded (the BN needs the batch statistics)."""
+  calls = []
+
+  def recording_convolution(x, kernel, bias, strides, padding, relu=False):
+    calls.append(relu)
+    return layers.xla_convolution(x, kernel, bias, strides, padding, relu)
+
+  folding = layers.Kernels(recording_convolution, batch_norm_relu_train, fold_batch_norm=True)
+  monkeypatch.setitem(layers.KERNELS, "folding", folding)
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 6, 4)))
+    variables = _ConvThenNorm(conv_kind, "xla").init(jax.random.key(0), x, train=False)
+    rng = np.random.default_rng(1)
+    variables = jax.tree.map(lambda v: v + rng.uniform(0.1, 0.9, v.shape), variables)
+    unfolded = _values_and_gradients(_ConvThenNorm(conv_kind, "xla"), variables, x, train=False)
+    calls.clear()
+    folded = _values_and_gradients(_ConvThenNorm(conv_kind, "folding"), variables, x, train=False)
+    assert calls and all(calls)  # one fused convolution per application, no separate BN
+    assert 0.2 < np.mean(np.asarray(folded[0]) > 0) < 0.8
+    _assert_close(folded, unfolded, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    _ConvThenNorm(conv_kind, "folding").apply(variables, x, train=True, mutable=["batch_stats"])
+    assert calls == [False]

@@ -153,6 +153,40 @@ def test_values_and_gradients_against_float64(geometry, dtype, branch):
 
 
 @needs_onednn
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+  "geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[4]], ids=["3x3", "1x1", "asymmetric"]
+)
+def test_fused_relu_against_float64(geometry, dtype, branch):
+  """relu=True: max(conv + bias, 0) within the same bound (ReLU does not enlarge errors); the
+  gradients are those of the convolution for the output gradient masked where the returned
+  output is positive (jax.nn.relu's rule), so a mask taken from the wrong side fails."""
+  x, kernel, bias, strides, padding = _operands(geometry, dtype, seed=3)
+  within = functools.partial(_assert_within, roundings=1 if branch == "cpu" else 2)
+  conv = lambda a, b, c: onednn.conv2d(a, b, c, strides, padding, relu=True)
+  y, vjp = jax.vjp(conv, x, kernel, bias)
+  assert y.dtype == dtype
+  k_h, k_w, cin, _ = kernel.shape
+  bias64 = np.asarray(bias, np.float64)
+  exact = _conv64(x, kernel, strides, padding) + bias64
+  assert 0.2 < np.mean(exact > 0) < 0.8  # both sides of the ReLU are exercised
+  magnitude = _conv64(np.abs(x), np.abs(kernel), strides, padding) + np.abs(bias64)
+  within(y, np.maximum(exact, 0), magnitude, k_h * k_w * cin + 1, dtype)
+
+  grad_y = jnp.asarray(np.random.default_rng(4).standard_normal(y.shape), dtype)
+  grad_x, grad_kernel, grad_bias = vjp(grad_y)
+  passed = np.where(np.asarray(y, np.float32) > 0, np.asarray(grad_y, np.float64), 0.0)
+  exact_x, exact_kernel = _conv64_vjp(x, kernel, passed, strides, padding)
+  magnitude_x, magnitude_kernel = _conv64_vjp(
+    np.abs(x), np.abs(kernel), np.abs(passed), strides, padding
+  )
+  pixels = y.shape[0] * y.shape[1] * y.shape[2]
+  within(grad_x, exact_x, magnitude_x, k_h * k_w * kernel.shape[3], dtype)
+  within(grad_kernel, exact_kernel, magnitude_kernel, pixels, dtype)
+  within(grad_bias, passed.sum((0, 1, 2)), np.abs(passed).sum((0, 1, 2)), pixels, dtype)
+
+
+@needs_onednn
 def test_flax_conv_takes_it_and_custom_calls_appear_only_where_supported():
   x, kernel, _, strides, padding = _operands(GEOMETRIES[0], jnp.float32)
   numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, NHWC)
@@ -210,16 +244,33 @@ def test_float64_and_vmap():
 
 
 @needs_onednn
+def _randomised(variables, seed):
+  """Every parameter and BN statistic drawn at random (variances in [0.5, 1.5]), so that two
+  layers swapped by name would change the outputs: the initial BNs are all the identity."""
+  leaves, treedef = jax.tree.flatten_with_path(variables)
+  rng = np.random.default_rng(seed)
+  values = []
+  for path, leaf in leaves:
+    if jax.tree_util.keystr(path).endswith("['var']"):
+      values.append(jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype))
+    else:
+      values.append(leaf + jnp.asarray(0.2 * rng.standard_normal(leaf.shape), leaf.dtype))
+  return jax.tree.unflatten(treedef, values)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
 def test_hourglass_on_onednn_matches_xla(dtype, monkeypatch):
-  """Same variables; heatmaps and the gradient of a loss no further from the float64 network
-  than XLA's own result in that dtype is (x 4): every layer is wired the same way (the size
-  thresholds that keep tiny layers on XLA are lifted)."""
+  """Same (random) variables, inference mode; heatmaps and the gradient of a loss no further
+  from the float64 network than XLA's own result in that dtype is (x 4): every layer is wired
+  the same way, and the BNs oneDNN folds into the convolutions before them are the right ones
+  (the size thresholds that keep tiny layers on XLA are lifted)."""
   monkeypatch.setattr(layers, "ONEDNN_MIN_CONV_FLOPS", 0)
   monkeypatch.setattr(layers, "ONEDNN_MIN_BATCH_NORM_ELEMENTS", 0)
   kwargs = dict(num_landmarks=5, width=16, depth=2, stem_widths=(8, 8, 16))
   images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
-  variables = StackedHourglass(**kwargs).init(jax.random.key(1), images, train=False)
+  variables = _randomised(
+    StackedHourglass(**kwargs).init(jax.random.key(1), images, train=False), seed=3
+  )
   weights = jax.random.normal(jax.random.key(2), (2, 2, 16, 16, 5))
 
   def outputs(dtype, kernels):

@@ -1,5 +1,6 @@
 """oneDNN kernels on CPU through XLA FFI, each with a custom VJP: the 2-D convolution
-(``onednn_conv.cc``: forward with the bias, input gradient, kernel and bias gradients) and
+(``onednn_conv.cc``: forward with the bias and optionally a ReLU fused, input gradient, kernel
+and bias gradients) and
 training-mode batch normalisation + ReLU (``onednn_batch_norm.cc``).
 
 Why: on CPUs with AVX512-BF16 or AMX, oneDNN's convolutions run 2-4x faster than XLA's in
@@ -130,39 +131,51 @@ def _call(target, results, operands, strides, padding):
   )
 
 
-def _xla_conv(x, kernel, bias, strides, padding):
-  y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
-  return y + bias
+def _xla_conv(x, kernel, bias, strides, padding, relu=False):
+  y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC) + bias
+  return jnp.maximum(y, 0) if relu else y
 
 
-def _forward(x, kernel, bias, strides, padding):
+def _forward(x, kernel, bias, strides, padding, relu):
   if not available():
     raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
-  xla = lambda x, kernel, bias: _xla_conv(x, kernel, bias, strides, padding)
+  xla = lambda x, kernel, bias: _xla_conv(x, kernel, bias, strides, padding, relu)
   result = jax.eval_shape(xla, x, kernel, bias)
 
   def onednn(x, kernel, bias):
-    return _call("msm_conv_forward", result, (x, kernel, bias), strides, padding)
+    return jax.ffi.ffi_call("msm_conv_forward", result, vmap_method="sequential")(
+      x, kernel, bias, **_attributes(strides, padding), relu=bool(relu)
+    )
 
   return lax.platform_dependent(x, kernel, bias, cpu=onednn, default=xla)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def conv2d(x, kernel, bias, strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
-  """``conv(x, kernel) + bias``: NHWC x HWIO -> NHWC, ``bias [Cout]`` in the same dtype,
-  explicit ``((top, bottom), (left, right))`` padding. Call only where :func:`supports`
-  holds. The bias is added inside oneDNN's convolution and its gradient comes out of the
-  kernel-gradient pass."""
-  return _forward(x, kernel, bias, strides, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def conv2d(
+  x,
+  kernel,
+  bias,
+  strides: tuple[int, int],
+  padding: tuple[tuple[int, int], ...],
+  relu: bool = False,
+):
+  """``conv(x, kernel) + bias``, then ReLU if ``relu``: NHWC x HWIO -> NHWC, ``bias [Cout]``
+  in the same dtype, explicit ``((top, bottom), (left, right))`` padding. Call only where
+  :func:`supports` holds. The bias and the ReLU are applied inside oneDNN's convolution; the
+  bias gradient comes out of the kernel-gradient pass."""
+  return _forward(x, kernel, bias, strides, padding, relu)
 
 
-def _conv_fwd(x, kernel, bias, strides, padding):
-  return _forward(x, kernel, bias, strides, padding), (x, kernel, bias)
+def _conv_fwd(x, kernel, bias, strides, padding, relu):
+  y = _forward(x, kernel, bias, strides, padding, relu)
+  return y, (x, kernel, bias, y if relu else None)
 
 
-def _conv_bwd(strides, padding, residuals, grad_y):
-  x, kernel, bias = residuals
+def _conv_bwd(strides, padding, relu, residuals, grad_y):
+  x, kernel, bias, y = residuals
   grad_y = grad_y.astype(x.dtype)
+  if relu:  # ReLU passes the gradient where its output is positive (jax.nn.relu at 0).
+    grad_y = jnp.where(y > 0, grad_y, jnp.zeros((), grad_y.dtype))
 
   def onednn(x, kernel, bias, grad_y):
     grad_x = _call(

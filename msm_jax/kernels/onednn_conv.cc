@@ -2,7 +2,7 @@
 //
 // Three handlers, one per derivative of y = conv(x, w) + b (NHWC activations, HWIO kernel,
 // the layouts of lax.conv_general_dilated with dimension numbers ("NHWC", "HWIO", "NHWC")):
-//   msm_conv_forward          x, w, b -> y
+//   msm_conv_forward          x, w, b -> y   (attribute relu: y = max(conv(x, w) + b, 0))
 //   msm_conv_backward_data    dy, w   -> dx
 //   msm_conv_backward_weights x, dy   -> dw, db (db float32)
 // Attributes (int64): stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right.
@@ -61,10 +61,17 @@ struct Geometry {
       for (auto d : *v) key << ' ' << d;
     return key.str();
   }
-  dnnl::convolution_forward::primitive_desc Forward() const {
+  // relu: a ReLU post-op fused into the convolution's output loop.
+  dnnl::convolution_forward::primitive_desc Forward(bool relu = false) const {
+    dnnl::primitive_attr attributes;
+    if (relu) {
+      dnnl::post_ops post_ops;
+      post_ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      attributes.set_post_ops(post_ops);
+    }
     return {Engine(),     dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
             Source(),     AnyWeights(type), Bias(type), Destination(), strides, pad_l,
-            pad_r};
+            pad_r,        attributes};
   }
 };
 
@@ -149,7 +156,7 @@ Attributes ReadAttributes(int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_
 ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                        ffi::Result<ffi::AnyBuffer> y,
                        int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                       int64_t pad_left, int64_t pad_right) {
+                       int64_t pad_left, int64_t pad_right, bool relu) {
   Geometry g;
   auto attributes = ReadAttributes(stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right);
   if (x.element_type() != w.element_type() || y->element_type() != x.element_type() ||
@@ -159,8 +166,8 @@ ffi::Error ConvForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                              attributes, &g);
   if (status.failure()) return status;
   return Run([&] {
-    auto plan = msm_onednn::Cached<Plan>(g.Key("forward"), [&] {
-      auto pd = g.Forward();
+    auto plan = msm_onednn::Cached<Plan>(g.Key(relu ? "forward_relu" : "forward"), [&] {
+      auto pd = g.Forward(relu);
       return MakePlan(dnnl::convolution_forward(pd), pd.weights_desc(), g.UserWeights(g.type),
                       true);
     });
@@ -251,7 +258,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MsmConvForward, ConvForward,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() MSM_CONV_ATTRIBUTES);
+                                  .Ret<ffi::AnyBuffer>() MSM_CONV_ATTRIBUTES
+                                  .Attr<bool>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MsmConvBackwardData, ConvBackwardData,
                               ffi::Ffi::Bind()

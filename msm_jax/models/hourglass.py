@@ -43,7 +43,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msm_jax.models.layers import BatchNormReLU, Conv, Conv1x1, Deconv2x2, Dtype, max_pool_2x2
+from msm_jax.models.layers import (
+  BatchNormReLU,
+  Conv,
+  Conv1x1,
+  Deconv2x2,
+  Dtype,
+  conv_batch_norm_relu,
+  max_pool_2x2,
+)
 
 
 def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
@@ -64,6 +72,12 @@ def _pre_activation(x: jax.Array, train: bool, dtype: Dtype, kernels: str) -> ja
   return BatchNormReLU(dtype=dtype, kernels=kernels)(x, use_running_average=not train)
 
 
+def _activated(conv: nn.Module, x: jax.Array, train: bool, dtype: Dtype, kernels: str):
+  """BN + ReLU of ``conv(x)``: the pre-activation of the next convolution, folded into this
+  one at inference where the kernels do (``layers.conv_batch_norm_relu``)."""
+  return conv_batch_norm_relu(conv, BatchNormReLU(dtype=dtype, kernels=kernels), x, train)
+
+
 class ResidualUnit(nn.Module):
   """Bottleneck residual unit of Fig. 4: ``[B, H, W, Cin] -> [B, H, W, features]``."""
 
@@ -76,10 +90,10 @@ class ResidualUnit(nn.Module):
     bottleneck = self.features // 2
     conv1x1 = lambda features, **kw: Conv1x1(features, dtype=self.dtype, kernels=self.kernels, **kw)
     y = _pre_activation(x, train, self.dtype, self.kernels)
-    y = conv1x1(bottleneck)(y)
-    y = _pre_activation(y, train, self.dtype, self.kernels)
-    y = _conv3x3(bottleneck, self.dtype, self.kernels)(y)
-    y = _pre_activation(y, train, self.dtype, self.kernels)
+    y = _activated(conv1x1(bottleneck), y, train, self.dtype, self.kernels)
+    y = _activated(
+      _conv3x3(bottleneck, self.dtype, self.kernels), y, train, self.dtype, self.kernels
+    )
     y = conv1x1(self.features)(y)
     skip = x if x.shape[-1] == self.features else conv1x1(self.features, name="skip")(x)
     return skip + y
@@ -155,13 +169,16 @@ class StackedHourglass(nn.Module):
     if len(self.stem_widths) != 3:
       raise ValueError(f"stem_widths needs 3 entries, got {self.stem_widths}")
     activate = lambda y: _pre_activation(y, train, self.dtype, self.kernels)
+    # Modules are named in construction order (BatchNormReLU_0, _1, ...), so each BN is built
+    # where the unfolded network built it.
+    activated = lambda conv, y: _activated(conv, y, train, self.dtype, self.kernels)
     conv3x3 = lambda features, name: _conv3x3(features, self.dtype, self.kernels, name)
     conv1x1 = lambda features, name: Conv1x1(
       features, dtype=self.dtype, kernels=self.kernels, name=name
     )
     unit = lambda name: ResidualUnit(self.width, self.dtype, kernels=self.kernels, name=name)
-    x = conv3x3(self.stem_widths[0], "stem_conv1")(images)
-    x = conv3x3(self.stem_widths[1], "stem_conv2")(activate(x))
+    x = activated(conv3x3(self.stem_widths[0], "stem_conv1"), images)
+    x = conv3x3(self.stem_widths[1], "stem_conv2")(x)
     x = max_pool_2x2(x)
     x = conv3x3(self.stem_widths[2], "stem_conv3")(activate(x))
     x = unit("stem_residual")(x, train)
@@ -172,8 +189,8 @@ class StackedHourglass(nn.Module):
         self.width, self.depth, self.dtype, kernels=self.kernels, name=f"hourglass{stack}"
       )(x, train)
       y = unit(f"head_residual{stack}")(y, train)
-      y = conv1x1(self.width, f"head_conv{stack}")(activate(y))
       y = activate(y)
+      y = activated(conv1x1(self.width, f"head_conv{stack}"), y)
       stack_heatmaps = conv1x1(self.num_landmarks, f"heatmaps{stack}")(y)
       heatmaps.append(stack_heatmaps.astype(jnp.promote_types(self.dtype, jnp.float32)))
       if stack < self.num_stacks - 1:
