@@ -35,7 +35,10 @@ pin down.
 
 The BN-ReLU pairs, 2x2 deconvolutions, max-pools and 1x1 convs are the CPU-fast forms of
 ``layers.py`` (same functions as the plain Flax layers, proven in
-``tests/test_layers.py``). Training on CPU is fastest with the process-level settings
+``tests/test_layers.py``). In inference mode with the "onednn" kernels, each BN + ReLU that
+directly follows a convolution (two per residual unit, the stem's first, the head's) is
+folded into that convolution (``layers.conv_batch_norm_relu``); parameters and names are
+those of the unfolded network. Training on CPU is fastest with the process-level settings
 measured in ``layers.py``'s docstring.
 """
 

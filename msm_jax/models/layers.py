@@ -48,7 +48,8 @@ BN + ReLU through XLA FFI on CPU, 2-4x faster there in bfloat16; the same functi
 wherever they cannot run). ``Conv`` (nn.Conv's parameters), ``Conv1x1``, ``Deconv2x2`` (its
 four taps as one 1x1 convolution with 4 x Cout outputs) and ``BatchNormReLU`` take the name;
 oneDNN adds the bias inside the convolution and computes its gradient in the kernel-gradient
-pass.
+pass. ``conv_batch_norm_relu`` folds an inference-mode BN + ReLU into the convolution before
+it where the kernels say so (``Kernels.fold_batch_norm``: "onednn").
 """
 
 import dataclasses
