@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from msm_jax import cli
+
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # jaxlib 0.10 on CPU: keeps YNNPACK for matrix products and reductions only. Training gets
@@ -79,6 +81,9 @@ def machine_info() -> dict:
     "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
     "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""),
     "MALLOC_CONF": os.environ.get("MALLOC_CONF", ""),
+    "glibc_malloc": " ".join(
+      f"{name}={os.environ[name]}" for name in cli.GLIBC_PAGE_REUSE if name in os.environ
+    ),
     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
   }
 
@@ -93,7 +98,7 @@ def print_machine(info: dict) -> None:
   )
   print(
     f"XLA_FLAGS={info['XLA_FLAGS']!r} LD_PRELOAD={info['LD_PRELOAD']!r} "
-    f"MALLOC_CONF={info['MALLOC_CONF']!r}\n",
+    f"MALLOC_CONF={info['MALLOC_CONF']!r} glibc malloc: {info['glibc_malloc'] or 'defaults'}\n",
     flush=True,
   )
 

@@ -22,7 +22,7 @@ _JEMALLOC_PATHS = (
   "/usr/lib64/libjemalloc.so.2",
 )
 _JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-_GLIBC_PAGE_REUSE = {
+GLIBC_PAGE_REUSE = {
   "MALLOC_ARENA_MAX": "1",
   "MALLOC_MMAP_MAX_": "0",
   "MALLOC_TRIM_THRESHOLD_": str(2**40),
@@ -97,7 +97,7 @@ def restart_with_page_reuse() -> None:
     os.environ.get("MSM_JAX_SYSTEM_MALLOC")
     or not sys.platform.startswith("linux")
     or "jemalloc" in preloaded
-    or any(name in os.environ for name in _GLIBC_PAGE_REUSE)
+    or any(name in os.environ for name in GLIBC_PAGE_REUSE)
   ):
     return
   library = jemalloc_path()
@@ -106,7 +106,7 @@ def restart_with_page_reuse() -> None:
     environment["LD_PRELOAD"] = f"{library} {preloaded}".strip()
     environment.setdefault("MALLOC_CONF", _JEMALLOC_CONF)
   elif _is_glibc():
-    environment.update(_GLIBC_PAGE_REUSE)
+    environment.update(GLIBC_PAGE_REUSE)
   else:
     return
   # orig_argv: the interpreter options and -c/-m forms too, not just the script arguments.

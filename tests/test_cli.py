@@ -43,7 +43,7 @@ def _run_child(**environment):
   env = {
     key: value
     for key, value in os.environ.items()
-    if key not in ("LD_PRELOAD", "MSM_JAX_SYSTEM_MALLOC", *cli._GLIBC_PAGE_REUSE)
+    if key not in ("LD_PRELOAD", "MSM_JAX_SYSTEM_MALLOC", *cli.GLIBC_PAGE_REUSE)
   }
   env.update(environment)
   result = subprocess.run(
