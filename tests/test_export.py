@@ -122,6 +122,31 @@ def test_one_symbolic_artefact_matches_live_pipeline_at_two_sizes(tiny, size):
   _assert_matches_live(got, expected)
 
 
+def test_float16_exact_kernels_are_embedded_as_float16(tiny):
+  """Kernels that float16 holds exactly (a `--kernel_dtype float16` package) are embedded as
+  float16: 2 bytes fewer per kernel value, and the same outputs as the live pipeline on those
+  weights."""
+  half = lambda path, value: (
+    jnp.asarray(value, jnp.float16).astype(jnp.float32)
+    if jax.tree_util.keystr(path).endswith("['kernel']")
+    else value
+  )
+  variables = jax.tree_util.tree_map_with_path(half, tiny.model.variables)
+  generator, hourglass = tiny.model.generator, tiny.model.networks["hourglass"]
+  exported = export.export_pipeline(generator, hourglass, variables, OPTIONS, max_batch=MAX_BATCH)
+  kernel_values = sum(
+    value.size
+    for path, value in jax.tree_util.tree_leaves_with_path(variables)
+    if jax.tree_util.keystr(path).endswith("['kernel']")
+  )
+  saved = len(tiny.exported.serialize()) - len(exported.serialize())
+  assert abs(saved - 2 * kernel_values) < 0.05 * 2 * kernel_values
+  live = pipeline.make_inference_fn(generator, hourglass, OPTIONS)
+  inputs = tiny.inputs[SIZE_A]
+  expected = jax.device_get(live(variables, *inputs))
+  _assert_matches_live(jax.device_get(exported.call(*inputs)), expected)
+
+
 def test_file_round_trip_header_and_chunked_batches(tiny, tmp_path):
   path = str(tmp_path / "msm.jaxexport")
   header = export.save_exported(path, tiny.exported, {"note": "tiny"})

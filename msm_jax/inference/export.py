@@ -15,7 +15,9 @@ with the pipeline's conventions (`msm_jax/__init__.py`): landmarks are 0-based p
 (x, y) in image pixels; boxes are the crop boxes x0, y0, x1, y1 (pixel edges) the pipeline
 takes, i.e. the face's landmark-like box grown by `config.data.box_margin` and squared
 (`prediction.py` makes them). The weights, the shape dictionary and the thresholds are
-closed over: constants inside the StableHLO. XLA compiles kernels with constant weights a
+closed over: constants inside the StableHLO (convolution kernels that float16 holds exactly,
+as in a package written with `--kernel_dtype float16`, are embedded as float16 and converted
+inside: half the size, the same values). XLA compiles kernels with constant weights a
 little differently from the live ones (weights as arguments), so the outputs equal the live
 pipeline's to float32 rounding, not bit for bit (tests/test_export.py).
 
@@ -120,6 +122,19 @@ def _used_variables(variables: dict, options: pipeline.PipelineOptions) -> dict:
   return {name: variables[name] for name in names}
 
 
+def _as_float16_where_exact(tree):
+  """Float32 convolution kernels that float16 represents exactly, as float16; the rest as is."""
+
+  def compact(path, value):
+    if not jax.tree_util.keystr(path).endswith("['kernel']"):
+      return value
+    value = np.asarray(value)
+    half = value.astype(np.float16)
+    return half if np.array_equal(half.astype(value.dtype), value) else value
+
+  return jax.tree_util.tree_map_with_path(compact, tree)
+
+
 def exportable(network):
   """``network`` with XLA's kernels: jax.export refuses the oneDNN custom calls (they
   carry no stability guarantee, and the artefact must run where the extension is absent)."""
@@ -150,11 +165,15 @@ def export_pipeline(
   if not platforms or unknown:
     raise ValueError(f"platforms must be a non-empty subset of {PLATFORMS}, got {platforms!r}")
   specs = _input_specs(image_size, batch, max_batch)
-  variables = _used_variables(variables, options)
+  stored = _as_float16_where_exact(_used_variables(variables, options))
   infer = pipeline.make_inference_fn(generator, exportable(landmark_model), options)
 
   def msm_pipeline(images, boxes):
-    outputs = infer(variables, images, boxes)
+    # Staged (lax, not NumPy's astype): the float16 constants are what the artefact embeds.
+    as_float32 = lambda value: (
+      jax.lax.convert_element_type(value, jnp.float32) if value.dtype == np.float16 else value
+    )
+    outputs = infer(jax.tree.map(as_float32, stored), images, boxes)
     return {name: outputs[name] for name in OUTPUT_NAMES}
 
   try:

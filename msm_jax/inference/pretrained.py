@@ -11,7 +11,9 @@ A package is a folder with two files:
                  "detector_fallbacks": [calibrations of detectors tried next, in order]}
   weights.npz   float32 arrays under "/"-joined keys: generator/params/... (only when the
                 ST-GAN was trained), hourglass/params/..., hourglass/batch_stats/...,
-                dictionary [N, L, 2] (Sec. III-C) and thresholds [L] (Table IX).
+                dictionary [N, L, 2] (Sec. III-C) and thresholds [L] (Table IX); the
+                convolution kernels (".../kernel") float32 or float16 (`--kernel_dtype`:
+                half the size; read back as float32).
 
 Only inference variables are kept (no optimiser state, no discriminator). The modules are
 rebuilt from the config, and every array is checked against the shapes those modules expect,
@@ -19,7 +21,8 @@ so a package from another config or code version fails with a message naming the
 
   python -m msm_jax.inference.pretrained --config configs/300w_subset.py \
       --workdir runs/300w_subset --out pretrained/ \
-      [--detector_calibration calibration.json] [--spatial_transformer off]
+      [--detector_calibration calibration.json] [--spatial_transformer off] \
+      [--kernel_dtype float16]
 """
 
 import dataclasses
@@ -42,6 +45,13 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.npz"
 _NETWORKS = ("generator", "hourglass")  # the Flax variables trees packaged, by key prefix
+# Storage dtypes of the convolution kernels. float16 keeps 11 significant bits, more than the
+# 8 of a bfloat16 compute; everything else (BN statistics, dictionary) stays float32.
+KERNEL_DTYPES = ("float32", "float16")
+
+
+def _is_kernel(key: str) -> bool:
+  return key.endswith("/kernel")
 
 
 class PackageError(ValueError):
@@ -97,25 +107,36 @@ def from_trained(
   return PretrainedModel(model, options, config, calibration, tuple(fallbacks or ()))
 
 
-def _flat_weights(model: pipeline.TrainedModel) -> dict[str, np.ndarray]:
+def _flat_weights(model: pipeline.TrainedModel, kernel_dtype: str) -> dict[str, np.ndarray]:
   variables = {name: model.variables[name] for name in _NETWORKS if model.variables.get(name)}
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   flat["dictionary"] = model.variables["dictionary"]
   flat["thresholds"] = model.variables["thresholds"]
-  return {key: np.asarray(value, np.float32) for key, value in flat.items()}
+  weights = {}
+  for key, value in flat.items():
+    dtype = kernel_dtype if _is_kernel(key) else np.float32
+    with np.errstate(over="ignore"):
+      weights[key] = np.asarray(value, dtype)
+    if not np.all(np.isfinite(weights[key])):
+      raise ValueError(f"'{key}' holds values that {dtype} cannot represent (NaN, inf or beyond)")
+  return weights
 
 
-def write_package(pretrained: PretrainedModel, out_dir: str) -> dict:
-  """Write `pretrained` as a package folder (see the module docstring).
+def write_package(pretrained: PretrainedModel, out_dir: str, kernel_dtype: str = "float32") -> dict:
+  """Write `pretrained` as a package folder (see the module docstring), its convolution
+  kernels stored as ``kernel_dtype`` (``KERNEL_DTYPES``).
 
   Returns {"directory", "stages", "bytes" (total), "files": {name: bytes}}.
   """
+  if kernel_dtype not in KERNEL_DTYPES:
+    raise ValueError(f"kernel_dtype {kernel_dtype!r}: expected one of {KERNEL_DTYPES}")
   model = pretrained.model
   stages_packaged = sorted(model.available - {"resnet"})
+  weights = _flat_weights(model, kernel_dtype)  # refused before anything is written
   os.makedirs(out_dir, exist_ok=True)
   weights_path = os.path.join(out_dir, WEIGHTS_FILE)
   with open(weights_path + ".tmp", "wb") as file:  # renamed when complete: never half-written
-    np.savez(file, **_flat_weights(model))
+    np.savez(file, **weights)
   os.replace(weights_path + ".tmp", weights_path)
   header = {
     "format": FORMAT,
@@ -151,11 +172,13 @@ def package_pretrained(
   detector_calibration: detection.DetectorCalibration | None = None,
   use_spatial_transformer: bool | None = None,
   variant: str | None = None,
+  kernel_dtype: str = "float32",
 ) -> dict:
   """Package `workdir`'s newest checkpoints (`model_io.load_trained`) into `out_dir`.
 
   use_spatial_transformer: None = on when the ST-GAN stage was trained.
   variant: ship the networks of a fine-tuning stage (e.g. "joint") in place of the others'.
+  kernel_dtype: storage of the convolution kernels (``KERNEL_DTYPES``).
   Returns what `write_package` returns (the size in bytes included).
   """
   from msm_jax import model_io  # the training side: checkpoints (Orbax)
@@ -164,7 +187,9 @@ def package_pretrained(
   if variant:
     model = model.variant(variant)
   return write_package(
-    from_trained(model, config, use_spatial_transformer, detector_calibration), out_dir
+    from_trained(model, config, use_spatial_transformer, detector_calibration),
+    out_dir,
+    kernel_dtype,
   )
 
 
@@ -208,10 +233,11 @@ def _expected_shapes(module, config) -> dict[str, tuple]:
 
 
 def _check_values(value: np.ndarray, key: str, path: str) -> None:
-  """Weights are float32 and finite: a cast integer array or a NaN would give silently wrong
-  landmarks."""
-  if value.dtype != np.float32:
-    raise PackageError(f"{path}: '{key}' is {value.dtype}, expected float32")
+  """Weights are float32 (kernels: or float16) and finite: a cast integer array or a NaN would
+  give silently wrong landmarks."""
+  allowed = KERNEL_DTYPES if _is_kernel(key) else ("float32",)
+  if value.dtype.name not in allowed:
+    raise PackageError(f"{path}: '{key}' is {value.dtype}, expected {' or '.join(allowed)}")
   if not np.all(np.isfinite(value)):
     raise PackageError(f"{path}: '{key}' holds NaN or infinite values")
 
@@ -237,7 +263,7 @@ def _network_variables(weights, prefix, module, config, path) -> dict:
       )
     _check_values(found[key], f"{prefix}/{key}", path)
   return traverse_util.unflatten_dict(
-    {key: jnp.asarray(value) for key, value in found.items()}, sep="/"
+    {key: jnp.asarray(value, jnp.float32) for key, value in found.items()}, sep="/"
   )
 
 
@@ -356,6 +382,12 @@ def _cli() -> None:
   variant = flags.DEFINE_string(
     "variant", None, "Ship the networks of this fine-tuning stage (joint) instead."
   )
+  kernel_dtype = flags.DEFINE_enum(
+    "kernel_dtype",
+    "float32",
+    list(KERNEL_DTYPES),
+    "Storage of the convolution kernels (float16: half the size).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
@@ -368,7 +400,13 @@ def _cli() -> None:
         )
     use_st = {"auto": None, "on": True, "off": False}[st_switch.value]
     info = package_pretrained(
-      config_flag.value, workdir.value, out.value, calibration, use_st, variant.value
+      config_flag.value,
+      workdir.value,
+      out.value,
+      calibration,
+      use_st,
+      variant.value,
+      kernel_dtype.value,
     )
     print(json.dumps(info, indent=2))
 
