@@ -11,7 +11,7 @@ Before timing, the script checks the twin: equal parameter counts, and with the 
 First the machine's peak per dtype: the best of PyTorch's 4096^2 matmul and of the
 hourglass's busiest 3x3 convolution in XLA, oneDNN (msm_jax/kernels) and PyTorch
 (``bench_limit``). Then, for each size ("full": the paper's width 256; "shipped": the width
-128 of ``pretrained/``), batch 16 (Sec. IV-C), the forward pass (inference mode) and one
+192 of ``pretrained/``), batch 16 (Sec. IV-C), the forward pass (inference mode) and one
 train step (forward, the spatial-softmax cross-entropy of ``train/losses.py`` on both
 stacks, backward, Adam):
 
@@ -371,7 +371,7 @@ class JaxCase:
 JAX_CASES = [JaxCase(d, k) for d in ("float32", "bfloat16") for k in ("xla", "onednn")]
 SIZES = {
   "full": Sizes(batch=16),
-  "shipped": Sizes(batch=16, width=128, stem_widths=(32, 64, 64)),
+  "shipped": Sizes(batch=16, width=192, stem_widths=(32, 64, 64)),
   "quick": Sizes(batch=2, crop_size=64, width=32, stem_widths=(8, 8, 16)),
 }
 
@@ -527,7 +527,7 @@ def main():
   parser.add_argument(
     "--sizes",
     default="full,shipped",
-    help="comma list of: full (the paper's width 256), shipped (pretrained/'s width 128)",
+    help="comma list of: full (the paper's width 256), shipped (pretrained/'s width 192)",
   )
   parser.add_argument(
     "--system_malloc",

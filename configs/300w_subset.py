@@ -29,7 +29,7 @@ def get_config():
 
   config.hourglass.width = 128  # 2.3 M parameters
   # With oneDNN's kernels (config.hourglass.kernels) a bfloat16 step takes 0.52 s against
-  # 0.99 s in float32 on a 2-core AVX512-BF16 CPU (benchmarks/bench_torch.py, "shipped"), and
+  # 0.99 s in float32 on a 2-core AVX512-BF16 CPU (benchmarks/bench_torch.py at this width), and
   # 8 epochs reached 3.82 % vs 3.88 % NME (README, "Kernels and precision").
   config.hourglass.compute_dtype = "bfloat16"
   config.hourglass.stem_widths = (32, 64, 64)

@@ -381,3 +381,12 @@ def test_the_model_card_snippet_checks_the_payload(tiny, tmp_path):
   _corrupt(path, "flipped_byte")
   broken = run()
   assert broken.returncode != 0 and "corrupt" in broken.stderr
+
+
+def test_the_artefact_runs_xla_kernels_in_float32():
+  network = StackedHourglass(num_landmarks=L, width=8, dtype=jnp.bfloat16, kernels="onednn")
+  exported_network = export.exportable(network)
+  assert (exported_network.kernels, exported_network.dtype) == ("xla", jnp.float32)
+  assert (network.kernels, network.dtype) == ("onednn", jnp.bfloat16)  # the original untouched
+  plain = StackedHourglass(num_landmarks=L, width=8)
+  assert export.exportable(plain) is plain

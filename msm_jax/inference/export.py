@@ -135,11 +135,18 @@ def _as_float16_where_exact(tree):
   return jax.tree_util.tree_map_with_path(compact, tree)
 
 
+_HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
 def exportable(network):
-  """``network`` with XLA's kernels: jax.export refuses the oneDNN custom calls (they
-  carry no stability guarantee, and the artefact must run where the extension is absent)."""
+  """``network`` as the artefact runs it: XLA's kernels (jax.export refuses the oneDNN custom
+  calls: they carry no stability guarantee, and the artefact must run where the extension is
+  absent), and float32 compute where the network computes in a half type (the artefact
+  serves any platform, and CPUs without bfloat16 units run it no faster than float32)."""
   if getattr(network, "kernels", "xla") != "xla":
-    return network.clone(kernels="xla")
+    network = network.clone(kernels="xla")
+  if any(getattr(network, "dtype", None) == dtype for dtype in _HALF_DTYPES):
+    network = network.clone(dtype=jnp.float32)
   return network
 
 
