@@ -127,4 +127,7 @@ def main():
 
 
 if __name__ == "__main__":
+  from msm_jax.cli import restart_with_page_reuse
+
+  restart_with_page_reuse()  # as train.py and predict.py
   main()
