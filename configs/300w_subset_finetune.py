@@ -23,9 +23,4 @@ def get_config():
   config.hourglass.learning_rate = 5e-4
   config.hourglass.epochs = 16  # 113 steps per epoch
   config.hourglass.lr_halve_epochs = (8, 12, 14)
-  # Detector boxes are off by up to ~15 % of the face (Haar residuals, p90): wider jitter.
-  config.augment.scale = 0.2
-  config.augment.translation = 0.1
-  config.augment.random_erasing = 0.1
-  config.augment.natural_occluder = 0.3
-  return config
+  return subset.detector_like_augmentation(config)

@@ -18,9 +18,4 @@ def get_config():
   config.hourglass.width = 192  # 5.0 M parameters
   config.hourglass.epochs = 44  # 113 steps per epoch
   config.hourglass.lr_halve_epochs = (16, 26, 38)
-  # Detector boxes are off by up to ~15 % of the face (Haar residuals, p90): wider jitter.
-  config.augment.scale = 0.2
-  config.augment.translation = 0.1
-  config.augment.random_erasing = 0.1
-  config.augment.natural_occluder = 0.3
-  return config
+  return subset.detector_like_augmentation(config)
