@@ -97,11 +97,17 @@ def onednn_convolution(x, kernel, bias, strides, padding, relu=False):
   return onednn.conv2d(x, kernel, bias, tuple(strides), tuple(map(tuple, padding)), relu)
 
 
-def _fold_affine(kernel, bias, affine_relu):
-  """Kernel and bias of ``conv(x) * multiplier + offset`` (per output channel)."""
-  multiplier, offset = affine_relu
-  bias = offset if bias is None else bias * multiplier + offset
-  return kernel * multiplier, bias
+def _convolve(module, x, kernel, bias, strides, padding, affine_relu):
+  """``module``'s convolution in its compute dtype with its kernels; ``affine_relu =
+  (multiplier, offset)`` folded into the kernel and bias (``conv(x) * multiplier + offset``
+  per output channel), then ReLU."""
+  if affine_relu is not None:
+    multiplier, offset = affine_relu
+    bias = offset if bias is None else bias * multiplier + offset
+    kernel = kernel * multiplier
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  relu = affine_relu is not None
+  return kernels(module.kernels).convolution(x, kernel, bias, strides, padding, relu)
 
 
 class Conv(nn.Module):
@@ -144,12 +150,8 @@ class Conv(nn.Module):
       if self.use_bias
       else None
     )
-    if affine_relu is not None:
-      kernel, bias = _fold_affine(kernel, bias, affine_relu)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     padding = ((self.padding, self.padding),) * 2
-    relu = affine_relu is not None
-    return kernels(self.kernels).convolution(x, kernel, bias, self.strides, padding, relu)
+    return _convolve(self, x, kernel, bias, self.strides, padding, affine_relu)
 
 
 class Deconv2x2(nn.Module):
@@ -231,11 +233,7 @@ class Conv1x1(nn.Module):
       if self.use_bias
       else None
     )
-    if affine_relu is not None:
-      kernel, bias = _fold_affine(kernel, bias, affine_relu)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    relu = affine_relu is not None
-    return kernels(self.kernels).convolution(x, kernel, bias, (1, 1), ((0, 0), (0, 0)), relu)
+    return _convolve(self, x, kernel, bias, (1, 1), ((0, 0), (0, 0)), affine_relu)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
