@@ -6,10 +6,8 @@ shape dictionary from the same faces.
   python train.py --config configs/300w_subset_finetune.py --workdir runs/300w_finetune \
       --config.stages=hourglass,dictionary --config.hourglass.init_from=<package>
 
-The starting package must not have been trained on the validation images. The shipped
-`pretrained/` is this recipe applied to the base network (`300w_subset.py` trained on the
-afw + helen/trainset training faces only); started from `pretrained/` itself, it would
-fine-tune the shipped network once more.
+The starting package must not have been trained on the validation images (the shipped
+`pretrained/` was not: `configs/300w_subset_w192.py` trains on the 1,811 training faces only).
 """
 
 import importlib

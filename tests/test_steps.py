@@ -83,6 +83,77 @@ def test_hourglass_step_equals_a_hand_written_update():
   assert not np.allclose(stats_before, after)
 
 
+def test_heatmap_targets_widen_hidden_landmarks_and_supervise_them():
+  from msm_jax import heatmaps
+
+  points = jnp.array([[[8.0, 8.0], [5.3, 9.6]]])
+  visible = jnp.array([[True, False]])
+  targets, supervised = steps.heatmap_targets(points, visible, 16, 1.5, 3.0)
+  rows, columns = np.mgrid[0:16, 0:16]
+
+  def gaussian(x, y, sigma):
+    return np.exp(-((columns - x) ** 2 + (rows - y) ** 2) / (2 * sigma**2))
+
+  np.testing.assert_allclose(targets[0, :, :, 0], gaussian(8.0, 8.0, 1.5), atol=1e-6)
+  np.testing.assert_allclose(targets[0, :, :, 1], gaussian(5.3, 9.6, 4.5), atol=1e-6)
+  np.testing.assert_array_equal(supervised, [[True, True]])
+  # Spread 0: the targets are all sharp and the hidden landmark is left out of the loss.
+  sharp, supervised = steps.heatmap_targets(points, visible, 16, 1.5, 0.0)
+  np.testing.assert_allclose(sharp[0, :, :, 1], gaussian(5.3, 9.6, 1.5), atol=1e-6)
+  np.testing.assert_array_equal(supervised, visible)
+  with pytest.raises(ValueError, match="occluded_spread"):
+    steps.heatmap_targets(points, visible, 16, 1.5, 0.5)
+  # What the spread is for: the mass Eq. 9's 3x3 window holds of the normalised target, on a
+  # pixel centre: (sum_{|d|<=1} g(d) / sum_d g(d))^2 with g(d) = exp(-d^2 / 2 s^2), separable.
+  # About 0.48 for the sharp map and 0.08 for the 3x wider one, far under K = 0.4 x 0.48.
+  centred, _ = steps.heatmap_targets(
+    jnp.array([[[16.0, 16.0], [16.0, 16.0]]]), visible, 32, 1.5, 3.0
+  )
+  distribution = centred / jnp.sum(centred, axis=(1, 2), keepdims=True)
+  peaks = jnp.full((1, 2, 2), 16, jnp.int32)
+  window_mass = heatmaps.landmark_scores(distribution, peaks, radius=1) * 9
+  offsets = np.arange(32) - 16.0
+  expected = [
+    (
+      np.sum(np.exp(-(offsets[15:18] ** 2) / (2 * s**2)))
+      / np.sum(np.exp(-(offsets**2) / (2 * s**2)))
+    )
+    ** 2
+    for s in (1.5, 4.5)
+  ]
+  np.testing.assert_allclose(window_mass[0], expected, rtol=1e-5)
+  assert float(window_mass[0, 1] / window_mass[0, 0]) < 0.2
+
+
+def test_hourglass_step_supervises_hidden_landmarks_only_with_a_spread():
+  rng = np.random.default_rng(2)
+  module, optimizer = _tiny_hourglass(), optax.sgd(0.1)
+  batch = _batch(rng)
+  batch["visible"][:, 0] = False
+  mesh = parallel.data_mesh()
+  moved = {}
+  for spread in (0.0, 3.0):
+    model_state = init_model_state(module, optimizer, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    # The final stack's output kernel of landmark 0 only moves with that landmark's loss.
+    start = np.array(model_state.params["heatmaps1"]["kernel"][..., 0])
+    step = steps.make_hourglass_step(
+      module,
+      optimizer,
+      loss_name="softmax_cross_entropy",
+      sigma=1.0,
+      crop_size=32,
+      heatmap_size=16,
+      mesh=mesh,
+      occluded_spread=spread,
+    )
+    state = parallel.replicate(new_train_state(0, {"hourglass": model_state}), mesh)
+    new_state, _ = step(state, parallel.shard_batch(batch, mesh))
+    kernel = np.asarray(new_state.models["hourglass"].params["heatmaps1"]["kernel"][..., 0])
+    moved[spread] = np.max(np.abs(kernel - start))
+  assert moved[0.0] == 0.0
+  assert moved[3.0] > 1e-4
+
+
 _FOUR_DEVICE_SCRIPT = textwrap.dedent("""
     import os, sys
     # Four CPU devices, on top of whatever other XLA flags the suite runs with.

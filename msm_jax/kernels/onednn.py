@@ -41,6 +41,8 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from msm_jax.kernels import xla as xla_kernels
+
 _HANDLERS = {
   "msm_conv_forward": "MsmConvForward",
   "msm_conv_backward_data": "MsmConvBackwardData",
@@ -131,15 +133,10 @@ def _call(target, results, operands, strides, padding):
   )
 
 
-def _xla_conv(x, kernel, bias, strides, padding, relu=False):
-  y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC) + bias
-  return jnp.maximum(y, 0) if relu else y
-
-
 def _forward(x, kernel, bias, strides, padding, relu):
   if not available():
     raise RuntimeError(f"oneDNN kernels unavailable: {unavailable_reason()}")
-  xla = lambda x, kernel, bias: _xla_conv(x, kernel, bias, strides, padding, relu)
+  xla = lambda x, kernel, bias: xla_kernels.convolution(x, kernel, bias, strides, padding, relu)
   result = jax.eval_shape(xla, x, kernel, bias)
 
   def onednn(x, kernel, bias):
@@ -198,7 +195,7 @@ def _conv_bwd(strides, padding, relu, residuals, grad_y):
     return grad_x, grad_kernel, grad_bias.astype(bias.dtype)
 
   def xla(x, kernel, bias, grad_y):
-    conv = lambda a, b: _xla_conv(a, b, jnp.zeros((), a.dtype), strides, padding)
+    conv = lambda a, b: xla_kernels.convolution(a, b, None, strides, padding)
     grad_x, grad_kernel = jax.vjp(conv, x, kernel)[1](grad_y)
     # Summed in float32 as oneDNN does (XLA may sum bfloat16 in bfloat16).
     grad_bias = jnp.sum(grad_y.astype(jnp.float32), axis=(0, 1, 2)).astype(bias.dtype)
@@ -287,16 +284,9 @@ def supports_batch_norm(x, scale, shift) -> bool:
   )
 
 
-def _batch_norm_statistics_xla(x):
-  axes = tuple(range(x.ndim - 1))
-  x = x.astype(jnp.float32)
-  mean = jnp.mean(x, axes)
-  return mean, jnp.maximum(0.0, jnp.mean(x * x, axes) - mean * mean)
-
-
 def _normalize_xla(x, scale, shift, epsilon):
   """XLA's training-mode BN (before the ReLU) in float32, with its batch statistics."""
-  mean, var = _batch_norm_statistics_xla(x)
+  mean, var = xla_kernels.batch_statistics(x)
   return (x.astype(jnp.float32) - mean) * (lax.rsqrt(var + epsilon) * scale) + shift, mean, var
 
 

@@ -62,22 +62,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from msm_jax.kernels import onednn
+from msm_jax.kernels import xla as xla_kernels
 
 Dtype = Any
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def xla_convolution(x, kernel, bias, strides, padding, relu=False):
-  """``conv(x, kernel) + bias`` (NHWC x HWIO; bias None: none), then ReLU if ``relu``, with
-  XLA's ops; a 1x1 stride-1 kernel runs as a matrix product over channels (XLA's 1x1
-  convolution is ~3x slower)."""
-  if kernel.shape[:2] == (1, 1) and tuple(strides) == (1, 1) and not any(map(any, padding)):
-    y = jnp.dot(x, kernel[0, 0])
-  else:
-    y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
-  y = y if bias is None else y + bias
-  return jnp.maximum(y, 0) if relu else y
+xla_convolution = xla_kernels.convolution
 
 
 # Below these sizes a oneDNN call's fixed cost (~0.1-0.2 ms: dispatch, kernel reorder) exceeds
@@ -95,6 +84,14 @@ def onednn_convolution(x, kernel, bias, strides, padding, relu=False):
     return xla_convolution(x, kernel, bias, strides, padding, relu)
   bias = jnp.zeros(kernel.shape[-1], x.dtype) if bias is None else bias
   return onednn.conv2d(x, kernel, bias, tuple(strides), tuple(map(tuple, padding)), relu)
+
+
+def _kernel_and_bias(module: nn.Module, kernel_shape: tuple[int, ...]):
+  """The convolution's ``kernel`` parameter and its ``bias`` ([Cout], None without one)."""
+  kernel = module.param("kernel", module.kernel_init, kernel_shape, module.param_dtype)
+  if not module.use_bias:
+    return kernel, None
+  return kernel, module.param("bias", module.bias_init, (module.features,), module.param_dtype)
 
 
 def _convolve(module, x, kernel, bias, strides, padding, affine_relu):
@@ -143,13 +140,7 @@ class Conv(nn.Module):
     offset)``, folded into the kernel and bias (``conv_batch_norm_relu``)."""
     if x.ndim != 4:
       raise ValueError(f"Conv expects [B, H, W, C] inputs, got shape {x.shape}")
-    kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
-    kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
-    bias = (
-      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      if self.use_bias
-      else None
-    )
+    kernel, bias = _kernel_and_bias(self, (*self.kernel_size, x.shape[-1], self.features))
     padding = ((self.padding, self.padding),) * 2
     return _convolve(self, x, kernel, bias, self.strides, padding, affine_relu)
 
@@ -183,14 +174,7 @@ class Deconv2x2(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f"Deconv2x2 expects [B, H, W, C] inputs, got shape {x.shape}")
-    kernel = self.param(
-      "kernel", self.kernel_init, (2, 2, x.shape[-1], self.features), self.param_dtype
-    )
-    bias = (
-      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      if self.use_bias
-      else None
-    )
+    kernel, bias = _kernel_and_bias(self, (2, 2, x.shape[-1], self.features))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     batch, height, width, channels = x.shape
     # One product over channels gives all four taps per pixel: [B, H, W, (i, j, Cout)].
@@ -225,14 +209,7 @@ class Conv1x1(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, affine_relu=None) -> jax.Array:
     """``affine_relu``: as ``Conv``'s."""
-    kernel = self.param(
-      "kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype
-    )
-    bias = (
-      self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-      if self.use_bias
-      else None
-    )
+    kernel, bias = _kernel_and_bias(self, (1, 1, x.shape[-1], self.features))
     return _convolve(self, x, kernel, bias, (1, 1), ((0, 0), (0, 0)), affine_relu)
 
 
@@ -248,16 +225,6 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   batch, height, width, channels = x.shape
   windows = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
   return jnp.max(windows, axis=(2, 4))
-
-
-def _batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-channel mean and biased variance of ``x [..., C]`` in float32, as ``nn.BatchNorm``
-  computes them (E[x^2] - E[x]^2 in one pass, clipped at zero)."""
-  axes = tuple(range(x.ndim - 1))
-  x = x.astype(jnp.float32)
-  mean = jnp.mean(x, axes)
-  mean_of_squares = jnp.mean(x * x, axes)
-  return mean, jnp.maximum(0.0, mean_of_squares - mean * mean)
 
 
 def _normalize_relu(x, mean, var, scale, bias, epsilon, dtype):
@@ -277,7 +244,7 @@ def batch_norm_relu_train(x, scale, bias, epsilon, dtype):
 
 
 def _batch_norm_relu_forward(x, scale, bias, epsilon, dtype):
-  mean, var = _batch_statistics(x)
+  mean, var = xla_kernels.batch_statistics(x)
   y = _normalize_relu(x, mean, var, scale, bias, epsilon, dtype)
   return (y, mean, var), (x, mean, var, scale, bias)
 

@@ -211,6 +211,7 @@ def landmark_step(name: str) -> Callable:
       heatmap_size=config.data.heatmap_size,
       mesh=mesh,
       model_name=name,
+      occluded_spread=config.hourglass.get("occluded_target_spread", 0.0),
     )
 
   return step
@@ -553,6 +554,7 @@ def joint_step(config, setup: Setup, mesh):
     theta_weight=config.joint.theta_weight,
     theta_loss_units=config.stgan.theta_loss_units,
     mesh=mesh,
+    occluded_spread=config.hourglass.get("occluded_target_spread", 0.0),
   )
 
 

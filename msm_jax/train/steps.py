@@ -70,20 +70,24 @@ def make_hourglass_step(
   heatmap_size: int,
   mesh,
   model_name: str = "hourglass",
+  occluded_spread: float = 0.0,
 ) -> Callable:
   """The hourglass update (any network with heatmap outputs) of state.models[model_name].
-  batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop pixels), visible bool [B, L]."""
+  batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop pixels), visible bool [B, L].
+  occluded_spread: as in :func:`heatmap_targets`."""
   loss_fn = losses.heatmap_loss(loss_name).fn
 
   def step(state: TrainState, batch: dict):
     model_state = state.models[model_name]
     images = images_to_float(batch["images"])
     points = heatmap_lib.crop_to_heatmap(batch["landmarks"], crop_size, heatmap_size)
-    targets = heatmap_lib.gaussian_heatmaps(points, (heatmap_size, heatmap_size), sigma)
+    targets, supervised = heatmap_targets(
+      points, batch["visible"], heatmap_size, sigma, occluded_spread
+    )
 
     def objective(params):
       stacks, new_stats = _apply_train(module, model_state, params, images)
-      return loss_fn(stacks, targets, batch["visible"]), new_stats
+      return loss_fn(stacks, targets, supervised), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
     new_model = apply_gradients(model_state, grads, optimizer, new_stats)
@@ -91,6 +95,28 @@ def make_hourglass_step(
     return state.replace(step=state.step + 1, models={model_name: new_model}), metrics
 
   return _jit_step(step, mesh)
+
+
+def heatmap_targets(
+  points: jax.Array, visible: jax.Array, heatmap_size: int, sigma: float, occluded_spread: float
+) -> tuple[jax.Array, jax.Array]:
+  """The Gaussian target maps [B, h, w, L] and which landmarks the loss supervises [B, L].
+
+  points: [B, L, 2] heatmap pixels; visible: [B, L] bool, False where the landmark is hidden.
+  occluded_spread 0: hidden landmarks are left out of the loss. s > 0: they are supervised
+  with a Gaussian s times wider than sigma, so the map still points at the hidden landmark
+  but holds little mass near its peak: Eq. 9's window score falls where the face is hidden,
+  which is what marks a landmark unreliable for the shape repair.
+  """
+  size = (heatmap_size, heatmap_size)
+  sharp = heatmap_lib.gaussian_heatmaps(points, size, sigma)
+  if occluded_spread == 0.0:
+    return sharp, visible
+  if occluded_spread < 1.0:
+    raise ValueError(f"occluded_spread must be 0 or >= 1, got {occluded_spread}")
+  wide = heatmap_lib.gaussian_heatmaps(points, size, sigma * occluded_spread)
+  targets = jnp.where(visible[:, None, None, :], sharp, wide)
+  return targets, jnp.ones_like(visible)
 
 
 def crop_to_normalised(points: jax.Array, crop_size: int) -> jax.Array:
@@ -258,6 +284,7 @@ def make_joint_step(
   theta_weight: float,
   theta_loss_units: str,
   mesh,
+  occluded_spread: float = 0.0,
 ) -> Callable:
   """The joint fine-tuning update of the GDNN and the hourglass through the relaxed pipeline.
 
@@ -297,13 +324,14 @@ def make_joint_step(
     to_canonical = jax.lax.stop_gradient(geometry.invert_affine(outputs["canonical_to_image"]))
     canonical_points = geometry.apply_affine(batch["landmarks"], to_canonical)
     inside = jnp.all((canonical_points >= -0.5) & (canonical_points <= size - 0.5), axis=-1)
-    visible = batch["visible"] & inside
-    targets = heatmap_lib.gaussian_heatmaps(
+    targets, supervised = heatmap_targets(
       heatmap_lib.crop_to_heatmap(canonical_points, size, heatmap_size),
-      (heatmap_size, heatmap_size),
+      batch["visible"],
+      heatmap_size,
       sigma,
+      occluded_spread,
     )
-    heatmap_loss = loss_fn(stacks, targets, visible)
+    heatmap_loss = loss_fn(stacks, targets, supervised & inside)
     distances = jnp.linalg.norm(outputs["landmarks"] - batch["landmarks"], axis=-1)
     weights = batch["visible"].astype(jnp.float32)
     landmark_error = jnp.sum(distances * weights) / jnp.maximum(jnp.sum(weights), 1.0)
