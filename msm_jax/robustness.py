@@ -48,6 +48,9 @@ OCCLUDER_AREA = (0.3, 0.5)
 WINDOW = 3.0  # side of the face window / side of the landmark box
 MAX_WINDOW = 768  # larger windows are scaled down (faces of 256 px and more)
 FAILURE_THRESHOLD = 0.08
+# The occlusion flags' precision / recall is also reported with the package's thresholds K
+# scaled by these factors (a landmark is flagged when its normalised Eq. 9 score <= s x K).
+FLAG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 class NoFacesError(ValueError):
@@ -222,6 +225,7 @@ def run_condition(model, faces: list[Face], batch_size: int = 8) -> dict:
   num_points = faces[0].landmarks.shape[0]
   predicted = np.full((len(faces), num_points, 2), np.nan, np.float32)
   reliable = np.ones((len(faces), num_points), bool)
+  scores = np.full((len(faces), num_points), np.nan, np.float32)
   for index, (face, result) in enumerate(zip(faces, results)):
     found = (
       result.faces[0]
@@ -230,15 +234,44 @@ def run_condition(model, faces: list[Face], batch_size: int = 8) -> dict:
     )
     if found is not None:
       predicted[index], reliable[index] = found.landmarks, found.reliable
-  return {"predicted": predicted, "reliable": reliable}
+      scores[index] = found.scores
+  return {"predicted": predicted, "reliable": reliable, "scores": scores}
+
+
+def _precision_recall(flagged: np.ndarray, occluded: np.ndarray) -> tuple:
+  """(precision, recall) of ``flagged`` as a detector of ``occluded``; None where undefined."""
+  hits = np.sum(flagged & occluded)
+  precision = float(hits / flagged.sum()) if flagged.any() else None
+  recall = float(hits / occluded.sum()) if occluded.any() else None
+  return precision, recall
+
+
+def flag_sweep(scores, thresholds, occluded, scales=FLAG_SCALES) -> dict:
+  """{"s": [precision, recall]} of ``scores <= s x thresholds`` against ``occluded``.
+
+  scores, occluded: [F, L] of the faces found (normalised Eq. 9 scores; bool);
+  thresholds: [L], the package's K per landmark (``reliable`` is ``scores > K``).
+  """
+  return {
+    f"{scale:g}": list(_precision_recall(scores <= scale * thresholds, occluded))
+    for scale in scales
+  }
 
 
 def summarise(
-  predicted, truth, reliable, occluded, scheme, threshold: float = FAILURE_THRESHOLD
+  predicted,
+  truth,
+  reliable,
+  occluded,
+  scheme,
+  threshold: float = FAILURE_THRESHOLD,
+  scores=None,
+  thresholds=None,
 ) -> dict:
   """One row: NME (%) mean / median over the faces found, FR (%), found count, and where
-  occlusion flags exist, occluded / visible-landmark NME (%) and the precision / recall of
-  ``reliable == False`` against them."""
+  occlusion flags exist, occluded / visible-landmark NME (%), the precision / recall of
+  ``reliable == False`` against them and, given the scores and the thresholds K, the same at
+  K x FLAG_SCALES (``occlusion_flags``)."""
   found = np.all(np.isfinite(predicted), axis=(1, 2))
   row = {"faces": int(len(found)), "found": int(found.sum())}
   if not found.any():
@@ -254,9 +287,9 @@ def summarise(
     for name, mask in (("occluded_nme", occluded), ("visible_nme", ~occluded)):
       values = metrics.nme(predicted[found], truth[found], scheme, "inter_ocular", mask=mask)
       row[name] = 100 * float(np.nanmean(values)) if np.isfinite(values).any() else None
-    hits = np.sum(flagged & occluded)
-    row["occlusion_precision"] = float(hits / flagged.sum()) if flagged.any() else None
-    row["occlusion_recall"] = float(hits / occluded.sum()) if occluded.any() else None
+    row["occlusion_precision"], row["occlusion_recall"] = _precision_recall(flagged, occluded)
+    if scores is not None:
+      row["occlusion_flags"] = flag_sweep(scores[found], thresholds, occluded)
   return row
 
 
@@ -281,6 +314,7 @@ def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print, vari
   """{condition: {variant: row}} over the records (see the module docstring); ``variants``:
   the names to run (default: every one the package supports)."""
   scheme = landmarks.get_scheme(model.config.data.scheme)
+  thresholds = np.asarray(model.model.variables["thresholds"])  # what the pipeline flags with
   conditions = make_conditions(records, seed)
   table = {}
   for variant, variant_model in variants_of(model).items():
@@ -292,13 +326,22 @@ def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print, vari
       occluded = (
         np.stack([face.occluded for face in faces]) if faces[0].occluded is not None else None
       )
-      row = summarise(out["predicted"], truth, out["reliable"], occluded, scheme)
+      row = summarise(
+        out["predicted"],
+        truth,
+        out["reliable"],
+        occluded,
+        scheme,
+        scores=out["scores"],
+        thresholds=thresholds,
+      )
       table.setdefault(condition, {})[variant] = row
       log(
         f"[robustness] {variant:24s} {condition:14s} "
         + ", ".join(
           f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
           for key, value in row.items()
+          if key != "occlusion_flags"
         )
       )
   return table
@@ -346,6 +389,24 @@ def markdown(table: dict) -> str:
         f"{cell(row.get('visible_nme'))} | {cell(row.get('occlusion_precision'))} | "
         f"{cell(row.get('occlusion_recall'))} |"
       )
+  swept = [
+    (condition, variant, row["occlusion_flags"])
+    for condition, rows in table.items()
+    for variant, row in rows.items()
+    if row.get("occlusion_flags")
+  ]
+  if swept:
+    scales = list(swept[0][2])
+    lines += [
+      "",
+      "Occlusion flags, precision / recall, with the thresholds K scaled:",
+      "",
+      "| condition | variant | " + " | ".join(f"K x {scale}" for scale in scales) + " |",
+      "|---|---|" + "---:|" * len(scales),
+    ]
+    for condition, variant, flags in swept:
+      cells = [f"{cell(flags[scale][0])} / {cell(flags[scale][1])}" for scale in scales]
+      lines.append(f"| {condition} | {variant} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

@@ -98,6 +98,22 @@ def test_summary_numbers_by_hand():
   assert row["occlusion_precision"] == 0.5 and row["occlusion_recall"] == 0.5
 
 
+def test_flag_sweep_counts_scores_under_the_scaled_thresholds():
+  # Landmark i of one face scores i / 10; K = 0.4 on the first half, 0.6 on the second.
+  scores = (np.arange(10) / 10.0)[None].astype(np.float32)
+  thresholds = np.array([0.4] * 5 + [0.6] * 5, np.float32)
+  occluded = np.zeros((1, 10), bool)
+  occluded[0, [0, 1, 5, 9]] = True
+  sweep = robustness.flag_sweep(scores, thresholds, occluded, scales=(0.5, 1.0, 1.5))
+  # x0.5: flagged 0-2 (<= 0.2) and none of 5-9 (> 0.3): hits 0, 1 -> P 2/3, R 2/4.
+  # x1.0: flagged 0-4 and 5-6 (<= 0.6): hits 0, 1, 5 -> P 3/7, R 3/4.
+  # x1.5: everything (<= 0.6 and <= 0.9): P 4/10, R 1.
+  assert sweep == {"0.5": [2 / 3, 0.5], "1": [3 / 7, 0.75], "1.5": [0.4, 1.0]}
+  # At scale 1 it is the flag of the pipeline (reliable = score > K).
+  reliable = scores > thresholds
+  assert robustness._precision_recall(~reliable, occluded) == tuple(sweep["1"])
+
+
 def test_a_tiny_model_runs_every_condition_and_variant():
   model = tiny_models.tiny_pretrained()
   records = tiny_models.face_records(count=2)
@@ -120,6 +136,13 @@ def test_a_tiny_model_runs_every_condition_and_variant():
         assert row["found"] == 2 and np.isfinite(row["nme"])
   assert "occlusion_recall" in table["occluded"]["HG + SR"]
   assert "| occluded | HG + SR |" in robustness.markdown(table)
+  flags = table["occluded"]["HG + SR"]["occlusion_flags"]
+  assert list(flags) == [f"{scale:g}" for scale in robustness.FLAG_SCALES]
+  # The sweep at K x 1 is the pipeline's own flag (reliable = score > K).
+  assert flags["1"][0] == table["occluded"]["HG + SR"]["occlusion_precision"]
+  assert flags["1"][1] == table["occluded"]["HG + SR"]["occlusion_recall"]
+  assert "occlusion_flags" not in table["landmark box"]["HG + SR"]
+  assert "K x 0.5" in robustness.markdown(table)
 
 
 def test_the_protocol_on_a_trained_model_has_the_ablation_and_joint_rows_and_is_seeded():
