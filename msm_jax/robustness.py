@@ -24,7 +24,8 @@ Columns: NME (mean and median, inter-ocular, %), FR@0.08 (%), NME of the occlude
 visible landmarks, and the precision / recall of `reliable == False` as an occlusion detector.
 
   python -m msm_jax.robustness --model pretrained --config configs/300w_subset.py \
-      [--folder DIR] [--limit N] [--variants "HG,HG + SR"] [--out report.json]
+      [--folder DIR] [--limit N] [--variants "HG,HG + SR"] [--conditions "occluded"]
+      [--out report.json]
 """
 
 from __future__ import annotations
@@ -164,20 +165,20 @@ def occlude(image: np.ndarray, points: np.ndarray, rng: np.random.Generator):
   return occluded_image, covered
 
 
+CONDITIONS = (
+  "landmark box",
+  "detector",
+  *(f"rotated {angle:g}" for angle in ROTATIONS),
+  "sloppy box",
+  "occluded",
+)
+
+
 def make_conditions(records, seed: int = 0) -> dict[str, list[Face]]:
   """{condition: faces} for the records (FaceRecords with image paths or pixels)."""
   from msm_jax.data.images import record_image
 
-  conditions = {
-    name: []
-    for name in (
-      "landmark box",
-      "detector",
-      *(f"rotated {angle:g}" for angle in ROTATIONS),
-      "sloppy box",
-      "occluded",
-    )
-  }
+  conditions = {name: [] for name in CONDITIONS}
   rng = np.random.default_rng(seed)
   for record in records:
     photo, points = record_image(record), np.asarray(record.landmarks, np.float32)
@@ -310,17 +311,22 @@ def variants_of(model) -> dict:
   return chosen
 
 
-def evaluate(model, records, seed: int = 0, batch_size: int = 8, log=print, variants=None) -> dict:
-  """{condition: {variant: row}} over the records (see the module docstring); ``variants``:
-  the names to run (default: every one the package supports)."""
+def evaluate(
+  model, records, seed: int = 0, batch_size: int = 8, log=print, variants=None, conditions=None
+) -> dict:
+  """{condition: {variant: row}} over the records (see the module docstring); ``variants``,
+  ``conditions``: the names to run (default: every variant the package supports, every
+  condition). A condition's faces are the same whichever others are run."""
   scheme = landmarks.get_scheme(model.config.data.scheme)
   thresholds = np.asarray(model.model.variables["thresholds"])  # what the pipeline flags with
-  conditions = make_conditions(records, seed)
+  made = make_conditions(records, seed)
   table = {}
   for variant, variant_model in variants_of(model).items():
     if variants and variant not in variants:
       continue
-    for condition, faces in conditions.items():
+    for condition, faces in made.items():
+      if conditions and condition not in conditions:
+        continue
       out = run_condition(variant_model, faces, batch_size)
       truth = np.stack([face.landmarks for face in faces])
       occluded = (
@@ -441,6 +447,9 @@ def main(argv=None) -> dict:
     "--variants",
     help=f"comma list of variant names (default: all the package supports: {', '.join(VARIANTS)})",
   )
+  parser.add_argument(
+    "--conditions", help=f"comma list of conditions (default: all: {', '.join(CONDITIONS)})"
+  )
   parser.add_argument("--out", help="write the table as JSON here")
   args = parser.parse_args(argv)
   if not args.config and not args.folder:
@@ -457,7 +466,13 @@ def main(argv=None) -> dict:
   unknown = sorted(set(variants or ()) - set(VARIANTS))
   if unknown:
     parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-  table = evaluate(model, records, args.seed, args.batch_size, variants=variants)
+  conditions = [name.strip() for name in args.conditions.split(",")] if args.conditions else None
+  unknown = sorted(set(conditions or ()) - set(CONDITIONS))
+  if unknown:
+    parser.error(f"unknown conditions {unknown}; choose from {', '.join(CONDITIONS)}")
+  table = evaluate(
+    model, records, args.seed, args.batch_size, variants=variants, conditions=conditions
+  )
   print(markdown(table))
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

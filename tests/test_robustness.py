@@ -143,6 +143,18 @@ def test_a_tiny_model_runs_every_condition_and_variant():
   assert flags["1"][1] == table["occluded"]["HG + SR"]["occlusion_recall"]
   assert "occlusion_flags" not in table["landmark box"]["HG + SR"]
   assert "K x 0.5" in robustness.markdown(table)
+  # One condition alone: the same faces, so the same row as in the whole run.
+  alone = robustness.evaluate(
+    model,
+    records,
+    seed=0,
+    batch_size=2,
+    log=lambda _: None,
+    variants=["HG + SR"],
+    conditions=["occluded"],
+  )
+  assert list(alone) == ["occluded"] and list(alone["occluded"]) == ["HG + SR"]
+  assert alone["occluded"]["HG + SR"] == table["occluded"]["HG + SR"]
 
 
 def test_the_protocol_on_a_trained_model_has_the_ablation_and_joint_rows_and_is_seeded():
