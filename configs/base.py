@@ -106,8 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.hourglass.learning_rate = 5e-4  # not given for the hourglass; ST-GAN's value
   config.hourglass.lr_halve_epochs = (100,)  # "reduced to half after 100 epochs"
   config.hourglass.sigma = 1.5  # Gaussian target std in heatmap pixels; not in the paper
-  # Hidden (occluded) landmarks: 0 leaves them out of the loss; s > 0 trains them towards a
-  # Gaussian s times wider, so Eq. 9's score falls where the face is hidden (train/steps.py).
+  # Occluded landmarks (dataset flag or augmentation occluder): 0 trains them like the others;
+  # s > 0 towards a Gaussian s times wider, so Eq. 9's score falls where the face is hidden
+  # (train/steps.py: heatmap_targets).
   config.hourglass.occluded_target_spread = 0.0
   # The paper trains with MSE; on real data MSE did not learn in our calibration run
   # (docs/cpu_notes.md), spatial softmax cross-entropy did.

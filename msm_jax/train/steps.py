@@ -81,13 +81,11 @@ def make_hourglass_step(
     model_state = state.models[model_name]
     images = images_to_float(batch["images"])
     points = heatmap_lib.crop_to_heatmap(batch["landmarks"], crop_size, heatmap_size)
-    targets, supervised = heatmap_targets(
-      points, batch["visible"], heatmap_size, sigma, occluded_spread
-    )
+    targets = heatmap_targets(points, batch.get("occluded"), heatmap_size, sigma, occluded_spread)
 
     def objective(params):
       stacks, new_stats = _apply_train(module, model_state, params, images)
-      return loss_fn(stacks, targets, supervised), new_stats
+      return loss_fn(stacks, targets, batch["visible"]), new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
     new_model = apply_gradients(model_state, grads, optimizer, new_stats)
@@ -98,25 +96,29 @@ def make_hourglass_step(
 
 
 def heatmap_targets(
-  points: jax.Array, visible: jax.Array, heatmap_size: int, sigma: float, occluded_spread: float
-) -> tuple[jax.Array, jax.Array]:
-  """The Gaussian target maps [B, h, w, L] and which landmarks the loss supervises [B, L].
+  points: jax.Array,
+  occluded: jax.Array | None,
+  heatmap_size: int,
+  sigma: float,
+  occluded_spread: float,
+) -> jax.Array:
+  """The Gaussian target maps [B, h, w, L] of the landmarks.
 
-  points: [B, L, 2] heatmap pixels; visible: [B, L] bool, False where the landmark is hidden.
-  occluded_spread 0: hidden landmarks are left out of the loss. s > 0: they are supervised
-  with a Gaussian s times wider than sigma, so the map still points at the hidden landmark
-  but holds little mass near its peak: Eq. 9's window score falls where the face is hidden,
-  which is what marks a landmark unreliable for the shape repair.
+  points: [B, L, 2] heatmap pixels; occluded: [B, L] bool, True where the landmark is hidden
+  (the dataset's flag or an augmentation's occluder), or None (none is).
+  occluded_spread 0: every target has width sigma, the hidden landmarks' too. s > 0: a hidden
+  landmark's target is s times wider, so its map still points at the landmark but holds
+  little mass near its peak: Eq. 9's window score falls where the face is hidden, which is
+  what marks a landmark unreliable for the shape repair.
   """
   size = (heatmap_size, heatmap_size)
   sharp = heatmap_lib.gaussian_heatmaps(points, size, sigma)
-  if occluded_spread == 0.0:
-    return sharp, visible
+  if occluded_spread == 0.0 or occluded is None:
+    return sharp
   if occluded_spread < 1.0:
     raise ValueError(f"occluded_spread must be 0 or >= 1, got {occluded_spread}")
   wide = heatmap_lib.gaussian_heatmaps(points, size, sigma * occluded_spread)
-  targets = jnp.where(visible[:, None, None, :], sharp, wide)
-  return targets, jnp.ones_like(visible)
+  return jnp.where(occluded[:, None, None, :], wide, sharp)
 
 
 def crop_to_normalised(points: jax.Array, crop_size: int) -> jax.Array:
@@ -324,14 +326,14 @@ def make_joint_step(
     to_canonical = jax.lax.stop_gradient(geometry.invert_affine(outputs["canonical_to_image"]))
     canonical_points = geometry.apply_affine(batch["landmarks"], to_canonical)
     inside = jnp.all((canonical_points >= -0.5) & (canonical_points <= size - 0.5), axis=-1)
-    targets, supervised = heatmap_targets(
+    targets = heatmap_targets(
       heatmap_lib.crop_to_heatmap(canonical_points, size, heatmap_size),
-      batch["visible"],
+      batch.get("occluded"),
       heatmap_size,
       sigma,
       occluded_spread,
     )
-    heatmap_loss = loss_fn(stacks, targets, supervised & inside)
+    heatmap_loss = loss_fn(stacks, targets, batch["visible"] & inside)
     distances = jnp.linalg.norm(outputs["landmarks"] - batch["landmarks"], axis=-1)
     weights = batch["visible"].astype(jnp.float32)
     landmark_error = jnp.sum(distances * weights) / jnp.maximum(jnp.sum(weights), 1.0)
