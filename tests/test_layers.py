@@ -119,6 +119,25 @@ def test_max_pool_hand_case_and_ties():
   np.testing.assert_array_equal(grad, [[0, 1, 0.5, 0.5], [0, 0, 0, 0]])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_max_pool_equals_jnp_max_over_windows_with_many_ties(dtype):
+  # Values from {0, 1, 2}: most windows hold tied maxima. The reference is jnp.max over the
+  # reshaped windows, whose gradient shares among ties; the two must agree bit for bit.
+  x = jnp.asarray(np.random.default_rng(5).integers(0, 3, (2, 8, 6, 4)), dtype)
+  weights = jnp.asarray(np.random.default_rng(6).normal(size=(2, 4, 3, 4)), dtype)
+
+  def reference(x):
+    return jnp.max(x.reshape(2, 4, 2, 3, 2, 4), axis=(2, 4))
+
+  def loss(pool, x):
+    return jnp.sum((pool(x) * weights).astype(jnp.float32))
+
+  np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+  grad = jax.grad(loss, 1)(max_pool_2x2, x)
+  assert grad.dtype == dtype
+  np.testing.assert_array_equal(grad, jax.grad(loss, 1)(reference, x))
+
+
 def test_max_pool_rejects_odd_sizes():
   with pytest.raises(ValueError, match="even H and W"):
     max_pool_2x2(jnp.zeros((1, 5, 4, 2)))
