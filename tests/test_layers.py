@@ -14,6 +14,7 @@ from msm_jax.models.layers import (
   Deconv2x2,
   batch_norm_relu_train,
   max_pool_2x2,
+  max_pool_2x2_corners,
 )
 
 
@@ -100,47 +101,50 @@ def test_conv1x1_matches_conv(kernels):
   )
 
 
-def test_max_pool_matches_flax_max_pool():
+POOLS = [max_pool_2x2, max_pool_2x2_corners]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_max_pool_matches_flax_max_pool(pool):
   x = _random(3, (2, 6, 4, 3))  # continuous values: every window has a unique maximum
 
   def loss(pool, x):
     return jnp.sum(pool(x) * _random(4, (2, 3, 2, 3)))
 
   flax_pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
-  np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
-  np.testing.assert_array_equal(jax.grad(loss, 1)(max_pool_2x2, x), jax.grad(loss, 1)(flax_pool, x))
+  np.testing.assert_array_equal(pool(x), flax_pool(x))
+  np.testing.assert_array_equal(jax.grad(loss, 1)(pool, x), jax.grad(loss, 1)(flax_pool, x))
 
 
-def test_max_pool_hand_case_and_ties():
+@pytest.mark.parametrize("pool", POOLS)
+def test_max_pool_hand_case_and_ties(pool):
   x = jnp.array([[1.0, 5.0, 2.0, 2.0], [3.0, 4.0, 0.0, 1.0]]).reshape(1, 2, 4, 1)
-  np.testing.assert_array_equal(max_pool_2x2(x).ravel(), [5.0, 2.0])
-  grad = jax.grad(lambda x: jnp.sum(max_pool_2x2(x)))(x).reshape(2, 4)
+  np.testing.assert_array_equal(pool(x).ravel(), [5.0, 2.0])
+  grad = jax.grad(lambda x: jnp.sum(pool(x)))(x).reshape(2, 4)
   # The unique maximum 5 takes the whole gradient; the tied 2s share it (documented).
   np.testing.assert_array_equal(grad, [[0, 1, 0.5, 0.5], [0, 0, 0, 0]])
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_max_pool_equals_jnp_max_over_windows_with_many_ties(dtype):
-  # Values from {0, 1, 2}: most windows hold tied maxima. The reference is jnp.max over the
-  # reshaped windows, whose gradient shares among ties; the two must agree bit for bit.
+def test_corner_max_pool_equals_the_reshaped_one_with_many_ties(dtype):
+  # Values from {0, 1, 2}: most windows hold tied maxima, whose gradient both pools share
+  # out equally (float32 division by the count, rounded once to the dtype): bit for bit.
   x = jnp.asarray(np.random.default_rng(5).integers(0, 3, (2, 8, 6, 4)), dtype)
   weights = jnp.asarray(np.random.default_rng(6).normal(size=(2, 4, 3, 4)), dtype)
-
-  def reference(x):
-    return jnp.max(x.reshape(2, 4, 2, 3, 2, 4), axis=(2, 4))
 
   def loss(pool, x):
     return jnp.sum((pool(x) * weights).astype(jnp.float32))
 
-  np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
-  grad = jax.grad(loss, 1)(max_pool_2x2, x)
+  np.testing.assert_array_equal(max_pool_2x2_corners(x), max_pool_2x2(x))
+  grad = jax.grad(loss, 1)(max_pool_2x2_corners, x)
   assert grad.dtype == dtype
-  np.testing.assert_array_equal(grad, jax.grad(loss, 1)(reference, x))
+  np.testing.assert_array_equal(grad, jax.grad(loss, 1)(max_pool_2x2, x))
 
 
-def test_max_pool_rejects_odd_sizes():
+@pytest.mark.parametrize("pool", POOLS)
+def test_max_pool_rejects_odd_sizes(pool):
   with pytest.raises(ValueError, match="even H and W"):
-    max_pool_2x2(jnp.zeros((1, 5, 4, 2)))
+    pool(jnp.zeros((1, 5, 4, 2)))
 
 
 def _flax_batch_norm_relu():

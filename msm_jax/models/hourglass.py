@@ -53,7 +53,7 @@ from msm_jax.models.layers import (
   Deconv2x2,
   Dtype,
   conv_batch_norm_relu,
-  max_pool_2x2,
+  kernels,
 )
 
 
@@ -114,7 +114,7 @@ class HourglassModule(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     unit = lambda name: ResidualUnit(self.features, self.dtype, kernels=self.kernels, name=name)
     skip = unit("skip")(x, train)
-    low = unit("down")(max_pool_2x2(x), train)
+    low = unit("down")(kernels(self.kernels).max_pool(x), train)
     if self.depth > 1:
       low = HourglassModule(
         self.features, self.depth - 1, self.dtype, kernels=self.kernels, name="inner"
@@ -182,7 +182,7 @@ class StackedHourglass(nn.Module):
     unit = lambda name: ResidualUnit(self.width, self.dtype, kernels=self.kernels, name=name)
     x = activated(conv3x3(self.stem_widths[0], "stem_conv1"), images)
     x = conv3x3(self.stem_widths[1], "stem_conv2")(x)
-    x = max_pool_2x2(x)
+    x = kernels(self.kernels).max_pool(x)
     x = conv3x3(self.stem_widths[2], "stem_conv3")(activate(x))
     x = unit("stem_residual")(x, train)
 

@@ -15,8 +15,9 @@ elementwise ops:
   ``nn.ConvTranspose(Cout, (2, 2), strides=(2, 2))``.
 * ``Conv1x1``: a matrix product over channels. Same parameters
   (``kernel [1, 1, Cin, Cout]``) and outputs as ``nn.Conv(Cout, (1, 1))``.
-* ``max_pool_2x2``: the maxima of each window's four strided corners, same values as
-  ``nn.max_pool(x, (2, 2), strides=(2, 2))``, with a gradient of elementwise ops.
+* ``max_pool_2x2``: window maxima of a reshape, same values as
+  ``nn.max_pool(x, (2, 2), strides=(2, 2))``; ``max_pool_2x2_corners`` the same from the
+  windows' four strided corners with a faster hand-written gradient (the "onednn" kernels).
 * ``BatchNormReLU``: ``nn.BatchNorm`` then ReLU with a hand-written gradient that reads
   the activations twice instead of materialising XLA's chain of intermediates. Same
   parameters, statistics and outputs as ``nn.relu(nn.BatchNorm(...)(x))``.
@@ -245,17 +246,30 @@ def _max_pool_backward(residuals, grad_y):
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def _check_pool_input(x: jax.Array) -> None:
+  if x.ndim != 4 or x.shape[1] % 2 or x.shape[2] % 2:
+    raise ValueError(f"max_pool_2x2 expects [B, H, W, C] with even H and W, got {x.shape}")
+
+
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2: ``[B, H, W, C] -> [B, H/2, W/2, C]`` (H, W even).
 
   Where a window holds several equal maxima the gradient is shared among them
   (``jnp.max``'s rule) rather than given to the first one (``nn.max_pool``'s
-  select-and-scatter); the two agree wherever the window maximum is unique. Written on the
-  windows' four strided corners with its own gradient: XLA:CPU runs ``jnp.max`` over a
-  reshaped window and its gradient (a reduction over two strided axes) 4-6x slower.
+  select-and-scatter); the two agree wherever the window maximum is unique. Differentiable
+  in both modes.
   """
-  if x.ndim != 4 or x.shape[1] % 2 or x.shape[2] % 2:
-    raise ValueError(f"max_pool_2x2 expects [B, H, W, C] with even H and W, got {x.shape}")
+  _check_pool_input(x)
+  batch, height, width, channels = x.shape
+  windows = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
+  return jnp.max(windows, axis=(2, 4))
+
+
+def max_pool_2x2_corners(x: jax.Array) -> jax.Array:
+  """``max_pool_2x2`` (same values, same gradient) from the windows' four strided corners,
+  with a hand-written gradient of elementwise ops: reverse mode only. XLA:CPU runs
+  ``max_pool_2x2``'s gradient (a reduction over two strided axes) 4-6x slower."""
+  _check_pool_input(x)
   return _max_pool(x)
 
 
@@ -320,11 +334,13 @@ class Kernels:
   padding pairs, relu) (``xla_convolution``'s contract) and batch_norm_relu(x [..., C],
   scale, bias, epsilon, dtype) -> (y, mean, var), the training-mode BN + ReLU
   (``batch_norm_relu_train``'s contract). fold_batch_norm: ``conv_batch_norm_relu`` folds an
-  inference-mode BN + ReLU into the convolution before it."""
+  inference-mode BN + ReLU into the convolution before it. max_pool: ``max_pool_2x2``'s
+  contract."""
 
   convolution: Callable
   batch_norm_relu: Callable
   fold_batch_norm: bool = False
+  max_pool: Callable = max_pool_2x2
 
 
 KERNELS = {
@@ -332,7 +348,13 @@ KERNELS = {
   "xla": Kernels(xla_convolution, batch_norm_relu_train),
   # Folded: one oneDNN pass per convolution instead of a convolution and an XLA BN + ReLU
   # pass (width-128 forward, bfloat16, AMD EPYC: the BN + ReLU passes were 17 % of op time).
-  "onednn": Kernels(onednn_convolution, onednn_batch_norm_relu_train, fold_batch_norm=True),
+  # Like oneDNN's custom calls, the corner max-pool is differentiable in reverse mode only.
+  "onednn": Kernels(
+    onednn_convolution,
+    onednn_batch_norm_relu_train,
+    fold_batch_norm=True,
+    max_pool=max_pool_2x2_corners,
+  ),
 }
 
 
