@@ -24,7 +24,7 @@ Columns: NME (mean and median, inter-ocular, %), FR@0.08 (%), NME of the occlude
 visible landmarks, and the precision / recall of `reliable == False` as an occlusion detector.
 
   python -m msm_jax.robustness --model pretrained --config configs/300w_subset.py \
-      [--folder DIR] [--limit N] [--variants "HG,HG + SR"] [--conditions "occluded"]
+      [--folder DIR | --split train] [--limit N] [--variants "HG,HG + SR"] [--conditions "occluded"]
       [--out report.json]
 """
 
@@ -416,18 +416,25 @@ def markdown(table: dict) -> str:
   return "\n".join(lines)
 
 
-def records_for(config, folder: str | None, limit: int | None = None):
-  """The faces of a folder (tree) of images + `.pts`, or else the config's validation split."""
+SPLITS = ("validation", "train")
+
+
+def records_for(config, folder: str | None, limit: int | None = None, split: str = "validation"):
+  """The faces of a folder (tree) of images + `.pts`, or else the config's ``split`` of its
+  training data ("validation", or "train": e.g. to calibrate on faces the test never sees)."""
   from msm_jax.data import datasets, w300
 
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
   if folder:
     records = [
       record for path in datasets.pts_folders(folder) for record in w300.read_pts_folder(path)
     ]
   else:
-    _, records = datasets.split_records(config, datasets.read_training_records(config))
+    train, validation = datasets.split_records(config, datasets.read_training_records(config))
+    records = validation if split == "validation" else train
     if not records:
-      raise NoFacesError("the config has no validation split: give a folder of images + .pts")
+      raise NoFacesError(f"the config has no {split} split: give a folder of images + .pts")
   return records[:limit] if limit else records
 
 
@@ -441,6 +448,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--config", help="a configs/<name>.py whose validation split is used")
   parser.add_argument("--folder", help="a folder (tree) of images + .pts instead")
   parser.add_argument("--limit", type=int, help="the first N faces only")
+  parser.add_argument(
+    "--split", default="validation", choices=SPLITS, help="which of the config's splits"
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument(
@@ -459,7 +469,7 @@ def main(argv=None) -> dict:
   model = pretrained.load_pretrained(args.model)
   config = cli.load_config_file(args.config) if args.config else None
   try:
-    records = records_for(config, args.folder, args.limit)
+    records = records_for(config, args.folder, args.limit, args.split)
   except NoFacesError as error:
     parser.error(str(error))
   variants = [name.strip() for name in args.variants.split(",")] if args.variants else None

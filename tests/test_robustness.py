@@ -189,3 +189,18 @@ def test_the_protocol_on_a_trained_model_has_the_ablation_and_joint_rows_and_is_
   rows = table["landmark box"]
   assert rows["ST + HG (joint)"]["nme"] != rows["ST + HG"]["nme"]  # the variant's networks
   assert run() == table
+
+
+def test_records_for_picks_the_split(monkeypatch):
+  from msm_jax.data import datasets
+
+  monkeypatch.setattr(datasets, "read_training_records", lambda config: ["a", "b", "c"])
+  monkeypatch.setattr(datasets, "split_records", lambda config, records: (records[:2], records[2:]))
+  assert robustness.records_for(None, None) == ["c"]
+  assert robustness.records_for(None, None, split="train") == ["a", "b"]
+  assert robustness.records_for(None, None, limit=1, split="train") == ["a"]
+  with pytest.raises(ValueError, match="split 'test'"):
+    robustness.records_for(None, None, split="test")
+  monkeypatch.setattr(datasets, "split_records", lambda config, records: (records, []))
+  with pytest.raises(robustness.NoFacesError, match="no validation split"):
+    robustness.records_for(None, None)
