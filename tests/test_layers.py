@@ -141,6 +141,20 @@ def test_corner_max_pool_equals_the_reshaped_one_with_many_ties(dtype):
   np.testing.assert_array_equal(grad, jax.grad(loss, 1)(max_pool_2x2, x))
 
 
+def test_onednn_kernels_pool_large_float_maps_at_the_corners_and_keep_jvp_elsewhere(monkeypatch):
+  monkeypatch.setattr(layers, "ONEDNN_MIN_BATCH_NORM_ELEMENTS", 2**18)
+  pool = layers.kernels("onednn").max_pool
+  large = jnp.ones((1, 64, 64, 64), jnp.bfloat16)  # 2^18 elements
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(pool, (large,), (large,))
+  small = _random(7, (1, 8, 8, 4))
+  tangent = _random(8, (1, 8, 8, 4))
+  np.testing.assert_array_equal(
+    jax.jvp(pool, (small,), (tangent,))[1], jax.jvp(max_pool_2x2, (small,), (tangent,))[1]
+  )
+  np.testing.assert_array_equal(pool(large), max_pool_2x2(large))
+
+
 @pytest.mark.parametrize("pool", POOLS)
 def test_max_pool_rejects_odd_sizes(pool):
   with pytest.raises(ValueError, match="even H and W"):

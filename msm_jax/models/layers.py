@@ -328,6 +328,15 @@ def onednn_batch_norm_relu_train(x, scale, bias, epsilon, dtype):
   return onednn.batch_norm_relu(x, scale, bias, epsilon)
 
 
+def onednn_max_pool(x: jax.Array) -> jax.Array:
+  """``max_pool_2x2_corners`` where the "onednn" kernels take the layers over (float32 or
+  bfloat16, large enough: differentiable in reverse mode only, as they are), else
+  ``max_pool_2x2`` (tiny and float64 networks keep forward-mode derivatives)."""
+  if x.dtype not in (jnp.float32, jnp.bfloat16) or x.size < ONEDNN_MIN_BATCH_NORM_ELEMENTS:
+    return max_pool_2x2(x)
+  return max_pool_2x2_corners(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class Kernels:
   """convolution(x [B, H, W, Cin], kernel [kh, kw, Cin, Cout], bias [Cout] | None, strides,
@@ -348,12 +357,8 @@ KERNELS = {
   "xla": Kernels(xla_convolution, batch_norm_relu_train),
   # Folded: one oneDNN pass per convolution instead of a convolution and an XLA BN + ReLU
   # pass (width-128 forward, bfloat16, AMD EPYC: the BN + ReLU passes were 17 % of op time).
-  # Like oneDNN's custom calls, the corner max-pool is differentiable in reverse mode only.
   "onednn": Kernels(
-    onednn_convolution,
-    onednn_batch_norm_relu_train,
-    fold_batch_norm=True,
-    max_pool=max_pool_2x2_corners,
+    onednn_convolution, onednn_batch_norm_relu_train, fold_batch_norm=True, max_pool=onednn_max_pool
   ),
 }
 
