@@ -35,6 +35,22 @@ def _batch(rng, batch_size=4, size=32):
   }
 
 
+def _hand_written_loss(module, model_state, batch, targets):
+  """params -> the hourglass step's loss written out: training-mode forward, spatial-softmax
+  cross-entropy against ``targets``."""
+
+  def loss_of(params):
+    out, _ = module.apply(
+      {"params": params, "batch_stats": model_state.batch_stats},
+      batch["images"].astype(np.float32) / 255.0,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return losses.heatmap_softmax_cross_entropy(out, targets, batch["visible"])
+
+  return loss_of
+
+
 def test_hourglass_step_equals_a_hand_written_update():
   rng = np.random.default_rng(0)
   module, optimizer = _tiny_hourglass(), optax.sgd(0.1)
@@ -58,15 +74,7 @@ def test_hourglass_step_equals_a_hand_written_update():
     heatmaps.crop_to_heatmap(batch["landmarks"], 32, 16), (16, 16), 1.0
   )
 
-  def loss_of(params):
-    out, _ = module.apply(
-      {"params": params, "batch_stats": model_state.batch_stats},
-      batch["images"].astype(np.float32) / 255.0,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    return losses.heatmap_softmax_cross_entropy(out, targets, batch["visible"])
-
+  loss_of = _hand_written_loss(module, model_state, batch, targets)
   expected_loss, grads = jax.value_and_grad(loss_of)(model_state.params)
   expected = jax.tree.map(lambda p, g: np.asarray(p - 0.1 * g), model_state.params, grads)
   stats_before = np.array(jax.tree.leaves(model_state.batch_stats)[0])
@@ -140,15 +148,7 @@ def test_hourglass_step_trains_occluded_landmarks_towards_the_wide_target():
     wide = heatmaps.gaussian_heatmaps(points, (16, 16), target_sigma)
     targets = targets.at[..., 0].set(wide[..., 0])
 
-    def loss_of(params):
-      out, _ = module.apply(
-        {"params": params, "batch_stats": model_state.batch_stats},
-        batch["images"].astype(np.float32) / 255.0,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      return losses.heatmap_softmax_cross_entropy(out, targets, batch["visible"])
-
+    loss_of = _hand_written_loss(module, model_state, batch, targets)
     expected_loss = float(loss_of(model_state.params))
     step = steps.make_hourglass_step(
       module,
