@@ -153,6 +153,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.shape.num_neighbours = 100  # k, Sec. IV-C
   config.shape.ridge_lambda = 60.0  # Sec. IV-C
   config.shape.replace = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+  # A repaired landmark is a x the hourglass's own estimate + (1 - a) x the reconstruction;
+  # 0 is the paper's replacement (msm_jax/inference/pipeline.py: repair_shapes).
+  config.shape.hourglass_weight = 0.0
   # Width of the soft reliability weight sigmoid((score - K) / T) of the differentiable
   # pipeline (normalised-score units; msm_jax/inference/pipeline.py).
   config.shape.reliability_temperature = 0.05

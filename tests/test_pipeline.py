@@ -127,9 +127,12 @@ def test_mixed_image_sizes_by_padding_equal_separate_runs(setup):
     )
 
 
-def test_shape_repair_matches_stage_by_stage_reference(setup):
+@pytest.mark.parametrize("hourglass_weight", [0.0, 0.6])
+def test_shape_repair_matches_stage_by_stage_reference(setup, hourglass_weight):
   face, dictionary = setup
-  options = pipeline.PipelineOptions(use_spatial_transformer=False, num_neighbours=10)
+  options = pipeline.PipelineOptions(
+    use_spatial_transformer=False, num_neighbours=10, hourglass_weight=hourglass_weight
+  )
   infer = pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)
   variables = _variables(face, dictionary)
   # Make the jaw unreliable: flatten its logits so its normalised score collapses.
@@ -144,7 +147,8 @@ def test_shape_repair_matches_stage_by_stage_reference(setup):
 
   # Stage by stage in plain NumPy (no library code): a least-squares similarity of the
   # reliable points onto the dictionary mean, the k = 10 exemplars nearest on the reliable
-  # landmarks, the ridge fit of Eq. 11 (lambda = 60), the unreliable points replaced, undone.
+  # landmarks, the ridge fit of Eq. 11 (lambda = 60), the unreliable points replaced, undone,
+  # then averaged with the hourglass's points at the hourglass's weight.
   points = np.asarray(out["hourglass_landmarks"][0], np.float64)
   mean_shape = np.asarray(dictionary, np.float64).mean(0)
   x, y = points[reliable, 0], points[reliable, 1]
@@ -165,6 +169,7 @@ def test_shape_repair_matches_stage_by_stage_reference(setup):
   repaired = np.where(reliable[:, None], canonical, np.einsum("k,kld->ld", alpha, nearest))
   inverse = np.linalg.inv(similarity)
   expected = repaired @ inverse[:2, :2].T + inverse[:2, 2]
+  expected = hourglass_weight * points + (1 - hourglass_weight) * expected
   np.testing.assert_allclose(np.asarray(out["landmarks"][0]), expected, atol=1e-2)
   # Reliable landmarks are kept, unreliable ones moved.
   np.testing.assert_allclose(

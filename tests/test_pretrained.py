@@ -156,6 +156,19 @@ def test_package_contents_and_reported_size(packaged):
   assert arrays < files["weights.npz"] < arrays + 400 * len(names) + 1000
 
 
+def test_paths_inside_the_repository_are_stored_relative_to_it(tmp_path):
+  config = tiny_models.tiny_config()
+  config.data.validation_list = os.path.join(ROOT, "configs", "splits", "faces.txt")
+  config.data.root = "/elsewhere/300w"  # outside the repository: kept as given
+  workdir = str(tmp_path / "run")
+  _make_workdir(workdir, config, with_stgan=False)
+  pretrained.package_pretrained(config, workdir, str(tmp_path / "package"))
+  header = json.load(open(tmp_path / "package" / "config.json"))
+  stored = header["config"]["data"]["validation_list"]
+  assert stored == os.path.join("configs", "splits", "faces.txt")
+  assert header["config"]["data"]["root"] == "/elsewhere/300w"
+
+
 def test_package_without_stgan(tmp_path):
   config = tiny_models.tiny_config()
   _make_workdir(str(tmp_path / "run"), config, with_stgan=False)

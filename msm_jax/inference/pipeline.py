@@ -43,7 +43,8 @@ discrete steps are relaxed as follows, everything else is already differentiable
 * Algorithm 2 lines 7-8: the reliability mask becomes the weight
   w = sigmoid((score - threshold) / reliability_temperature). The repair's similarity fit
   weights each landmark by w, the ridge fit of Eq. 11 weights each coordinate's residual by
-  w^2, and the output is w * hourglass landmark + (1 - w) * reconstruction.
+  w^2, and the output is w * hourglass landmark + (1 - w) * reconstruction (with
+  `hourglass_weight` a: w' = a + (1 - a) w in place of w).
 * Eq. 11's neighbour search (top_k on the hard mask) selects dictionary rows without a
   gradient; the gradient flows through the ridge fit on the selected rows.
 The forward values differ from the exact pipeline only through the soft weights: where every
@@ -82,6 +83,9 @@ class PipelineOptions:
   num_neighbours: int = 100  # k, Sec. IV-C
   ridge_lambda: float = 60.0  # Sec. IV-C
   replace: str = "unreliable"  # or "all": the paper's literal S_F = D_S alpha
+  # The hourglass's own share of a repaired landmark: 0 replaces it by the reconstruction
+  # (Eq. 11, the paper); a > 0 returns a x hourglass + (1 - a) x reconstruction.
+  hourglass_weight: float = 0.0
   recrop_passes: int = 0  # further passes on a crop fitted to the landmarks (see above)
   # Test-time flip: the scheme's left/right permutation, or None (off). The hourglass also
   # sees the mirrored crop; the two sets of maps are averaged before decoding.
@@ -126,6 +130,7 @@ def options_from_config(
     num_neighbours=config.shape.num_neighbours,
     ridge_lambda=config.shape.ridge_lambda,
     replace=config.shape.replace,
+    hourglass_weight=float(config.shape.get("hourglass_weight", 0.0)),
     recrop_passes=int(inference.get("recrop_passes", 0)),
     flip_test=tuple(landmarks.get_scheme(config.data.scheme).flip_permutation)
     if inference.get("flip_test", False)
@@ -369,9 +374,11 @@ def reliability(maps, thresholds, options: PipelineOptions):
 
 
 def repair_shapes(points, reliable, dictionary, options: PipelineOptions, weights=None):
-  """Sec. III-C in the dictionary's frame: align, reconstruct, align back. points [B, L, 2]
-  in any frame (the alignment is a similarity fit), reliable [B, L] bool; weights [B, L]:
-  soft reliability for the relaxed repair (module docstring), None for the exact one."""
+  """Sec. III-C in the dictionary's frame: align, reconstruct, align back, then give the
+  hourglass its share ``options.hourglass_weight`` of every repaired landmark (a reliable
+  one, which the repair returns as it was, stays as it was). points [B, L, 2] in any frame
+  (the alignment is a similarity fit), reliable [B, L] bool; weights [B, L]: soft
+  reliability for the relaxed repair (module docstring), None for the exact one."""
   mean_shape = jnp.mean(dictionary, axis=0)  # [L, 2]
   fit_weights = reliable.astype(jnp.float32) if weights is None else weights
   enough = jnp.sum(fit_weights, axis=-1, keepdims=True) >= 2
@@ -389,4 +396,6 @@ def repair_shapes(points, reliable, dictionary, options: PipelineOptions, weight
     replace=options.replace,
     weights=weights,
   )
-  return geometry.apply_affine(repaired, geometry.invert_affine(to_canonical))
+  repaired = geometry.apply_affine(repaired, geometry.invert_affine(to_canonical))
+  share = options.hourglass_weight
+  return repaired if share == 0 else share * points + (1 - share) * repaired

@@ -122,6 +122,22 @@ def _flat_weights(model: pipeline.TrainedModel, kernel_dtype: str) -> dict[str, 
   return weights
 
 
+# The repository root: configs name their files (e.g. a validation list) by absolute paths
+# under it, which a package keeps relative to it, not as the packaging machine's paths.
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _portable(tree, root: str = _REPOSITORY):
+  """The config dict with every absolute path under ``root`` made relative to it."""
+  if isinstance(tree, dict):
+    return {key: _portable(value, root) for key, value in tree.items()}
+  if isinstance(tree, list):
+    return [_portable(value, root) for value in tree]
+  if isinstance(tree, str) and os.path.isabs(tree) and tree.startswith(root + os.sep):
+    return os.path.relpath(tree, root)
+  return tree
+
+
 def write_package(pretrained: PretrainedModel, out_dir: str, kernel_dtype: str = "float32") -> dict:
   """Write `pretrained` as a package folder (see the module docstring), its convolution
   kernels stored as ``kernel_dtype`` (``KERNEL_DTYPES``).
@@ -141,7 +157,7 @@ def write_package(pretrained: PretrainedModel, out_dir: str, kernel_dtype: str =
   header = {
     "format": FORMAT,
     "format_version": FORMAT_VERSION,
-    "config": json.loads(pretrained.config.to_json_best_effort()),
+    "config": _portable(json.loads(pretrained.config.to_json_best_effort())),
     "inference": {
       "use_spatial_transformer": pretrained.options.use_spatial_transformer,
       "use_shape_reconstruction": pretrained.options.use_shape_reconstruction,
