@@ -1,11 +1,11 @@
-"""The shipped model's recipe: the width-192 hourglass of `300w_subset_w192.py` fine-tuned to
-mark hidden landmarks. The landmarks an occluder covers (natural texture or noise patch) are
-trained towards a Gaussian twice as wide as the visible ones'
-(`hourglass.occluded_target_spread`), so their Eq. 9 scores fall under the thresholds K and
-the shape repair rebuilds them; the visible landmarks keep their sharp targets. Starts from
-the width-192 package in `hourglass.init_from` (trained on the 1,811 training faces only),
-same data, jitter and occluders, 12 epochs at a lower learning rate (~1.1 steps/s on the
-2-core AVX512-BF16 CPU):
+"""The shipped model's recipe, second step (the last: `300w_subset_w192_tight.py`): the
+width-192 hourglass of `300w_subset_w192.py` fine-tuned to mark hidden landmarks. The
+landmarks an occluder covers (natural texture or noise patch) are trained towards a Gaussian
+twice as wide as the visible ones' (`hourglass.occluded_target_spread`), so their Eq. 9
+scores fall under the thresholds K and the shape repair rebuilds them; the visible landmarks
+keep their sharp targets. Starts from the width-192 package in `hourglass.init_from`
+(trained on the 1,811 training faces only), same data, jitter and occluders, 12 epochs at a
+lower learning rate (~1.1 steps/s on the 2-core AVX512-BF16 CPU):
 
   python train.py --config configs/300w_subset_w192.py --workdir runs/300w_w192 \
       --config.stages=hourglass,dictionary
