@@ -420,6 +420,14 @@ def test_relaxed_pipeline_equals_the_exact_one_where_the_relaxation_is_exact(cas
     assert bool(np.all(out_exact["reliable"])) == (case == "all reliable")
 
 
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_hourglass_weight_outside_zero_one_is_refused(weight):
+  with pytest.raises(ValueError, match="hourglass_weight must be in"):
+    pipeline.make_inference_fn(
+      ShiftGenerator(), FixedLogits(), pipeline.PipelineOptions(hourglass_weight=weight)
+    )
+
+
 def test_differentiable_needs_a_decoder_with_a_gradient():
   options = pipeline.PipelineOptions(differentiable=True, decode_method="argmax")
   with pytest.raises(ValueError, match="decode_method"):

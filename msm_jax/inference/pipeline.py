@@ -241,6 +241,8 @@ def check_options(options: PipelineOptions) -> None:
     )
   if options.reliability_temperature <= 0:
     raise ValueError(f"reliability_temperature must be > 0, got {options.reliability_temperature}")
+  if not 0.0 <= options.hourglass_weight <= 1.0:
+    raise ValueError(f"hourglass_weight must be in [0, 1], got {options.hourglass_weight}")
 
 
 def run_pass(generator, landmark_model, options: PipelineOptions, variables, images, crop_to_image):
