@@ -1,4 +1,4 @@
-"""The shipped model's recipe, last step: the occlusion-aware width-192 network
+"""The shipped model's recipe, third step: the occlusion-aware width-192 network
 (`300w_subset_w192_occlusion.py`, packaged) fine-tuned for the crops it sees in its last
 pass. The re-crop pass hands the hourglass the tight box of its first-pass landmarks, turned
 upright, so the box jitter and roll of `300w_subset_w192.py` (made for detector boxes) are
