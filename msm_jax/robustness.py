@@ -262,6 +262,13 @@ def flag_sweep(scores, thresholds, occluded, scales=FLAG_SCALES) -> dict:
   }
 
 
+def _masked_nme(predicted, truth, scheme, mask):
+  """Inter-ocular NME (%) over the ``mask``ed landmarks, averaged over the faces that have
+  any; None when none has."""
+  values = metrics.nme(predicted, truth, scheme, "inter_ocular", mask=mask)
+  return 100 * float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+
 def summarise(
   predicted,
   truth,
@@ -291,15 +298,13 @@ def summarise(
   )
   if occluded is not None and clean_predicted is not None:
     both = found & np.all(np.isfinite(clean_predicted), axis=(1, 2))
-    values = metrics.nme(
-      clean_predicted[both], truth[both], scheme, "inter_ocular", mask=~occluded[both]
+    row["visible_clean_nme"] = _masked_nme(
+      clean_predicted[both], truth[both], scheme, ~occluded[both]
     )
-    row["visible_clean_nme"] = 100 * float(np.nanmean(values)) if both.any() else None
   if occluded is not None:
     occluded, flagged = occluded[found], ~reliable[found]
     for name, mask in (("occluded_nme", occluded), ("visible_nme", ~occluded)):
-      values = metrics.nme(predicted[found], truth[found], scheme, "inter_ocular", mask=mask)
-      row[name] = 100 * float(np.nanmean(values)) if np.isfinite(values).any() else None
+      row[name] = _masked_nme(predicted[found], truth[found], scheme, mask)
     row["occlusion_precision"], row["occlusion_recall"] = _precision_recall(flagged, occluded)
     if scores is not None:
       row["occlusion_flags"] = flag_sweep(scores[found], thresholds, occluded)
