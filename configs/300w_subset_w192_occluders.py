@@ -1,4 +1,4 @@
-"""The shipped model's recipe, last step: the network of `300w_subset_w192_tighter.py`
+"""The shipped model's recipe, step five: the network of `300w_subset_w192_tighter.py`
 (packaged) fine-tuned 8 more epochs with occluders on more of the faces (natural texture on
 half of them, a noise patch on 15 %), Adam 6e-5 halved after 5 epochs:
 
@@ -7,12 +7,6 @@ half of them, a noise patch on 15 %), Adam 6e-5 halved after 5 epochs:
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occluders.py \
       --workdir runs/300w_w192_occluders --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occluders.py \
-      --workdir runs/300w_w192_occluders --out pretrained/ \
-      --config.inference.flip_test=true --kernel_dtype float16
-
-The steps before: `300w_subset_w192.py`, `300w_subset_w192_occlusion.py`,
-`300w_subset_w192_tight.py`, `300w_subset_w192_tighter.py` (each docstring has its command).
 """
 
 import importlib

