@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from msm_jax import cli, landmarks, robustness
+from msm_jax import cli, landmarks, metrics, robustness
 from msm_jax.data.images import record_image
 from msm_jax.data.records import box_from_landmarks
 from msm_jax.inference import detection
@@ -145,26 +145,71 @@ def predict_condition(peer: Peer, faces) -> dict:
   return {"predicted": predicted}
 
 
-def evaluate(peer: Peer, records, scheme, seed: int = 0, log=print) -> dict:
-  """{condition: row} of `robustness.summarise` over the protocol's faces."""
-  table, clean_predicted = {}, None
+def _row(predicted, faces, scheme, clean_predicted, reliable=None) -> dict:
+  truth = np.stack([face.landmarks for face in faces])
+  occluded = None if faces[0].occluded is None else np.stack([face.occluded for face in faces])
+  flags = np.ones(truth.shape[:2], bool) if reliable is None else reliable
+  row = robustness.summarise(
+    predicted, truth, flags, occluded, scheme, clean_predicted=clean_predicted
+  )
+  if reliable is None:  # dlib flags nothing
+    row.pop("occlusion_precision", None)
+    row.pop("occlusion_recall", None)
+  return row
+
+
+def both_found_nme(predictions: dict, truth: np.ndarray, scheme):
+  """The faces every method found (no NaN in its [F, L, 2] prediction) and each method's mean
+  inter-ocular NME (%) on them (None when there are none): ([F] bool, {name: NME})."""
+  both = np.logical_and.reduce(
+    [np.all(np.isfinite(predicted), axis=(1, 2)) for predicted in predictions.values()]
+  )
+  if not both.any():
+    return both, dict.fromkeys(predictions)
+  return both, {
+    name: 100 * float(metrics.nme(predicted[both], truth[both], scheme, "inter_ocular").mean())
+    for name, predicted in predictions.items()
+  }
+
+
+def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) -> dict:
+  """{condition: {name: row}} of `robustness.summarise` over the protocol's faces: "dlib"
+  and, given a pretrained ``model``, "msm-jax" (its default pipeline) and for each the NME
+  on the faces both found ("nme_both_found")."""
+  table, clean = {}, {}
   for condition, faces in robustness.make_conditions(records, seed).items():
-    predicted = predict_condition(peer, faces)["predicted"]
+    runs = {"dlib": (predict_condition(peer, faces)["predicted"], None)}
+    if model is not None:
+      out = robustness.run_condition(model, faces)
+      runs["msm-jax"] = (out["predicted"], out["reliable"])
     if condition == "landmark box":
-      clean_predicted = predicted
+      clean = {name: predicted for name, (predicted, _) in runs.items()}
     truth = np.stack([face.landmarks for face in faces])
-    occluded = (
-      np.stack([face.occluded for face in faces]) if faces[0].occluded is not None else None
-    )
-    reliable = np.ones(truth.shape[:2], bool)
-    row = robustness.summarise(
-      predicted, truth, reliable, occluded, scheme, clean_predicted=clean_predicted
-    )
-    for unflagged in ("occlusion_precision", "occlusion_recall"):  # dlib flags nothing
-      row.pop(unflagged, None)
-    table[condition] = row
-    log(f"[dlib] {condition:14s} " + json.dumps(table[condition]))
+    both, on_both = both_found_nme({name: run[0] for name, run in runs.items()}, truth, scheme)
+    table[condition] = {}
+    for name, (predicted, reliable) in runs.items():
+      row = _row(predicted, faces, scheme, clean.get(name), reliable)
+      row.update(both_found=int(both.sum()), nme_both_found=on_both[name])
+      table[condition][name] = row
+      log(f"[{name}] {condition:14s} " + json.dumps(row))
   return table
+
+
+def both_found_markdown(table: dict) -> str:
+  """condition | faces both found | each one's NME on them."""
+  names = list(next(iter(table.values())))
+  lines = [
+    "| condition | faces found by both | " + " | ".join(f"{name} NME %" for name in names) + " |",
+    "|---|---:|" + "---:|" * len(names),
+  ]
+  for condition, rows in table.items():
+    first = rows[names[0]]
+    values = " | ".join(
+      "-" if rows[name]["nme_both_found"] is None else f"{rows[name]['nme_both_found']:.2f}"
+      for name in names
+    )
+    lines.append(f"| {condition} | {first['both_found']}/{first['faces']} | {values} |")
+  return "\n".join(lines)
 
 
 def trained_peer(config, models_dir: str, train_limit=None, log=print) -> Peer:
@@ -215,6 +260,9 @@ def main(argv=None) -> dict:
   )
   parser.add_argument("--limit", type=int, help="the first N validation faces only")
   parser.add_argument("--train-limit", type=int, help="the first N training faces only")
+  parser.add_argument(
+    "--model", help="a pretrained package to run on the same faces (its default pipeline)"
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", help="write the table as JSON here")
   args = parser.parse_args(argv)
@@ -224,12 +272,21 @@ def main(argv=None) -> dict:
     peer = shipped_peer()
   else:
     peer = trained_peer(config, args.models, args.train_limit)
+  model = None
+  if args.model:
+    from msm_jax.inference import pretrained
+
+    model = pretrained.load_pretrained(args.model)
   records = robustness.records_for(config, None, args.limit)
-  name = f"dlib ({args.predictor})"
+  table = evaluate(peer, records, scheme, args.seed, model)
+  label = {"dlib": f"dlib ({args.predictor})"}
   table = {
-    condition: {name: row} for condition, row in evaluate(peer, records, scheme, args.seed).items()
+    condition: {label.get(name, name): row for name, row in rows.items()}
+    for condition, rows in table.items()
   }
   print(robustness.markdown(table))
+  print()
+  print(both_found_markdown(table))
   if args.out:
     with open(args.out, "w") as file:
       json.dump({"faces": len(records), "seed": args.seed, "table": table}, file, indent=2)

@@ -1,4 +1,4 @@
-"""The shipped model's recipe, last step: the network of `300w_subset_w192_occluders70.py`
+"""The shipped model's recipe, step seven: the network of `300w_subset_w192_occluders70.py`
 (packaged) fine-tuned 8 more epochs with natural texture on 80 % of the faces (a noise patch
 on 20 %), Adam 4e-5 halved after 5 epochs:
 
@@ -7,12 +7,6 @@ on 20 %), Adam 4e-5 halved after 5 epochs:
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occluders80.py \
       --workdir runs/300w_w192_occluders80 --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occluders80.py \
-      --workdir runs/300w_w192_occluders80 --out pretrained/ \
-      --config.inference.flip_test=true --kernel_dtype float16
-
-The steps before: `300w_subset_w192.py`, then `_occlusion.py`, `_tight.py`, `_tighter.py`,
-`_occluders.py`, `_occluders70.py` (each docstring has its command).
 """
 
 import importlib

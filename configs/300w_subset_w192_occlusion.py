@@ -1,4 +1,4 @@
-"""The shipped model's recipe, second step (the last: `300w_subset_w192_occluders80.py`): the
+"""The shipped model's recipe, second step (the last: `300w_subset_w192_occluders90.py`): the
 width-192 hourglass of `300w_subset_w192.py` fine-tuned to mark hidden landmarks. The
 landmarks an occluder covers (natural texture or noise patch) are trained towards a Gaussian
 twice as wide as the visible ones' (`hourglass.occluded_target_spread`), so their Eq. 9

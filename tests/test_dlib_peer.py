@@ -87,3 +87,21 @@ def test_detector_training_boxes_are_dlibs_own_and_missing_faces_are_left_out():
     dlib_peer.training_box(blank, points, "landmark"),
     dlib_peer.square_box(box_from_landmarks(points)),
   )
+
+
+def test_both_found_nme_averages_over_the_faces_every_method_found():
+  scheme = landmarks.get_scheme("300w")
+  rng = np.random.default_rng(0)
+  truth = rng.uniform(0, 100, (3, 68, 2)).astype(np.float32)
+  a = truth + rng.normal(0, 1, truth.shape).astype(np.float32)
+  b = truth + rng.normal(0, 2, truth.shape).astype(np.float32)
+  a[0], b[2] = np.nan, np.nan  # a missed face 0, b missed face 2: only face 1 is in both
+  both, nme = dlib_peer.both_found_nme({"a": a, "b": b}, truth, scheme)
+  np.testing.assert_array_equal(both, [False, True, False])
+  # Face 1 by hand: mean point error over the outer-eye-corner distance (points 37, 46).
+  ocular = np.linalg.norm(truth[1, 36] - truth[1, 45])
+  for name, predicted in (("a", a), ("b", b)):
+    expected = 100 * np.linalg.norm(predicted[1] - truth[1], axis=-1).mean() / ocular
+    np.testing.assert_allclose(nme[name], expected, rtol=1e-5)
+  b[1] = np.nan
+  assert dlib_peer.both_found_nme({"a": a, "b": b}, truth, scheme)[1] == {"a": None, "b": None}
