@@ -40,7 +40,7 @@ import numpy as np
 from msm_jax import cli, landmarks, metrics, robustness
 from msm_jax.data.images import record_image
 from msm_jax.data.records import box_from_landmarks
-from msm_jax.inference import detection
+from msm_jax.inference import detection, prediction
 
 PEERS = ("trained", "shipped")
 TRAINING_BOXES = ("landmark", "detector")
@@ -48,10 +48,9 @@ Candidate = collections.namedtuple("Candidate", "landmarks box")  # what detecte
 
 
 def square_box(box: np.ndarray) -> np.ndarray:
-  """[..., 4] boxes -> squares about their centres, side = the longer side."""
-  box = np.asarray(box, np.float64)
-  centre, half = (box[..., :2] + box[..., 2:]) / 2, np.max(box[..., 2:] - box[..., :2], -1) / 2
-  return np.concatenate([centre - half[..., None], centre + half[..., None]], axis=-1)
+  """[..., 4] boxes -> squares about their centres, side = the longer side (predict.py's
+  crop square without its margin)."""
+  return prediction.crop_squares(box, 1.0).reshape(np.shape(box))
 
 
 def hog_box_from_landmark_box(box: np.ndarray, calibration=detection.DLIB_CALIBRATION):
@@ -145,9 +144,7 @@ def predict_condition(peer: Peer, faces) -> dict:
   return {"predicted": predicted}
 
 
-def _row(predicted, faces, scheme, clean_predicted, reliable=None) -> dict:
-  truth = np.stack([face.landmarks for face in faces])
-  occluded = None if faces[0].occluded is None else np.stack([face.occluded for face in faces])
+def _row(predicted, truth, occluded, scheme, clean_predicted, reliable=None) -> dict:
   flags = np.ones(truth.shape[:2], bool) if reliable is None else reliable
   row = robustness.summarise(
     predicted, truth, flags, occluded, scheme, clean_predicted=clean_predicted
@@ -184,11 +181,11 @@ def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) 
       runs["msm-jax"] = (out["predicted"], out["reliable"])
     if condition == "landmark box":
       clean = {name: predicted for name, (predicted, _) in runs.items()}
-    truth = np.stack([face.landmarks for face in faces])
+    truth, occluded = robustness.ground_truth(faces)
     both, on_both = both_found_nme({name: run[0] for name, run in runs.items()}, truth, scheme)
     table[condition] = {}
     for name, (predicted, reliable) in runs.items():
-      row = _row(predicted, faces, scheme, clean.get(name), reliable)
+      row = _row(predicted, truth, occluded, scheme, clean.get(name), reliable)
       row.update(both_found=int(both.sum()), nme_both_found=on_both[name])
       table[condition][name] = row
       log(f"[{name}] {condition:14s} " + json.dumps(row))

@@ -242,6 +242,15 @@ def run_condition(model, faces: list[Face], batch_size: int = 8) -> dict:
   return {"predicted": predicted, "reliable": reliable, "scores": scores}
 
 
+def ground_truth(faces: list[Face]):
+  """The faces' landmarks [F, L, 2] and, for an occluded condition, which are covered
+  [F, L] (else None)."""
+  truth = np.stack([face.landmarks for face in faces])
+  if faces[0].occluded is None:
+    return truth, None
+  return truth, np.stack([face.occluded for face in faces])
+
+
 def _precision_recall(flagged: np.ndarray, occluded: np.ndarray) -> tuple:
   """(precision, recall) of ``flagged`` as a detector of ``occluded``; None where undefined."""
   hits = np.sum(flagged & occluded)
@@ -348,10 +357,7 @@ def evaluate(
       out = run_condition(variant_model, faces, batch_size)
       if condition == "landmark box":
         clean_predicted = out["predicted"]
-      truth = np.stack([face.landmarks for face in faces])
-      occluded = (
-        np.stack([face.occluded for face in faces]) if faces[0].occluded is not None else None
-      )
+      truth, occluded = ground_truth(faces)
       row = summarise(
         out["predicted"],
         truth,
