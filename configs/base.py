@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
     64,
     128,
   )  # two 3x3 convs, pool, 3x3 conv; Fig. 3 has no numbers
+  # b x b pixel blocks stacked on the channels before the stem: data.crop_size must be
+  # 2 b x data.heatmap_size (1: the paper's 128 crop for 64x64 maps).
+  config.hourglass.space_to_depth = 1
   config.hourglass.num_stacks = 2  # "two hourglass modules"
   config.hourglass.depth = 4  # "four-layer recursive structure"
   config.hourglass.batch_size = 16  # "similar procedure" to ST-GAN

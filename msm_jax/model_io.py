@@ -22,10 +22,12 @@ class MissingStageError(FileNotFoundError):
   """A stage's checkpoint or the dictionary file is not in the workdir."""
 
 
+def _checkpoint_directory(workdir: str, stage: str) -> str:
+  return os.path.join(workdir, "checkpoints", stage)
+
+
 def _restore_models(config, workdir: str, stage: str, fresh_state) -> dict | None:
-  directory = os.path.join(workdir, "checkpoints", stage)
-  if not os.path.isdir(directory):
-    return None
+  directory = _checkpoint_directory(workdir, stage)
   manager = checkpoints.checkpoint_manager(
     directory, config.checkpoint.every_steps, config.checkpoint.keep
   )
@@ -48,7 +50,9 @@ def load_trained(config, workdir: str) -> pipeline.TrainedModel:
   scheme = landmarks.get_scheme(config.data.scheme)
   variables, available, networks, variants = {"generator": {}}, set(), {}, {}
   for stage in stages.STAGES.values():
-    if stage.setup is None:
+    # A stage never trained here is not set up either: its networks may not take this
+    # config's crops (the GDNN reads 128 x 128 only, Table I).
+    if stage.setup is None or not os.path.isdir(_checkpoint_directory(workdir, stage.name)):
       continue
     setup = _abstract_setup(stage, config)
     restored = _restore_models(config, workdir, stage.name, setup.state)

@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax.models.hourglass import StackedHourglass, _nearest_upsampling_init
+from msm_jax.models.hourglass import (
+  StackedHourglass,
+  _nearest_upsampling_init,
+  space_to_depth,
+  widen_stem,
+)
 from msm_jax.models.layers import Deconv2x2
 from tests import float_checks
 
@@ -168,3 +173,36 @@ def test_eval_mode_gradients_match_finite_differences():
     num_landmarks=3, width=8, depth=2, stem_widths=(4, 4, 8), dtype=jnp.float64
   )
   float_checks.check_eval_mode_gradients(model, (1, 32, 32, 3), output=lambda stacks: stacks[-1])
+
+
+def test_space_to_depth_stacks_each_block_on_the_channels():
+  images = np.random.default_rng(0).normal(size=(2, 6, 4, 3)).astype(np.float32)
+  got = np.asarray(space_to_depth(jnp.asarray(images), 2))
+  assert got.shape == (2, 3, 2, 12)
+  for y in range(3):
+    for x in range(2):
+      for dy in range(2):
+        for dx in range(2):
+          channels = slice((dy * 2 + dx) * 3, (dy * 2 + dx + 1) * 3)
+          np.testing.assert_array_equal(got[:, y, x, channels], images[:, 2 * y + dy, 2 * x + dx])
+
+
+def test_a_widened_stem_computes_the_narrow_network_on_the_block_averaged_crop():
+  """widen_stem: the b = 2 network on a 2S crop equals the b = 1 network on its 2x2 means
+  (float64: the two differ only by the order of the first conv's sums)."""
+  with jax.enable_x64(True):
+    tiny = dict(TINY, dtype=jnp.float64)
+    narrow, wide = StackedHourglass(**tiny), StackedHourglass(**tiny, space_to_depth=2)
+    crops = jax.random.uniform(jax.random.key(5), (2, 64, 64, 3), jnp.float64)
+    averaged = crops.reshape(2, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    variables = _numpy_variables(narrow, averaged)
+    widened = widen_stem(variables, 2)
+    assert widened["params"]["stem_conv1"]["kernel"].shape == (3, 3, 12, 8)
+    expected = narrow.apply(variables, averaged, train=False)
+    got = wide.apply(widened, crops, train=False)
+    assert got.shape == expected.shape == (2, 2, 16, 16, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    # The other arrays are the narrow network's own.
+    assert widened["params"]["hourglass0"] is variables["params"]["hourglass0"]
+    with pytest.raises(ValueError, match="divisible by"):
+      wide.apply(widened, crops[:, :40, :40], train=False)

@@ -14,6 +14,7 @@ from flax import traverse_util
 
 from msm_jax import model_io, shape_dictionary
 from msm_jax.inference import detection, pipeline, pretrained
+from msm_jax.models import hourglass
 from msm_jax.train import checkpoints, stages
 
 from tests import tiny_models
@@ -122,6 +123,25 @@ def test_hourglass_fine_tuning_starts_from_the_package(packaged):
     stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
 
 
+def test_a_package_starts_the_network_at_twice_the_input_resolution(packaged):
+  """A space_to_depth = 1 package starts a b = 2 network on 2x crops with its first conv
+  widened (hourglass.widen_stem), every other array as packaged; crops that do not make
+  data.heatmap_size maps are named before any training."""
+  _, _, out, _, live = packaged
+  config = tiny_models.tiny_config()
+  config.hourglass.init_from = out
+  config.hourglass.space_to_depth = 2
+  config.data.crop_size *= 2
+  started = stages.STAGES["hourglass"].setup(config, steps_per_epoch=10).state.models["hourglass"]
+  expected = hourglass.widen_stem(live.variables["hourglass"], 2)
+  for name in ("params", "batch_stats"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(started, name), expected[name])
+  assert started.params["stem_conv1"]["kernel"].shape[2] == 12
+  config.data.crop_size //= 2
+  with pytest.raises(ValueError, match="data.heatmap_size is"):
+    stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
+
+
 def test_package_contents_and_reported_size(packaged):
   _, _, out, info, live = packaged
   files = {
@@ -184,6 +204,29 @@ def test_package_without_stgan(tmp_path):
   assert loaded.calibration.cascade == detection.DLIB_HOG
   with np.load(str(tmp_path / "p" / "weights.npz")) as archive:
     assert not any(name.startswith("generator/") for name in archive.files)
+
+
+def test_a_network_on_twice_the_crop_packages_without_an_st_gan(tmp_path):
+  """A workdir whose hourglass reads 2x crops (space_to_depth 2) and has no ST-GAN loads and
+  packages: the GDNN, which reads 128 x 128 crops only, is not set up when never trained."""
+  config = tiny_models.tiny_config()
+  config.hourglass.space_to_depth = 2
+  config.data.crop_size *= 2
+  _make_workdir(str(tmp_path / "run"), config, with_stgan=False)
+  model = model_io.load_trained(config, str(tmp_path / "run"))
+  assert model.available == {"hourglass", "dictionary"}
+  pretrained.package_pretrained(config, str(tmp_path / "run"), str(tmp_path / "p"))
+  loaded = pretrained.load_pretrained(str(tmp_path / "p"))
+  assert loaded.options.crop_size == 2 * 128 and loaded.options.heatmap_size == 64
+  stem = lambda variables: variables["hourglass"]["params"]["stem_conv1"]["kernel"]
+  np.testing.assert_array_equal(stem(loaded.model.variables), stem(model.variables))
+  assert stem(loaded.model.variables).shape[2] == 12
+  # Only a b = 1 network widens: this package cannot start one at the original crop.
+  config.hourglass.init_from = str(tmp_path / "p")
+  config.hourglass.space_to_depth = 1
+  config.data.crop_size //= 2
+  with pytest.raises(ValueError, match="only a network with 1"):
+    stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
 
 
 def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):

@@ -283,6 +283,14 @@ def _network_variables(weights, prefix, module, config, path) -> dict:
   )
 
 
+def package_config(directory: str) -> ml_collections.ConfigDict:
+  """The training config a package was made with (its ``config.json``)."""
+  config_path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"pretrained package incomplete: {config_path} not found")
+  return ml_collections.ConfigDict(_read_header(config_path)["config"])
+
+
 def package_network_variables(directory: str, prefix: str, module, config) -> dict:
   """One network's variables (``prefix`` "hourglass" or "generator") from a package's
   weights, checked against ``module`` as ``config`` builds it: the starting point of a

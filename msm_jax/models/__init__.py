@@ -6,7 +6,8 @@ A landmark network is chosen by the ``architecture`` field of its config section
 the pretrained loader and the export all build it through :func:`landmark_network`. An
 architecture says what its network outputs, which decides how it is trained and decoded:
 
-  "heatmaps"     stacked maps [S, B, h, w, L] (h = crop / 2): heatmap loss, Eq. 8-9, repair
+  "heatmaps"     stacked maps [S, B, h, w, L] (h = crop / 2b, b = space_to_depth): heatmap
+                 loss, Eq. 8-9, repair
   "coordinates"  [B, L, 2] normalised crop coordinates in [-1, 1]: L1 loss, no scores
 
 A new backbone is its own module file plus one :func:`register` call (README, "Extending").
@@ -45,6 +46,7 @@ def _stacked_hourglass(section, num_landmarks: int) -> nn.Module:
     num_stacks=section.num_stacks,
     depth=section.depth,
     stem_widths=tuple(section.stem_widths),
+    space_to_depth=int(section.get("space_to_depth", 1)),
     dtype=jnp.dtype(section.get("compute_dtype", "float32")),
     kernels=section.get("kernels", "onednn"),
   )

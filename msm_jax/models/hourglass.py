@@ -5,6 +5,11 @@ landmark comes out at 64x64 after each of the stacked hourglass modules (Newell 
 [6]; the paper uses two). Architecture as read from the paper, with the choices it
 leaves open marked "(choice)":
 
+* Input (choice, ``space_to_depth``): a crop of b x 128 pixels is cut into b x b blocks
+  stacked on the channels (``space_to_depth``) before the stem, so the maps stay 64x64
+  and the hourglasses cost the same while the first conv sees b x b times the pixels.
+  ``widen_stem`` turns a b = 1 network into a b > 1 one that computes the same maps on
+  the block-averaged crop: the start of a fine-tune at the higher resolution.
 * Stem (Sec. III-B): two 3x3 convs "to increase the number of feature channels", a 2x2
   max-pool 128 -> 64, a 3x3 conv and a residual unit to ``width`` (256) channels. Stem
   widths (64, 64, 128) (choice: Newell's 64 -> 128 -> 256 progression).
@@ -55,6 +60,29 @@ from msm_jax.models.layers import (
   conv_batch_norm_relu,
   kernels,
 )
+
+
+def space_to_depth(images: jax.Array, block: int) -> jax.Array:
+  """``[B, H, W, C] -> [B, H / b, W / b, b * b * C]``: channel ``(dy * b + dx) * C + c`` of
+  output pixel ``(y, x)`` is channel ``c`` of input pixel ``(b * y + dy, b * x + dx)``."""
+  batch, height, width, channels = images.shape
+  blocks = images.reshape(batch, height // block, block, width // block, block, channels)
+  return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(
+    batch, height // block, width // block, block * block * channels
+  )
+
+
+def widen_stem(variables: dict, block: int) -> dict:
+  """The variables of a ``space_to_depth = 1`` network for the same network with
+  ``space_to_depth = block``: the first conv's kernel ``[3, 3, C, F]`` is repeated for each
+  of the block's ``block * block`` pixels and divided by their number, so the new network
+  computes the old one on the crop averaged over each block (a 2x2 mean of a 256 crop is a
+  128 crop). Every other array is shared as it is."""
+  params = dict(variables["params"])
+  stem = dict(params["stem_conv1"])
+  stem["kernel"] = jnp.tile(stem["kernel"], (1, 1, block * block, 1)) / (block * block)
+  params["stem_conv1"] = stem
+  return {**variables, "params": params}
 
 
 def _nearest_upsampling_init(key, shape, dtype=jnp.float32):
@@ -135,8 +163,9 @@ class HourglassModule(nn.Module):
 class StackedHourglass(nn.Module):
   """Stacked hourglass of Sec. III-B.
 
-  ``images [B, H, W, C] float32`` (H, W divisible by ``2 ** (depth + 1)``; 128x128x3 in
-  the paper) -> heatmaps ``[num_stacks, B, H/2, W/2, num_landmarks] float32``, one set
+  ``images [B, H, W, C] float32`` (H, W divisible by ``b * 2 ** (depth + 1)``, b =
+  ``space_to_depth``; 128x128x3 in the paper) -> heatmaps
+  ``[num_stacks, B, H / 2b, W / 2b, num_landmarks] float32``, one set
   per stack (all are supervised; the last is the prediction). Compute runs in ``dtype``
   (e.g. bfloat16); parameters are float32 and the heatmaps are returned as float32 (float64
   when the compute dtype is float64).
@@ -147,6 +176,8 @@ class StackedHourglass(nn.Module):
     num_stacks: hourglass modules (2, Sec. III-B).
     depth: recursive levels per hourglass (4, Sec. III-B).
     stem_widths: channels of the stem's three 3x3 convs.
+    space_to_depth: b, the side of the pixel blocks stacked on the channels before the
+      stem (1: none, the paper).
     dtype: compute dtype.
     kernels: ``layers.KERNELS`` name: "xla", or "onednn" (oneDNN's convolutions and
       training-mode BN + ReLU on CPU where they can run, XLA's elsewhere; not exportable with
@@ -158,17 +189,22 @@ class StackedHourglass(nn.Module):
   num_stacks: int = 2
   depth: int = 4
   stem_widths: tuple[int, int, int] = (64, 64, 128)
+  space_to_depth: int = 1
   dtype: Dtype = jnp.float32
   kernels: str = "xla"
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    factor = 2 ** (self.depth + 1)
+    if not isinstance(self.space_to_depth, int) or self.space_to_depth < 1:
+      raise ValueError(f"space_to_depth must be a positive int, got {self.space_to_depth!r}")
+    factor = self.space_to_depth * 2 ** (self.depth + 1)
     if images.ndim != 4 or images.shape[1] % factor or images.shape[2] % factor:
       raise ValueError(
         f"StackedHourglass expects images [B, H, W, C] with H and W divisible by "
-        f"2**(depth+1) = {factor}, got shape {images.shape}"
+        f"space_to_depth * 2**(depth+1) = {factor}, got shape {images.shape}"
       )
+    if self.space_to_depth > 1:
+      images = space_to_depth(images, self.space_to_depth)
     if len(self.stem_widths) != 3:
       raise ValueError(f"stem_widths needs 3 entries, got {self.stem_widths}")
     activate = lambda y: _pre_activation(y, train, self.dtype, self.kernels)

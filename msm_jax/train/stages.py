@@ -27,6 +27,7 @@ import numpy as np
 from msm_jax import geometry, landmarks, metrics, models, shape_dictionary
 from msm_jax.data import datasets, input_pipeline, stgan_pairs
 from msm_jax.inference import pipeline
+from msm_jax.models import hourglass as hourglass_lib
 from msm_jax.train import checkpoints, loop, parallel, steps
 from msm_jax.train.state import TrainState, halving_adam, init_model_state, new_train_state
 
@@ -151,6 +152,7 @@ def landmark_setup(name: str) -> Callable:
 
   def setup(config, steps_per_epoch: int) -> Setup:
     module = landmark_module(config, name)
+    _check_map_size(module, config, name)
     optimizer = _optimizer(config, name, steps_per_epoch)
     model_state = init_model_state(
       module, optimizer, jax.random.key(config.seed), _example_images(config)
@@ -163,12 +165,45 @@ def landmark_setup(name: str) -> Callable:
   return setup
 
 
+def _check_map_size(module, config, name: str) -> None:
+  """A heatmap network whose maps are not ``data.heatmap_size`` would fail deep inside the
+  loss: say which fields disagree instead."""
+  if models.architecture(config, name).output != "heatmaps":
+    return
+  size = config.data.crop_size
+  maps = jax.eval_shape(
+    lambda: module.init_with_output(jax.random.key(0), _example_images(config), train=False)[0]
+  )
+  if maps.shape[2:4] != (config.data.heatmap_size,) * 2:
+    raise ValueError(
+      f"the {name} network makes {maps.shape[2]}x{maps.shape[3]} maps from {size}x{size} "
+      f"crops but data.heatmap_size is {config.data.heatmap_size}: set data.crop_size to "
+      f"2 x {name}.space_to_depth x data.heatmap_size"
+    )
+
+
 def _start_from_package(model_state, module, optimizer, config, name: str):
   """Parameters and BatchNorm statistics from a pretrained package, a fresh optimiser state.
-  A checkpoint in the workdir still takes precedence (it is restored afterwards)."""
+  A package trained at ``space_to_depth = 1`` starts a network with b > 1 through
+  ``hourglass.widen_stem`` (the same maps on the block-averaged crop). A checkpoint in the
+  workdir still takes precedence (it is restored afterwards)."""
   from msm_jax.inference import pretrained
 
-  variables = pretrained.package_network_variables(config[name].init_from, name, module, config)
+  source = config[name].init_from
+  block = int(config[name].get("space_to_depth", 1))
+  package_config = pretrained.package_config(source)
+  package_block = int(package_config[name].get("space_to_depth", 1))
+  if package_block == block:
+    variables = pretrained.package_network_variables(source, name, module, config)
+  elif package_block == 1:
+    package_module = landmark_module(package_config, name)
+    variables = pretrained.package_network_variables(source, name, package_module, package_config)
+    variables = hourglass_lib.widen_stem(variables, block)
+  else:
+    raise ValueError(
+      f"{name}.init_from={source!r}: its network has space_to_depth {package_block}; "
+      f"only a network with 1 can start one with {block}"
+    )
   return _with_variables(model_state, optimizer, variables)
 
 

@@ -33,6 +33,7 @@ CHECKPOINT_FIELDS = (
   "hourglass.depth",
   "hourglass.num_stacks",
   "hourglass.stem_widths",
+  "hourglass.space_to_depth",
   "stgan.generator_width",
   "stgan.discriminator_width",
   "resnet.architecture",
