@@ -1,4 +1,4 @@
-"""The shipped network at twice the input resolution: the network of
+"""The shipped model's recipe, ninth step, twice the input resolution: the network of
 `300w_subset_w192_occluders90.py` (packaged) given 256x256 crops, each 2x2 block of pixels
 stacked on the channels before the stem (`hourglass.space_to_depth = 2`), so the maps stay
 64x64 and the hourglasses cost the same. The first conv starts as the packaged one spread
@@ -6,10 +6,10 @@ over each block (`hourglass.widen_stem`: the same maps on the 2x2-averaged crop)
 everything is fine-tuned 12 epochs, Adam 1e-4 halved after 6 and 10 epochs, with the
 augmentation of the step before:
 
-  python train.py --config configs/300w_subset_w192_hires.py \\
+  python train.py --config configs/300w_subset_w192_hires.py \
       --workdir runs/300w_w192_hires --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires.py \\
-      --workdir runs/300w_w192_hires --out runs/300w_w192_hires_package \\
+  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires.py \
+      --workdir runs/300w_w192_hires --out runs/300w_w192_hires_package \
       --config.inference.flip_test=true --kernel_dtype float16
 """
 

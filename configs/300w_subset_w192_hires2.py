@@ -2,14 +2,16 @@
 (packaged) fine-tuned 12 more epochs on its 256x256 crops, Adam 5e-5 halved after 6 and 10
 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires.py \\
-      --workdir runs/300w_w192_hires --out runs/300w_w192_hires_package \\
+  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires.py \
+      --workdir runs/300w_w192_hires --out runs/300w_w192_hires_package \
       --config.inference.flip_test=true --kernel_dtype float16
-  python train.py --config configs/300w_subset_w192_hires2.py \\
+  python train.py --config configs/300w_subset_w192_hires2.py \
       --workdir runs/300w_w192_hires2 --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires2.py \\
-      --workdir runs/300w_w192_hires2 --out runs/300w_w192_hires2_package \\
+  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires2.py \
+      --workdir runs/300w_w192_hires2 --out pretrained/ \
       --config.inference.flip_test=true --kernel_dtype float16
+  python -m msm_jax.inference.export --model pretrained \
+      --out pretrained/msm_pipeline.jaxexport --platforms cpu,cuda
 """
 
 import importlib
