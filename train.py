@@ -40,11 +40,12 @@ def main(argv):
   del argv
   quiet_library_logs()
   configure_training_process()
-  from msm_jax.train import run, workdir  # after the XLA flags are set
+  from msm_jax.train import run, stages, workdir  # after the XLA flags are set
 
   try:
     run.train(_CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value)
-  except workdir.WorkdirError as error:  # locked, changed config, unwritable: one line
+  # Locked, changed config, unwritable; fields that cannot work together: one line.
+  except (workdir.WorkdirError, stages.ConfigMismatchError) as error:
     raise SystemExit(f"error: {error}") from None
 
 

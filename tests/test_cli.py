@@ -147,3 +147,26 @@ def test_evaluate_reports_a_missing_run_in_one_line(tmp_path):
   assert result.returncode == 1, result.stderr[-2000:]
   assert result.stderr.startswith("error: no hourglass checkpoint in")
   assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+  "stage, message",
+  [
+    ("hourglass", "error: the hourglass network makes 128x128 maps from 256x256 crops"),
+    ("stgan", "error: the ST-GAN reads 128x128 crops (Table I) but data.crop_size is 256"),
+  ],
+)
+def test_train_reports_config_fields_that_do_not_fit_in_one_line(tmp_path, stage, message):
+  result = _run_script(
+    "train.py",
+    "--config",
+    os.path.join("configs", "synthetic.py"),
+    "--workdir",
+    str(tmp_path / "run"),
+    "--config.data.crop_size=256",
+    f"--config.stages={stage}",
+  )
+  assert result.returncode == 1, result.stderr[-2000:]
+  last = result.stderr.splitlines()[-1]
+  assert last.startswith(message), result.stderr[-2000:]
+  assert "Traceback" not in result.stderr

@@ -165,6 +165,13 @@ def landmark_setup(name: str) -> Callable:
   return setup
 
 
+STGAN_CROP_SIZE = 128  # the GDNN's and the DDNN's input side (Tables I-II)
+
+
+class ConfigMismatchError(ValueError):
+  """Config fields that cannot work together: `train.py` prints these as one line."""
+
+
 def _check_map_size(module, config, name: str) -> None:
   """A heatmap network whose maps are not ``data.heatmap_size`` would fail deep inside the
   loss: say which fields disagree instead."""
@@ -175,7 +182,7 @@ def _check_map_size(module, config, name: str) -> None:
     lambda: module.init_with_output(jax.random.key(0), _example_images(config), train=False)[0]
   )
   if maps.shape[2:4] != (config.data.heatmap_size,) * 2:
-    raise ValueError(
+    raise ConfigMismatchError(
       f"the {name} network makes {maps.shape[2]}x{maps.shape[3]} maps from {size}x{size} "
       f"crops but data.heatmap_size is {config.data.heatmap_size}: set data.crop_size to "
       f"2 x {name}.space_to_depth x data.heatmap_size"
@@ -200,7 +207,7 @@ def _start_from_package(model_state, module, optimizer, config, name: str):
     variables = pretrained.package_network_variables(source, name, package_module, package_config)
     variables = hourglass_lib.widen_stem(variables, block)
   else:
-    raise ValueError(
+    raise ConfigMismatchError(
       f"{name}.init_from={source!r}: its network has space_to_depth {package_block}; "
       f"only a network with 1 can start one with {block}"
     )
@@ -313,8 +320,18 @@ def landmark_stage(name: str, in_all: bool = True) -> Stage:
 # --- the ST-GAN ---------------------------------------------------------------------------------
 
 
+def _check_stgan_crop(config) -> None:
+  if config.data.crop_size != STGAN_CROP_SIZE:
+    raise ConfigMismatchError(
+      f"the ST-GAN reads {STGAN_CROP_SIZE}x{STGAN_CROP_SIZE} crops (Table I) but "
+      f"data.crop_size is {config.data.crop_size}: train the stgan and joint stages with "
+      f"a {STGAN_CROP_SIZE}-pixel config"
+    )
+
+
 def stgan_setup(config, steps_per_epoch: int) -> Setup:
   """G (GDNN, Table I) and D (DDNN, Table II), each with its own Adam."""
+  _check_stgan_crop(config)
   generator, discriminator = models.generator(config), models.discriminator(config)
   g_optimizer = _optimizer(config, "stgan", steps_per_epoch)
   d_optimizer = _optimizer(
@@ -533,6 +550,7 @@ register(landmark_stage("resnet", in_all=False))  # the ablation baseline, on re
 def joint_setup(config, steps_per_epoch: int) -> Setup:
   """The GDNN and the hourglass, each with its own Adam (``config.joint``), started from the
   trained ``stgan`` and ``hourglass`` checkpoints of the workdir ``joint.init_from``."""
+  _check_stgan_crop(config)
   generator, hourglass = models.generator(config), hourglass_module(config)
   g_optimizer = _optimizer(config, "joint", steps_per_epoch)
   h_optimizer = _optimizer(config, "joint", steps_per_epoch)
