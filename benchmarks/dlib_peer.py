@@ -288,8 +288,7 @@ def main(argv=None) -> dict:
   print()
   print(both_found_markdown(table))
   if args.out:
-    with open(args.out, "w") as file:
-      json.dump({"faces": len(records), "seed": args.seed, "table": table}, file, indent=2)
+    cli.write_json(args.out, {"faces": len(records), "seed": args.seed, "table": table})
   return table
 
 

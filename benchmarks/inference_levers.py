@@ -18,8 +18,6 @@ and the package's default pipeline:
 
 import argparse
 import dataclasses
-import json
-import os
 
 import jax
 import numpy as np
@@ -66,7 +64,8 @@ def soup(models: list) -> pretrained.PretrainedModel:
   return dataclasses.replace(first, model=dataclasses.replace(first.model, variables=variables))
 
 
-def _nme(model, faces, truth, scheme) -> dict:
+def _row_and_landmarks(model, faces, truth, scheme) -> tuple:
+  """The summary row of the faces predicted by ``model``, and its landmarks [F, L, 2]."""
   predicted = robustness.run_condition(model, faces)["predicted"]
   return _summary(predicted, truth, scheme), predicted
 
@@ -95,21 +94,23 @@ def levers(model, records, soup_models=(), log=print) -> dict:
       record(
         label,
         pipeline_name,
-        _nme(dataclasses.replace(variant, options=options), faces, truth, scheme)[0],
+        _row_and_landmarks(dataclasses.replace(variant, options=options), faces, truth, scheme)[0],
       )
-    row, predicted = _nme(variant, faces, truth, scheme)
+    row, predicted = _row_and_landmarks(variant, faces, truth, scheme)
     record("package default", pipeline_name, row)
     passes = [predicted]
     for offset in CROP_OFFSETS:
       moved = [dataclasses.replace(face, box=moved_box(face.box, *offset)) for face in faces]
-      passes.append(_nme(variant, moved, truth, scheme)[1])
+      passes.append(_row_and_landmarks(variant, moved, truth, scheme)[1])
     record(
       f"{len(passes)} crops averaged", pipeline_name, _summary(np.mean(passes, 0), truth, scheme)
     )
     if soup_models:
       souped = robustness.variants_of(soup([model, *soup_models]))[pipeline_name]
       record(
-        f"soup of {1 + len(soup_models)}", pipeline_name, _nme(souped, faces, truth, scheme)[0]
+        f"soup of {1 + len(soup_models)}",
+        pipeline_name,
+        _row_and_landmarks(souped, faces, truth, scheme)[0],
       )
   return table
 
@@ -141,9 +142,7 @@ def main(argv=None) -> dict:
   table = levers(model, records, soup_models)
   print(markdown(table))
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as file:
-      json.dump({"faces": len(records), "model": args.model, "table": table}, file, indent=2)
+    cli.write_json(args.out, {"faces": len(records), "model": args.model, "table": table})
   return table
 
 

@@ -14,13 +14,12 @@ of the detector NME (the same protocol as dlib's and other detector-dependent nu
 """
 
 import collections
-import json
 import os
 import sys
 
 import numpy as np
 
-from msm_jax import evaluation, landmarks
+from msm_jax import cli, evaluation, landmarks
 from msm_jax.inference import detection, prediction
 from msm_jax.data import datasets, images
 from msm_jax.data.records import box_from_landmarks
@@ -122,9 +121,7 @@ def main(argv):
   results = evaluate_with_detector(model, validation, config.eval.failure_threshold)
   print(markdown(results))
   if _OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w") as file:
-      json.dump(results, file, indent=2)
+    cli.write_json(_OUT.value, results)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ are a harder mix than the whole face, and this is their clean reference), and th
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 
 import numpy as np
 
@@ -513,9 +511,7 @@ def main(argv=None) -> dict:
   )
   print(markdown(table))
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as file:
-      json.dump({"faces": len(records), "seed": args.seed, "table": table}, file, indent=2)
+    cli.write_json(args.out, {"faces": len(records), "seed": args.seed, "table": table})
   return table
 
 

@@ -1,5 +1,6 @@
 """Process set-up of the command-line programs: XLA flags and the allocator re-exec."""
 
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,10 @@ def test_train_reports_config_fields_that_do_not_fit_in_one_line(tmp_path, stage
   last = result.stderr.splitlines()[-1]
   assert last.startswith(message), result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def test_write_json_makes_the_folder_and_round_trips(tmp_path):
+  path = tmp_path / "new" / "folder" / "table.json"
+  payload = {"faces": 2, "table": {"landmark box": {"HG": {"nme": 3.5, "found": 2}}}}
+  cli.write_json(str(path), payload)
+  assert json.loads(path.read_text()) == payload
