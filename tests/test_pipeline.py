@@ -457,3 +457,33 @@ def test_readme_gradient_example_runs(tmp_path, monkeypatch):
   loss, params = namespace["loss"], namespace["params"]
   # Adam's first step moves each parameter by ~1e-5 against its gradient: the loss falls.
   assert float(loss(params)) < float(namespace["value"])
+
+
+def test_the_landmark_offset_is_added_to_both_landmark_sets_after_every_pass(setup):
+  face, dictionary = setup
+  variables = _variables(face, dictionary)
+  images = np.zeros((1, 300, 260, 3), np.uint8)
+  boxes = np.array([[40, 60, 200, 220]], np.float32)
+  plain = pipeline.PipelineOptions(num_neighbours=10, recrop_passes=1)
+  shifted = dataclasses.replace(plain, landmark_offset=(0.75, -0.25))
+  outputs = [
+    pipeline.make_inference_fn(ShiftGenerator(), FixedLogits(), options)(variables, images, boxes)
+    for options in (plain, shifted)
+  ]
+  for key in ("landmarks", "hourglass_landmarks"):
+    # Coordinates up to ~260 px: float32 rounding of the sum ~ 260 x 2^-23.
+    np.testing.assert_allclose(
+      np.asarray(outputs[1][key]), np.asarray(outputs[0][key]) + [0.75, -0.25], atol=1e-4
+    )
+  # The re-crop pass framed the same crop (the offset comes after it): same canonical points.
+  np.testing.assert_array_equal(
+    np.asarray(outputs[1]["canonical_landmarks"]), np.asarray(outputs[0]["canonical_landmarks"])
+  )
+
+
+@pytest.mark.parametrize("offset", [(np.nan, 0.0), (1.0, 2.0, 3.0)])
+def test_a_landmark_offset_that_is_not_two_finite_numbers_is_refused(offset):
+  with pytest.raises(ValueError, match="landmark_offset must be two finite numbers"):
+    pipeline.make_inference_fn(
+      ShiftGenerator(), FixedLogits(), pipeline.PipelineOptions(landmark_offset=offset)
+    )

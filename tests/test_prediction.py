@@ -1,5 +1,6 @@
 """prediction.py (the Python API) and predict.py (the command line), on a tiny random model."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -97,6 +98,27 @@ def test_large_faces_are_downscaled_with_exact_coordinates():
   values = window[..., 0].reshape(-1)[inside].astype(float)
   assert np.abs(values - image_xy[inside, 0]).max() <= 1.0
   assert window.shape[0] <= prediction.window_size(128)
+
+
+def test_the_landmark_offset_is_in_image_pixels_for_downscaled_windows_too(model):
+  # Faces of 100 and 300 pixels: the second's crop square (375) exceeds 1.5 x 128, so its
+  # window is downscaled 2x; the offset must still move the landmarks by itself in the image.
+  rng = np.random.default_rng(4)
+  image = rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)
+  boxes = [np.array([[50.0, 60.0, 150.0, 160.0], [200.0, 220.0, 500.0, 520.0]])]
+  shifted = dataclasses.replace(
+    model, options=dataclasses.replace(model.options, landmark_offset=(0.5, -0.25))
+  )
+  plain, moved = (
+    prediction.predict_images(each, [image], boxes=boxes, batch_size=BATCH)[0].faces
+    for each in (model, shifted)
+  )
+  for before, after in zip(plain, moved):
+    for field in ("landmarks", "hourglass_landmarks"):
+      # float32 landmarks up to ~600 px: rounding ~ 600 x 2^-23 per step.
+      np.testing.assert_allclose(
+        getattr(after, field), getattr(before, field) + [0.5, -0.25], atol=1e-3
+      )
 
 
 def test_exif_rotated_copies_give_the_upright_landmarks(model, tmp_path):

@@ -386,3 +386,32 @@ def test_command_line_writes_a_loadable_package(packaged, tmp_path):
   loaded = pretrained.load_pretrained(str(tmp_path / "cli"))
   assert not loaded.options.use_spatial_transformer
   assert loaded.calibration.centre_offset == (0.0, 0.2)
+
+
+def test_the_landmark_offset_is_written_read_and_kept_by_a_rewrite(packaged, tmp_path):
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  assert pretrained.load_pretrained(package).options.landmark_offset == (0.0, 0.0)
+  before = json.load(open(os.path.join(package, "config.json")))
+  pretrained.set_landmark_offset(package, np.array([0.5, -0.125]))
+  after = json.load(open(os.path.join(package, "config.json")))
+  assert after.pop("landmark_offset") == [0.5, -0.125]
+  before.pop("landmark_offset")
+  assert after == before  # nothing else changed
+  loaded = pretrained.load_pretrained(package)
+  assert loaded.options.landmark_offset == (0.5, -0.125)
+  pretrained.write_package(loaded, str(tmp_path / "rewritten"))
+  rewritten = pretrained.load_pretrained(str(tmp_path / "rewritten"))
+  assert rewritten.options.landmark_offset == (0.5, -0.125)
+
+
+@pytest.mark.parametrize("offset", [[0.5], [np.nan, 0.0], "left"])
+def test_a_bad_landmark_offset_names_the_file_and_is_never_written(packaged, tmp_path, offset):
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  _edit_header(package, lambda header: header.update(landmark_offset=offset))
+  with pytest.raises(pretrained.PackageError, match="config.json: landmark_offset must be two"):
+    pretrained.load_pretrained(package)
+  pretrained.set_landmark_offset(package, [1.0, 2.0])
+  written = open(os.path.join(package, "config.json")).read()
+  with pytest.raises(pretrained.PackageError, match="landmark_offset must be two"):
+    pretrained.set_landmark_offset(package, [np.inf, 0.0])
+  assert open(os.path.join(package, "config.json")).read() == written

@@ -96,6 +96,10 @@ class PipelineOptions:
   # soft reliability weight in normalised-score units.
   differentiable: bool = False
   reliability_temperature: float = 0.05
+  # (dx, dy) added to the output landmarks, in the pixels of the images given: the part of
+  # the training annotations' pixel convention that a flip-trained network cannot learn
+  # (msm_jax/inference/annotation_offset.py). A package's fit; (0, 0) for a training config.
+  landmark_offset: tuple = (0.0, 0.0)
 
 
 DIFFERENTIABLE_DECODERS = ("dark", "soft_argmax")  # a gradient w.r.t. the map values
@@ -202,7 +206,8 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
   images: [B, H, W, 3] uint8 or float32 in [0, 1] (padded, see `pad_images`).
   boxes: [B, 4] face boxes x0, y0, x1, y1 in image pixels (square them beforehand).
   Returns: landmarks [B, L, 2] in image pixels (final), hourglass_landmarks [B, L, 2]
-    (before the shape repair), scores [B, L] (normalised Eq. 9), reliable [B, L] bool,
+    (before the shape repair; both with `options.landmark_offset` added), scores [B, L]
+    (normalised Eq. 9), reliable [B, L] bool,
     reliability [B, L] (the repair's weights: the mask as 0/1, or its soft relaxation when
     `options.differentiable`), theta [B, 2, 3] (GDNN output, identity when ST is off),
     canonical_faces [B, S, S, 3], canonical_landmarks [B, L, 2] (the hourglass's,
@@ -221,9 +226,21 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
     for _ in range(options.recrop_passes):
       crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"], options)
       outputs, _ = run_pass(generator, landmark_model, options, variables, images, crop_to_image)
-    return outputs
+    return with_landmark_offset(outputs, options.landmark_offset)
 
   return jax.jit(infer)
+
+
+def with_landmark_offset(outputs: dict, offset) -> dict:
+  """The outputs with ``offset`` (dx, dy) added to both landmark sets (image pixels)."""
+  if not any(offset):
+    return outputs
+  shift = jnp.asarray(offset, jnp.float32)
+  return {
+    **outputs,
+    "landmarks": outputs["landmarks"] + shift,
+    "hourglass_landmarks": outputs["hourglass_landmarks"] + shift,
+  }
 
 
 def check_options(options: PipelineOptions) -> None:
@@ -243,6 +260,9 @@ def check_options(options: PipelineOptions) -> None:
     raise ValueError(f"reliability_temperature must be > 0, got {options.reliability_temperature}")
   if not 0.0 <= options.hourglass_weight <= 1.0:
     raise ValueError(f"hourglass_weight must be in [0, 1], got {options.hourglass_weight}")
+  offset = np.asarray(options.landmark_offset, np.float64)
+  if offset.shape != (2,) or not np.all(np.isfinite(offset)):
+    raise ValueError(f"landmark_offset must be two finite numbers, got {options.landmark_offset}")
 
 
 def run_pass(generator, landmark_model, options: PipelineOptions, variables, images, crop_to_image):

@@ -255,6 +255,7 @@ def predict_images(
       )
 
   side = window_size(crop_size)
+  offset = np.asarray(model.options.landmark_offset, np.float64)
   for start in range(0, len(faces), batch_size):
     chunk = faces[start : start + batch_size]
     windows, _ = pipeline.pad_images([face[3] for face in chunk])
@@ -271,7 +272,9 @@ def predict_images(
     for row, (index, box, detector_box, _, _, back, detector) in enumerate(chunk):
       if results[index].error:  # another face of this image already failed
         continue
-      to_image = lambda points: points @ back[:2, :2].T + back[:2, 2]
+      # The pipeline added the landmark offset in window pixels; it belongs in image pixels
+      # (a window is downscaled for large faces).
+      to_image = lambda points: (points - offset) @ back[:2, :2].T + back[:2, 2] + offset
       points = to_image(landmarks[row])
       if not np.all(np.isfinite(points)):  # never hand NaN on (JSON would not parse)
         message = f"{results[index].source}: the model gave non-finite landmarks"

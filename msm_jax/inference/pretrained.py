@@ -8,7 +8,9 @@ A package is a folder with two files:
                                "use_shape_reconstruction": bool}, # the SR
                  "stages":    the trained stages packaged (stgan, hourglass, dictionary),
                  "detector":  the face detector's box calibration (msm_jax.inference.detection),
-                 "detector_fallbacks": [calibrations of detectors tried next, in order]}
+                 "detector_fallbacks": [calibrations of detectors tried next, in order],
+                 "landmark_offset": [dx, dy] added to the landmarks, image pixels
+                                    (msm_jax.inference.annotation_offset; absent: 0, 0)}
   weights.npz   float32 arrays under "/"-joined keys: generator/params/... (only when the
                 ST-GAN was trained), hourglass/params/..., hourglass/batch_stats/...,
                 dictionary [N, L, 2] (Sec. III-C) and thresholds [L] (Table IX); the
@@ -165,11 +167,9 @@ def write_package(pretrained: PretrainedModel, out_dir: str, kernel_dtype: str =
     "stages": stages_packaged,
     "detector": pretrained.calibration.to_dict(),
     "detector_fallbacks": [fallback.to_dict() for fallback in pretrained.fallbacks],
+    "landmark_offset": [float(value) for value in pretrained.options.landmark_offset],
   }
-  config_path = os.path.join(out_dir, CONFIG_FILE)
-  with open(config_path + ".tmp", "w") as file:
-    json.dump(header, file, indent=2)
-  os.replace(config_path + ".tmp", config_path)
+  _write_header(os.path.join(out_dir, CONFIG_FILE), header)
   files = {
     name: os.path.getsize(os.path.join(out_dir, name)) for name in (CONFIG_FILE, WEIGHTS_FILE)
   }
@@ -179,6 +179,23 @@ def write_package(pretrained: PretrainedModel, out_dir: str, kernel_dtype: str =
     "bytes": sum(files.values()),
     "files": files,
   }
+
+
+def _write_header(path: str, header: dict) -> None:
+  with open(path + ".tmp", "w") as file:  # renamed when complete: never half-written
+    json.dump(header, file, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def set_landmark_offset(directory: str, offset) -> None:
+  """Write ``offset`` (dx, dy image pixels) into a package's config.json, the rest as it was."""
+  config_path = os.path.join(directory, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"pretrained package incomplete: {config_path} not found")
+  header = _read_header(config_path)
+  header["landmark_offset"] = [float(value) for value in offset]
+  _landmark_offset(header, config_path)  # refused before anything is written
+  _write_header(config_path, header)
 
 
 def package_pretrained(
@@ -301,6 +318,17 @@ def package_network_variables(directory: str, prefix: str, module, config) -> di
   return _network_variables(_read_weights(weights_path), prefix, module, config, weights_path)
 
 
+def _landmark_offset(header: dict, path: str) -> tuple[float, float]:
+  offset = header.get("landmark_offset", [0.0, 0.0])
+  try:
+    values = tuple(float(value) for value in offset)
+  except (TypeError, ValueError):
+    values = ()
+  if len(values) != 2 or not all(np.isfinite(values)):
+    raise PackageError(f"{path}: landmark_offset must be two finite numbers [dx, dy], got {offset}")
+  return values
+
+
 def load_pretrained(directory: str) -> PretrainedModel:
   """Read a package written by `package_pretrained`.
 
@@ -369,7 +397,10 @@ def load_pretrained(directory: str) -> PretrainedModel:
     _check_values(value, key, weights_path)
     variables[key] = jnp.asarray(value, jnp.float32)
   model = pipeline.TrainedModel(generator, {"hourglass": hourglass}, variables, available)
-  options = pipeline.options_from_config(config, use_st, use_sr)
+  options = dataclasses.replace(
+    pipeline.options_from_config(config, use_st, use_sr),
+    landmark_offset=_landmark_offset(header, config_path),
+  )
   rows = variables["dictionary"].shape[0]
   if use_sr and rows < options.num_neighbours:
     raise PackageError(
