@@ -10,11 +10,12 @@ network learns them. What is left is a constant in image pixels, which the packa
 its landmarks (`PipelineOptions.landmark_offset`), fitted here as the mean residual
 (annotation - prediction) on landmark-box crops of the config's training faces.
 
-On the 300-W faces (`configs/300w_subset.py`) the shipped network's residual is +0.5 pixel
-in x and none in y, the same for small and large faces (a pixel convention, not a scale), and
-it changes sign when the photos and their annotations are mirrored (-0.60 px as given,
-+0.55 px mirrored, 201 held-out faces): it is in the annotations, not in the pipeline, which
-would shift a mirrored photo the same way.
+On the 300-W faces (`configs/300w_subset.py`) the shipped network's residual is +0.53 pixel
+in x and +0.03 in y, in image pixels whatever the face's size (per-face offsets against the
+inter-ocular distance: slope 0.0006 px per pixel on training faces), and it changes sign
+when the photos and their annotations are mirrored (the prediction's x offset -0.60 px as
+given, +0.55 px mirrored, 201 held-out faces): it is in the annotations, not in the pipeline,
+which would shift a mirrored photo the same way.
 
   python -m msm_jax.inference.annotation_offset --model pretrained \\
       --config configs/300w_subset.py [--faces 300] [--dry-run]
