@@ -113,6 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
   # s > 0 towards a Gaussian s times wider, so Eq. 9's score falls where the face is hidden
   # (train/steps.py: heatmap_targets).
   config.hourglass.occluded_target_spread = 0.0
+  # > 0: adds this x the L1 error (heatmap pixels) of the landmarks DARK decodes from the last
+  # stack, the pipeline's decoder, to the heatmap loss (train/losses.py: decoded_landmark_l1).
+  config.hourglass.decoded_landmark_weight = 0.0
   # The paper trains with MSE; on real data MSE did not learn in our calibration run
   # (docs/cpu_notes.md), spatial softmax cross-entropy did.
   config.hourglass.loss = "softmax_cross_entropy"  # or "mse" (train/losses.py: HEATMAP_LOSSES)

@@ -148,3 +148,39 @@ def test_a_registered_loss_trains_and_sets_the_decoding():
     np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
   finally:
     del losses.HEATMAP_LOSSES["toy_l1"]
+
+
+def _log_gaussians(points, size=32, sigma=1.5):
+  """[1, size, size, L] logits whose spatial softmax is a Gaussian at each point (heatmap
+  pixels): what a perfect network trained with the cross-entropy outputs."""
+  ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+  d2 = (xs[..., None] - points[:, 0]) ** 2 + (ys[..., None] - points[:, 1]) ** 2
+  return jnp.asarray((-d2 / (2 * sigma**2))[None], jnp.float32)
+
+
+def test_decoded_landmark_l1_is_zero_on_exact_maps_and_the_offset_elsewhere():
+  points = np.array([[10.3, 12.6], [20.0, 7.25], [5.5, 25.1]])
+  logits = _log_gaussians(points)
+  valid = jnp.array([[True, True, False]])
+  # DARK is exact on log-Gaussians (blurred, still Gaussians): float32 rounding only.
+  exact = losses.decoded_landmark_l1(logits, jnp.asarray(points[None], jnp.float32), valid, 1.5)
+  assert float(exact) < 1e-3
+  # Moved by (0.3, -0.2): |0.3| + |0.2| per valid landmark; the invalid one, moved far, counts
+  # for nothing.
+  moved = points + [[0.3, -0.2], [0.3, -0.2], [9.0, 9.0]]
+  error = losses.decoded_landmark_l1(logits, jnp.asarray(moved[None], jnp.float32), valid, 1.5)
+  np.testing.assert_allclose(float(error), 0.5, atol=2e-3)
+
+
+def test_decoded_landmark_l1_gradient_moves_the_decoded_peak_to_the_truth():
+  points = np.array([[10.3, 12.6], [20.0, 7.25]])
+  truth = jnp.asarray((points + [[0.25, 0.15], [-0.2, 0.3]])[None], jnp.float32)
+  valid = jnp.ones((1, 2), bool)
+  logits = _log_gaussians(points)
+  loss_of = lambda maps: losses.decoded_landmark_l1(maps, truth, valid, 1.5)  # noqa: E731
+  before = float(loss_of(logits))
+  for _ in range(20):
+    logits = logits - 2.0 * jax.grad(loss_of)(logits)
+  # Initially 0.45 per landmark; plain gradient descent on the maps removes most of it.
+  assert before == pytest.approx(0.45, abs=2e-3)
+  assert float(loss_of(logits)) < 0.5 * before

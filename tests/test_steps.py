@@ -165,6 +165,62 @@ def test_hourglass_step_trains_occluded_landmarks_towards_the_wide_target():
     np.testing.assert_allclose(float(metrics["loss"]), expected_loss, rtol=1e-5)
 
 
+def test_the_decoded_landmark_term_adds_its_weight_times_the_decoded_error(monkeypatch):
+  """With decoded_weight w the step's loss is the cross-entropy plus w x the decoded term of
+  the last stack over the visible, unoccluded landmarks on the map. The term itself is
+  replaced by a stand-in whose value says what it was given (test_losses.py checks the
+  term on exact maps; a random network's maps are too flat to decode stably across CPUs)."""
+  from msm_jax import heatmaps
+
+  seen = {}
+
+  def stand_in(logits, points, valid, blur_sigma):
+    seen.update(shape=logits.shape, blur_sigma=blur_sigma)
+    return jnp.sum(jnp.where(valid, points[..., 0] + 100.0 * points[..., 1], 0.0))
+
+  monkeypatch.setattr(losses, "decoded_landmark_l1", stand_in)
+  rng = np.random.default_rng(3)
+  module, optimizer = _tiny_hourglass(), optax.sgd(0.1)
+  batch = _batch(rng)
+  batch["occluded"] = np.zeros((4, 5), bool)
+  batch["occluded"][:, 1] = True
+  batch["visible"][0, 2] = False
+  batch["landmarks"][1, 3] = [40.0, 10.0]  # off the 32-pixel crop, so off the map
+  mesh = parallel.data_mesh()
+  model_state = init_model_state(module, optimizer, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  points = np.asarray(heatmaps.crop_to_heatmap(batch["landmarks"], 32, 16))
+  targets = heatmaps.gaussian_heatmaps(points, (16, 16), 1.0)
+  cross_entropy = float(_hand_written_loss(module, model_state, batch, targets)(model_state.params))
+  counted = batch["visible"] & ~batch["occluded"]
+  counted[1, 3] = False
+  expected_term = float(np.sum(np.where(counted, points[..., 0] + 100.0 * points[..., 1], 0.0)))
+  step = steps.make_hourglass_step(
+    module,
+    optimizer,
+    loss_name="softmax_cross_entropy",
+    sigma=1.0,
+    crop_size=32,
+    heatmap_size=16,
+    mesh=mesh,
+    decoded_weight=0.5,
+  )
+  state = parallel.replicate(new_train_state(0, {"hourglass": model_state}), mesh)
+  _, metrics = step(state, parallel.shard_batch(batch, mesh))
+  np.testing.assert_allclose(float(metrics["loss"]), cross_entropy + 0.5 * expected_term, rtol=1e-5)
+  assert seen == {"shape": (4, 16, 16, 5), "blur_sigma": 1.0}  # the last stack, the sigma
+  with pytest.raises(ValueError, match="decoded_weight needs a loss with logit maps"):
+    steps.make_hourglass_step(
+      module,
+      optimizer,
+      loss_name="mse",
+      sigma=1.0,
+      crop_size=32,
+      heatmap_size=16,
+      mesh=mesh,
+      decoded_weight=0.5,
+    )
+
+
 _FOUR_DEVICE_SCRIPT = textwrap.dedent("""
     import os, sys
     # Four CPU devices, on top of whatever other XLA flags the suite runs with.

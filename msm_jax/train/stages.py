@@ -254,6 +254,7 @@ def landmark_step(name: str) -> Callable:
       mesh=mesh,
       model_name=name,
       occluded_spread=config.hourglass.get("occluded_target_spread", 0.0),
+      decoded_weight=config.hourglass.get("decoded_landmark_weight", 0.0),
     )
 
   return step

@@ -71,21 +71,38 @@ def make_hourglass_step(
   mesh,
   model_name: str = "hourglass",
   occluded_spread: float = 0.0,
+  decoded_weight: float = 0.0,
 ) -> Callable:
   """The hourglass update (any network with heatmap outputs) of state.models[model_name].
   batch: images uint8 [B, S, S, 3], landmarks [B, L, 2] (crop pixels), visible bool [B, L].
-  occluded_spread: as in :func:`heatmap_targets`."""
-  loss_fn = losses.heatmap_loss(loss_name).fn
+  occluded_spread: as in :func:`heatmap_targets`. decoded_weight > 0 adds that times
+  `losses.decoded_landmark_l1` of the last stack (the maps inference decodes) over the visible,
+  unoccluded landmarks inside the map; it needs a loss whose maps are logits."""
+  heatmap_loss = losses.heatmap_loss(loss_name)
+  if decoded_weight and not heatmap_loss.outputs_logits:
+    raise ValueError(f"decoded_weight needs a loss with logit maps, not {loss_name!r}")
+  loss_fn = heatmap_loss.fn
 
   def step(state: TrainState, batch: dict):
     model_state = state.models[model_name]
     images = images_to_float(batch["images"])
     points = heatmap_lib.crop_to_heatmap(batch["landmarks"], crop_size, heatmap_size)
-    targets = heatmap_targets(points, batch.get("occluded"), heatmap_size, sigma, occluded_spread)
+    occluded = batch.get("occluded")
+    targets = heatmap_targets(points, occluded, heatmap_size, sigma, occluded_spread)
+    # The decoded term's landmarks: seen, not trained towards a wide map, and on the map (a
+    # decoder cannot place a landmark outside it).
+    on_map = jnp.all((points >= 0.0) & (points <= heatmap_size - 1.0), axis=-1)
+    sharp = batch["visible"] & on_map
+    if occluded is not None:
+      sharp = sharp & ~occluded
 
     def objective(params):
       stacks, new_stats = _apply_train(module, model_state, params, images)
-      return loss_fn(stacks, targets, batch["visible"]), new_stats
+      loss = loss_fn(stacks, targets, batch["visible"])
+      if decoded_weight:
+        decoded = losses.decoded_landmark_l1(stacks[-1], points, sharp, sigma)
+        loss = loss + decoded_weight * decoded
+      return loss, new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(model_state.params)
     new_model = apply_gradients(model_state, grads, optimizer, new_stats)
