@@ -4,8 +4,9 @@ DARK decodes from the last stack, added to the cross-entropy), Adam 3e-5 halved 
 8 epochs, the augmentation of the step before. An ablation, not a step of the shipped recipe:
 with its own landmark offset it equals the shipped package on clean faces (landmark boxes
 2.96 %, detector 3.00 against 2.99 %) and is a little worse under the occluder (hidden
-landmarks 5.80 against 5.73 %), `docs/robustness.md`. It starts from the shipped network,
-packaged to runs/ as the recipe's last step does to pretrained/:
+landmarks 5.80 against 5.73 %), `docs/robustness.md`. It starts from the shipped network
+packaged to runs/ (the recipe's last packaging command with `--out
+runs/300w_w192_hires2_package`):
 
   python train.py --config configs/300w_subset_w192_decoded.py \\
       --workdir runs/300w_w192_decoded --config.stages=hourglass,dictionary
