@@ -35,6 +35,13 @@ def _batch(rng, batch_size=4, size=32):
   }
 
 
+def _tiny_step(module, optimizer, mesh, **options):
+  """The hourglass step on 32-pixel crops and 16-pixel maps, sigma 1, the cross-entropy
+  unless ``options`` say otherwise."""
+  settings = dict(loss_name="softmax_cross_entropy", sigma=1.0, crop_size=32, heatmap_size=16)
+  return steps.make_hourglass_step(module, optimizer, mesh=mesh, **{**settings, **options})
+
+
 def _hand_written_loss(module, model_state, batch, targets):
   """params -> the hourglass step's loss written out: training-mode forward, spatial-softmax
   cross-entropy against ``targets``."""
@@ -58,15 +65,7 @@ def test_hourglass_step_equals_a_hand_written_update():
   model_state = init_model_state(module, optimizer, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   state = new_train_state(0, {"hourglass": model_state})
   mesh = parallel.data_mesh()
-  step = steps.make_hourglass_step(
-    module,
-    optimizer,
-    loss_name="softmax_cross_entropy",
-    sigma=1.0,
-    crop_size=32,
-    heatmap_size=16,
-    mesh=mesh,
-  )
+  step = _tiny_step(module, optimizer, mesh)
   # The same update written out by hand: Gaussian targets, forward, loss, SGD.
   from msm_jax import heatmaps
 
@@ -150,16 +149,7 @@ def test_hourglass_step_trains_occluded_landmarks_towards_the_wide_target():
 
     loss_of = _hand_written_loss(module, model_state, batch, targets)
     expected_loss = float(loss_of(model_state.params))
-    step = steps.make_hourglass_step(
-      module,
-      optimizer,
-      loss_name="softmax_cross_entropy",
-      sigma=1.0,
-      crop_size=32,
-      heatmap_size=16,
-      mesh=mesh,
-      occluded_spread=spread,
-    )
+    step = _tiny_step(module, optimizer, mesh, occluded_spread=spread)
     state = parallel.replicate(new_train_state(0, {"hourglass": model_state}), mesh)
     _, metrics = step(state, parallel.shard_batch(batch, mesh))
     np.testing.assert_allclose(float(metrics["loss"]), expected_loss, rtol=1e-5)
@@ -194,31 +184,13 @@ def test_the_decoded_landmark_term_adds_its_weight_times_the_decoded_error(monke
   counted = batch["visible"] & ~batch["occluded"]
   counted[1, 3] = False
   expected_term = float(np.sum(np.where(counted, points[..., 0] + 100.0 * points[..., 1], 0.0)))
-  step = steps.make_hourglass_step(
-    module,
-    optimizer,
-    loss_name="softmax_cross_entropy",
-    sigma=1.0,
-    crop_size=32,
-    heatmap_size=16,
-    mesh=mesh,
-    decoded_weight=0.5,
-  )
+  step = _tiny_step(module, optimizer, mesh, decoded_weight=0.5)
   state = parallel.replicate(new_train_state(0, {"hourglass": model_state}), mesh)
   _, metrics = step(state, parallel.shard_batch(batch, mesh))
   np.testing.assert_allclose(float(metrics["loss"]), cross_entropy + 0.5 * expected_term, rtol=1e-5)
   assert seen == {"shape": (4, 16, 16, 5), "blur_sigma": 1.0}  # the last stack, the sigma
   with pytest.raises(ValueError, match="decoded_weight needs a loss with logit maps"):
-    steps.make_hourglass_step(
-      module,
-      optimizer,
-      loss_name="mse",
-      sigma=1.0,
-      crop_size=32,
-      heatmap_size=16,
-      mesh=mesh,
-      decoded_weight=0.5,
-    )
+    _tiny_step(module, optimizer, mesh, loss_name="mse", decoded_weight=0.5)
 
 
 _FOUR_DEVICE_SCRIPT = textwrap.dedent("""
