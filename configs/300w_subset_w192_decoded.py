@@ -8,10 +8,10 @@ landmarks 5.80 against 5.73 %), `docs/robustness.md`. It starts from the shipped
 packaged to runs/ (the recipe's last packaging command with `--out
 runs/300w_w192_hires2_package`):
 
-  python train.py --config configs/300w_subset_w192_decoded.py \\
+  python train.py --config configs/300w_subset_w192_decoded.py \
       --workdir runs/300w_w192_decoded --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_decoded.py \\
-      --workdir runs/300w_w192_decoded --out runs/300w_w192_decoded_package \\
+  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_decoded.py \
+      --workdir runs/300w_w192_decoded --out runs/300w_w192_decoded_package \
       --config.inference.flip_test=true --kernel_dtype float16
 """
 

@@ -17,7 +17,7 @@ when the photos and their annotations are mirrored (the prediction's x offset -0
 given, +0.55 px mirrored, 201 held-out faces): it is in the annotations, not in the pipeline,
 which would shift a mirrored photo the same way.
 
-  python -m msm_jax.inference.annotation_offset --model pretrained \\
+  python -m msm_jax.inference.annotation_offset --model pretrained \
       --config configs/300w_subset.py [--faces 300] [--dry-run]
 """
 
@@ -55,23 +55,19 @@ def mean_residual(predicted: np.ndarray, truth: np.ndarray) -> dict:
 def predict_from_landmark_boxes(model, records, batch_size: int = 8) -> np.ndarray:
   """The package's landmarks [F, L, 2] (its own offset left out; NaN where it failed) on the
   records' photos, each cropped from its annotation's landmark box."""
+  from msm_jax import robustness
   from msm_jax.data.images import record_image
-  from msm_jax.inference import prediction
 
   options = dataclasses.replace(model.options, landmark_offset=(0.0, 0.0))
   model = dataclasses.replace(model, options=options)
-  num_points = np.asarray(records[0].landmarks).shape[0]
-  predicted = np.full((len(records), num_points, 2), np.nan)
+  predicted = []
   for start in range(0, len(records), _CHUNK):
-    chunk = records[start : start + _CHUNK]
-    boxes = [box_from_landmarks(np.asarray(record.landmarks))[None] for record in chunk]
-    results = prediction.predict_images(
-      model, [record_image(record) for record in chunk], boxes, batch_size, errors="collect"
-    )
-    for row, result in enumerate(results, start):
-      if result.faces:
-        predicted[row] = result.faces[0].landmarks
-  return predicted
+    faces = []
+    for record in records[start : start + _CHUNK]:
+      points = np.asarray(record.landmarks, np.float32)
+      faces.append(robustness.Face(record_image(record), box_from_landmarks(points), points))
+    predicted.append(robustness.run_condition(model, faces, batch_size)["predicted"])
+  return np.concatenate(predicted).astype(np.float64)
 
 
 def fit(model, records, batch_size: int = 8) -> dict:
@@ -84,9 +80,9 @@ def fit(model, records, batch_size: int = 8) -> dict:
 
 def training_sample(config, faces: int, seed: int = 0) -> list:
   """``faces`` of the config's training faces (the validation carve-out excluded), seeded."""
-  from msm_jax.data import datasets
+  from msm_jax import robustness
 
-  train, _ = datasets.split_records(config, datasets.read_training_records(config))
+  train = robustness.records_for(config, None, split="train")
   if faces >= len(train):
     return train
   chosen = np.random.default_rng(seed).choice(len(train), faces, replace=False)

@@ -89,12 +89,13 @@ def make_hourglass_step(
     points = heatmap_lib.crop_to_heatmap(batch["landmarks"], crop_size, heatmap_size)
     occluded = batch.get("occluded")
     targets = heatmap_targets(points, occluded, heatmap_size, sigma, occluded_spread)
-    # The decoded term's landmarks: seen, not trained towards a wide map, and on the map (a
-    # decoder cannot place a landmark outside it).
-    on_map = jnp.all((points >= 0.0) & (points <= heatmap_size - 1.0), axis=-1)
-    sharp = batch["visible"] & on_map
-    if occluded is not None:
-      sharp = sharp & ~occluded
+    if decoded_weight:
+      # The decoded term's landmarks: seen, not trained towards a wide map, and on the map (a
+      # decoder cannot place a landmark outside it).
+      on_map = jnp.all((points >= 0.0) & (points <= heatmap_size - 1.0), axis=-1)
+      sharp = batch["visible"] & on_map
+      if occluded is not None:
+        sharp = sharp & ~occluded
 
     def objective(params):
       stacks, new_stats = _apply_train(module, model_state, params, images)
