@@ -9,6 +9,7 @@ from msm_jax.models.hourglass import (
   StackedHourglass,
   _nearest_upsampling_init,
   space_to_depth,
+  widen_channels,
   widen_stem,
 )
 from msm_jax.models.layers import Deconv2x2
@@ -206,3 +207,42 @@ def test_a_widened_stem_computes_the_narrow_network_on_the_block_averaged_crop()
     assert widened["params"]["hourglass0"] is variables["params"]["hourglass0"]
     with pytest.raises(ValueError, match="divisible by"):
       wide.apply(widened, crops[:, :40, :40], train=False)
+
+
+def test_a_widened_network_computes_the_narrow_one_and_its_new_channels_learn():
+  """widen_channels: width 16 embedded in width 24 (bottlenecks 8 -> 12) gives the narrow
+  network's maps exactly, in inference and in training mode (batch statistics: the old
+  channels' values are the same, so are their statistics); float64, so the only difference
+  is the order of the sums. The zero rows that read the new channels get a gradient at once
+  (the new channels are computed from the old ones), so the extra width is trained."""
+  with jax.enable_x64(True):
+    tiny = dict(TINY, stem_widths=(8, 8, 12), dtype=jnp.float64)  # a skip conv at both widths
+    narrow, wide = StackedHourglass(**tiny), StackedHourglass(**dict(tiny, width=24))
+    crops = jax.random.uniform(jax.random.key(6), (2, 32, 32, 3), jnp.float64)
+    variables = _numpy_variables(narrow, crops)
+    widened = widen_channels(variables, _numpy_variables(wide, crops, seed=1))
+    kernel = widened["params"]["hourglass0"]["skip"]["Conv1x1_0"]["kernel"]
+    assert kernel.shape == (1, 1, 24, 12)
+    np.testing.assert_array_equal(
+      kernel[..., :16, :8], variables["params"]["hourglass0"]["skip"]["Conv1x1_0"]["kernel"]
+    )
+    assert float(jnp.abs(kernel[..., 16:, :]).max()) == 0.0  # reads new channels: zero
+    assert float(jnp.abs(kernel[..., :16, 8:]).min()) > 0.0  # writes new channels: random
+    np.testing.assert_allclose(
+      wide.apply(widened, crops, train=False),
+      narrow.apply(variables, crops, train=False),
+      rtol=1e-9,
+      atol=1e-9,
+    )
+    train_maps = lambda model, v: model.apply(v, crops, train=True, mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(
+      train_maps(wide, widened), train_maps(narrow, variables), rtol=1e-9, atol=1e-9
+    )
+
+    def loss(params):
+      return jnp.sum(train_maps(wide, {**widened, "params": params}) ** 2)
+
+    grad = jax.grad(loss)(widened["params"])["heatmaps1"]["kernel"]
+    assert float(jnp.abs(grad[..., 16:, :]).max()) > 1e-6
+    with pytest.raises(ValueError, match="cannot embed"):
+      widen_channels(widened, variables)

@@ -118,8 +118,37 @@ def test_hourglass_fine_tuning_starts_from_the_package(packaged):
     for leaf in jax.tree.leaves(started.opt_state)
     if jnp.issubdtype(leaf.dtype, jnp.floating)
   )
-  config.hourglass.width = 16  # a package of another width does not fit: named
-  with pytest.raises(pretrained.PackageError, match="weights.npz"):
+
+
+def test_a_package_starts_a_wider_network_and_not_a_narrower_one(packaged):
+  """A width-8 package starts a width-16 network (hourglass.widen_channels): every array holds
+  the packaged one in its leading slice and reads none of the new channels; a narrower
+  network, or one with other layers (a skip conv the package lacks), is refused, naming
+  init_from."""
+  _, _, out, _, live = packaged
+  config = tiny_models.tiny_config()
+  config.hourglass.init_from = out
+  config.hourglass.width = 16
+  config.hourglass.stem_widths = (4, 4, 16)  # as the package's, no skip conv at the stem's end
+  started = stages.STAGES["hourglass"].setup(config, steps_per_epoch=10).state.models["hourglass"]
+  packaged_arrays = traverse_util.flatten_dict(live.variables["hourglass"])
+  started_arrays = traverse_util.flatten_dict(
+    {"params": started.params, "batch_stats": started.batch_stats}
+  )
+  assert started_arrays.keys() == packaged_arrays.keys()
+  widened = 0
+  for key, value in packaged_arrays.items():
+    got = np.asarray(started_arrays[key])
+    np.testing.assert_array_equal(got[tuple(slice(0, n) for n in value.shape)], value)
+    if value.ndim == 4 and got.shape[2] > value.shape[2]:
+      assert not got[:, :, value.shape[2] :].any(), key
+      widened += 1
+  assert widened > 10
+  config.hourglass.width, config.hourglass.stem_widths = 4, (4, 4, 4)
+  with pytest.raises(stages.ConfigMismatchError, match="init_from=.*cannot embed"):
+    stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
+  config.hourglass.width, config.hourglass.stem_widths = 16, (4, 4, 8)
+  with pytest.raises(stages.ConfigMismatchError, match="stem_residual.*skip.* in one only"):
     stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
 
 

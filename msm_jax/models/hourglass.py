@@ -9,7 +9,8 @@ leaves open marked "(choice)":
   stacked on the channels (``space_to_depth``) before the stem, so the maps stay 64x64
   and the hourglasses cost the same while the first conv sees b x b times the pixels.
   ``widen_stem`` turns a b = 1 network into a b > 1 one that computes the same maps on
-  the block-averaged crop: the start of a fine-tune at the higher resolution.
+  the block-averaged crop: the start of a fine-tune at the higher resolution;
+  ``widen_channels`` does the same for a wider network (e.g. ``width`` 192 -> 256).
 * Stem (Sec. III-B): two 3x3 convs "to increase the number of feature channels", a 2x2
   max-pool 128 -> 64, a 3x3 conv and a residual unit to ``width`` (256) channels. Stem
   widths (64, 64, 128) (choice: Newell's 64 -> 128 -> 256 progression).
@@ -83,6 +84,32 @@ def widen_stem(variables: dict, block: int) -> dict:
   stem["kernel"] = jnp.tile(stem["kernel"], (1, 1, block * block, 1)) / (block * block)
   params["stem_conv1"] = stem
   return {**variables, "params": params}
+
+
+def widen_channels(variables: dict, wider: dict) -> dict:
+  """The variables of a narrow network embedded in those of a wider one of the same layout
+  (``wider``: e.g. a fresh init at ``width = 256`` for a network trained at 192), so that the
+  wider network computes the narrow one's maps exactly. Each array keeps the narrow values in
+  its leading slice; the extra entries take ``wider``'s values, except the kernels' rows that
+  read an extra input channel (axis -2), which are zero: the old channels then never see the
+  new ones, while the new ones are computed from the old (``wider``'s random columns), so
+  their outgoing weights get gradients from the first step. BatchNorm statistics of the new
+  channels are ``wider``'s (mean 0, variance 1)."""
+
+  def embed(path, narrow, wide):
+    name = jax.tree_util.keystr(path)
+    if narrow.ndim != wide.ndim or any(n > w for n, w in zip(narrow.shape, wide.shape)):
+      raise ValueError(f"{name}: cannot embed shape {narrow.shape} in {wide.shape}")
+    out = jnp.asarray(wide, narrow.dtype)
+    if narrow.ndim >= 2 and wide.shape[-2] > narrow.shape[-2]:
+      out = out.at[..., narrow.shape[-2] :, :].set(0)
+    return out.at[tuple(slice(0, n) for n in narrow.shape)].set(narrow)
+
+  names = lambda tree: {jax.tree_util.keystr(path) for path, _ in jax.tree.leaves_with_path(tree)}
+  unmatched = sorted(names(variables) ^ names(wider))
+  if unmatched:
+    raise ValueError(f"the two networks' layouts differ: {', '.join(unmatched[:4])} in one only")
+  return jax.tree_util.tree_map_with_path(embed, variables, wider)
 
 
 def _nearest_upsampling_init(key, shape, dtype=jnp.float32):

@@ -192,25 +192,33 @@ def _check_map_size(module, config, name: str) -> None:
 def _start_from_package(model_state, module, optimizer, config, name: str):
   """Parameters and BatchNorm statistics from a pretrained package, a fresh optimiser state.
   A package trained at ``space_to_depth = 1`` starts a network with b > 1 through
-  ``hourglass.widen_stem`` (the same maps on the block-averaged crop). A checkpoint in the
-  workdir still takes precedence (it is restored afterwards)."""
+  ``hourglass.widen_stem`` (the same maps on the block-averaged crop), and a narrower one
+  (``width``) a wider network through ``hourglass.widen_channels`` (the same maps, the new
+  channels ready to learn). A checkpoint in the workdir still takes precedence (it is
+  restored afterwards)."""
   from msm_jax.inference import pretrained
 
   source = config[name].init_from
   block = int(config[name].get("space_to_depth", 1))
   package_config = pretrained.package_config(source)
   package_block = int(package_config[name].get("space_to_depth", 1))
-  if package_block == block:
-    variables = pretrained.package_network_variables(source, name, module, config)
-  elif package_block == 1:
-    package_module = landmark_module(package_config, name)
-    variables = pretrained.package_network_variables(source, name, package_module, package_config)
-    variables = hourglass_lib.widen_stem(variables, block)
-  else:
+  if package_block not in (1, block):
     raise ConfigMismatchError(
       f"{name}.init_from={source!r}: its network has space_to_depth {package_block}; "
       f"only a network with 1 can start one with {block}"
     )
+  package_module = landmark_module(package_config, name)
+  variables = pretrained.package_network_variables(source, name, package_module, package_config)
+  if package_block != block:
+    variables = hourglass_lib.widen_stem(variables, block)
+  fresh = {"params": model_state.params, "batch_stats": model_state.batch_stats}
+  if jax.tree.map(jnp.shape, variables) != jax.tree.map(jnp.shape, fresh):
+    try:
+      variables = hourglass_lib.widen_channels(variables, fresh)
+    except ValueError as error:
+      raise ConfigMismatchError(
+        f"{name}.init_from={source!r}: its network does not fit this config's ({error})"
+      ) from None
   return _with_variables(model_state, optimizer, variables)
 
 
