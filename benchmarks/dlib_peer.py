@@ -169,10 +169,23 @@ def both_found_nme(predictions: dict, truth: np.ndarray, scheme):
   }
 
 
+def paired_difference(first: np.ndarray, second: np.ndarray, truth: np.ndarray, scheme):
+  """Mean and standard error (%) of the per-face inter-ocular NME of ``first`` minus that of
+  ``second`` over the faces both found: whether a gap between two methods on the same faces
+  is larger than the faces' spread. (None, None) below two such faces."""
+  both, _ = both_found_nme({"first": first, "second": second}, truth, scheme)
+  if both.sum() < 2:
+    return None, None
+  per_face = lambda predicted: metrics.nme(predicted[both], truth[both], scheme, "inter_ocular")
+  difference = 100 * (np.asarray(per_face(first)) - np.asarray(per_face(second)))
+  return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(difference.size))
+
+
 def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) -> dict:
   """{condition: {name: row}} of `robustness.summarise` over the protocol's faces: "dlib"
   and, given a pretrained ``model``, "msm-jax" (its default pipeline) and for each the NME
-  on the faces both found ("nme_both_found")."""
+  on the faces both found ("nme_both_found"); msm-jax's row also holds its paired difference
+  to dlib there ("paired_difference", "paired_difference_se")."""
   table, clean = {}, {}
   for condition, faces in robustness.make_conditions(records, seed).items():
     runs = {"dlib": (predict_condition(peer, faces)["predicted"], None)}
@@ -187,25 +200,39 @@ def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) 
     for name, (predicted, reliable) in runs.items():
       row = _row(predicted, truth, occluded, scheme, clean.get(name), reliable)
       row.update(both_found=int(both.sum()), nme_both_found=on_both[name])
+      if name != "dlib":
+        mean, error = paired_difference(predicted, runs["dlib"][0], truth, scheme)
+        row.update(paired_difference=mean, paired_difference_se=error)
       table[condition][name] = row
       log(f"[{name}] {condition:14s} " + json.dumps(row))
   return table
 
 
 def both_found_markdown(table: dict) -> str:
-  """condition | faces both found | each one's NME on them."""
+  """condition | faces both found | each one's NME on them | the paired differences to the
+  first (mean +- standard error), where the rows hold them."""
   names = list(next(iter(table.values())))
+  paired = [name for name in names if "paired_difference" in next(iter(table.values()))[name]]
   lines = [
-    "| condition | faces found by both | " + " | ".join(f"{name} NME %" for name in names) + " |",
-    "|---|---:|" + "---:|" * len(names),
+    "| condition | faces found by both | "
+    + " | ".join(
+      [f"{name} NME %" for name in names] + [f"{name} - {names[0]}, paired" for name in paired]
+    )
+    + " |",
+    "|---|---:|" + "---:|" * (len(names) + len(paired)),
   ]
   for condition, rows in table.items():
     first = rows[names[0]]
-    values = " | ".join(
+    values = [
       "-" if rows[name]["nme_both_found"] is None else f"{rows[name]['nme_both_found']:.2f}"
       for name in names
-    )
-    lines.append(f"| {condition} | {first['both_found']}/{first['faces']} | {values} |")
+    ] + [
+      "-"
+      if rows[name]["paired_difference"] is None
+      else f"{rows[name]['paired_difference']:+.2f} +- {rows[name]['paired_difference_se']:.2f}"
+      for name in paired
+    ]
+    lines.append(f"| {condition} | {first['both_found']}/{first['faces']} | {' | '.join(values)} |")
   return "\n".join(lines)
 
 

@@ -105,3 +105,43 @@ def test_both_found_nme_averages_over_the_faces_every_method_found():
     np.testing.assert_allclose(nme[name], expected, rtol=1e-5)
   b[1] = np.nan
   assert dlib_peer.both_found_nme({"a": a, "b": b}, truth, scheme)[1] == {"a": None, "b": None}
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_face_gaps():
+  """Every landmark of a face off by one vector: that face's NME is the vector's length over
+  its outer-eye-corner distance, so the per-face gaps are known exactly."""
+  scheme = landmarks.get_scheme("300w")
+  rng = np.random.default_rng(1)
+  truth = rng.uniform(0, 100, (4, 68, 2)).astype(np.float32)
+  ocular = np.linalg.norm(truth[:, 36] - truth[:, 45], axis=-1)
+  shift_a, shift_b = np.array([1.0, 2.0, 0.5, 3.0]), np.array([2.0, 0.5, 1.5, 1.0])
+  a = truth + np.stack([shift_a, 0 * shift_a], -1)[:, None].astype(np.float32)
+  b = truth + np.stack([0 * shift_b, shift_b], -1)[:, None].astype(np.float32)
+  b[3] = np.nan  # b missed face 3
+  gaps = 100 * (shift_a[:3] - shift_b[:3]) / ocular[:3]
+  mean, error = dlib_peer.paired_difference(a, b, truth, scheme)
+  np.testing.assert_allclose(mean, gaps.mean(), rtol=1e-4)
+  np.testing.assert_allclose(error, gaps.std(ddof=1) / np.sqrt(3), rtol=1e-4)
+  b[1:] = np.nan  # one face in common: no spread to speak of
+  assert dlib_peer.paired_difference(a, b, truth, scheme) == (None, None)
+
+
+def test_both_found_table_shows_the_paired_difference():
+  row = dict(faces=201, both_found=195, nme_both_found=2.9)
+  table = {
+    "detector": {
+      "dlib": row,
+      "msm-jax": dict(row, nme_both_found=2.98, paired_difference=0.08, paired_difference_se=0.05),
+    },
+    "rotated 15": {
+      "dlib": row,
+      "msm-jax": dict(row, paired_difference=None, paired_difference_se=None),
+    },
+  }
+  lines = dlib_peer.both_found_markdown(table).splitlines()
+  assert (
+    lines[0]
+    == "| condition | faces found by both | dlib NME % | msm-jax NME % | msm-jax - dlib, paired |"
+  )
+  assert lines[2] == "| detector | 195/201 | 2.90 | 2.98 | +0.08 +- 0.05 |"
+  assert lines[3] == "| rotated 15 | 195/201 | 2.90 | 2.90 | - |"
