@@ -169,6 +169,26 @@ def both_found_nme(predictions: dict, truth: np.ndarray, scheme):
   }
 
 
+def region_nme(predicted: np.ndarray, truth: np.ndarray, faces: np.ndarray, scheme) -> dict:
+  """Mean inter-ocular NME (%) over ``faces`` ([F] bool) of the face-contour landmarks (Table
+  IX's low-threshold group) and of the inner features: where two methods differ."""
+  contour = np.zeros(truth.shape[1], bool)
+  contour[list(scheme.contour_indices)] = True
+  return {
+    name: 100
+    * float(
+      metrics.nme(
+        predicted[faces],
+        truth[faces],
+        scheme,
+        "inter_ocular",
+        mask=np.broadcast_to(group, truth[faces].shape[:2]),
+      ).mean()
+    )
+    for name, group in (("contour", contour), ("features", ~contour))
+  }
+
+
 def paired_difference(first: np.ndarray, second: np.ndarray, truth: np.ndarray, scheme):
   """Mean and standard error (%) of the per-face inter-ocular NME of ``first`` minus that of
   ``second`` over the faces both found: whether a gap between two methods on the same faces
@@ -184,7 +204,8 @@ def paired_difference(first: np.ndarray, second: np.ndarray, truth: np.ndarray, 
 def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) -> dict:
   """{condition: {name: row}} of `robustness.summarise` over the protocol's faces: "dlib"
   and, given a pretrained ``model``, "msm-jax" (its default pipeline) and for each the NME
-  on the faces both found ("nme_both_found"); msm-jax's row also holds its paired difference
+  on the faces both found ("nme_both_found"; "_contour" and "_features": of those landmark
+  groups); msm-jax's row also holds its paired difference
   to dlib there ("paired_difference", "paired_difference_se")."""
   table, clean = {}, {}
   for condition, faces in robustness.make_conditions(records, seed).items():
@@ -200,6 +221,9 @@ def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) 
     for name, (predicted, reliable) in runs.items():
       row = _row(predicted, truth, occluded, scheme, clean.get(name), reliable)
       row.update(both_found=int(both.sum()), nme_both_found=on_both[name])
+      if both.any():
+        regions = region_nme(predicted, truth, both, scheme)
+        row.update({f"nme_both_found_{region}": value for region, value in regions.items()})
       if name != "dlib":
         mean, error = paired_difference(predicted, runs["dlib"][0], truth, scheme)
         row.update(paired_difference=mean, paired_difference_se=error)
@@ -208,25 +232,32 @@ def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) 
   return table
 
 
+def _both_found_cell(row: dict) -> str:
+  if row["nme_both_found"] is None:
+    return "-"
+  cell = f"{row['nme_both_found']:.2f}"
+  if "nme_both_found_contour" in row:
+    cell += f" ({row['nme_both_found_contour']:.2f} / {row['nme_both_found_features']:.2f})"
+  return cell
+
+
 def both_found_markdown(table: dict) -> str:
-  """condition | faces both found | each one's NME on them | the paired differences to the
-  first (mean +- standard error), where the rows hold them."""
+  """condition | faces both found | each one's NME on them (contour / features landmarks) |
+  the paired differences to the first (mean +- standard error), where the rows hold them."""
   names = list(next(iter(table.values())))
   paired = [name for name in names if "paired_difference" in next(iter(table.values()))[name]]
   lines = [
     "| condition | faces found by both | "
     + " | ".join(
-      [f"{name} NME %" for name in names] + [f"{name} - {names[0]}, paired" for name in paired]
+      [f"{name} NME % (contour / features)" for name in names]
+      + [f"{name} - {names[0]}, paired" for name in paired]
     )
     + " |",
     "|---|---:|" + "---:|" * (len(names) + len(paired)),
   ]
   for condition, rows in table.items():
     first = rows[names[0]]
-    values = [
-      "-" if rows[name]["nme_both_found"] is None else f"{rows[name]['nme_both_found']:.2f}"
-      for name in names
-    ] + [
+    values = [_both_found_cell(rows[name]) for name in names] + [
       "-"
       if rows[name]["paired_difference"] is None
       else f"{rows[name]['paired_difference']:+.2f} +- {rows[name]['paired_difference_se']:.2f}"

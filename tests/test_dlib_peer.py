@@ -131,7 +131,14 @@ def test_both_found_table_shows_the_paired_difference():
   table = {
     "detector": {
       "dlib": row,
-      "msm-jax": dict(row, nme_both_found=2.98, paired_difference=0.08, paired_difference_se=0.05),
+      "msm-jax": dict(
+        row,
+        nme_both_found=2.98,
+        nme_both_found_contour=5.28,
+        nme_both_found_features=2.22,
+        paired_difference=0.08,
+        paired_difference_se=0.05,
+      ),
     },
     "rotated 15": {
       "dlib": row,
@@ -139,9 +146,26 @@ def test_both_found_table_shows_the_paired_difference():
     },
   }
   lines = dlib_peer.both_found_markdown(table).splitlines()
-  assert (
-    lines[0]
-    == "| condition | faces found by both | dlib NME % | msm-jax NME % | msm-jax - dlib, paired |"
+  assert lines[0] == (
+    "| condition | faces found by both | dlib NME % (contour / features) "
+    "| msm-jax NME % (contour / features) | msm-jax - dlib, paired |"
   )
-  assert lines[2] == "| detector | 195/201 | 2.90 | 2.98 | +0.08 +- 0.05 |"
+  assert lines[2] == "| detector | 195/201 | 2.90 | 2.98 (5.28 / 2.22) | +0.08 +- 0.05 |"
   assert lines[3] == "| rotated 15 | 195/201 | 2.90 | 2.90 | - |"
+
+
+def test_region_nme_splits_the_contour_from_the_features():
+  """Contour landmarks off by 3 px, the others by 1 px: each group's NME is its shift over
+  the outer-eye-corner distance; faces outside the selection do not count."""
+  scheme = landmarks.get_scheme("300w")
+  rng = np.random.default_rng(2)
+  truth = rng.uniform(0, 100, (3, 68, 2)).astype(np.float32)
+  predicted = truth.copy()
+  predicted[:, :17, 0] += 3.0  # 300-W's contour: points 1-17
+  predicted[:, 17:, 1] += 1.0
+  predicted[2] += 50.0  # not selected
+  faces = np.array([True, True, False])
+  ocular = np.linalg.norm(truth[:2, 36] - truth[:2, 45], axis=-1)
+  got = dlib_peer.region_nme(predicted, truth, faces, scheme)
+  np.testing.assert_allclose(got["contour"], 100 * np.mean(3.0 / ocular), rtol=1e-4)
+  np.testing.assert_allclose(got["features"], 100 * np.mean(1.0 / ocular), rtol=1e-4)
