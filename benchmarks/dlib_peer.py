@@ -205,8 +205,8 @@ def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) 
   """{condition: {name: row}} of `robustness.summarise` over the protocol's faces: "dlib"
   and, given a pretrained ``model``, "msm-jax" (its default pipeline) and for each the NME
   on the faces both found ("nme_both_found"; "_contour" and "_features": of those landmark
-  groups); msm-jax's row also holds its paired difference
-  to dlib there ("paired_difference", "paired_difference_se")."""
+  groups); msm-jax's row also holds its paired difference to dlib there
+  ("paired_difference", "paired_difference_se")."""
   table, clean = {}, {}
   for condition, faces in robustness.make_conditions(records, seed).items():
     runs = {"dlib": (predict_condition(peer, faces)["predicted"], None)}
