@@ -189,14 +189,13 @@ def region_nme(predicted: np.ndarray, truth: np.ndarray, faces: np.ndarray, sche
   }
 
 
-def paired_difference(first: np.ndarray, second: np.ndarray, truth: np.ndarray, scheme):
+def paired_difference(first: np.ndarray, second: np.ndarray, truth: np.ndarray, faces, scheme):
   """Mean and standard error (%) of the per-face inter-ocular NME of ``first`` minus that of
-  ``second`` over the faces both found: whether a gap between two methods on the same faces
-  is larger than the faces' spread. (None, None) below two such faces."""
-  both, _ = both_found_nme({"first": first, "second": second}, truth, scheme)
-  if both.sum() < 2:
+  ``second`` over ``faces`` ([F] bool, e.g. those both found): whether a gap between two
+  methods on the same faces is larger than the faces' spread. (None, None) below two faces."""
+  if faces.sum() < 2:
     return None, None
-  per_face = lambda predicted: metrics.nme(predicted[both], truth[both], scheme, "inter_ocular")
+  per_face = lambda predicted: metrics.nme(predicted[faces], truth[faces], scheme, "inter_ocular")
   difference = 100 * (np.asarray(per_face(first)) - np.asarray(per_face(second)))
   return float(difference.mean()), float(difference.std(ddof=1) / np.sqrt(difference.size))
 
@@ -225,7 +224,7 @@ def evaluate(peer: Peer, records, scheme, seed: int = 0, model=None, log=print) 
         regions = region_nme(predicted, truth, both, scheme)
         row.update({f"nme_both_found_{region}": value for region, value in regions.items()})
       if name != "dlib":
-        mean, error = paired_difference(predicted, runs["dlib"][0], truth, scheme)
+        mean, error = paired_difference(predicted, runs["dlib"][0], truth, both, scheme)
         row.update(paired_difference=mean, paired_difference_se=error)
       table[condition][name] = row
       log(f"[{name}] {condition:14s} " + json.dumps(row))

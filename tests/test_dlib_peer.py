@@ -119,11 +119,12 @@ def test_paired_difference_is_the_mean_and_standard_error_of_per_face_gaps():
   b = truth + np.stack([0 * shift_b, shift_b], -1)[:, None].astype(np.float32)
   b[3] = np.nan  # b missed face 3
   gaps = 100 * (shift_a[:3] - shift_b[:3]) / ocular[:3]
-  mean, error = dlib_peer.paired_difference(a, b, truth, scheme)
+  both, _ = dlib_peer.both_found_nme({"a": a, "b": b}, truth, scheme)
+  mean, error = dlib_peer.paired_difference(a, b, truth, both, scheme)
   np.testing.assert_allclose(mean, gaps.mean(), rtol=1e-4)
   np.testing.assert_allclose(error, gaps.std(ddof=1) / np.sqrt(3), rtol=1e-4)
-  b[1:] = np.nan  # one face in common: no spread to speak of
-  assert dlib_peer.paired_difference(a, b, truth, scheme) == (None, None)
+  one_face = np.array([True, False, False, False])  # no spread to speak of
+  assert dlib_peer.paired_difference(a, b, truth, one_face, scheme) == (None, None)
 
 
 def test_both_found_table_shows_the_paired_difference():

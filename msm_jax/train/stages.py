@@ -158,7 +158,7 @@ def landmark_setup(name: str) -> Callable:
       module, optimizer, jax.random.key(config.seed), _example_images(config)
     )
     if config[name].get("init_from", ""):
-      model_state = _start_from_package(model_state, module, optimizer, config, name)
+      model_state = _start_from_package(model_state, optimizer, config, name)
     state = new_train_state(config.seed, {name: model_state})
     return Setup({name: module}, {name: optimizer}, state)
 
@@ -189,7 +189,7 @@ def _check_map_size(module, config, name: str) -> None:
     )
 
 
-def _start_from_package(model_state, module, optimizer, config, name: str):
+def _start_from_package(model_state, optimizer, config, name: str):
   """Parameters and BatchNorm statistics from a pretrained package, a fresh optimiser state.
   A package trained at ``space_to_depth = 1`` starts a network with b > 1 through
   ``hourglass.widen_stem`` (the same maps on the block-averaged crop), and a narrower one
