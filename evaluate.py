@@ -10,7 +10,6 @@ and writes report.json, report.md, CED plots and overlay images to `<workdir>/ev
 """
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,7 +27,7 @@ _OUT = flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval).
 _ROBUSTNESS = flags.DEFINE_bool(
   "robustness",
   False,
-  "Also run the robustness protocol (msm_jax/robustness.py) on whole photos: landmark box, "
+  "Also run the robustness protocol (msm_jax/eval/robustness.py) on whole photos: landmark box, "
   "detector, rotated, sloppy box, occluded.",
 )
 _ROBUSTNESS_FOLDER = flags.DEFINE_string(
@@ -44,15 +43,16 @@ def main(argv):
   model_dir = _CHECKPOINT.value or _WORKDIR.value
   if not model_dir:
     raise app.UsageError("give --workdir (or --checkpoint)")
-  from msm_jax import evaluation_run, model_io, robustness
-  from msm_jax.data.records import AnnotationError
   from msm_jax.data.images import ImageReadError
+  from msm_jax.data.records import AnnotationError
+  from msm_jax.eval import paper_tables, robustness
+  from msm_jax.train import model_io
 
   out_dir = _OUT.value or os.path.join(_WORKDIR.value or model_dir, "eval")
   try:
-    evaluation_run.evaluate(_CONFIG.value, model_dir, out_dir)
+    paper_tables.evaluate(_CONFIG.value, model_dir, out_dir)
     if _ROBUSTNESS.value:
-      evaluation_run.evaluate_robustness(
+      paper_tables.evaluate_robustness(
         _CONFIG.value, model_dir, out_dir, _ROBUSTNESS_FOLDER.value, _ROBUSTNESS_LIMIT.value
       )
   except (
@@ -67,5 +67,4 @@ def main(argv):
 
 if __name__ == "__main__":
   restart_with_page_reuse()
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   app.run(main, flags_parser=parse_flags_help_exits_zero)

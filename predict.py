@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     return 2
 
   from tqdm import tqdm
+
   from msm_jax.inference import prediction, pretrained
 
   try:
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
   except FileNotFoundError as error:
     print(
       f"error: no pretrained model in {args.model} ({error}). Pass --model DIR, or make one "
-      "from a training run: python -m msm_jax.inference.pretrained "
+      "from a training run: python -m msm_jax.train.packaging "
       "--config configs/300w_subset.py "
       f"--workdir runs/300w_subset --out pretrained/",
       file=sys.stderr,

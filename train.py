@@ -1,8 +1,8 @@
 """Train MSM: ST-GAN, stacked hourglass and shape dictionary (Sec. IV-C).
 
   python train.py --config configs/synthetic.py --workdir runs/synthetic
-  python train.py --config configs/300w.py --workdir runs/300w --config.data.root=/data/300W \
-      --config.stages=hourglass --config.hourglass.batch_size=32
+  python train.py --config configs/300w.py --workdir runs/300w --config.data.root=/data/300W
+  python train.py --config configs/300w.py --workdir runs/300w_hg --config.stages=hourglass
 
 Each stage resumes from its newest checkpoint in the workdir; re-running a finished run is a
 no-op apart from re-evaluating. Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
@@ -10,9 +10,6 @@ JAX_PROCESS_ID on every host (or MSM_JAX_DISTRIBUTED=1 where JAX detects the clu
 One run at a time holds a workdir (<workdir>/.lock); a config whose data or network fields
 differ from the workdir's config.json is refused unless --allow_changed_config is given.
 """
-
-import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -40,10 +37,13 @@ def main(argv):
   del argv
   quiet_library_logs()
   configure_training_process()
-  from msm_jax.train import run, stages, workdir  # after the XLA flags are set
+  from msm_jax import commands
+  from msm_jax.train import stages, workdir  # after the XLA flags are set
 
   try:
-    run.train(_CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value)
+    commands.train_and_evaluate(
+      _CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value
+    )
   # Locked, changed config, unwritable; fields that cannot work together: one line.
   except (workdir.WorkdirError, stages.ConfigMismatchError) as error:
     raise SystemExit(f"error: {error}") from None
@@ -51,5 +51,4 @@ def main(argv):
 
 if __name__ == "__main__":
   restart_with_page_reuse()
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # configs/ imports `configs`
   app.run(main, flags_parser=parse_flags_help_exits_zero)

@@ -35,8 +35,9 @@ def _models(quick: bool):
   """GDNN, hourglass, pipeline options and random variables at paper (or --quick) sizes."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from benchmarks import bench_reconstruction, bench_training  # pylint: disable=g-import-not-at-top
-  from msm_jax import landmarks  # pylint: disable=g-import-not-at-top
+  from msm_jax.core import landmarks  # pylint: disable=g-import-not-at-top
   from msm_jax.inference import pipeline
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
 
@@ -78,7 +79,8 @@ def stage_functions(generator, hourglass, options):
   # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from msm_jax import geometry, heatmaps, sampler  # pylint: disable=g-import-not-at-top
+
+  from msm_jax.core import geometry, heatmaps, sampler  # pylint: disable=g-import-not-at-top
   from msm_jax.inference import pipeline
 
   size = options.crop_size
@@ -132,6 +134,7 @@ def _inputs(batch: int):
 def measure_batch(batch: int, quick: bool, repeats: int, warmup: int) -> dict:
   """One batch size: compile, one-jit timing, per-stage timings, peak RSS (in a worker)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from msm_jax.inference import pipeline  # pylint: disable=g-import-not-at-top
 
   generator, hourglass, options, variables = _models(quick)

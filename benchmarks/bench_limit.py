@@ -62,6 +62,7 @@ def conv_rates(repeats: int, warmup: int, quick: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from msm_jax.models import layers  # pylint: disable=g-import-not-at-top
 
   batch, size, channels = (2, 16, 16) if quick else CONV_SHAPE.values()
@@ -125,6 +126,7 @@ def hourglass_forward(batch: int, overrides, repeats: int, warmup: int) -> dict:
   """FLOPs (cost analysis of the lowered forward) and median time at ``batch``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
 
   config = bench_training.load_config("paper", overrides)

@@ -24,7 +24,7 @@ STAGES = ("decode", "detection", "landmarks", "overlay")
 
 
 def _photos(config_path: str | None, folder: str | None, count: int) -> list[str]:
-  from msm_jax import robustness
+  from msm_jax.eval import robustness
 
   config = None
   if config_path:
@@ -86,26 +86,15 @@ def msm_stages(model, paths: list[str], out_dir: str):
   return {"names": STAGES, "run": run}
 
 
-def dlib_predictor_path() -> str:
-  """The 68-point model file inside the `face-recognition-models` wheel, found without
-  importing the package (its __init__ needs pkg_resources, gone from recent setuptools)."""
-  import importlib.util
-
-  spec = importlib.util.find_spec("face_recognition_models")
-  if spec is None or not spec.submodule_search_locations:
-    raise ModuleNotFoundError("face_recognition_models: pip install -r benchmarks/requirements.txt")
-  folder = list(spec.submodule_search_locations)[0]
-  return os.path.join(folder, "models", "shape_predictor_68_face_landmarks.dat")
-
-
 def dlib_stages(paths: list[str], out_dir: str):
   import dlib
   from PIL import Image
 
-  from msm_jax import overlays
+  from msm_jax.data import overlays
+  from msm_jax.eval import dlib_peer
 
   detector = dlib.get_frontal_face_detector()
-  predictor = dlib.shape_predictor(dlib_predictor_path())
+  predictor = dlib.shape_predictor(dlib_peer.dlib_predictor_path())
 
   def run():
     seconds = dict.fromkeys(STAGES, 0.0)

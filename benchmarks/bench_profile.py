@@ -89,6 +89,7 @@ def main():
     ).strip()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from msm_jax.train import parallel, stages  # pylint: disable=g-import-not-at-top
 
   machine = common.machine_info()

@@ -2,7 +2,7 @@
 
   python -m benchmarks.bench_reconstruction [--repeats 7] [--loop_faces 64] [--quick]
 
-Times ``msm_jax.shape_dictionary.reconstruct`` (jitted, batched) at batch 1, 32 and 256
+Times ``msm_jax.core.shape_dictionary.reconstruct`` (jitted, batched) at batch 1, 32 and 256
 against a per-face NumPy loop and a per-face scikit-learn ``Ridge`` loop, with the
 paper's sizes: N = 500 exemplars, k = 100 neighbours, 68 points, lambda = 60. Each
 number is microseconds per face, median (and minimum) of ``--repeats`` timed calls
@@ -19,8 +19,8 @@ from jax import lax
 from sklearn.linear_model import Ridge
 
 from benchmarks import common
-from msm_jax import landmarks
-from msm_jax import shape_dictionary as sd
+from msm_jax.core import landmarks
+from msm_jax.core import shape_dictionary as sd
 from msm_jax.data import synthetic_shapes
 
 NUM_EXEMPLARS, NUM_NEIGHBOURS, RIDGE_LAMBDA = 500, 100, 60.0

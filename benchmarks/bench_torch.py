@@ -64,8 +64,8 @@ def build_torch_twin(sizes: Sizes, num_stacks: int = 2, depth: int = 4):
   """A PyTorch ``StackedHourglass`` equal to the Flax one (defined here so that torch is
   only imported by this script)."""
   import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
 
   class BatchNormReLU(nn.BatchNorm2d):
     """``layers.BatchNormReLU``: PyTorch's BatchNorm defaults (momentum 0.1, eps 1e-5)."""
@@ -256,7 +256,7 @@ def check_twin(flax_model, variables, torch_model, images: np.ndarray) -> dict:
 
 def gaussian_targets(landmarks: np.ndarray, sizes: Sizes, sigma: float = 1.5) -> np.ndarray:
   """[B, L, 2] crop pixels -> [B, L, h, w] Gaussian maps (as the JAX step renders them)."""
-  from msm_jax import heatmaps  # pylint: disable=g-import-not-at-top
+  from msm_jax.core import heatmaps  # pylint: disable=g-import-not-at-top
 
   points = heatmaps.crop_to_heatmap(landmarks, sizes.crop_size, sizes.crop_size // 2)
   maps = heatmaps.gaussian_heatmaps(points, sizes.crop_size // 2, sigma)
@@ -319,6 +319,7 @@ def jax_forward_case(sizes: "Sizes", case: "JaxCase", repeats: int, warmup: int)
   run's random images and weights (``random_inputs``; ``variables`` stay float32). Runs in
   a worker process: no PyTorch (and its own OpenMP runtime) in the same process."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from msm_jax.train import stages  # pylint: disable=g-import-not-at-top
 
   images, _, variables = random_inputs(sizes)
@@ -336,6 +337,7 @@ def random_inputs(sizes: "Sizes"):
   """(images [B, S, S, 3], landmarks [B, L, 2], randomised Flax variables): the same in every
   process of a run (seeded)."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from msm_jax.models.hourglass import StackedHourglass  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)

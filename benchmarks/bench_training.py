@@ -71,6 +71,7 @@ def load_config(name: str, overrides=()):
 
 def random_batch(stage: str, config, rng):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from msm_jax.train import stages as stage_lib  # pylint: disable=g-import-not-at-top
 
   size = config.data.crop_size
@@ -115,6 +116,7 @@ def time_train_step(stage: str, config, repeats: int, warmup: int) -> dict:
   """Compile and time one stage's update step on a random batch; runs in a worker."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from msm_jax.train import parallel  # pylint: disable=g-import-not-at-top
 
   mesh = parallel.data_mesh()

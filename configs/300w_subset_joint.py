@@ -7,7 +7,7 @@ checkpoints (and the dictionary), e.g. the ST-GAN of `300w_subset.py` and the ho
   python train.py --config configs/300w_subset_joint.py --workdir runs/300w_joint \
       --config.stages=joint
   python evaluate.py --config configs/300w_subset_joint.py --workdir runs/300w_joint
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_joint.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_joint.py \
       --workdir runs/300w_joint --out <package> --variant=joint
 
 The crops are the ST-GAN's I_fake: the 300-W box (a detector's), perturbed by up to 30

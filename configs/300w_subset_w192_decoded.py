@@ -10,7 +10,7 @@ runs/300w_w192_hires2_package`):
 
   python train.py --config configs/300w_subset_w192_decoded.py \
       --workdir runs/300w_w192_decoded --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_decoded.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_decoded.py \
       --workdir runs/300w_w192_decoded --out runs/300w_w192_decoded_package \
       --config.inference.flip_test=true --kernel_dtype float16
 """

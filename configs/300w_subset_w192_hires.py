@@ -8,7 +8,7 @@ augmentation of the step before:
 
   python train.py --config configs/300w_subset_w192_hires.py \
       --workdir runs/300w_w192_hires --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_hires.py \
       --workdir runs/300w_w192_hires --out runs/300w_w192_hires_package \
       --config.inference.flip_test=true --kernel_dtype float16
 """

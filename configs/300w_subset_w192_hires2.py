@@ -2,12 +2,12 @@
 (packaged) fine-tuned 12 more epochs on its 256x256 crops, Adam 5e-5 halved after 6 and 10
 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_hires.py \
       --workdir runs/300w_w192_hires --out runs/300w_w192_hires_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_hires2.py \
       --workdir runs/300w_w192_hires2 --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires2.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_hires2.py \
       --workdir runs/300w_w192_hires2 --out pretrained/ \
       --config.inference.flip_test=true --kernel_dtype float16
   python -m msm_jax.inference.export --model pretrained \

@@ -2,7 +2,7 @@
 (packaged) fine-tuned 8 more epochs with occluders on more of the faces (natural texture on
 half of them, a noise patch on 15 %), Adam 6e-5 halved after 5 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_tighter.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_tighter.py \
       --workdir runs/300w_w192_tighter --out runs/300w_w192_tighter_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occluders.py \

@@ -2,7 +2,7 @@
 (packaged) fine-tuned 8 more epochs with occluders on more of the faces still (natural texture
 on 70 % of them, a noise patch on 20 %), Adam 5e-5 halved after 5 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occluders.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_occluders.py \
       --workdir runs/300w_w192_occluders --out runs/300w_w192_occluders_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occluders70.py \

@@ -2,7 +2,7 @@
 (packaged) fine-tuned 8 more epochs with natural texture on 80 % of the faces (a noise patch
 on 20 %), Adam 4e-5 halved after 5 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occluders70.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_occluders70.py \
       --workdir runs/300w_w192_occluders70 --out runs/300w_w192_occluders70_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occluders80.py \

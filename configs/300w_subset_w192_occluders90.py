@@ -2,12 +2,12 @@
 (packaged) fine-tuned 8 more epochs with natural texture on 90 % of the faces (a noise patch
 on 20 %), Adam 3e-5 halved after 5 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occluders80.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_occluders80.py \
       --workdir runs/300w_w192_occluders80 --out runs/300w_w192_occluders80_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occluders90.py \
       --workdir runs/300w_w192_occluders90 --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occluders90.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_occluders90.py \
       --workdir runs/300w_w192_occluders90 --out runs/300w_w192_occluders90_package \
       --config.inference.flip_test=true --kernel_dtype float16
 

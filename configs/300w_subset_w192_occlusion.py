@@ -7,7 +7,7 @@ keep their sharp targets. Starts from the width-192 package in `hourglass.init_f
 (trained on the 1,811 training faces only), same data, jitter and occluders, 12 epochs at a
 lower learning rate (~1.1 steps/s on the 2-core AVX512-BF16 CPU):
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192.py \
       --workdir runs/300w_w192 --out runs/300w_w192_package --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_occlusion.py \
       --workdir runs/300w_w192_occlusion --config.stages=hourglass,dictionary

@@ -6,7 +6,7 @@ narrowed to what that pass leaves (a few degrees of roll, a few percent of scale
 Occluders and the occluded landmarks' wider targets are kept. 12 epochs (113 steps each),
 Adam 1.25e-4 halved after 6 and 10, ~1.1 steps/s on the 2-core AVX512-BF16 CPU:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_occlusion.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_occlusion.py \
       --workdir runs/300w_w192_occlusion --out runs/300w_w192_occlusion_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_tight.py \

@@ -2,7 +2,7 @@
 (packaged) fine-tuned 10 more epochs with the jitter narrowed further (rotation +-8 degrees,
 scale +-4 %, shift +-2.5 %), Adam 1e-4 halved after 5 and 8 epochs:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_tight.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_tight.py \
       --workdir runs/300w_w192_tight --out runs/300w_w192_tight_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w192_tighter.py \

@@ -9,15 +9,15 @@ little better under the occluder (hidden landmarks 5.68 against 5.73 %), for 1.8
 compute and a 17.9 MB weights file (`docs/robustness.md`). It starts from the shipped network
 packaged to runs/:
 
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w192_hires2.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w192_hires2.py \
       --workdir runs/300w_w192_hires2 --out runs/300w_w192_hires2_package \
       --config.inference.flip_test=true --kernel_dtype float16
   python train.py --config configs/300w_subset_w256.py \
       --workdir runs/300w_w256 --config.stages=hourglass,dictionary
-  python -m msm_jax.inference.pretrained --config configs/300w_subset_w256.py \
+  python -m msm_jax.train.packaging --config configs/300w_subset_w256.py \
       --workdir runs/300w_w256 --out runs/300w_w256_package \
       --config.inference.flip_test=true --kernel_dtype float16
-  python -m msm_jax.inference.annotation_offset --model runs/300w_w256_package \
+  python -m msm_jax.eval.annotation_offset --model runs/300w_w256_package \
       --config configs/300w_subset_w256.py
 """
 

@@ -61,9 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.stgan.adversarial_weight = 0.5  # b in Eq. 5, Sec. IV-C
   # The balance of a and b depends on the unit of ||theta - theta*||, which the paper does not
   # give: "pixels" (x S/2, how far a theta error moves the crop's edge) or "normalised"
-  # (theta's own STN units). With "normalised" the adversarial gradient on theta is ~20x the
-  # theta term's and theta does not learn: synthetic default, 500 steps, faces stay ~15 px
-  # from the template (16.3 unwarped); "pixels" reaches 4.6 px, the theta term alone 3.8 px.
+  # (theta's own STN units). With "normalised" the adversarial gradient on theta dwarfs the
+  # theta term's and theta does not learn (docs/cpu_notes.md).
   config.stgan.theta_loss_units = "pixels"
   # D's Adam rate. Sec. IV-C gives one rate for the ST-GAN; synthetic.py lowers it (balance).
   config.stgan.discriminator_learning_rate = 5e-4
@@ -71,9 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Sec. 3.4), which bounds D's confidence. 1.0 is Eq. 3 exactly.
   config.stgan.real_label = 1.0
   # G trains on the theta term alone for this many steps before the adversarial term switches
-  # on (D trains throughout). Not in the paper; no clear gain measured on the synthetic
-  # default (300 steps: 4.4 px with 150 warm-up steps, 5.0 px without; run-to-run noise
-  # ~0.5 px), kept as a knob for data where D overwhelms an untrained G.
+  # on (D trains throughout). Not in the paper: a knob for data where D overwhelms an
+  # untrained G.
   config.stgan.adversarial_warmup_steps = 0
   # I_fake: a detector-like crop, perturbed (what a face detector hands over).
   config.stgan.perturb_rotation_degrees = 30.0
@@ -120,9 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (docs/cpu_notes.md), spatial softmax cross-entropy did.
   config.hourglass.loss = "softmax_cross_entropy"  # or "mse" (train/losses.py: HEATMAP_LOSSES)
   config.hourglass.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
-  # msm_jax/models/layers.py: KERNELS. "onednn": oneDNN's CPU convolutions and BN + ReLU where
-  # they can run (XLA's ops on other platforms or without the extension); "xla": XLA's everywhere.
-  config.hourglass.kernels = "onednn"
+  # msm_jax/models/layers.py: KERNELS. "auto": oneDNN's convolutions and BN + ReLU when JAX
+  # computes on the CPU and the extension built, XLA's otherwise; "onednn", "xla": always those.
+  config.hourglass.kernels = "auto"
   # Fine-tuning: start from the hourglass of this pretrained package folder ("" = random
   # init). Used only when the workdir has no hourglass checkpoint yet.
   config.hourglass.init_from = ""

@@ -4,19 +4,16 @@ import json
 import os
 import sys
 
-# Measured on this 2-core CPU machine (docs/cpu_notes.md): the YNN fusion makes a
-# training step ~30 % faster but slows inference by ~30 %, so it is set for training only.
+# XLA:CPU's YNN fusion speeds training steps up and slows inference down
+# (docs/cpu_notes.md), so it is set for training only.
 _TRAINING_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
 
-# glibc's malloc gives XLA's large per-step temporaries back to the kernel (mmap'd blocks, and
-# per-thread arenas trimmed on free) and faults them in again on every step. Two allocators
-# keep the pages instead; the price of both is that the process keeps its peak memory:
-# * jemalloc with decay off, where installed. Full-size hourglass train step (batch 16, YNN
-#   flag): 5.0 s vs 6.2 s with glibc's defaults (Intel Xeon).
-# * otherwise glibc's malloc with one arena, no mmap'd blocks and no trimming. Width-128
-#   hourglass, batch 16, bfloat16 on oneDNN (AMD EPYC): train step 0.51 s vs 0.73 s, forward
-#   0.14 s vs 0.18 s; peak RSS of the train-step process 2.7 GB vs 2.0 GB. Without the single
-#   arena nothing is gained (0.76 s): XLA's threads allocate from their own mmap'd heaps.
+# glibc's malloc gives XLA:CPU's large per-step temporaries back to the kernel (mmap'd
+# blocks, per-thread arenas trimmed on free) and faults them in again on every step. Two
+# allocators keep the pages instead, at the price of the process keeping its peak memory:
+# jemalloc with decay off where installed, otherwise glibc's malloc with one arena (XLA's
+# threads would otherwise allocate from their own mmap'd heaps), no mmap'd blocks and no
+# trimming. What each gains is in docs/cpu_notes.md.
 _JEMALLOC_PATHS = (
   "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
   "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
@@ -72,7 +69,6 @@ def load_config_file(path: str):
   evaluate.py take theirs through ml_collections' --config flag)."""
   import importlib.util
 
-  sys.path.insert(0, os.getcwd())  # config files import `configs`
   spec = importlib.util.spec_from_file_location("msm_jax_config_file", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -90,6 +86,28 @@ def _is_glibc() -> bool:
   return platform.libc_ver()[0] == "glibc"
 
 
+# Accelerator plugins of jaxlib: where one is installed JAX computes on the accelerator and the
+# host allocator does not matter.
+_ACCELERATOR_PLUGINS = (
+  "jax_cuda12_plugin",
+  "jax_cuda13_plugin",
+  "jax_rocm60_plugin",
+  "jax_rocm7_plugin",
+  "libtpu",
+)
+
+
+def computes_on_cpu_only() -> bool:
+  """True when JAX will compute on the CPU: JAX_PLATFORMS names cpu alone, or no accelerator
+  plugin is installed (checked without importing JAX)."""
+  import importlib.util
+
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.strip().lower() == "cpu"
+  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+
+
 def restart_with_page_reuse() -> None:
   """Re-execute this program, once, with an allocator that reuses freed pages: jemalloc
   preloaded if installed, else glibc's malloc set by its environment variables (one arena,
@@ -97,13 +115,15 @@ def restart_with_page_reuse() -> None:
 
   The allocator must be chosen before the process starts, hence the re-exec; it happens
   before JAX is imported, so nothing is lost. Child processes inherit the choice.
-  MSM_JAX_SYSTEM_MALLOC=1 keeps the allocator as it is; so does an LD_PRELOAD'ed jemalloc or
-  any of glibc's MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ already set.
+  Only where JAX computes on the CPU (`computes_on_cpu_only`). MSM_JAX_SYSTEM_MALLOC=1 keeps
+  the allocator as it is; so does an LD_PRELOAD'ed jemalloc or any of glibc's
+  MALLOC_ARENA_MAX / MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_ already set.
   """
   preloaded = os.environ.get("LD_PRELOAD", "")
   if (
     os.environ.get("MSM_JAX_SYSTEM_MALLOC")
     or not sys.platform.startswith("linux")
+    or not computes_on_cpu_only()
     or "jemalloc" in preloaded
     or any(name in os.environ for name in GLIBC_PAGE_REUSE)
   ):

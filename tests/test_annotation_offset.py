@@ -10,8 +10,9 @@ import pytest
 
 from msm_jax.data import datasets
 from msm_jax.data.records import box_from_landmarks
-from msm_jax.inference import annotation_offset, prediction, pretrained
-
+from msm_jax.eval import annotation_offset
+from msm_jax.inference import prediction, pretrained
+from msm_jax.train import packaging
 from tests import tiny_models
 
 
@@ -38,7 +39,7 @@ def test_mean_residual_by_hand_leaves_out_faces_without_a_prediction():
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
   folder = str(tmp_path_factory.mktemp("offset") / "package")
-  pretrained.write_package(tiny_models.tiny_pretrained(), folder)
+  packaging.write_package(tiny_models.tiny_pretrained(), folder)
   return folder
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from msm_jax import geometry
+from msm_jax.core import geometry
 from msm_jax.data import augment
 
 
@@ -62,7 +62,7 @@ def test_warp_image_matches_numpy_reference_including_borders():
 
 def test_warp_image_matches_sampler_warp():
   jnp = pytest.importorskip("jax.numpy")
-  from msm_jax import sampler
+  from msm_jax.core import sampler
 
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
@@ -324,7 +324,7 @@ def test_synthetic_face_landmarks_keep_their_colour_after_augmentation():
   permutation changes it several times more."""
   from scipy import ndimage
 
-  from msm_jax import landmarks as landmark_schemes
+  from msm_jax.core import landmarks as landmark_schemes
   from msm_jax.data import synthetic
 
   def colours(image, points):

@@ -178,3 +178,21 @@ def test_write_json_makes_the_folder_and_round_trips(tmp_path):
   payload = {"faces": 2, "table": {"landmark box": {"HG": {"nme": 3.5, "found": 2}}}}
   cli.write_json(str(path), payload)
   assert json.loads(path.read_text()) == payload
+
+
+def test_the_allocator_restart_is_for_cpu_computation_only(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  assert not cli.computes_on_cpu_only()
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert cli.computes_on_cpu_only()
+  monkeypatch.delenv("JAX_PLATFORMS")
+  monkeypatch.setattr(cli, "_ACCELERATOR_PLUGINS", ("json",))  # an installed module stands in
+  assert not cli.computes_on_cpu_only()
+  monkeypatch.setattr(cli, "_ACCELERATOR_PLUGINS", ("no_such_plugin_module",))
+  assert cli.computes_on_cpu_only()
+  # On an accelerator the process is not re-executed.
+  monkeypatch.setattr(cli, "_ACCELERATOR_PLUGINS", ("json",))
+  for name in ("MSM_JAX_SYSTEM_MALLOC", "LD_PRELOAD", *cli.GLIBC_PAGE_REUSE):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(cli.os, "execve", lambda *args: pytest.fail("re-executed"))
+  cli.restart_with_page_reuse()

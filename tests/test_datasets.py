@@ -2,15 +2,12 @@
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import synthetic as synthetic_config  # noqa: E402
-
 from msm_jax.data import datasets, input_pipeline  # noqa: E402
 from msm_jax.data.records import FaceRecord  # noqa: E402
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from msm_jax.inference import detection
 from msm_jax.data import synthetic
+from msm_jax.inference import detection
 
 
 def test_calibrated_face_box_hand_computed():

@@ -1,15 +1,14 @@
-"""The dlib peer (benchmarks/dlib_peer.py): its box conventions against hand-computed boxes and
+"""The dlib peer (msm_jax/eval/dlib_peer.py): its box conventions against hand-computed boxes and
 the detector calibration they invert, and a tiny regression-tree model trained on rendered faces
 against the mean shape it starts from."""
 
 import numpy as np
 import pytest
 
-from benchmarks import dlib_peer
-from msm_jax import landmarks, metrics, robustness
+from msm_jax.core import landmarks, metrics
 from msm_jax.data.records import box_from_landmarks
+from msm_jax.eval import dlib_peer, robustness
 from msm_jax.inference import detection
-
 from tests import tiny_models
 
 dlib = pytest.importorskip("dlib")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from msm_jax.inference import export, pipeline
-from msm_jax.models.gdnn import GDNN, IDENTITY_THETA as GDNN_IDENTITY
+from msm_jax.models.gdnn import GDNN
+from msm_jax.models.gdnn import IDENTITY_THETA as GDNN_IDENTITY
 from msm_jax.models.hourglass import StackedHourglass
-
 from tests import float_checks, tiny_models
 
 L = 68
@@ -325,8 +325,8 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
   reason="no shipped artefact in pretrained/",
 )
 def test_shipped_artefact_matches_the_shipped_package():
-  from msm_jax.inference import prediction, pretrained
   from msm_jax.data import synthetic
+  from msm_jax.inference import prediction, pretrained
 
   model = pretrained.load_pretrained(SHIPPED)
   faces = [synthetic.render_face(7, index, dict(image_size=160)) for index in range(2)]

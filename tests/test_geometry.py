@@ -1,12 +1,13 @@
-"""Tests for msm_jax.geometry: theta <-> pixel matrices, affine algebra, point-set fits, crops."""
+"""Tests for msm_jax.core.geometry: theta <-> pixel matrices, affine algebra, point-set fits,
+crops."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import geometry
-from msm_jax.sampler import warp
+from msm_jax.core import geometry
+from msm_jax.core.sampler import warp
 
 
 def random_affine(rng, batch_shape=()):

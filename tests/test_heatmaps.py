@@ -1,4 +1,5 @@
-"""Tests for msm_jax/heatmaps.py: targets, decoding (Eq. 8), scores (Eq. 9), Algorithm 2 lines 4-10.
+"""Tests for msm_jax/core/heatmaps.py: targets, decoding (Eq. 8), scores (Eq. 9), Algorithm 2
+lines 4-10.
 
 References are independent of the module: closed forms by hand, NumPy loops, SciPy.
 Run with ``-s`` to see the measured decoding errors.
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.special
 
-from msm_jax import heatmaps as hm
+from msm_jax.core import heatmaps as hm
 
 SIGMA = 1.5  # config.hourglass.sigma
 SIZE = 64  # config.data.heatmap_size

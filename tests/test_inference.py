@@ -4,6 +4,7 @@ package's pipeline, loads no training code."""
 import subprocess
 import sys
 
+from msm_jax.train import packaging
 from tests import tiny_models
 
 _SCRIPT = """
@@ -25,7 +26,7 @@ print("MSM_JAX", len(ours), ours)
 
 def test_inference_loads_no_training_stack(tmp_path):
   package = str(tmp_path / "package")
-  tiny_models.pretrained.write_package(tiny_models.tiny_pretrained(), package)
+  packaging.write_package(tiny_models.tiny_pretrained(), package)
   result = subprocess.run(
     [sys.executable, "-c", _SCRIPT, package],
     capture_output=True,
@@ -36,4 +37,4 @@ def test_inference_loads_no_training_stack(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "TRAINING []" in result.stdout, result.stdout
   modules = [line for line in result.stdout.splitlines() if line.startswith("MSM_JAX")][0]
-  assert "msm_jax.train.stages" not in modules and "msm_jax.model_io" not in modules
+  assert "msm_jax.train.stages" not in modules and "msm_jax.train.model_io" not in modules

@@ -1,12 +1,11 @@
-"""The inference levers benchmark (benchmarks/inference_levers.py): moved boxes by hand, the
+"""The inference levers benchmark (msm_jax/eval/inference_levers.py): moved boxes by hand, the
 weight soup against the leaf-wise mean, and a tiny model's table against its own rows."""
 
 import jax
 import numpy as np
 
-from benchmarks import inference_levers
+from msm_jax.eval import inference_levers
 from msm_jax.inference import pretrained
-
 from tests import tiny_models
 
 

@@ -9,7 +9,6 @@ which landmark it is, independently of the pipeline's own matrices.
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from msm_jax import geometry
+from msm_jax.core import geometry
+from msm_jax.core.landmarks import get_scheme
 from msm_jax.data import input_pipeline
 from msm_jax.data.images import ImageReadError
 from msm_jax.data.records import FaceRecord
-from msm_jax.landmarks import get_scheme
 
 # configs/ lives at the repository root, outside the installed package.
 _REPOSITORY = str(Path(__file__).resolve().parents[1])
-if _REPOSITORY not in sys.path:
-  sys.path.insert(0, _REPOSITORY)
 from configs import synthetic as synthetic_experiment  # noqa: E402
 
 CROP = 128

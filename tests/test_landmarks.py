@@ -1,4 +1,4 @@
-"""Tests for msm_jax.landmarks: scheme tables, pupils / eye corners, flips, thresholds.
+"""Tests for msm_jax.core.landmarks: scheme tables, pupils / eye corners, flips, thresholds.
 
 The flip permutations are checked against faces built by hand from each
 dataset's *semantic* layout (jaw from image-left to image-right, eyes running
@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import landmarks
-from msm_jax.landmarks import SCHEME_300W, SCHEME_COFW, SCHEME_WFLW
+from msm_jax.core import landmarks
+from msm_jax.core.landmarks import SCHEME_300W, SCHEME_COFW, SCHEME_WFLW
 
 ALL_SCHEMES = [SCHEME_300W, SCHEME_WFLW, SCHEME_COFW]
 WIDTH = 200

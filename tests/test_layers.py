@@ -348,3 +348,16 @@ def test_folded_batch_norm_equals_the_unfolded_one(conv_kind, monkeypatch):
     calls.clear()
     _ConvThenNorm(conv_kind, "folding").apply(variables, x, train=True, mutable=["batch_stats"])
     assert calls == [False]
+
+
+def test_auto_kernels_are_xla_off_the_cpu_and_onednn_on_it_where_built(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.resolve_kernels("auto") == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert layers.resolve_kernels("auto") == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert layers.resolve_kernels("auto") == ("onednn" if onednn.available() else "xla")
+  monkeypatch.setattr(onednn, "available", lambda: False)
+  assert layers.resolve_kernels("auto") == "xla"
+  # A name other than "auto" is taken as it is, on any backend.
+  assert layers.resolve_kernels("onednn") == "onednn"

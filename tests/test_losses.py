@@ -95,12 +95,13 @@ def test_one_sided_label_smoothing_is_cross_entropy_with_a_soft_target():
 
 
 def test_a_registered_loss_trains_and_sets_the_decoding():
+  import optax
+
   from msm_jax.inference import pipeline
   from msm_jax.models.hourglass import StackedHourglass
   from msm_jax.train import parallel, steps
   from msm_jax.train.state import init_model_state, new_train_state
   from tests import tiny_models
-  import optax
 
   def mean_absolute_map(stacks, target, visible=None):  # a loss on probability-like maps
     return jnp.mean(jnp.abs(stacks - target[None]))
@@ -136,7 +137,7 @@ def test_a_registered_loss_trains_and_sets_the_decoding():
       parallel.shard_batch(batch, mesh),
     )
     # The step's loss is the registered function on the training-mode forward pass.
-    from msm_jax import heatmaps
+    from msm_jax.core import heatmaps
 
     targets = heatmaps.gaussian_heatmaps(
       heatmaps.crop_to_heatmap(batch["landmarks"], 16, 8), (8, 8), 1.0

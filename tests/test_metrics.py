@@ -1,4 +1,4 @@
-"""Tests for msm_jax.metrics: NME (Eq. 12), failure rate, AUC and CED.
+"""Tests for msm_jax.core.metrics: NME (Eq. 12), failure rate, AUC and CED.
 
 Golden numbers are worked out in the comments; NME is also checked against a
 direct per-face, per-landmark loop and AUC against two other integrations of
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import metrics
-from msm_jax.landmarks import SCHEME_300W, SCHEME_COFW, SCHEME_WFLW
+from msm_jax.core import metrics
+from msm_jax.core.landmarks import SCHEME_300W, SCHEME_COFW, SCHEME_WFLW
 
 
 def _face_68():

@@ -8,12 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import model_io, models
+from msm_jax import models
 from msm_jax.inference import pipeline, pretrained
 from msm_jax.models.hourglass import StackedHourglass
 from msm_jax.models.resnet import ResNet50
-from msm_jax.train import stages
-
+from msm_jax.train import model_io, packaging, stages
 from tests import tiny_models
 
 
@@ -73,7 +72,7 @@ def test_a_registered_backbone_trains_evaluates_and_ships(toy_architecture, tmp_
   boxes = np.array([[10, 10, 130, 130], [20, 5, 140, 125]], np.float32)
   live = package.infer(trained.variables, images, boxes)
   assert live["landmarks"].shape == (2, 68, 2) and np.isfinite(live["landmarks"]).all()
-  pretrained.write_package(package, str(tmp_path / "package"))
+  packaging.write_package(package, str(tmp_path / "package"))
   loaded = pretrained.load_pretrained(str(tmp_path / "package"))
   assert isinstance(loaded.model.networks["hourglass"], ToyHeatmapNet)
   again = loaded.infer(loaded.model.variables, images, boxes)

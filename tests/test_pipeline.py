@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msm_jax import geometry, heatmaps
+from msm_jax.core import geometry, heatmaps
+from msm_jax.core.landmarks import get_scheme, region_thresholds
 from msm_jax.inference import pipeline
-from msm_jax.landmarks import get_scheme, region_thresholds
 from msm_jax.models.gdnn import GDNN
-from msm_jax.train import stages
+from msm_jax.train import packaging, stages
 from tests import tiny_models
 
 CROP, MAPS, L = 128, 64, 68
@@ -438,20 +438,19 @@ def test_differentiable_needs_a_decoder_with_a_gradient():
     )
 
 
-def test_readme_gradient_example_runs(tmp_path, monkeypatch):
-  """The README's "Gradients through MSM" code, run as written on a tiny package in place of
-  the shipped one; the optax step must lower its loss."""
+def test_docs_gradient_example_runs(tmp_path, monkeypatch):
+  """The code of docs/gradients.md, run as written on a tiny package in place of the shipped
+  one; the optax step must lower its loss."""
   import re
 
-  readme = open(os.path.join(tiny_models.ROOT, "README.md")).read()
+  readme = open(os.path.join(tiny_models.ROOT, "docs/gradients.md")).read()
   [code] = re.findall(r"<!-- gradient example -->\n```python\n(.*?)```", readme, re.S)
-  from msm_jax.inference import pretrained
 
   package = tmp_path / "pretrained"
-  pretrained.write_package(tiny_models.tiny_pretrained(), str(package))
+  packaging.write_package(tiny_models.tiny_pretrained(), str(package))
   monkeypatch.chdir(tmp_path)
   namespace = {}
-  exec(compile(code, "README.md", "exec"), namespace)
+  exec(compile(code, "docs/gradients.md", "exec"), namespace)
   assert np.isfinite(float(namespace["value"]))
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(namespace["grads"]))
   loss, params = namespace["loss"], namespace["params"]

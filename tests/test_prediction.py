@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msm_jax import geometry
-from msm_jax.inference import prediction, pretrained
+from msm_jax.core import geometry
 from msm_jax.data import augment
-
+from msm_jax.inference import prediction
+from msm_jax.train import packaging
 from tests import float_checks, tiny_models
 
 ROOT = tiny_models.ROOT
@@ -223,7 +223,7 @@ def _run_predict(*args):
 
 def test_predict_command_end_to_end(model, tmp_path):
   package = str(tmp_path / "package")
-  pretrained.write_package(model, package)
+  packaging.write_package(model, package)
   photos = tmp_path / "photos"
   photos.mkdir()
   face_image = tiny_models.detectable_face(model.calibration.cascade)["image"]
@@ -262,8 +262,7 @@ def test_predict_command_rejects_bad_boxes_and_missing_model(tmp_path):
   result = _run_predict(str(image), "--model", str(tmp_path / "nowhere"))
   assert result.returncode == 2
   assert (
-    "no pretrained model" in result.stderr
-    and "python -m msm_jax.inference.pretrained" in result.stderr
+    "no pretrained model" in result.stderr and "python -m msm_jax.train.packaging" in result.stderr
   )
 
 
@@ -291,7 +290,7 @@ def test_detectors_are_tried_in_order_until_one_finds_a_face(model, monkeypatch)
 
 def test_predict_command_never_overwrites_its_inputs(model, tmp_path):
   package = str(tmp_path / "package")
-  pretrained.write_package(model, package)
+  packaging.write_package(model, package)
   photos = tmp_path / "photos"
   photos.mkdir()
   face = tiny_models.face_records(count=1)[0].image
@@ -386,7 +385,7 @@ def test_boxes_json_accepts_a_flat_box_for_one_face(tmp_path):
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(model, tmp_path):
   package = str(tmp_path / "package")
-  pretrained.write_package(model, package)
+  packaging.write_package(model, package)
   Image.fromarray(np.full((60, 60, 3), 90, np.uint8)).save(tmp_path / "a.png")
   (tmp_path / "blocker").write_text("a file where the output folder should go")
   result = _run_predict(

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from msm_jax import model_io, shape_dictionary
+from msm_jax.core import shape_dictionary
 from msm_jax.inference import detection, pipeline, pretrained
 from msm_jax.models import hourglass
-from msm_jax.train import checkpoints, stages
-
+from msm_jax.train import checkpoints, model_io, packaging, stages
 from tests import tiny_models
 
 ROOT = tiny_models.ROOT
@@ -63,7 +62,7 @@ def packaged(tmp_path_factory):
   config, workdir, out = tiny_models.tiny_config(), str(root / "run"), str(root / "package")
   _make_workdir(workdir, config)
   calibration = detection.DetectorCalibration((0.01, 0.12), 0.87, "haarcascade_x.xml")
-  info = pretrained.package_pretrained(config, workdir, out, calibration)
+  info = packaging.package_pretrained(config, workdir, out, calibration)
   return config, workdir, out, info, model_io.load_trained(config, workdir)
 
 
@@ -211,7 +210,7 @@ def test_paths_inside_the_repository_are_stored_relative_to_it(tmp_path):
   config.data.root = "/elsewhere/300w"  # outside the repository: kept as given
   workdir = str(tmp_path / "run")
   _make_workdir(workdir, config, with_stgan=False)
-  pretrained.package_pretrained(config, workdir, str(tmp_path / "package"))
+  packaging.package_pretrained(config, workdir, str(tmp_path / "package"))
   header = json.load(open(tmp_path / "package" / "config.json"))
   stored = header["config"]["data"]["validation_list"]
   assert stored == os.path.join("configs", "splits", "faces.txt")
@@ -224,7 +223,7 @@ def test_package_without_stgan(tmp_path):
   model = model_io.load_trained(config, str(tmp_path / "run"))
   with pytest.raises(ValueError, match="ST-GAN stage was not trained"):
     pretrained.from_trained(model, config, use_spatial_transformer=True)
-  info = pretrained.write_package(pretrained.from_trained(model, config), str(tmp_path / "p"))
+  info = packaging.write_package(pretrained.from_trained(model, config), str(tmp_path / "p"))
   loaded = pretrained.load_pretrained(str(tmp_path / "p"))
   assert info["stages"] == ["dictionary", "hourglass"]
   assert not loaded.options.use_spatial_transformer and loaded.options.use_shape_reconstruction
@@ -244,7 +243,7 @@ def test_a_network_on_twice_the_crop_packages_without_an_st_gan(tmp_path):
   _make_workdir(str(tmp_path / "run"), config, with_stgan=False)
   model = model_io.load_trained(config, str(tmp_path / "run"))
   assert model.available == {"hourglass", "dictionary"}
-  pretrained.package_pretrained(config, str(tmp_path / "run"), str(tmp_path / "p"))
+  packaging.package_pretrained(config, str(tmp_path / "run"), str(tmp_path / "p"))
   loaded = pretrained.load_pretrained(str(tmp_path / "p"))
   assert loaded.options.crop_size == 2 * 128 and loaded.options.heatmap_size == 64
   stem = lambda variables: variables["hourglass"]["params"]["stem_conv1"]["kernel"]
@@ -260,7 +259,7 @@ def test_a_network_on_twice_the_crop_packages_without_an_st_gan(tmp_path):
 
 def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):
   config, workdir, *_ = packaged
-  pretrained.package_pretrained(config, workdir, str(tmp_path), use_spatial_transformer=False)
+  packaging.package_pretrained(config, workdir, str(tmp_path), use_spatial_transformer=False)
   assert json.load(open(tmp_path / "config.json"))["inference"]["use_spatial_transformer"] is False
   loaded = pretrained.load_pretrained(str(tmp_path))
   assert not loaded.options.use_spatial_transformer and "stgan" in loaded.model.available
@@ -350,7 +349,7 @@ def test_float16_kernels_halve_the_package_and_read_back_as_float32(packaged, tm
   the live one with its kernels rounded to float16 (the round trip adds nothing more)."""
   config, workdir, out, info, live = packaged
   half = str(tmp_path / "half")
-  half_info = pretrained.package_pretrained(config, workdir, half, kernel_dtype="float16")
+  half_info = packaging.package_pretrained(config, workdir, half, kernel_dtype="float16")
   with np.load(os.path.join(half, "weights.npz"), allow_pickle=False) as archive:
     dtypes = {name: archive[name].dtype for name in archive.files}
   kernels = [name for name in dtypes if name.endswith("/kernel")]
@@ -374,7 +373,7 @@ def test_float16_kernels_halve_the_package_and_read_back_as_float32(packaged, tm
     assert flat_loaded[key].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(flat_loaded[key]), expected, err_msg=key)
   with pytest.raises(ValueError, match="kernel_dtype 'int8'"):
-    pretrained.package_pretrained(config, workdir, str(tmp_path / "x"), kernel_dtype="int8")
+    packaging.package_pretrained(config, workdir, str(tmp_path / "x"), kernel_dtype="int8")
 
 
 def test_kernels_beyond_float16_are_refused_before_writing(packaged, tmp_path):
@@ -385,7 +384,7 @@ def test_kernels_beyond_float16_are_refused_before_writing(packaged, tmp_path):
   model = dataclasses.replace(live, variables=variables)
   out = str(tmp_path / "refused")
   with pytest.raises(ValueError, match="stem_conv1/kernel' holds values that float16 cannot"):
-    pretrained.write_package(pretrained.from_trained(model, config), out, "float16")
+    packaging.write_package(pretrained.from_trained(model, config), out, "float16")
   assert not os.path.exists(out)
 
 
@@ -421,14 +420,14 @@ def test_the_landmark_offset_is_written_read_and_kept_by_a_rewrite(packaged, tmp
   package = _copy_package(packaged[2], str(tmp_path / "p"))
   assert pretrained.load_pretrained(package).options.landmark_offset == (0.0, 0.0)
   before = json.load(open(os.path.join(package, "config.json")))
-  pretrained.set_landmark_offset(package, np.array([0.5, -0.125]))
+  packaging.set_landmark_offset(package, np.array([0.5, -0.125]))
   after = json.load(open(os.path.join(package, "config.json")))
   assert after.pop("landmark_offset") == [0.5, -0.125]
   before.pop("landmark_offset")
   assert after == before  # nothing else changed
   loaded = pretrained.load_pretrained(package)
   assert loaded.options.landmark_offset == (0.5, -0.125)
-  pretrained.write_package(loaded, str(tmp_path / "rewritten"))
+  packaging.write_package(loaded, str(tmp_path / "rewritten"))
   rewritten = pretrained.load_pretrained(str(tmp_path / "rewritten"))
   assert rewritten.options.landmark_offset == (0.5, -0.125)
 
@@ -439,8 +438,8 @@ def test_a_bad_landmark_offset_names_the_file_and_is_never_written(packaged, tmp
   _edit_header(package, lambda header: header.update(landmark_offset=offset))
   with pytest.raises(pretrained.PackageError, match="config.json: landmark_offset must be two"):
     pretrained.load_pretrained(package)
-  pretrained.set_landmark_offset(package, [1.0, 2.0])
+  packaging.set_landmark_offset(package, [1.0, 2.0])
   written = open(os.path.join(package, "config.json")).read()
   with pytest.raises(pretrained.PackageError, match="landmark_offset must be two"):
-    pretrained.set_landmark_offset(package, [np.inf, 0.0])
+    packaging.set_landmark_offset(package, [np.inf, 0.0])
   assert open(os.path.join(package, "config.json")).read() == written

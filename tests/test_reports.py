@@ -1,4 +1,4 @@
-"""Tests for msm_jax.reports: table dicts, Markdown, paper references, CED PNGs, files.
+"""Tests for msm_jax.eval.reports: table dicts, Markdown, paper references, CED PNGs, files.
 
 Expected Markdown lines are written out in full; the paper's numbers are checked
 against the printed tables (Tables III-IX of the paper).
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msm_jax import evaluation, reports
+from msm_jax.eval import reports, subset_metrics
 
 
 def _metrics(nme_io, nme_ip=None, failure=None, auc=None, threshold=0.08):
@@ -125,9 +125,9 @@ def test_threshold_table_from_a_sweep():
   gt[0, 42:48] = gt[0, 36:42] + (60, 0)  # inter-pupil 60, inter-ocular 80
 
   def predict_with_thresholds(contour, feature):
-    return evaluation.SubsetPredictions("test", gt + (6 * feature, 0.0), gt)
+    return subset_metrics.SubsetPredictions("test", gt + (6 * feature, 0.0), gt)
 
-  sweep = evaluation.threshold_sweep(predict_with_thresholds, "300w")
+  sweep = subset_metrics.threshold_sweep(predict_with_thresholds, "300w")
   markdown = reports.markdown_table(reports.threshold_table(sweep)["thresholds"])
   # (0.4, 0.6): 3.6 px error -> inter-pupil 3.6 / 60 = 6.00 %, inter-ocular 4.50 %;
   # the paper's Table IX says 5.50 (inter-pupil) for this pair.

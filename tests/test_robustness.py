@@ -1,13 +1,12 @@
-"""The robustness protocol (msm_jax/robustness.py): each perturbation against a hand-computed or
-independent reference, the table's numbers against a hand-computed case, and a run end to end
-on a tiny random model."""
+"""The robustness protocol (msm_jax/eval/robustness.py): each perturbation against a
+hand-computed or independent reference, the table's numbers against a hand-computed case, and a
+run end to end on a tiny random model."""
 
 import numpy as np
 import pytest
 
-from msm_jax import robustness
 from msm_jax.data.records import box_from_landmarks
-
+from msm_jax.eval import robustness
 from tests import tiny_models
 
 

@@ -1,4 +1,4 @@
-"""Tests for msm_jax.sampler: the ST-GAN affine grid + bilinear sampler (Eq. 2)."""
+"""Tests for msm_jax.core.sampler: the ST-GAN affine grid + bilinear sampler (Eq. 2)."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from msm_jax.sampler import affine_grid, warp
+from msm_jax.core.sampler import affine_grid, warp
 
 
 def reference_warp(images, theta, out_shape, padding):

@@ -1,4 +1,4 @@
-"""Tests for msm_jax.shape_dictionary: canonical frame, k-means dictionary, files, Eq. 11.
+"""Tests for msm_jax.core.shape_dictionary: canonical frame, k-means dictionary, files, Eq. 11.
 
 The reconstruction is checked against an independent per-face reference: NumPy float64
 neighbours (stable argsort of direct masked distances) and scikit-learn's
@@ -12,7 +12,7 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.linear_model import Ridge
 
-from msm_jax import shape_dictionary as sd
+from msm_jax.core import shape_dictionary as sd
 
 # Mean of the 1,207 300-W training shapes of 300w_subset in the default canonical frame
 # (pupils at (46, 44) and (82, 44)), rounded to pixels: a realistic 68-point face.

@@ -11,7 +11,6 @@ import pytest
 from msm_jax.data import input_pipeline
 from msm_jax.train import run, stages
 from msm_jax.train.state import ModelState, new_train_state
-
 from tests import tiny_models
 
 

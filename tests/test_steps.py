@@ -67,7 +67,7 @@ def test_hourglass_step_equals_a_hand_written_update():
   mesh = parallel.data_mesh()
   step = _tiny_step(module, optimizer, mesh)
   # The same update written out by hand: Gaussian targets, forward, loss, SGD.
-  from msm_jax import heatmaps
+  from msm_jax.core import heatmaps
 
   targets = heatmaps.gaussian_heatmaps(
     heatmaps.crop_to_heatmap(batch["landmarks"], 32, 16), (16, 16), 1.0
@@ -91,7 +91,7 @@ def test_hourglass_step_equals_a_hand_written_update():
 
 
 def test_heatmap_targets_widen_the_occluded_landmarks():
-  from msm_jax import heatmaps
+  from msm_jax.core import heatmaps
 
   points = jnp.array([[[8.0, 8.0], [5.3, 9.6]]])
   occluded = jnp.array([[False, True]])
@@ -132,7 +132,7 @@ def test_heatmap_targets_widen_the_occluded_landmarks():
 def test_hourglass_step_trains_occluded_landmarks_towards_the_wide_target():
   """With a spread the step's update is the SGD step on the loss against the widened target of
   the occluded landmark; without one, against the sharp target."""
-  from msm_jax import heatmaps
+  from msm_jax.core import heatmaps
 
   rng = np.random.default_rng(2)
   module, optimizer = _tiny_hourglass(), optax.sgd(0.1)
@@ -160,7 +160,7 @@ def test_the_decoded_landmark_term_adds_its_weight_times_the_decoded_error(monke
   the last stack over the visible, unoccluded landmarks on the map. The term itself is
   replaced by a stand-in whose value says what it was given (test_losses.py checks the
   term on exact maps; a random network's maps are too flat to decode stably across CPUs)."""
-  from msm_jax import heatmaps
+  from msm_jax.core import heatmaps
 
   seen = {}
 
@@ -378,7 +378,7 @@ def test_joint_step_is_sgd_on_the_landmark_heatmap_and_theta_losses():
   """One joint update against the same loss written out from the library's pieces (warp,
   hourglass, DARK decode, pixel matrices), not through `pipeline.run_pass`: SGD on both
   networks, BatchNorm statistics untouched (inference mode)."""
-  from msm_jax import geometry, heatmaps, sampler
+  from msm_jax.core import geometry, heatmaps, sampler
   from msm_jax.inference import pipeline
   from msm_jax.models.gdnn import GDNN
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msm_jax import geometry
+from msm_jax.core import geometry
 from msm_jax.data import augment, stgan_pairs
 
 TEMPLATE = ((44.0, 50.0), (84.0, 50.0), (64.0, 96.0))
@@ -33,7 +33,7 @@ def _face(rotation_degrees=12.0, zoom=1.4, offset=(105.0, 118.0)):
 
 
 def test_anchors_from_scheme_agree_with_landmarks_module():
-  landmarks_module = pytest.importorskip("msm_jax.landmarks")
+  landmarks_module = pytest.importorskip("msm_jax.core.landmarks")
   rng = np.random.default_rng(0)
   for name in ("300w", "wflw", "cofw"):
     scheme = landmarks_module.get_scheme(name)
@@ -88,7 +88,7 @@ def _pair(seed, flip=False, color_jitter=0.0):
 
 def test_warping_fake_by_theta_star_gives_real():
   jnp = pytest.importorskip("jax.numpy")
-  from msm_jax import sampler
+  from msm_jax.core import sampler
 
   for seed in range(3):
     _, _, pair = _pair(seed, color_jitter=0.2)
@@ -288,8 +288,8 @@ def test_pairs_from_synthetic_faces():
   I_real, and the ground-truth pupils / mouth centre land near the template (three
   points, four similarity parameters: a small least-squares residual remains)."""
   jnp = pytest.importorskip("jax.numpy")
-  from msm_jax import landmarks as landmark_schemes
-  from msm_jax import sampler
+  from msm_jax.core import landmarks as landmark_schemes
+  from msm_jax.core import sampler
   from msm_jax.data import synthetic
 
   scheme = landmark_schemes.get_scheme("300w")

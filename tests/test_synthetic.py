@@ -398,7 +398,7 @@ def test_save_sample_grid_writes_annotated_png(tmp_path):
   grid = np.asarray(Image.open(path).convert("RGB"))
   assert grid.shape == (2 * 96 + 4, 2 * 96 + 4, 3)
   # Landmark dots are the overlays' green (visible) or red (occluded): at least one pixel each.
-  from msm_jax import overlays
+  from msm_jax.data import overlays
 
   dots = np.all(grid == overlays.KEPT_COLOUR, axis=-1) | np.all(
     grid == overlays.FLAGGED_COLOUR, axis=-1

@@ -6,7 +6,6 @@ shapes instead.
 """
 
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +13,10 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 from configs import synthetic as synthetic_config  # noqa: E402
-
-from msm_jax import landmarks  # noqa: E402
-from msm_jax.inference import detection, pipeline, pretrained  # noqa: E402
+from msm_jax.core import landmarks  # noqa: E402
 from msm_jax.data import synthetic  # noqa: E402
+from msm_jax.inference import detection, pipeline, pretrained  # noqa: E402
 from msm_jax.train import stages  # noqa: E402
 
 # A GDNN output that is not the identity, so the ST stage visibly changes the landmarks.

@@ -3,7 +3,7 @@
 Sec. IV-C trains the ST-GAN and the hourglass on 128 x 128 face crops augmented by
 "random flipping, rotation (between +-30 degrees), scaling (between +-10 %) and
 colour jittering". Every geometric step here is a ``[3, 3]`` pixel matrix
-(``msm_jax.geometry``), composed into ONE image -> crop matrix, so the image is
+(``msm_jax.core.geometry``), composed into ONE image -> crop matrix, so the image is
 resampled once and the landmarks go through exactly the same map:
 
     crop pixel = flip @ augmentation @ face_crop  (image pixel)
@@ -18,7 +18,7 @@ where nothing should touch a JAX device or compile.
 coordinates (pixel i spans [i, i + 1], centre i + 0.5), through ``data`` and
 samples bilinearly there (also in area coordinates); so with the library's
 pixel-centre coordinates ``data = T(+0.5) @ crop_to_image @ T(-0.5)``. Two
-differences from ``msm_jax.sampler.warp`` (PyTorch ``grid_sample``,
+differences from ``msm_jax.core.sampler.warp`` (PyTorch ``grid_sample``,
 align_corners=False, zeros padding) had to be removed:
 
 * borders: PIL returns 0 outside ``[-0.5, W - 0.5]`` but *replicates* the edge
@@ -42,7 +42,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from msm_jax import geometry
+from msm_jax.core import geometry
 
 # Random erasing (Zhong et al. 2020, the torchvision defaults): the patch covers
 # 2-33 % of the crop with aspect ratio 0.3-3.3 (sampled log-uniformly).
@@ -163,7 +163,7 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarr
   """Resamples an image into an ``out_size`` square: ``sampler.warp`` semantics in C.
 
   Bilinear, pixel-centre convention, zeros outside the image -- the same as
-  ``msm_jax.sampler.warp`` (PyTorch grid_sample, align_corners=False), rounded
+  ``msm_jax.core.sampler.warp`` (PyTorch grid_sample, align_corners=False), rounded
   to uint8. See the module docstring for how PIL is made to agree.
 
   Args:

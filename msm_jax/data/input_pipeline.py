@@ -47,11 +47,11 @@ import logging
 import grain
 import numpy as np
 
-from msm_jax import geometry
+from msm_jax.core import geometry
+from msm_jax.core.landmarks import get_scheme
 from msm_jax.data import augment, stgan_pairs, synthetic
 from msm_jax.data.images import ImageReadError, record_image
 from msm_jax.data.records import box_from_landmarks
-from msm_jax.landmarks import get_scheme
 
 _logger = logging.getLogger(__name__)
 

@@ -36,9 +36,8 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from msm_jax import geometry
-from msm_jax.data import augment
-from msm_jax.data import records
+from msm_jax.core import geometry
+from msm_jax.data import augment, records
 
 # The frame the template coordinates in the config refer to.
 TEMPLATE_FRAME_SIZE = 128
@@ -59,7 +58,7 @@ class CanonicalAnchors:
   Attributes:
     left_pupil: indices averaged into the image-left pupil (one annotated pupil,
       or the eye-contour points where the scheme has no pupil, as
-      ``msm_jax.landmarks.pupils``).
+      ``msm_jax.core.landmarks.pupils``).
     right_pupil: the same for the image-right pupil.
     mouth: the points averaged into the mouth centre.
   """
@@ -70,7 +69,7 @@ class CanonicalAnchors:
 
   @classmethod
   def from_scheme(cls, scheme) -> CanonicalAnchors:
-    """From a ``msm_jax.landmarks.LandmarkScheme`` (same rule as ``landmarks.pupils``)."""
+    """From a ``msm_jax.core.landmarks.LandmarkScheme`` (same rule as ``landmarks.pupils``)."""
     if scheme.pupil_indices is not None:
       left, right = ((scheme.pupil_indices[0],), (scheme.pupil_indices[1],))
     else:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from msm_jax import overlays
+from msm_jax.data import overlays
 from msm_jax.data import synthetic_shapes as shapes
 from msm_jax.data.synthetic_shapes import map_68_to_29, map_68_to_98
 

@@ -2,5 +2,6 @@
 detector, photos -> landmarks, and the `jax.export` artefact.
 
 Needs the models, the maths kernels and image decoding only: importing this package loads no
-training code (no Grain, Orbax or optax; tests/test_inference_imports.py checks it).
+training code (no Grain, Orbax or optax): the import contract in pyproject.toml and
+tests/test_inference.py check it.
 """

@@ -26,7 +26,7 @@ grows it by box_margin exactly as in training.
 The cascade files ship inside the opencv-python(-headless) 4.x wheels (`cv2.data`); the 5.x
 wheels dropped them, hence the pinned 4.x version.
 
-    python -m msm_jax.inference.detection --data_root ../shared/data/300w_subset \
+    python -m msm_jax.train.detector_calibration --data_root ../shared/data/300w_subset \
         --out calibration.json
 fits the calibration on a 300-W folder and prints the detection rate and residual spread.
 """
@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import time
 
 import numpy as np
 
@@ -120,7 +118,7 @@ DEFAULT_CALIBRATION = DetectorCalibration(
 
 
 # dlib's HOG box, fitted on the 1,811 training faces of configs/300w_subset.py (its validation
-# images left out): `python -m msm_jax.inference.detection --config configs/300w_subset.py
+# images left out): `python -m msm_jax.train.detector_calibration --config configs/300w_subset.py
 # --cascades dlib_hog --out calibration.json`.
 DLIB_CALIBRATION = DetectorCalibration(
   centre_offset=(-0.0349, 0.0733),
@@ -349,74 +347,3 @@ def calibration_residuals(haar_boxes, landmark_boxes, calibration) -> dict:
     stats[f"{name}_median_abs"] = round(float(np.median(values)), 4)
     stats[f"{name}_p90_abs"] = round(float(np.percentile(values, 90)), 4)
   return stats
-
-
-def calibrate_on_records(
-  records, cascade: str = DEFAULT_CASCADE, min_iou: float = MATCH_MIN_IOU
-) -> DetectorCalibration:
-  """Detect on every record's image (stored pixel grid: EXIF not applied, as annotated),
-  match by IoU against the landmark boxes, and fit; detection rate and time in statistics."""
-  from msm_jax.data import images as image_io
-  from msm_jax.data.records import box_from_landmarks
-
-  haar, reference, unmatched_detections = [], [], 0
-  start = time.perf_counter()
-  for record in records:
-    detections = detect_faces(image_io.record_image(record), cascade)
-    truth = box_from_landmarks(record.landmarks)[None]
-    pairs = match_boxes(detections, truth, min_iou)
-    unmatched_detections += len(detections) - len(pairs)
-    haar += [detections[d] for d, _ in pairs]
-    reference += [truth[r] for _, r in pairs]
-  seconds = time.perf_counter() - start
-  if not haar:
-    raise ValueError(f"calibrate_on_records: {cascade} matched none of {len(records)} faces")
-  calibration = calibrate(np.stack(haar), np.stack(reference), cascade)
-  statistics = dict(
-    calibration.statistics,
-    faces=len(records),
-    detection_rate=round(len(haar) / len(records), 4),
-    other_detections=unmatched_detections,
-    min_iou=min_iou,
-    seconds_per_image=round(seconds / len(records), 4),
-  )
-  return dataclasses.replace(calibration, statistics=statistics)
-
-
-def main(argv=None) -> None:
-  import argparse
-
-  parser = argparse.ArgumentParser(description="Fit detector-box calibrations on 300-W data.")
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--data_root", help="a 300-W folder (official layout)")
-  source.add_argument("--config", help="a configs/<name>.py: its training faces (no validation)")
-  parser.add_argument("--split", default="train", help="with --data_root")
-  parser.add_argument(
-    "--cascades",
-    default=",".join(CASCADES),
-    help=f"comma list of detectors ({DLIB_HOG} or Haar cascade files); the one with the "
-    "higher detection rate is saved",
-  )
-  parser.add_argument("--out", required=True, help="JSON file for the calibration")
-  args = parser.parse_args(argv)
-  if args.config:
-    from msm_jax.cli import load_config_file
-    from msm_jax.data import datasets
-
-    config = load_config_file(args.config)
-    records, _ = datasets.split_records(config, datasets.read_training_records(config))
-  else:
-    from msm_jax.data import w300
-
-    records = w300.read_300w(args.data_root, args.split)
-  results = [calibrate_on_records(records, name) for name in args.cascades.split(",")]
-  for result in results:
-    print(json.dumps(result.to_dict()))
-  best = max(results, key=lambda result: result.statistics["detection_rate"])
-  with open(args.out, "w") as file:
-    json.dump(best.to_dict(), file, indent=2)
-  print(f"saved {best.cascade} calibration to {args.out}")
-
-
-if __name__ == "__main__":
-  main()

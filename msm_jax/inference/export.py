@@ -62,7 +62,7 @@ import numpy as np
 from jax import export as jax_export
 
 import msm_jax
-from msm_jax.inference import pipeline
+from msm_jax.inference import pipeline, pretrained
 
 FORMAT = "msm-jax-exported"
 FORMAT_VERSION = 1
@@ -390,13 +390,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     help="largest batch of one call when the batch is symbolic",
   )
   args = parser.parse_args(argv)
-  from msm_jax.inference.pretrained import load_pretrained  # lazy: only the CLI reads packages
-
-  pretrained = load_pretrained(args.model)
+  package = pretrained.load_pretrained(args.model)
   start = time.perf_counter()
   exported = export_from_trained(
-    pretrained.model,
-    pretrained.options,
+    package.model,
+    package.options,
     image_size=args.image_size,
     batch=args.batch,
     platforms=tuple(args.platforms.split(",")),
@@ -408,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     exported,
     {
       "source": os.path.abspath(args.model),
-      "pipeline_options": dataclasses.asdict(pretrained.options),
+      "pipeline_options": dataclasses.asdict(package.options),
     },
   )
   summary = {

@@ -59,10 +59,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msm_jax import geometry
-from msm_jax import heatmaps as heatmap_lib
-from msm_jax import sampler
-from msm_jax import shape_dictionary
+from msm_jax import models
+from msm_jax.core import geometry, landmarks, sampler, shape_dictionary
+from msm_jax.core import heatmaps as heatmap_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +97,7 @@ class PipelineOptions:
   reliability_temperature: float = 0.05
   # (dx, dy) added to the output landmarks, in the pixels of the images given: the part of
   # the training annotations' pixel convention that a flip-trained network cannot learn
-  # (msm_jax/inference/annotation_offset.py). A package's fit; (0, 0) for a training config.
+  # (msm_jax/eval/annotation_offset.py). A package's fit; (0, 0) for a training config.
   landmark_offset: tuple = (0.0, 0.0)
 
 
@@ -115,9 +114,6 @@ def options_from_config(
   """The pipeline options a trained config implies: crop and map sizes, decoding (maps are
   logits when the heatmap loss says so), Eq. 9's radius, the repair's k and lambda, the
   re-crop passes; the landmark network of ``landmark_stage``'s config section."""
-  from msm_jax import landmarks, models
-  from msm_jax.train import losses  # the registry only: jax, no training stack
-
   output = models.architecture(config, landmark_stage).output
   inference = config.get("inference", {})
   return PipelineOptions(
@@ -128,7 +124,7 @@ def options_from_config(
     landmark_stage=landmark_stage,
     landmark_output=output,
     heatmaps_are_logits=output == "heatmaps"
-    and losses.heatmap_loss(config.hourglass.loss).outputs_logits,
+    and heatmap_lib.loss_outputs_logits(config.hourglass.loss),
     decode_blur_sigma=config.hourglass.sigma,
     score_radius=config.shape.score_radius,
     num_neighbours=config.shape.num_neighbours,

@@ -1,6 +1,7 @@
 """Landmarks for photos: the Python API behind `predict.py` (Algorithm 2 on face boxes).
 
-Each face box (given, or a Haar box through `detection.calibrated_face_box`) is treated like
+Each face box (given, or a detector's box through `detection.calibrated_face_box`: dlib's HOG
+first, OpenCV's Haar cascade where it finds none) is treated like
 a training box: grown by `config.data.box_margin` and squared (`data/augment.face_crop_matrix`),
 and that square is what the one-jit pipeline crops to 128x128.
 
@@ -28,9 +29,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from msm_jax import overlays
-from msm_jax.inference import detection, pipeline
 from msm_jax.data import images as image_io
+from msm_jax.data import overlays
+from msm_jax.inference import detection, pipeline
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CONTEXT = 2.0  # window side / crop-square side
@@ -46,7 +47,7 @@ class NoFaceFoundError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class FacePrediction:
   """One face. box: [4] the landmark-like face box used (x0, y0, x1, y1); detector_box: [4]
-  the raw Haar box, or None for given boxes; landmarks: [L, 2] float32 (x, y); scores: [L]
+  the raw detector box, or None for given boxes; landmarks: [L, 2] float32 (x, y); scores: [L]
   float32 (Eq. 9, normalised); reliable: [L] bool (False: replaced by the shape repair);
   hourglass_landmarks: [L, 2] the hourglass's landmarks before the shape repair; theta:
   [2, 3] the ST-GAN's warp of the (last) crop (the identity when the ST stage is off)."""
@@ -209,7 +210,7 @@ def predict_images(
   Args:
     model: a `pretrained.PretrainedModel` (`load_pretrained`, or `from_trained`).
     images_or_paths: file paths (EXIF orientation applied) or [H, W, 3] uint8 RGB arrays.
-    boxes: None (Haar detector) or one entry per image: [N, 4] landmark-like face boxes
+    boxes: None (the package's detectors) or one entry per image: [N, 4] landmark-like face boxes
       (x0, y0, x1, y1) in upright image pixels; the crop is the box x box_margin, squared.
     batch_size: faces per pipeline call at most (a call is padded to a power of two, so that
       a few compilations serve all calls).

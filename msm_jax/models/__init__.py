@@ -19,6 +19,7 @@ from typing import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msm_jax.models import layers
 from msm_jax.models.ddnn import DDNN
 from msm_jax.models.gdnn import GDNN
 from msm_jax.models.hourglass import StackedHourglass
@@ -48,7 +49,7 @@ def _stacked_hourglass(section, num_landmarks: int) -> nn.Module:
     stem_widths=tuple(section.stem_widths),
     space_to_depth=int(section.get("space_to_depth", 1)),
     dtype=jnp.dtype(section.get("compute_dtype", "float32")),
-    kernels=section.get("kernels", "onednn"),
+    kernels=layers.resolve_kernels(section.get("kernels", layers.AUTO_KERNELS)),
   )
 
 
@@ -60,7 +61,7 @@ ARCHITECTURES: dict[str, Architecture] = {
   "stacked_hourglass": Architecture(_stacked_hourglass, "heatmaps"),
   "resnet50": Architecture(_resnet50, "coordinates"),
 }
-# Configs written before the architecture field existed: the section name decides.
+# A config without an architecture field: the section name decides.
 DEFAULT_ARCHITECTURE = {"hourglass": "stacked_hourglass", "resnet": "resnet50"}
 
 

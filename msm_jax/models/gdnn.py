@@ -1,7 +1,7 @@
 """GDNN: the ST-GAN generator's localisation network (Sec. III-A, Table I).
 
 11 convolutions on a 128x128x3 face crop regress the affine theta [2, 3] of Eq. 1-2; the
-grid generator and sampler are `msm_jax.sampler.warp`.
+grid generator and sampler are `msm_jax.core.sampler.warp`.
 
 Reading of Table I (it has typos):
 * Conv6 and Conv8 list "16" kernels but output 8x8x64 and 4x4x128: the output-size column

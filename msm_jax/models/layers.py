@@ -3,9 +3,9 @@
 The hourglass of Sec. III-B (Fig. 3) upsamples with 2x2 stride-2 "deconvolutions",
 downsamples with 2x2 max-pooling and uses 1x1 convolutions in every residual unit
 (Fig. 4). On XLA:CPU the plain Flax/lax forms of these three ops have slow gradients
-(docs/cpu_notes.md): the kernel gradient of a stride-2 ``nn.ConvTranspose``
-runs at ~1 GFLOP/s, ``nn.max_pool``'s gradient is a select-and-scatter, and a 1x1
-``nn.Conv`` is ~3x slower than the same matrix product. The layers here compute the
+(docs/cpu_notes.md): the kernel gradient of a stride-2 ``nn.ConvTranspose`` is a slow
+generic convolution, ``nn.max_pool``'s gradient is a select-and-scatter, and a 1x1
+``nn.Conv`` is slower than the same matrix product. The layers here compute the
 same functions as matrix products and reshapes, whose gradients are matrix products and
 elementwise ops:
 
@@ -25,27 +25,15 @@ elementwise ops:
 ``tests/test_layers.py`` proves each equal to the plain op in values and in gradients
 with respect to input and kernel. All layers take ``[B, H, W, C]`` inputs.
 
-Measured on the 2-core CI/dev machine (full-size hourglass of ``hourglass.py``, batch 16,
-forward + backward + Adam, ratios taken in one process): the plain Flax layers take
-5.7-7x as long as these. Two process-level settings matter as much as the layers, and
-only a training script can set them (before JAX starts):
-
-* ``--xla_cpu_experimental_ynn_fusion_type=dot,reduce`` in ``XLA_FLAGS``: by default
-  jaxlib 0.10 sends convolutions to YNNPACK, whose kernel gradient of a 3x3 conv runs
-  ~3x slower than XLA's Eigen convolution; this value keeps YNNPACK for matrix products
-  and reductions only. Train step 7.6 s -> 5.4 s. Inference is better without it.
-* jemalloc with page reuse: ``LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2``
-  (Debian ``libjemalloc2``) and ``MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1``.
-  glibc hands each step's ~5.5 GB of temporaries back to the kernel and faults them in
-  again (3-4.6 s of system time per step, threads serialised on the page-fault lock):
-  train step 6.7-7.7 s -> 5.0 s, system time -> 0.07 s.
-
-With XLA's kernels bfloat16 compute does not pay on CPU (+7 % per step); with oneDNN's it
-does (``docs/cpu_notes.md``).
+The plain Flax layers take several times as long in a training step on XLA:CPU; two
+process-level settings matter as much (the YNN fusion flag for training, an allocator that
+reuses freed pages), which only an entry script can set before JAX starts (``msm_jax/cli.py``).
+What each of these gains is in ``docs/cpu_notes.md``; with XLA's kernels bfloat16 compute does
+not pay on CPU, with oneDNN's it does.
 
 ``KERNELS`` names the kernels the layers run: "xla" (``lax``, ``jnp.dot`` and the BN + ReLU
 below) or "onednn" (``msm_jax/kernels/onednn.py``: oneDNN's convolutions and training-mode
-BN + ReLU through XLA FFI on CPU, 2-4x faster there in bfloat16; the same functions as "xla"
+BN + ReLU through XLA FFI on CPU, faster there in bfloat16; the same functions as "xla"
 wherever they cannot run). ``Conv`` (nn.Conv's parameters), ``Conv1x1``, ``Deconv2x2`` (its
 four taps as one 1x1 convolution with 4 x Cout outputs) and ``BatchNormReLU`` take the name;
 oneDNN adds the bias inside the convolution and computes its gradient in the kernel-gradient
@@ -361,6 +349,17 @@ KERNELS = {
     onednn_convolution, onednn_batch_norm_relu_train, fold_batch_norm=True, max_pool=onednn_max_pool
   ),
 }
+
+
+AUTO_KERNELS = "auto"
+
+
+def resolve_kernels(name: str) -> str:
+  """A config's kernels name as the layers run it: "auto" is "onednn" where JAX computes on
+  the CPU and the oneDNN extension loaded, "xla" otherwise (GPUs, TPUs, no extension)."""
+  if name != AUTO_KERNELS:
+    return name
+  return "onednn" if jax.default_backend() == "cpu" and onednn.available() else "xla"
 
 
 def kernels(name: str) -> Kernels:

@@ -17,8 +17,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
-from msm_jax.train import checkpoints
-from msm_jax.train import parallel
+from msm_jax.train import checkpoints, parallel
 
 
 class TrainingDivergedError(RuntimeError):

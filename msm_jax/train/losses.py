@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from msm_jax import heatmaps as heatmap_lib
+from msm_jax.core import heatmaps as heatmap_lib
 
 
 def discriminator_real_loss(real_logits: jax.Array, real_label: float = 1.0) -> jax.Array:
@@ -162,8 +162,13 @@ class HeatmapLoss:
 
 
 HEATMAP_LOSSES: dict[str, HeatmapLoss] = {
-  "mse": HeatmapLoss(lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target), False),
-  "softmax_cross_entropy": HeatmapLoss(heatmap_softmax_cross_entropy, True),
+  "mse": HeatmapLoss(
+    lambda stacks, target, visible=None: heatmap_mse_loss(stacks, target),
+    heatmap_lib.LOSS_OUTPUTS_LOGITS["mse"],
+  ),
+  "softmax_cross_entropy": HeatmapLoss(
+    heatmap_softmax_cross_entropy, heatmap_lib.LOSS_OUTPUTS_LOGITS["softmax_cross_entropy"]
+  ),
 }
 
 
@@ -172,6 +177,7 @@ def register_heatmap_loss(name: str, loss: HeatmapLoss) -> None:
   if name in HEATMAP_LOSSES:
     raise ValueError(f"heatmap loss {name!r} is already registered")
   HEATMAP_LOSSES[name] = loss
+  heatmap_lib.LOSS_OUTPUTS_LOGITS[name] = loss.outputs_logits
 
 
 def heatmap_loss(name: str) -> HeatmapLoss:

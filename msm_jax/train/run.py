@@ -1,5 +1,6 @@
-"""`train.py`'s body: set up devices, lock the workdir, record the config, run the chosen
-stages in order, then evaluate (``config.evaluate_after_training``)."""
+"""`train.py`'s training: set up devices, lock the workdir, record the config, run the chosen
+stages in order. The evaluation after it is `train.py`'s to start (training never imports the
+evaluation)."""
 
 import json
 import os
@@ -7,7 +8,6 @@ import time
 
 import jax
 
-from msm_jax import evaluation_run, model_io
 from msm_jax.train import parallel, stages
 from msm_jax.train import workdir as workdir_lib
 from msm_jax.train.workdir import locked, record_config
@@ -46,13 +46,4 @@ def _train_stages(config, workdir: str, chosen: tuple, log) -> dict:
     with open(os.path.join(workdir, "train_time.json"), "w") as file:
       json.dump(timing, file)
   log(f"training finished in {timing['train_seconds']:.0f} s")
-  if not config.evaluate_after_training:
-    return results
-  if jax.process_count() > 1:  # the report is written by one process reading every checkpoint
-    log("multi-host run: evaluate with `python evaluate.py --config ... --workdir ...` on one host")
-    return results
-  try:
-    evaluation_run.evaluate(config, workdir, log=log)
-  except model_io.MissingStageError as error:  # e.g. only the ST-GAN trained so far
-    log(f"evaluation skipped: {error}")
   return results

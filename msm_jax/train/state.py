@@ -4,8 +4,8 @@ A `ModelState` holds one network's parameters, BatchNorm statistics and optimise
 hourglass trains one, the ST-GAN two (generator G and discriminator D, Algorithm 1). The
 `TrainState` adds the step counter and a PRNG key (the seed's; no stage draws from it: the
 networks have no dropout, and the augmentation's randomness comes from the data iterator,
-whose position is checkpointed with the state; the key stays so that existing checkpoints
-restore). Everything is a pytree of arrays, so it jits, shards and checkpoints as it is.
+whose position is checkpointed with the state; the key is part of the checkpointed tree).
+Everything is a pytree of arrays, so it jits, shards and checkpoints as it is.
 """
 
 from typing import Any, Sequence

@@ -34,12 +34,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from msm_jax import geometry
-from msm_jax import heatmaps as heatmap_lib
-from msm_jax import sampler
+from msm_jax.core import geometry, sampler
+from msm_jax.core import heatmaps as heatmap_lib
 from msm_jax.inference import pipeline
-from msm_jax.train import losses
-from msm_jax.train import parallel
+from msm_jax.train import losses, parallel
 from msm_jax.train.state import ModelState, TrainState, apply_gradients
 
 

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msm_jax import detector_evaluation
-from msm_jax.inference import prediction
 from msm_jax.data import records as records_lib
-
+from msm_jax.eval import detector_accuracy
+from msm_jax.inference import prediction
 from tests import tiny_models
 
 BATCH = 2
@@ -38,7 +37,7 @@ def test_ground_truth_and_detector_rows_match_hand_computed_nme(model, tmp_path)
     ),
   ]
 
-  results = detector_evaluation.evaluate_with_detector(model, records, batch_size=BATCH)
+  results = detector_accuracy.evaluate_with_detector(model, records, batch_size=BATCH)
 
   # Reference: the Python API called directly, NME by hand.
   gt_boxes = [np.concatenate([r.landmarks.min(0), r.landmarks.max(0)])[None] for r in records]
@@ -67,7 +66,7 @@ def test_ground_truth_and_detector_rows_match_hand_computed_nme(model, tmp_path)
   assert results["detector_boxes"]["nme_inter_ocular"] == pytest.approx(
     100 * expected_detector, rel=1e-4
   )
-  table = detector_evaluation.markdown(results)
+  table = detector_accuracy.markdown(results)
   assert "Detected 1 of 2 faces (50.0 %)" in table and "| Haar detector (calibrated) | 1 |" in table
 
 
@@ -78,6 +77,6 @@ def test_no_detection_at_all_leaves_the_detector_row_out(model, tmp_path):
   record = records_lib.FaceRecord(
     str(tmp_path / "blank.png"), points, np.array([30, 30, 90, 90], np.float32), "t"
   )
-  results = detector_evaluation.evaluate_with_detector(model, [record], batch_size=BATCH)
+  results = detector_accuracy.evaluate_with_detector(model, [record], batch_size=BATCH)
   assert results["detected"] == 0 and "detector_boxes" not in results
-  assert "Haar" not in detector_evaluation.markdown(results)
+  assert "Haar" not in detector_accuracy.markdown(results)

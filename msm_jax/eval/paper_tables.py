@@ -15,10 +15,11 @@ margin, 128x128): exactly what the ST-GAN saw in training as I_fake. Predictions
 back to original-image pixels and compared with the annotations there. These crops carry no
 context around the face, so the evaluation runs Algorithm 2 in one pass: a re-crop pass
 (`config.inference.recrop_passes`) would sample zeros where the photo was; it is measured on
-whole photos by `msm_jax.robustness`.
+whole photos by `msm_jax.eval.robustness`.
 """
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -26,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from msm_jax import evaluation, geometry, heatmaps, landmarks, model_io, overlays, reports
-from msm_jax.robustness import JOINT_SUFFIX  # the rows of the jointly fine-tuned networks
+from msm_jax.core import geometry, heatmaps, landmarks
+from msm_jax.data import augment, datasets, input_pipeline, overlays
+from msm_jax.eval import reports, robustness, subset_metrics
 from msm_jax.inference import pipeline
-from msm_jax.data import augment, datasets, input_pipeline
+from msm_jax.train import model_io
 
 FULL_MODEL = "ST-GAN + HG + SR"
 MEAN_SHAPE_TRAINING_FACES = 500  # enough for a stable mean; rendering more costs time
@@ -88,7 +90,7 @@ def predict_source(infer, variables, source, config) -> dict:
 
 
 def _subset(name, predictions, landmarks_key, with_occlusion: bool):
-  return evaluation.SubsetPredictions(
+  return subset_metrics.SubsetPredictions(
     name=name,
     pred=predictions[landmarks_key],
     gt=predictions["gt"],
@@ -158,9 +160,15 @@ def _variants(model: pipeline.TrainedModel, config) -> list[tuple]:
   if "joint" in model.variants:
     joint = model.variant("joint")
     options = _one_pass(pipeline.options_from_config(config, True, use_sr))
-    after = "ST-GAN + HG + SR" + JOINT_SUFFIX if use_sr else None
+    after = "ST-GAN + HG + SR" + robustness.JOINT_SUFFIX if use_sr else None
     variants.append(
-      ("ST-GAN + HG" + JOINT_SUFFIX, after, joint.inference_fn(options), options, joint.variables)
+      (
+        "ST-GAN + HG" + robustness.JOINT_SUFFIX,
+        after,
+        joint.inference_fn(options),
+        options,
+        joint.variables,
+      )
     )
   return variants
 
@@ -189,18 +197,18 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
       named = [(before_name, "hourglass")] + ([(after_name, "final")] if after_name else [])
       for method, key in named:
         subset = _subset(subset_name, predictions, key, with_occlusion)
-        rows.setdefault(method, {})[subset_name] = evaluation.subset_metrics(
+        rows.setdefault(method, {})[subset_name] = subset_metrics.subset_metrics(
           subset, scheme, norms, threshold
         )
-        curves.setdefault(subset_name, {})[method] = evaluation.subset_nmes(subset, scheme)
+        curves.setdefault(subset_name, {})[method] = subset_metrics.subset_nmes(subset, scheme)
       if after_name == FULL_MODEL or overlay is None:  # the full model
         overlay = predictions
     save_overlays(os.path.join(out_dir, f"overlay_{reports.file_stem(subset_name)}.png"), overlay)
-    baseline = evaluation.mean_shape_baseline(
+    baseline = subset_metrics.mean_shape_baseline(
       baseline_shapes, config.data.crop_size, predictions["crop_to_image"]
     )
-    baseline_subset = evaluation.SubsetPredictions(subset_name, baseline, predictions["gt"])
-    rows.setdefault(reports.MEAN_SHAPE_METHOD, {})[subset_name] = evaluation.subset_metrics(
+    baseline_subset = subset_metrics.SubsetPredictions(subset_name, baseline, predictions["gt"])
+    rows.setdefault(reports.MEAN_SHAPE_METHOD, {})[subset_name] = subset_metrics.subset_metrics(
       baseline_subset, scheme, norms, threshold
     )
     log(f"  {subset_name}: {len(predictions['gt'])} faces")
@@ -274,7 +282,7 @@ def _threshold_sweep(predictions, options, variables, subset_name, config, schem
     swept = dict(predictions, final=final, reliable=np.asarray(reliable))
     return _subset(subset_name, swept, "final", with_occlusion=False)
 
-  sweep = evaluation.threshold_sweep(
+  sweep = subset_metrics.threshold_sweep(
     predict_with, scheme, failure_threshold=config.eval.failure_threshold
   )
   return reports.threshold_table(
@@ -285,13 +293,9 @@ def _threshold_sweep(predictions, options, variables, subset_name, config, schem
 def evaluate_robustness(
   config, workdir: str, out_dir: str, folder: str | None = None, limit: int | None = None, log=print
 ) -> str:
-  """`msm_jax.robustness`'s protocol on the workdir's trained model (rows HG, ST + HG, HG +
+  """`msm_jax.eval.robustness`'s protocol on the workdir's trained model (rows HG, ST + HG, HG +
   SR, ST + HG + SR, and the joint stage's), on ``folder``'s images + `.pts` or the config's
   validation split; writes robustness.{md,json} to ``out_dir``, returns the Markdown."""
-  import json
-
-  from msm_jax import robustness
-
   model = model_io.load_trained(config, workdir)
   records = robustness.records_for(config, folder, limit)
   log(f"robustness protocol: {len(records)} faces, stages {sorted(model.available)}")

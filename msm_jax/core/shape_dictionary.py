@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from msm_jax import geometry
+from msm_jax.core import geometry
 
 # Pupil targets of the 128 x 128 canonical frame: 36 px apart on the line y = 44. With them the
 # mean 300-W training face spans x 23..106, y 30..110 (brow top to chin), and 92 % of
@@ -51,7 +51,7 @@ def canonical_similarity(pupils, left_target=LEFT_PUPIL_TARGET, right_target=RIG
 
   Args:
     pupils: [..., 2, 2] (image-left pupil, image-right pupil), each (x, y), as
-      ``msm_jax.landmarks.pupils`` returns them. NumPy in gives NumPy out, JAX in
+      ``msm_jax.core.landmarks.pupils`` returns them. NumPy in gives NumPy out, JAX in
       gives JAX out (jit-able).
     left_target, right_target: (x, y) where the image-left / image-right pupil land.
 

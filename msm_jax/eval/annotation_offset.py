@@ -17,7 +17,7 @@ when the photos and their annotations are mirrored (the prediction's x offset -0
 given, +0.55 px mirrored, 201 held-out faces): it is in the annotations, not in the pipeline,
 which would shift a mirrored photo the same way.
 
-  python -m msm_jax.inference.annotation_offset --model pretrained \
+  python -m msm_jax.eval.annotation_offset --model pretrained \
       --config configs/300w_subset.py [--faces 300] [--dry-run]
 """
 
@@ -25,7 +25,12 @@ import dataclasses
 
 import numpy as np
 
+from msm_jax import cli
+from msm_jax.data.images import record_image
 from msm_jax.data.records import box_from_landmarks
+from msm_jax.eval import robustness
+from msm_jax.inference import pretrained
+from msm_jax.train import packaging
 
 DEFAULT_FACES = 300
 _CHUNK = 32  # photos decoded at once
@@ -55,8 +60,6 @@ def mean_residual(predicted: np.ndarray, truth: np.ndarray) -> dict:
 def predict_from_landmark_boxes(model, records, batch_size: int = 8) -> np.ndarray:
   """The package's landmarks [F, L, 2] (its own offset left out; NaN where it failed) on the
   records' photos, each cropped from its annotation's landmark box."""
-  from msm_jax import robustness
-  from msm_jax.data.images import record_image
 
   options = dataclasses.replace(model.options, landmark_offset=(0.0, 0.0))
   model = dataclasses.replace(model, options=options)
@@ -80,7 +83,6 @@ def fit(model, records, batch_size: int = 8) -> dict:
 
 def training_sample(config, faces: int, seed: int = 0) -> list:
   """``faces`` of the config's training faces (the validation carve-out excluded), seeded."""
-  from msm_jax import robustness
 
   train = robustness.records_for(config, None, split="train")
   if faces >= len(train):
@@ -92,11 +94,8 @@ def training_sample(config, faces: int, seed: int = 0) -> list:
 def main(argv=None) -> dict:
   import argparse
 
-  from msm_jax import cli
-  from msm_jax.inference import pretrained
-
   parser = argparse.ArgumentParser(
-    prog="python -m msm_jax.inference.annotation_offset",
+    prog="python -m msm_jax.eval.annotation_offset",
     description="Fit a package's landmark offset on its config's training faces.",
   )
   parser.add_argument("--model", default="pretrained", help="pretrained package folder")
@@ -118,7 +117,7 @@ def main(argv=None) -> dict:
     f"(was {list(model.options.landmark_offset)})"
   )
   if not args.dry_run:
-    pretrained.set_landmark_offset(args.model, fitted["offset"])
+    packaging.set_landmark_offset(args.model, fitted["offset"])
     print(f"written to {args.model}/{pretrained.CONFIG_FILE}")
   return fitted
 

@@ -387,7 +387,7 @@ def crop_matrix(boxes, out_size):
 def crop_theta(boxes, image_hw, out_size):
   """The STN ``theta`` that crops ``boxes`` (see :func:`crop_matrix`) from an image.
 
-  ``msm_jax.sampler.warp(images, crop_theta(boxes, (H, W), S), (S, S))`` returns
+  ``msm_jax.core.sampler.warp(images, crop_theta(boxes, (H, W), S), (S, S))`` returns
   the ``S x S`` crops of ``images [B, H, W, C]``.
 
   Args:

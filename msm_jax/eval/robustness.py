@@ -26,7 +26,7 @@ landmark-box run: the occluder mostly hides the nose and the mouth, so the visib
 are a harder mix than the whole face, and this is their clean reference), and the precision
 / recall of `reliable == False` as an occlusion detector.
 
-  python -m msm_jax.robustness --model pretrained --config configs/300w_subset.py \
+  python -m msm_jax.eval.robustness --model pretrained --config configs/300w_subset.py \
       [--folder DIR | --split train] [--limit N] [--variants "HG,HG + SR"] [--conditions "occluded"]
       [--out report.json]
 """
@@ -38,10 +38,12 @@ import math
 
 import numpy as np
 
-from msm_jax import cli, geometry, landmarks, metrics
-from msm_jax.inference import prediction
-from msm_jax.data import augment
+from msm_jax import cli
+from msm_jax.core import geometry, landmarks, metrics
+from msm_jax.data import augment, datasets, w300
+from msm_jax.data.images import record_image
 from msm_jax.data.records import box_from_landmarks
+from msm_jax.inference import prediction, pretrained
 
 ROTATIONS = (15.0, 30.0, 45.0)
 SLOPPY_SCALE = (0.8, 1.25)
@@ -177,8 +179,6 @@ CONDITIONS = (
 
 def make_conditions(records, seed: int = 0) -> dict[str, list[Face]]:
   """{condition: faces} for the records (FaceRecords with image paths or pixels)."""
-  from msm_jax.data.images import record_image
-
   conditions = {name: [] for name in CONDITIONS}
   rng = np.random.default_rng(seed)
   for record in records:
@@ -387,8 +387,6 @@ def evaluate_trained(model, config, records, seed: int = 0, batch_size: int = 8,
   """The protocol's rows for a trained model (`pipeline.TrainedModel`, as `model_io` loads a
   workdir): PROTOCOL_VARIANTS with the stages it has, and the ST rows of the jointly
   fine-tuned networks, suffixed " (joint)", when that stage was trained."""
-  from msm_jax.inference import pretrained
-
   table = evaluate(
     pretrained.from_trained(model, config), records, seed, batch_size, log, PROTOCOL_VARIANTS
   )
@@ -448,8 +446,6 @@ SPLITS = ("validation", "train")
 def records_for(config, folder: str | None, limit: int | None = None, split: str = "validation"):
   """The faces of a folder (tree) of images + `.pts`, or else the config's ``split`` of its
   training data ("validation", or "train": e.g. to calibrate on faces the test never sees)."""
-  from msm_jax.data import datasets, w300
-
   if split not in SPLITS:
     raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
   if folder:
@@ -468,7 +464,7 @@ def main(argv=None) -> dict:
   import argparse
 
   parser = argparse.ArgumentParser(
-    prog="python -m msm_jax.robustness", description=__doc__.split("\n\n")[0]
+    prog="python -m msm_jax.eval.robustness", description=__doc__.split("\n\n")[0]
   )
   parser.add_argument("--model", default="pretrained", help="pretrained package folder")
   parser.add_argument("--config", help="a configs/<name>.py whose validation split is used")
@@ -490,8 +486,6 @@ def main(argv=None) -> dict:
   args = parser.parse_args(argv)
   if not args.config and not args.folder:
     parser.error("give --config (its validation split) or --folder")
-  from msm_jax.inference import pretrained
-
   model = pretrained.load_pretrained(args.model)
   config = cli.load_config_file(args.config) if args.config else None
   try:

@@ -1,4 +1,4 @@
-"""Tests for msm_jax.evaluation: per-subset metrics, Table IX sweep, mean-shape row.
+"""Tests for msm_jax.eval.subset_metrics: per-subset metrics, Table IX sweep, mean-shape row.
 
 Golden numbers are worked out by hand in the comments; precision / recall are
 also checked against scikit-learn.
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import precision_recall_fscore_support
 
-from msm_jax import evaluation, geometry
-from msm_jax.evaluation import SubsetPredictions
+from msm_jax.core import geometry
+from msm_jax.eval import subset_metrics
+from msm_jax.eval.subset_metrics import SubsetPredictions
 
 
 def _face_68():
@@ -34,7 +35,7 @@ def _three_faces():
 
 
 def test_golden_nme_failure_rate_and_auc():
-  got = evaluation.subset_metrics(_three_faces(), "300w", failure_threshold=0.08)
+  got = subset_metrics.subset_metrics(_three_faces(), "300w", failure_threshold=0.08)
   # Inter-ocular (d = 80): 5/80 = 0.0625, 1.6/80 = 0.02, 10/80 = 0.125;
   # mean = 0.2075 / 3 -> 6.91667 %.
   assert got["nme_inter_ocular"] == pytest.approx(100 * 0.2075 / 3, abs=1e-12)
@@ -52,7 +53,7 @@ def test_golden_nme_failure_rate_and_auc():
 def test_failure_rate_follows_the_failure_norm():
   # Inter-pupil NMEs 0.0833, 0.0267, 0.1667: two of three are >= 0.08.
   # AUC: (0 + (1 - 0.02667 / 0.08) + 0) / 3 = (2 / 3) / 3.
-  got = evaluation.subset_metrics(
+  got = subset_metrics.subset_metrics(
     _three_faces(), "300w", norms=("inter_pupil",), failure_norm="inter_pupil"
   )
   assert got["failure_rate"] == pytest.approx(200 / 3, abs=1e-12)
@@ -69,7 +70,7 @@ def test_occluded_and_visible_nme_hand_computed():
   occluded[0, 0:17] = True  # face 1 has no occluded landmark
   scores = np.where(occluded, 0.2, 0.9)
   subset = SubsetPredictions("test", pred, gt, occluded=occluded, scores=scores)
-  got = evaluation.subset_metrics(subset, "300w", norms=("inter_ocular",))
+  got = subset_metrics.subset_metrics(subset, "300w", norms=("inter_ocular",))
   # Occluded: face 0 -> 0.1, face 1 -> NaN (skipped) => 10 %.
   assert got["nme_occluded_inter_ocular"] == pytest.approx(10.0, abs=1e-12)
   # Visible: face 0 -> 0 (its 51 visible points are exact), face 1 -> 0.05 => 2.5 %.
@@ -87,7 +88,7 @@ def test_nothing_occluded_gives_nan_without_warnings():
   subset = SubsetPredictions("test", gt + 1.0, gt, occluded=np.zeros((1, 68), bool))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    got = evaluation.subset_metrics(subset, "300w")
+    got = subset_metrics.subset_metrics(subset, "300w")
   assert np.isnan(got["nme_occluded_inter_ocular"])
   assert got["nme_visible_inter_ocular"] == pytest.approx(100 * np.sqrt(2) / 80)
 
@@ -104,7 +105,7 @@ _RELIABLE = np.array([[0, 0, 1, 1], [0, 1, 1, 1]], bool)
 
 
 def test_precision_recall_of_unreliable_hand_counted():
-  got = evaluation.unreliable_as_occlusion_detector(_OCCLUDED, _RELIABLE)
+  got = subset_metrics.unreliable_as_occlusion_detector(_OCCLUDED, _RELIABLE)
   assert (
     got["unreliable_true_positives"],
     got["unreliable_false_positives"],
@@ -131,14 +132,14 @@ def test_subset_metrics_reports_the_same_precision_recall():
   occluded[:, :4], reliable[:, :4] = _OCCLUDED, _RELIABLE
   gt = np.stack([_face_68(), _face_68()])
   subset = SubsetPredictions("test", gt, gt, occluded=occluded, reliable=reliable)
-  got = evaluation.subset_metrics(subset, "300w")
+  got = subset_metrics.subset_metrics(subset, "300w")
   assert got["unreliable_precision"] == pytest.approx(2 / 3)
   assert got["unreliable_recall"] == pytest.approx(2 / 5)
   assert got["nme_occluded_inter_ocular"] == 0.0
 
 
 def test_precision_is_nan_when_nothing_is_flagged():
-  got = evaluation.unreliable_as_occlusion_detector(_OCCLUDED, np.ones((2, 4), bool))
+  got = subset_metrics.unreliable_as_occlusion_detector(_OCCLUDED, np.ones((2, 4), bool))
   assert np.isnan(got["unreliable_precision"]) and np.isnan(got["unreliable_f1"])
   assert got["unreliable_recall"] == 0.0
 
@@ -152,10 +153,10 @@ def test_threshold_sweep_calls_each_pair_and_reports_its_nme():
     # Error of 10 * contour + feature px in x: (0.4, 0.6) -> 4.6 px -> 4.6 / 80.
     return SubsetPredictions("test", gt + (10 * contour + feature, 0.0), gt)
 
-  sweep = evaluation.threshold_sweep(predict_with_thresholds, "300w")
-  assert calls == list(evaluation.TABLE_IX_THRESHOLD_PAIRS)
+  sweep = subset_metrics.threshold_sweep(predict_with_thresholds, "300w")
+  assert calls == list(subset_metrics.TABLE_IX_THRESHOLD_PAIRS)
   assert len(calls) == 12 and calls[0] == (0.3, 0.4) and calls[-1] == (0.5, 0.7)
-  assert list(sweep) == [evaluation.threshold_pair_label(*p) for p in calls]
+  assert list(sweep) == [subset_metrics.threshold_pair_label(*p) for p in calls]
   row = sweep["0.4 / 0.6"]["test"]
   assert row["nme_inter_ocular"] == pytest.approx(100 * 4.6 / 80)
   assert row["nme_inter_pupil"] == pytest.approx(100 * 4.6 / 60)
@@ -165,9 +166,9 @@ def test_threshold_sweep_calls_each_pair_and_reports_its_nme():
 def test_threshold_sweep_rejects_bad_callables_and_pairs():
   gt = np.stack([_face_68()])
   with pytest.raises(TypeError, match=r"returned ndarray"):
-    evaluation.threshold_sweep(lambda c, f: gt, "300w")
+    subset_metrics.threshold_sweep(lambda c, f: gt, "300w")
   with pytest.raises(ValueError, match="listed twice"):
-    evaluation.threshold_sweep(
+    subset_metrics.threshold_sweep(
       lambda c, f: SubsetPredictions("t", gt, gt), "300w", pairs=[(0.4, 0.6), (0.4, 0.6)]
     )
 
@@ -179,13 +180,13 @@ def test_mean_shape_baseline_hand_computed():
   # (100, 200)-(228, 328) at 128 px, i.e. image = crop + (100.5, 200.5).
   boxes = np.array([[-0.5, -0.5, 127.5, 127.5], [100.0, 200.0, 228.0, 328.0]])
   crop_to_image = geometry.invert_affine(geometry.crop_matrix(boxes, 128))
-  got = evaluation.mean_shape_baseline(train, 64, crop_to_image, test_crop_size=128)
+  got = subset_metrics.mean_shape_baseline(train, 64, crop_to_image, test_crop_size=128)
   # 64 -> 128 crop through u = (2x + 1) / 64 - 1 and x' = ((u + 1) 128 - 1) / 2:
   # x' = 2 x + 0.5, so (10, 20) -> (20.5, 40.5) and (30, 40) -> (60.5, 80.5).
   np.testing.assert_allclose(got[0], [[20.5, 40.5], [60.5, 80.5]], atol=1e-9)
   np.testing.assert_allclose(got[1], [[121.0, 241.0], [161.0, 281.0]], atol=1e-9)
   # Same crop size: the mean shape itself, moved by each face's matrix.
-  same = evaluation.mean_shape_baseline(train, 64, np.eye(3)[None])
+  same = subset_metrics.mean_shape_baseline(train, 64, np.eye(3)[None])
   np.testing.assert_allclose(same[0], [[10.0, 20.0], [30.0, 40.0]], atol=1e-9)
 
 
@@ -200,8 +201,8 @@ def test_bad_inputs_name_the_problem():
   with pytest.raises(ValueError, match="boxes must be"):
     SubsetPredictions("common", gt, gt, boxes=np.zeros((2, 4)))
   with pytest.raises(ValueError, match="'300w' scheme"):
-    evaluation.subset_metrics(SubsetPredictions("c", gt[:, :29], gt[:, :29]), "300w")
+    subset_metrics.subset_metrics(SubsetPredictions("c", gt[:, :29], gt[:, :29]), "300w")
   with pytest.raises(ValueError, match="crop_to_image must be"):
-    evaluation.mean_shape_baseline(gt, 128, np.eye(3))
+    subset_metrics.mean_shape_baseline(gt, 128, np.eye(3))
   with pytest.raises(ValueError, match="train_landmarks_in_crop"):
-    evaluation.mean_shape_baseline(gt[0], 128, np.eye(3)[None])
+    subset_metrics.mean_shape_baseline(gt[0], 128, np.eye(3)[None])

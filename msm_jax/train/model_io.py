@@ -8,41 +8,17 @@ left out), the hourglass may not.
 
 import os
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from msm_jax import landmarks, models, shape_dictionary
+from msm_jax import models
+from msm_jax.core import landmarks, shape_dictionary
 from msm_jax.inference import pipeline
-from msm_jax.train import checkpoints, stages
+from msm_jax.train import stages
 
 
 class MissingStageError(FileNotFoundError):
   """A stage's checkpoint or the dictionary file is not in the workdir."""
-
-
-def _checkpoint_directory(workdir: str, stage: str) -> str:
-  return os.path.join(workdir, "checkpoints", stage)
-
-
-def _restore_models(config, workdir: str, stage: str, fresh_state) -> dict | None:
-  directory = _checkpoint_directory(workdir, stage)
-  manager = checkpoints.checkpoint_manager(
-    directory, config.checkpoint.every_steps, config.checkpoint.keep
-  )
-  restored = checkpoints.restore_latest(manager, fresh_state)
-  manager.close()
-  return None if restored is None else restored[0].models
-
-
-def _abstract_setup(stage, config):
-  """A stage's modules and the shapes of its fresh TrainState, without computing anything
-  (and without reading a fine-tuning start package: the checkpoint replaces it)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  if stage.section in config and "init_from" in config[stage.section]:
-    config[stage.section].init_from = ""
-  return jax.eval_shape(lambda: stage.setup(config, 1))  # Setup: modules static, state abstract
 
 
 def load_trained(config, workdir: str) -> pipeline.TrainedModel:
@@ -52,10 +28,10 @@ def load_trained(config, workdir: str) -> pipeline.TrainedModel:
   for stage in stages.STAGES.values():
     # A stage never trained here is not set up either: its networks may not take this
     # config's crops (the GDNN reads 128 x 128 only, Table I).
-    if stage.setup is None or not os.path.isdir(_checkpoint_directory(workdir, stage.name)):
+    directory = stages.base.checkpoint_directory(workdir, stage.name)
+    if stage.setup is None or not os.path.isdir(directory):
       continue
-    setup = _abstract_setup(stage, config)
-    restored = _restore_models(config, workdir, stage.name, setup.state)
+    setup, restored = stages.base.restore_stage_models(config, workdir, stage)
     if restored is not None and stage.variant:
       variants[stage.name] = {name: restored[name].variables for name in stage.serves}
       available.add(stage.name)

@@ -1,10 +1,10 @@
 """What a trained package gains from inference alone: decoders, more crops, averaged weights.
 
-  python -m benchmarks.inference_levers --config configs/300w_subset.py [--model pretrained]
+  python -m msm_jax.eval.inference_levers --config configs/300w_subset.py [--model pretrained]
       [--soup PACKAGE ...] [--limit N] [--out table.json]
 
 Every row is the inter-ocular NME % (and median) on the landmark-box faces of the robustness
-protocol (`msm_jax.robustness.make_conditions`, seed 0), for the one-pass hourglass ("HG")
+protocol (`msm_jax.eval.robustness.make_conditions`, seed 0), for the one-pass hourglass ("HG")
 and the package's default pipeline:
 
 - decoder: the maps decoded by argmax, a quarter pixel towards the larger neighbour, DARK
@@ -22,7 +22,9 @@ import dataclasses
 import jax
 import numpy as np
 
-from msm_jax import cli, landmarks, robustness
+from msm_jax import cli
+from msm_jax.core import landmarks
+from msm_jax.eval import robustness
 from msm_jax.inference import pretrained
 
 BLUR_SIGMAS = (1.0, 1.5, 2.0, 2.5)
@@ -128,7 +130,7 @@ def markdown(table: dict) -> str:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(
-    prog="python -m benchmarks.inference_levers", description=__doc__.split("\n\n")[0]
+    prog="python -m msm_jax.eval.inference_levers", description=__doc__.split("\n\n")[0]
   )
   parser.add_argument("--config", required=True, help="a configs/<name>.py: its validation split")
   parser.add_argument("--model", default="pretrained", help="pretrained package folder")

@@ -2,7 +2,7 @@
 
 The inference pipeline (Algorithm 2) hands over arrays; this module turns one
 evaluation subset's arrays into a flat dict of metrics, the unit every table of
-``msm_jax.reports`` is built from:
+``msm_jax.eval.reports`` is built from:
 
 * the NME of Eq. 12 for each normaliser (inter-ocular, inter-pupil, box), the
   failure rate and the CED's AUC at the paper's threshold (Tables III-VIII);
@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from msm_jax import geometry, landmarks, metrics
+from msm_jax.core import geometry, landmarks, metrics
 
 # Table IX's grid of (contour K, facial-feature K), Sec. IV-G.
 TABLE_IX_THRESHOLD_PAIRS = tuple(

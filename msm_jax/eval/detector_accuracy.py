@@ -5,7 +5,7 @@ A photo has no such box: `predict.py` finds the face with OpenCV's Haar cascade 
 box to the training crop convention (`detection.calibrated_face_box`). This module runs the
 shipped package both ways on the same faces, so the cost of real detection is a number:
 
-  python -m msm_jax.detector_evaluation --model pretrained \
+  python -m msm_jax.eval.detector_accuracy --model pretrained \
       --config configs/300w_subset.py --config.data.root=../shared/data/300w_subset
 
 Each ground-truth face is matched to at most one detection (IoU of the detector's calibrated
@@ -14,20 +14,20 @@ of the detector NME (the same protocol as dlib's and other detector-dependent nu
 """
 
 import collections
-import os
-import sys
 
 import numpy as np
 
-from msm_jax import cli, evaluation, landmarks
-from msm_jax.inference import detection, prediction
+from msm_jax import cli
+from msm_jax.core import landmarks
 from msm_jax.data import datasets, images
 from msm_jax.data.records import box_from_landmarks
+from msm_jax.eval import subset_metrics
+from msm_jax.inference import detection, prediction, pretrained
 
 
 def _metrics(pred, gt, scheme, failure_threshold) -> dict:
-  subset = evaluation.SubsetPredictions(name="faces", pred=np.asarray(pred), gt=np.asarray(gt))
-  return evaluation.subset_metrics(
+  subset = subset_metrics.SubsetPredictions(name="faces", pred=np.asarray(pred), gt=np.asarray(gt))
+  return subset_metrics.subset_metrics(
     subset, scheme, norms=("inter_ocular",), failure_threshold=failure_threshold
   )
 
@@ -45,7 +45,7 @@ def evaluate_with_detector(
   Returns:
     {"ground_truth_boxes": metrics over all faces, "detector_boxes": metrics over the
      detected faces, "detection_rate", "faces", "detected"}; metrics are those of
-    `evaluation.subset_metrics` (NME in %, failure rate in %, AUC as a fraction).
+    `subset_metrics.subset_metrics` (NME in %, failure rate in %, AUC as a fraction).
   """
   scheme = landmarks.get_scheme(model.config.data.scheme)
   by_image = collections.defaultdict(list)
@@ -106,10 +106,6 @@ def markdown(results: dict) -> str:
 
 def main(argv):
   del argv
-  from msm_jax.inference import (
-    pretrained,
-  )  # after flags: keeps `import msm_jax.detector_evaluation` light
-
   config = _CONFIG.value
   model = pretrained.load_pretrained(_MODEL.value)
   _, validation = datasets.split_records(config, datasets.read_training_records(config))
@@ -128,7 +124,6 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  sys.path.insert(0, os.getcwd())  # configs/ files import `configs`
   _CONFIG = config_flags.DEFINE_config_file("config", None, "the training config")
   _MODEL = flags.DEFINE_string("model", "pretrained", "pretrained package folder")
   _OUT = flags.DEFINE_string("out", "", "optional JSON output")

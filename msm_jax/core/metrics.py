@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from msm_jax import landmarks
+from msm_jax.core import landmarks
 
 NORMALISERS = ("inter_ocular", "inter_pupil", "box")
 

@@ -6,16 +6,13 @@ evaluation fit together (shapes, names, files), not that the tiny model is any g
 
 import json
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import synthetic as synthetic_config  # noqa: E402
-
-from msm_jax import model_io  # noqa: E402
-from msm_jax.train import run  # noqa: E402
+from msm_jax import commands  # noqa: E402
+from msm_jax.train import model_io  # noqa: E402
 
 
 def _tiny_config():
@@ -39,7 +36,7 @@ def _tiny_config():
 def test_train_all_stages_then_evaluate(tmp_path):
   config, workdir = _tiny_config(), str(tmp_path / "run")
   logs = []
-  run.train(config, workdir, log=logs.append)
+  commands.train_and_evaluate(config, workdir, log=logs.append)
   assert any("[stgan] step 2 eval template_distance_px" in line for line in logs), logs
   # The ST template comes from the training crops (configs/base.py), and is logged.
   assert any(line.startswith("[stgan] template from 16 ground-truth-box crops") for line in logs), (
@@ -87,16 +84,16 @@ def test_train_all_stages_then_evaluate(tmp_path):
 def test_a_split_outside_the_paper_tables_still_gets_the_ablation_table():
   """300-W's Tables III/IV need its common / challenge / private subsets; a validation split
   of the training folders has none of them: the ablation table alone, no error."""
-  from msm_jax import evaluation, evaluation_run
+  from msm_jax.eval import paper_tables, subset_metrics
   from tests import tiny_models
 
   config = _tiny_config()
   config.data.dataset = "300w"
   rng = np.random.default_rng(0)
   truth = tiny_models.face_dictionary(rng, size=3).astype(np.float64)
-  subset = evaluation.SubsetPredictions("validation", truth + 1.0, truth)
-  row = evaluation.subset_metrics(subset, "300w")
-  tables = evaluation_run._tables(
+  subset = subset_metrics.SubsetPredictions("validation", truth + 1.0, truth)
+  row = subset_metrics.subset_metrics(subset, "300w")
+  tables = paper_tables._tables(
     config, {"ST-GAN + HG + SR": {"validation": row}}, {"validation": None}, False
   )
   assert list(tables) == ["ablation"]

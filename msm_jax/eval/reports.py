@@ -45,8 +45,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from msm_jax import metrics
-from msm_jax.evaluation import TABLE_IX_THRESHOLD_PAIRS, threshold_pair_label
+from msm_jax.core import metrics
+from msm_jax.eval.subset_metrics import TABLE_IX_THRESHOLD_PAIRS, threshold_pair_label
 
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "makeup", "occlusion", "blur")
 # Table VII / VIII rows, in the paper's order; the full MSM is "ST-GAN + HG + SR".

@@ -40,6 +40,21 @@ TARGET_TRUNCATION_SIGMAS = 3.0
 # Floor before the log in "dark": keeps zero / negative network outputs finite.
 _LOG_FLOOR = 1e-10
 
+# The kind of map each heatmap loss (`config.hourglass.loss`) trains: True where the maps are
+# logits of a spatial softmax, so inference applies one before decoding (Eq. 8) and scoring
+# (Eq. 9); False where they are decoded as they are. It lives with the maps' maths so that
+# inference knows it without the training code; `train.losses.register_heatmap_loss` adds to it.
+LOSS_OUTPUTS_LOGITS: dict[str, bool] = {"mse": False, "softmax_cross_entropy": True}
+
+
+def loss_outputs_logits(loss_name: str) -> bool:
+  """Whether the maps trained by the heatmap loss ``loss_name`` are spatial-softmax logits."""
+  if loss_name not in LOSS_OUTPUTS_LOGITS:
+    raise ValueError(
+      f"config hourglass.loss={loss_name!r}: expected one of {sorted(LOSS_OUTPUTS_LOGITS)}"
+    )
+  return LOSS_OUTPUTS_LOGITS[loss_name]
+
 
 def _as_height_width(size: int | Sequence[int], name: str) -> tuple[int, int]:
   """Returns ``(height, width)`` from an int (square) or a ``(height, width)`` pair."""
