@@ -1,6 +1,5 @@
 """Process set-up shared by the command-line programs (train.py, evaluate.py, predict.py)."""
 
-import json
 import os
 import sys
 
@@ -55,13 +54,6 @@ def parse_flags_help_exits_zero(argv):
     return app.parse_flags_with_usage(argv)  # prints the error as absl does, exits 1
   except SystemExit as stop:  # while parsing, only the help flags exit
     raise SystemExit(0 if stop.code == 1 else stop.code) from None
-
-
-def write_json(path: str, payload) -> None:
-  """A command's ``--out`` table: ``payload`` as indented JSON at ``path``, its folder made."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as file:
-    json.dump(payload, file, indent=2)
 
 
 def load_config_file(path: str):

@@ -1,6 +1,5 @@
 """Process set-up of the command-line programs: XLA flags and the allocator re-exec."""
 
-import json
 import os
 import subprocess
 import sys
@@ -173,13 +172,6 @@ def test_train_reports_config_fields_that_do_not_fit_in_one_line(tmp_path, stage
   assert "Traceback" not in result.stderr
 
 
-def test_write_json_makes_the_folder_and_round_trips(tmp_path):
-  path = tmp_path / "new" / "folder" / "table.json"
-  payload = {"faces": 2, "table": {"landmark box": {"HG": {"nme": 3.5, "found": 2}}}}
-  cli.write_json(str(path), payload)
-  assert json.loads(path.read_text()) == payload
-
-
 def test_the_allocator_restart_is_for_cpu_computation_only(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
   assert not cli.computes_on_cpu_only()
@@ -196,3 +188,30 @@ def test_the_allocator_restart_is_for_cpu_computation_only(monkeypatch):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setattr(cli.os, "execve", lambda *args: pytest.fail("re-executed"))
   cli.restart_with_page_reuse()
+
+
+_TOOLS = (
+  "msm_jax.train.packaging",
+  "msm_jax.train.detector_calibration",
+  "msm_jax.eval.detector_accuracy",
+  "msm_jax.eval.robustness",
+  "msm_jax.eval.annotation_offset",
+  "msm_jax.eval.dlib_peer",
+  "msm_jax.eval.inference_levers",
+  "msm_jax.inference.export",
+)
+
+
+def test_every_tool_help_exits_zero():
+  """`python -m <tool> --help` prints its usage and exits 0 (absl's default exit is 1)."""
+  environment = dict(os.environ, MSM_JAX_SYSTEM_MALLOC="1")
+  for tool in _TOOLS:
+    result = subprocess.run(
+      [sys.executable, "-m", tool, "--help"],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=environment,
+    )
+    assert result.returncode == 0, (tool, result.stderr[-2000:])
+    assert "usage" in result.stdout.lower() or "flags" in result.stdout.lower(), tool

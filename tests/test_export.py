@@ -218,11 +218,8 @@ def test_runs_in_a_process_without_msm_jax(tiny, tmp_path):
 
 
 def test_cli_exports_a_pretrained_package_at_fixed_sizes(tiny, tmp_path, monkeypatch):
-  pretrained_module = types.ModuleType("msm_jax.inference.pretrained")  # stands in for the package
-  pretrained_module.load_pretrained = lambda directory: types.SimpleNamespace(
-    model=tiny.model, options=OPTIONS
-  )
-  monkeypatch.setitem(sys.modules, "msm_jax.inference.pretrained", pretrained_module)
+  package = types.SimpleNamespace(model=tiny.model, options=OPTIONS)  # stands in for a package
+  monkeypatch.setattr(export.pretrained, "load_pretrained", lambda directory: package)
   out = str(tmp_path / "fixed.jaxexport")
   batch, height, width = SIZE_A
   summary = export.main(

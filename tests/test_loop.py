@@ -230,3 +230,64 @@ def test_restoring_into_another_architecture_is_a_short_clear_error(tmp_path):
   with pytest.raises(checkpoints.CheckpointMismatchError, match="does not fit") as error:
     checkpoints.restore_latest(manager, other)
   assert len(str(error.value)) < 1000
+
+
+def test_a_kill_right_after_a_checkpoint_commits_loses_no_metrics_line(tmp_path):
+  """Step 3's checkpoint commits, then the run dies before step 4: step 3's line was written
+  (and synced) before the commit, so the resumed run, which starts after step 3, has it."""
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=3, keep=2)
+  with pytest.raises(Killed):
+    _train_toy(tmp_path, manager, KilledIterator(kill_at=4), _toy_state(), total_steps=6)
+  assert manager.latest_step() == 3
+  state, data_state, _ = checkpoints.restore_latest(manager, _toy_state())
+  iterator = CountingIterator()
+  iterator.set_state(data_state)
+  _train_toy(tmp_path, manager, iterator, state, total_steps=6)
+  lines = [
+    json.loads(line) for line in (tmp_path / "metrics" / "toy.jsonl").read_text().splitlines()
+  ]
+  assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_killed_during_its_final_validation_validates_on_resume(tmp_path):
+  manager = checkpoints.checkpoint_manager(str(tmp_path / "ckpt"), every_steps=2, keep=2)
+  calls = []
+
+  def dying_eval(state):
+    raise Killed  # the final checkpoint is committed; the validation never finishes
+
+  def eval_fn(state):
+    calls.append(float(state.models["toy"].params["w"]))
+    return {"w": calls[-1]}
+
+  def run(state, iterator, validation):
+    return loop.train_stage(
+      stage="toy",
+      step_fn=jax.jit(_toy_step),
+      state=state,
+      data=iterator,
+      manager=manager,
+      mesh=parallel.data_mesh(),
+      total_steps=4,
+      batch_size=2,
+      workdir=str(tmp_path),
+      log_every=1,
+      eval_fn=validation,
+      eval_every=0,
+      log=lambda _: None,
+    )
+
+  with pytest.raises(Killed):
+    run(_toy_state(), CountingIterator(), dying_eval)
+  assert manager.latest_step() == 4
+  state, data_state, _ = checkpoints.restore_latest(manager, _toy_state())
+  iterator = CountingIterator()
+  iterator.set_state(data_state)
+  run(state, iterator, eval_fn)
+  assert calls == [10.0]  # the restored final state (1 + 2 + 3 + 4), validated once
+  lines = [
+    json.loads(line) for line in (tmp_path / "metrics" / "toy.jsonl").read_text().splitlines()
+  ]
+  assert [line for line in lines if "eval/w" in line] == [{"step": 4, "eval/w": 10.0}]
+  run(state, iterator, eval_fn)  # a finished run resumed again validates nothing more
+  assert calls == [10.0]

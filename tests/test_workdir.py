@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from msm_jax.train import run, stages
+from msm_jax.train import workdir as workdir_lib
 from msm_jax.train.workdir import ConfigChangedError, WorkdirLockedError
 from tests import tiny_models
 
@@ -193,3 +194,51 @@ def test_train_py_reports_a_locked_workdir_in_one_line(tmp_path):
   assert result.returncode == 1
   assert f"is in use by process {sleeper.pid}" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_an_empty_lock_is_broken_with_a_message(tmp_path):
+  """A 0-byte lock (a full disk) names no holder: it is broken, not a lock held forever."""
+  (tmp_path / ".lock").write_text("")
+  lines = []
+  with workdir_lib.locked(str(tmp_path), lines.append):
+    assert json.load(open(tmp_path / ".lock"))["pid"] == os.getpid()
+  assert lines == [
+    f"breaking the unreadable lock {tmp_path / '.lock'} (empty or damaged, its holder unknown)"
+  ]
+  assert not (tmp_path / ".lock").exists()
+
+
+_RACER = """
+import json, sys, time
+from msm_jax.train import workdir
+workdir_dir, start = sys.argv[1], float(sys.argv[2])
+while time.time() < start:
+  pass
+try:
+  workdir.acquire_lock(workdir_dir, log=lambda line: None)
+except workdir.WorkdirLockedError:
+  print("refused")
+else:
+  print("holder")
+  time.sleep(3)  # holds the lock (alive) while the others decide
+"""
+
+
+def test_many_processes_breaking_one_stale_lock_leave_exactly_one_holder(tmp_path):
+  """Check, remove, create is not atomic; the flock'd break is: whatever the interleaving,
+  one process holds the workdir and every other is refused."""
+  import time
+
+  for trial in range(4):
+    workdir = tmp_path / f"run{trial}"
+    workdir.mkdir()
+    _write_lock(workdir, _exited_pid(), socket.gethostname())
+    start = time.time() + 4.0  # every racer is imported and spinning by then
+    racers = [
+      subprocess.Popen(
+        [sys.executable, "-c", _RACER, str(workdir), str(start)], stdout=subprocess.PIPE, text=True
+      )
+      for _ in range(6)
+    ]
+    outcomes = sorted(racer.communicate(timeout=120)[0].strip() for racer in racers)
+    assert outcomes == ["holder"] + ["refused"] * 5, (trial, outcomes)

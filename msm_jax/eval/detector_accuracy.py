@@ -17,7 +17,7 @@ import collections
 
 import numpy as np
 
-from msm_jax import cli
+from msm_jax import cli, files
 from msm_jax.core import landmarks
 from msm_jax.data import datasets, images
 from msm_jax.data.records import box_from_landmarks
@@ -117,7 +117,7 @@ def main(argv):
   results = evaluate_with_detector(model, validation, config.eval.failure_threshold)
   print(markdown(results))
   if _OUT.value:
-    cli.write_json(_OUT.value, results)
+    files.write_json(_OUT.value, results)
 
 
 if __name__ == "__main__":
@@ -128,4 +128,4 @@ if __name__ == "__main__":
   _MODEL = flags.DEFINE_string("model", "pretrained", "pretrained package folder")
   _OUT = flags.DEFINE_string("out", "", "optional JSON output")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_help_exits_zero)

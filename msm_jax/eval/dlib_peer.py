@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from msm_jax import cli
+from msm_jax import cli, files
 from msm_jax.core import landmarks, metrics
 from msm_jax.data.images import record_image
 from msm_jax.data.records import box_from_landmarks
@@ -354,7 +354,7 @@ def main(argv=None) -> dict:
   print()
   print(both_found_markdown(table))
   if args.out:
-    cli.write_json(args.out, {"faces": len(records), "seed": args.seed, "table": table})
+    files.write_json(args.out, {"faces": len(records), "seed": args.seed, "table": table})
   return table
 
 

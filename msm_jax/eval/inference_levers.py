@@ -22,7 +22,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from msm_jax import cli
+from msm_jax import cli, files
 from msm_jax.core import landmarks
 from msm_jax.eval import robustness
 from msm_jax.inference import pretrained
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
   table = levers(model, records, soup_models)
   print(markdown(table))
   if args.out:
-    cli.write_json(args.out, {"faces": len(records), "model": args.model, "table": table})
+    files.write_json(args.out, {"faces": len(records), "model": args.model, "table": table})
   return table
 
 

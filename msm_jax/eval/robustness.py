@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-from msm_jax import cli
+from msm_jax import cli, files
 from msm_jax.core import geometry, landmarks, metrics
 from msm_jax.data import augment, datasets, w300
 from msm_jax.data.images import record_image
@@ -505,7 +505,7 @@ def main(argv=None) -> dict:
   )
   print(markdown(table))
   if args.out:
-    cli.write_json(args.out, {"faces": len(records), "seed": args.seed, "table": table})
+    files.write_json(args.out, {"faces": len(records), "seed": args.seed, "table": table})
   return table
 
 

@@ -35,6 +35,7 @@ class MetricsWriter:
     os.makedirs(os.path.join(workdir, "metrics"), exist_ok=True)
     path = os.path.join(workdir, "metrics", f"{stage}.jsonl")
     _drop_lines_after(path, start_step)
+    self.evaluated_steps = _evaluated_steps(path)
     self._jsonl = open(path, "a")
     try:
       from tensorboardX import SummaryWriter
@@ -50,6 +51,11 @@ class MetricsWriter:
       for name, value in scalars.items():
         self._tensorboard.add_scalar(name, value, step)
 
+  def sync(self) -> None:
+    """Everything written so far on disk (before a checkpoint that follows it commits)."""
+    self._jsonl.flush()
+    os.fsync(self._jsonl.fileno())
+
   def close(self) -> None:
     self._jsonl.close()
     if self._tensorboard is not None:
@@ -63,6 +69,15 @@ def _step_of(line: str) -> float:
     return json.loads(line)["step"]
   except (ValueError, KeyError, TypeError):
     return math.inf
+
+
+def _evaluated_steps(path: str) -> set:
+  """The steps whose validation scalars ("eval/...") the metrics file holds."""
+  if not os.path.exists(path):
+    return set()
+  with open(path) as file:
+    lines = [json.loads(line) for line in file if line.endswith("\n")]
+  return {line["step"] for line in lines if any(key.startswith("eval/") for key in line)}
 
 
 def _drop_lines_after(path: str, step: int) -> None:
@@ -129,7 +144,20 @@ def train_stage(
   writer = MetricsWriter(workdir, stage, start_step) if jax.process_index() == 0 else _NoMetrics()
   progress = _Progress(stage, writer, log, total_steps, batch_size, start_step)
   pending = None  # (step, device metrics) of the previous step, read one step late
+  is_eval_step = lambda step: (eval_every and step % eval_every == 0) or step == total_steps
+
+  def evaluate(state, step: int) -> None:
+    scalars = eval_fn(state)
+    writer.write(step, {f"eval/{k}": v for k, v in scalars.items()})
+    writer.sync()
+    log(f"[{stage}] step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+
   try:
+    # A run stopped during the validation that follows a checkpoint resumes at that
+    # checkpoint: the validation it did not record runs first.
+    if eval_fn is not None and start_step and is_eval_step(start_step):
+      if start_step not in writer.evaluated_steps:
+        evaluate(state, start_step)
     for step in range(start_step + 1, total_steps + 1):
       batch = parallel.shard_batch(next(data), mesh)
       state, metrics = step_fn(state, batch)
@@ -139,12 +167,14 @@ def train_stage(
       pending = (step, metrics)
       is_last = step == total_steps
       if manager.should_save(step) or is_last:
-        _check_finite(stage, step, _to_host(metrics))
+        # The step's metrics (checked finite) are on disk before its checkpoint commits: a
+        # run killed after the commit resumes past this step and would not log it again.
+        progress.report(*pending, log_every)
+        pending = None
+        writer.sync()
         checkpoints.save(manager, step, state, data.get_state(), {"stage": stage}, force=is_last)
-      if eval_fn is not None and ((eval_every and step % eval_every == 0) or is_last):
-        scalars = eval_fn(state)
-        writer.write(step, {f"eval/{k}": v for k, v in scalars.items()})
-        log(f"[{stage}] step {step} eval " + " ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+      if eval_fn is not None and is_eval_step(step):
+        evaluate(state, step)
     if pending is not None:
       progress.report(*pending, 1)
   finally:
@@ -156,7 +186,12 @@ def train_stage(
 class _NoMetrics:
   """The MetricsWriter of processes other than process 0."""
 
+  evaluated_steps = frozenset()
+
   def write(self, step: int, scalars: dict) -> None:
+    pass
+
+  def sync(self) -> None:
     pass
 
   def close(self) -> None:

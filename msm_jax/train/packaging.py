@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from msm_jax import cli
 from msm_jax.inference import detection, pipeline, pretrained
 from msm_jax.train import model_io
 
@@ -193,7 +194,7 @@ def _cli() -> None:
     )
     print(json.dumps(info, indent=2))
 
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_help_exits_zero)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ would fail on the first restore, or silently mix two datasets in one run.
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -71,13 +72,57 @@ def _is_running(pid: int) -> bool:
   return True
 
 
+def _parse_lock(text: str) -> dict | None:
+  """A lock's record, or None when it is empty or damaged (a full disk, a crash)."""
+  try:
+    record = json.loads(text)
+  except json.JSONDecodeError:
+    return None
+  return record if isinstance(record, dict) else None
+
+
 def _read_lock(path: str) -> dict | None:
-  """The lock's record, or None when it is gone or unreadable (being written, or damaged)."""
   try:
     with open(path) as file:
-      return json.load(file)
-  except (FileNotFoundError, json.JSONDecodeError):
+      return _parse_lock(file.read())
+  except FileNotFoundError:
     return None
+
+
+def _create_lock(path: str, record: dict) -> bool:
+  """Create ``path`` holding ``record``, complete or not at all: the record is written and
+  synced under a private name, then hard-linked into place (which fails where ``path``
+  exists). False where another process holds ``path``."""
+  private = f"{path}.{socket.gethostname()}.{os.getpid()}"
+  try:
+    with open(private, "w") as file:
+      json.dump(record, file)
+      file.flush()
+      os.fsync(file.fileno())
+    os.link(private, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(private)
+
+
+def _stale_reason(holder: dict | None, host: str, workdir: str, path: str) -> str | None:
+  """Why the lock ``holder`` may be broken (the log line), or None where it may not."""
+  if holder is None:
+    return f"breaking the unreadable lock {path} (empty or damaged, its holder unknown)"
+  pid = holder.get("pid")
+  if holder.get("host") != host or not isinstance(pid, int) or pid < 1 or _is_running(pid):
+    return None
+  return f"breaking the stale lock of process {pid} (no longer running) on {workdir}"
+
+
+def _same_file(descriptor: int, path: str) -> bool:
+  try:
+    return os.path.samestat(os.fstat(descriptor), os.stat(path))
+  except FileNotFoundError:
+    return False
 
 
 def prepare(workdir: str) -> None:
@@ -99,30 +144,36 @@ def prepare(workdir: str) -> None:
 def acquire_lock(workdir: str, log=print) -> str:
   """Create `<workdir>/.lock` ({"pid", "host", "started"}) atomically; returns its path.
 
-  A lock left by a process of this host that is no longer running is broken (one log line);
-  any other existing lock raises WorkdirLockedError.
+  A lock left by a process of this host that is no longer running, or one that is empty or
+  unreadable, is broken (one log line); any other existing lock raises WorkdirLockedError.
+  Breaking is race-free: a breaker takes an exclusive `flock` on the lock file it read and
+  removes it only while that file is still the lock, so of several processes breaking one
+  stale lock at once exactly one becomes the holder.
   """
   path = os.path.join(workdir, LOCK_FILE)
   host = socket.gethostname()
-  for _ in range(2):  # a second try after breaking a stale lock
+  record = {"pid": os.getpid(), "host": host, "started": _now()}
+  for _ in range(16):  # each retry follows a lock broken or released meanwhile
+    if _create_lock(path, record):
+      return path
     try:
-      descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      holder = _read_lock(path) or {}
-      pid = holder.get("pid")
-      if holder.get("host") != host or not isinstance(pid, int) or pid < 1 or _is_running(pid):
+      file = open(path)
+    except FileNotFoundError:
+      continue  # released meanwhile
+    with file:
+      fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+      if not _same_file(file.fileno(), path):
+        continue  # broken (and perhaps taken) by another process meanwhile
+      holder = _parse_lock(file.read())
+      reason = _stale_reason(holder, host, workdir, path)
+      if reason is None:
         raise WorkdirLockedError(
           f"workdir {os.path.abspath(workdir)} is in use by process {holder.get('pid', '?')} "
           f"on host {holder.get('host', '?')} (since {holder.get('started', '?')}); if no "
           f"training runs there, delete {path}"
         ) from None
-      log(f"breaking the stale lock of process {pid} (no longer running) on {workdir}")
-      with contextlib.suppress(FileNotFoundError):  # another process broke it first
-        os.remove(path)
-      continue
-    with os.fdopen(descriptor, "w") as file:
-      json.dump({"pid": os.getpid(), "host": host, "started": _now()}, file)
-    return path
+      log(reason)
+      os.remove(path)  # under the flock of this very file: no other breaker removes a new one
   raise WorkdirLockedError(f"workdir {os.path.abspath(workdir)}: another process took {path}")
 
 
@@ -133,8 +184,9 @@ def locked(workdir: str, log=print):
   try:
     yield path
   finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+    if (_read_lock(path) or {}).get("pid") == os.getpid():
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
 
 
 _ABSENT = object()

@@ -237,7 +237,7 @@ def _train_steps(stage: Stage, config, workdir: str, mesh, log):
     config.checkpoint.every_steps,
     config.checkpoint.keep,
   )
-  restored = checkpoints.restore_latest(manager, state)
+  restored = checkpoints.restore_latest(manager, state, set_aside_damaged=True)
   if restored is not None:
     state, data_state, _ = restored
     data.set_state(data_state)
