@@ -18,17 +18,27 @@ in pixels of the upright image (EXIF orientation applied), ideally the tight box
 Writes per image <stem>.json (faces: box, 68 landmarks in 0-based pixels of the upright image,
 per-landmark scores, reliable flags, the landmarks before the repair, the ST-GAN's theta) and
 <stem>_overlay.png (green: reliable landmarks, red: repaired by the shape dictionary, blue:
-the box) into --out; an output that would overwrite one of the inputs is refused. A file that
+the box) into --out; an output that would overwrite one of the inputs is refused. The --out
+folder is never walked for inputs (`predict.py photos --out photos/out` and `predict.py .`
+run twice read the photos only), unless it is itself one of the PATHs given.
+
+Every file is written whole or not at all (a temporary file renamed over the target): a full
+disk fails that image with the file named and leaves its older outputs as they were; Ctrl-C
+stops with one line and exit status 130, the outputs written so far complete. A file that
 cannot be read, or with no face found, is reported and skipped; the exit status is 1 if any
 file failed (or no image was given), 2 for a bad boxes.json or a missing model.
 """
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import sys
 
 import numpy as np
+
+from msm_jax import files
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 OVERLAY_SUFFIX = "_overlay.png"
@@ -46,33 +56,43 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def collect_images(paths, extensions) -> tuple[list[str], list[tuple[str, str]], set[str]]:
+def collect_images(
+  paths, extensions, out: str | None = None
+) -> tuple[list[str], list[tuple[str, str]], set[str]]:
   """(image files, [(path, error)] for paths that do not exist, every file given or inside a
-  given folder: outputs never overwrite one of them)."""
-  files, missing, protected = [], [], set()
+  given folder: outputs never overwrite one of them).
+
+  The output folder ``out`` is left out of the folders walked: a second run must not read the
+  first's outputs (nor refuse to replace them as inputs). Given as a PATH, it is read."""
+  images, missing, protected = [], [], set()
+  skipped = None if out is None else os.path.realpath(out)
   for path in paths:
     if os.path.isdir(path):
       for folder, subfolders, names in os.walk(path):
-        subfolders.sort()
+        subfolders[:] = sorted(
+          name for name in subfolders if os.path.realpath(os.path.join(folder, name)) != skipped
+        )
         protected.update(os.path.realpath(os.path.join(folder, name)) for name in names)
-        files += [
+        images += [
           os.path.join(folder, name)
           for name in sorted(names)
           if name.lower().endswith(extensions) and not name.endswith(OVERLAY_SUFFIX)
         ]
     elif os.path.isfile(path):
-      files.append(path)
+      images.append(path)
       protected.add(os.path.realpath(path))
     else:
       missing.append((path, f"{path}: no such file or folder"))
-  return files, missing, protected
+  return images, missing, protected
 
 
 def read_boxes(path: str) -> dict[str, np.ndarray]:
   """boxes.json -> {key: [N, 4] float64}; ValueError naming the file and key if malformed."""
   try:
-    with open(path) as file:
+    with open(path, encoding="utf-8") as file:
       table = json.load(file)
+  except UnicodeDecodeError as error:
+    raise ValueError(f"{path}: cannot read boxes (not UTF-8 text: {error})") from None
   except (OSError, json.JSONDecodeError) as error:
     raise ValueError(f"{path}: cannot read boxes ({error})") from None
   if not isinstance(table, dict):
@@ -119,8 +139,65 @@ def output_stem(path: str, used: set) -> str:
   return candidate
 
 
+class OutputWriteError(OSError):
+  """An output file that could not be written (a full disk...); the message names it."""
+
+
+@contextlib.contextmanager
+def writing(path: str, mode: str):
+  """`files.atomic_write`, its errors naming the file: the target is left as it was."""
+  try:
+    with files.atomic_write(path, mode) as file:
+      yield file
+  except OutputWriteError:
+    raise
+  except OSError as error:
+    raise OutputWriteError(f"{path}: not written ({error}); left as it was") from None
+
+
+def write_outputs(stem: str, document: dict, overlay) -> None:
+  """<stem>.json and <stem>_overlay.png (a PIL image), each whole or not at all. The JSON,
+  written first, replaces its older file only after the PNG has replaced its own, so that a
+  failure in either (a full disk, Ctrl-C) leaves the older pair as it was."""
+  with writing(stem + ".json", "w") as json_file:
+    json.dump(document, json_file, indent=1)
+    json_file.flush()  # a full disk shows here, before the PNG replaces the older one
+    with writing(stem + OVERLAY_SUFFIX, "wb") as png_file:
+      overlay.save(png_file, format="PNG")
+
+
+@dataclasses.dataclass
+class Tally:
+  """Images done so far (written or failed), for the summary and for Ctrl-C's line."""
+
+  total: int | None = None
+  written: int = 0
+  faces: int = 0
+  failures: list = dataclasses.field(default_factory=list)
+
+  @property
+  def done(self) -> int:
+    return self.written + len(self.failures)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
+  tally = Tally()
+  try:
+    return predict(args, tally)
+  except KeyboardInterrupt:
+    if tally.total is None:
+      print("interrupted before any image was done; nothing written", file=sys.stderr)
+    else:
+      print(
+        f"interrupted: {tally.done} of {tally.total} images done ({tally.written} written to "
+        f"{args.out}); outputs written so far are complete",
+        file=sys.stderr,
+      )
+    return 130
+
+
+def predict(args, tally: Tally) -> int:
   if args.batch_size < 1:
     print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
     return 2
@@ -145,15 +222,22 @@ def main(argv=None) -> int:
       file=sys.stderr,
     )
     return 2
-  except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
+  except UnicodeDecodeError as error:  # the package's one text file
+    config_path = os.path.join(args.model, pretrained.CONFIG_FILE)
+    print(f"error: {config_path}: not UTF-8 text ({error})", file=sys.stderr)
+    return 2
+  except (OSError, ValueError) as error:  # these name their file
+    print(f"error: cannot load the model in {args.model}: {error}", file=sys.stderr)
     return 2
 
-  files, failures, protected = collect_images(args.paths, prediction.IMAGE_EXTENSIONS)
+  files_found, failures, protected = collect_images(
+    args.paths, prediction.IMAGE_EXTENSIONS, args.out
+  )
+  tally.failures = failures
   for _, message in failures:
     print(f"error: {message}", file=sys.stderr)
   todo = []
-  for path in files:
+  for path in files_found:
     boxes = None if table is None else boxes_for(path, table)
     if table is not None and boxes is None:
       failures.append((path, f"{path}: no entry in {args.boxes}"))
@@ -169,7 +253,8 @@ def main(argv=None) -> int:
   except OSError as error:
     print(f"error: cannot create the output folder {args.out}: {error}", file=sys.stderr)
     return 2
-  used_stems, face_count, written = set(), 0, 0
+  tally.total = tally.done + len(todo)
+  used_stems = set()
   show_progress = any(os.path.isdir(path) for path in args.paths)
   with tqdm(total=len(todo), unit="image", disable=not show_progress) as progress:
     # batch_size files per call (about one batch of faces): memory stays bounded on big
@@ -196,19 +281,18 @@ def main(argv=None) -> int:
           if clash:
             raise ValueError(f"{path}: not written: {clash[0]} is one of the input files")
           document = prediction.prediction_to_json(result, prediction.exif_orientation(path))
-          with open(stem + ".json", "w") as file:
-            json.dump(document, file, indent=1)
-          prediction.save_overlay(
-            stem + OVERLAY_SUFFIX, prediction.load_upright(path), result.faces
-          )
-          face_count += len(result.faces)
-          written += 1
+          overlay = prediction.overlay_image(prediction.load_upright(path), result.faces)
+          write_outputs(stem, document, overlay)
+          tally.faces += len(result.faces)
+          tally.written += 1
         except (OSError, ValueError) as error:
           failures.append((path, str(error)))
           progress.write(f"error: {error}", file=sys.stderr)
         progress.update(1)
 
-  print(f"{written} image(s), {face_count} face(s) written to {args.out}; {len(failures)} failed")
+  print(
+    f"{tally.written} image(s), {tally.faces} face(s) written to {args.out}; {len(failures)} failed"
+  )
   for _, message in failures:
     print(f"  failed: {message}")
   return 1 if failures else 0

@@ -11,6 +11,9 @@ One run at a time holds a workdir (<workdir>/.lock); a config whose data or netw
 differ from the workdir's config.json is refused unless --allow_changed_config is given.
 """
 
+import os
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -38,15 +41,28 @@ def main(argv):
   quiet_library_logs()
   configure_training_process()
   from msm_jax import commands
-  from msm_jax.train import stages, workdir  # after the XLA flags are set
+  from msm_jax.train import config_checks, stages, workdir  # after the XLA flags are set
 
   try:
     commands.train_and_evaluate(
       _CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value
     )
+  except config_checks.ConfigError as error:  # nothing written: one line, a usage error
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
   # Locked, changed config, unwritable; fields that cannot work together: one line.
   except (workdir.WorkdirError, stages.ConfigMismatchError) as error:
     raise SystemExit(f"error: {error}") from None
+  except KeyboardInterrupt as interrupt:  # checkpoints and metrics on disk are whole
+    where = f" {interrupt}" if str(interrupt) else ""
+    print(
+      f"interrupted{where}; the same command resumes from the newest checkpoint", file=sys.stderr
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # At once: an Orbax save cut short leaves threads that would hold up the interpreter's
+    # exit (its temporary folder is ignored, and cleaned, by the next run).
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,8 @@ def test_train_reports_config_fields_that_do_not_fit_in_one_line(tmp_path, stage
     "--config.data.crop_size=256",
     f"--config.stages={stage}",
   )
-  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]  # refused before anything is written
+  assert not (tmp_path / "run").exists()
   last = result.stderr.splitlines()[-1]
   assert last.startswith(message), result.stderr[-2000:]
   assert "Traceback" not in result.stderr

@@ -268,3 +268,15 @@ def test_cofw_is_a_dataset_of_the_configs(cofw_root):
   assert list(sources) == ["test"] and len(sources["test"]) == 3
   np.testing.assert_array_equal(sources["test"].records[1].occluded, _phis()[1, 58:] > 0)
   assert datasets.evaluation_dataset(config).occlusion_flags
+
+
+def test_degenerate_shape_is_refused_or_skipped(tmp_path):
+  phis = _phis()
+  phis[1, :29], phis[1, 29:58] = 6.0, 7.0  # all 29 points of face 2 at one pixel
+  _write_v73(tmp_path / "COFW_test_color.mat", _images(), phis, BOXES)
+  with pytest.warns(DatasetSizeWarning):
+    with pytest.raises(AnnotationError, match="face 2: all 29 points coincide"):
+      read_cofw(tmp_path, "test")
+    with pytest.warns(SkippedFacesWarning, match="skipped 1 of 3"):
+      records = read_cofw(tmp_path, "test", skip_bad=True)
+  assert [r.attributes["cofw_index"] for r in records] == [1, 3]

@@ -22,7 +22,7 @@ def test_full_size_parameter_count_from_table_two():
 
 
 def test_logit_is_real_minus_fake_channel():
-  model = DDNN(width=0.125)
+  model = DDNN(width_multiplier=0.125)
   images = jax.random.uniform(jax.random.key(1), (2, 128, 128, 3))
   variables = model.init(jax.random.key(0), images)
   logits = model.apply(variables, images)

@@ -141,6 +141,23 @@ def test_calibration_dict_round_trip_and_errors():
     detection.DetectorCalibration.from_dict({"centre_offset": [0, 0], "side_ratio": -1}, "cfg.json")
 
 
+@pytest.mark.parametrize(
+  "cascade", ["/etc/passwd", "../../x", "sub/dir.xml", "..\\x.xml", "haarcascade.txt", ".xml", ""]
+)
+def test_a_calibration_names_a_detector_never_a_path(cascade):
+  """A package's cascade is joined to OpenCV's cascade folder: only a bare .xml file name (or
+  dlib's detector) stays inside it."""
+  data = {"centre_offset": [0.0, 0.1], "side_ratio": 0.9, "cascade": cascade}
+  with pytest.raises(ValueError, match=r"cfg.json: cascade .* is not .*dlib_hog.* file name"):
+    detection.DetectorCalibration.from_dict(data, "cfg.json")
+  for name in ("haarcascade_frontalface_default.xml", detection.DLIB_HOG):
+    calibration = detection.DetectorCalibration.from_dict(dict(data, cascade=name), "cfg.json")
+    assert calibration.cascade == name
+  # No cascade given: OpenCV's default one.
+  del data["cascade"]
+  assert detection.DetectorCalibration.from_dict(data).cascade == detection.DEFAULT_CASCADE
+
+
 def test_missing_cascade_file_is_a_clear_error():
   with pytest.raises(FileNotFoundError, match="no_such_cascade.xml not found"):
     detection.load_cascade("no_such_cascade.xml")

@@ -58,7 +58,7 @@ def _inputs(rng, batch, height, width):
 @pytest.fixture(scope="module")
 def tiny():
   """Random-init GDNN + hourglass, the live pipeline's outputs at two sizes, one artefact."""
-  generator = GDNN(width=0.25)
+  generator = GDNN(width_multiplier=0.25)
   hourglass = StackedHourglass(num_landmarks=L, width=8, depth=2, stem_widths=(4, 4, 8))
   rng = np.random.default_rng(0)
   generator_variables = _random_variables(generator, rng)
@@ -265,6 +265,27 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
   with pytest.raises(ValueError, match=r"variables lacks \['dictionary'\]"):
     variables = {name: {} for name in ("generator", "hourglass", "thresholds")}
     export.export_pipeline(None, None, variables, OPTIONS)
+
+
+@pytest.mark.parametrize(
+  "box, why",
+  [
+    ([np.nan, 10.0, 60.0, 70.0], "not finite"),
+    ([500.0, 400.0, 560.0, 470.0], "0 % on the image"),  # off a 90 x 120 image
+  ],
+)
+def test_boxes_that_cannot_frame_a_face_are_refused(tiny, tmp_path, box, why):
+  # The checks of prediction.predict_images, on the artefact's own entry point: a NaN box would
+  # give NaN landmarks, an off-image box landmarks of zeros, both flagged as usual.
+  path = str(tmp_path / "msm.jaxexport")
+  export.save_exported(path, tiny.exported)
+  loaded = export.load_exported(path)
+  images, boxes = tiny.inputs[SIZE_A]
+  boxes = boxes.copy()
+  boxes[1] = box
+  with pytest.raises(ValueError, match=f"box 1 .*{why}") as error:
+    loaded(images, boxes)
+  assert path in str(error.value)
 
 
 def _corrupt(path, how):

@@ -35,7 +35,7 @@ def test_full_size_parameter_count_from_table_one():
 
 
 def test_untrained_generator_outputs_the_identity_for_any_face():
-  model = GDNN(width=0.25)
+  model = GDNN(width_multiplier=0.25)
   images = jax.random.uniform(jax.random.key(1), (3, 128, 128, 3))
   variables = model.init(jax.random.key(0), images)
   theta = model.apply(variables, images)
@@ -60,4 +60,6 @@ def test_wrong_input_size_is_named():
 
 def test_eval_mode_gradients_match_finite_differences():
   """theta as a function of the GDNN's parameters and of the image."""
-  float_checks.check_eval_mode_gradients(GDNN(width=0.125, dtype=jnp.float64), (1, 128, 128, 3))
+  float_checks.check_eval_mode_gradients(
+    GDNN(width_multiplier=0.125, dtype=jnp.float64), (1, 128, 128, 3)
+  )

@@ -291,3 +291,31 @@ def test_a_run_killed_during_its_final_validation_validates_on_resume(tmp_path):
   assert [line for line in lines if "eval/w" in line] == [{"step": 4, "eval/w": 10.0}]
   run(state, iterator, eval_fn)  # a finished run resumed again validates nothing more
   assert calls == [10.0]
+
+
+def test_ctrl_c_in_train_py_is_one_line_and_exit_130(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+    _train_command(workdir, 100),
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    # A test run started in the background inherits SIGINT ignored: the command gets the
+    # default, as from a terminal.
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+  )
+  checkpoint_dir = workdir / "checkpoints" / "hourglass"
+  deadline = time.time() + 600
+  while time.time() < deadline and process.poll() is None:
+    if checkpoint_dir.exists() and any(name.isdigit() for name in os.listdir(checkpoint_dir)):
+      break
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("interrupted at step ") and "hourglass stage" in last, last
+  assert last.endswith("the same command resumes from the newest checkpoint"), last

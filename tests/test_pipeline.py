@@ -311,7 +311,7 @@ def _tiny_networks(dtype):
   """The tiny GDNN and hourglass of tests/tiny_models.py computing in ``dtype``."""
   config = tiny_models.tiny_config()
   config.hourglass.compute_dtype = jnp.dtype(dtype).name
-  generator = GDNN(width=config.stgan.generator_width, dtype=dtype)
+  generator = GDNN(width_multiplier=config.stgan.generator_width, dtype=dtype)
   hourglass = stages.hourglass_module(config)
   rng = np.random.default_rng(0)
   generator_variables = tiny_models.random_variables(generator, rng)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -76,7 +77,9 @@ def _inputs():
 def test_round_trip_reproduces_the_live_pipeline_exactly(packaged):
   config, _, out, _, live = packaged
   loaded = pretrained.load_pretrained(out)
-  assert loaded.options == pipeline.options_from_config(config, True, True)
+  assert loaded.options == dataclasses.replace(
+    pipeline.options_from_config(config, True, True), per_face=pretrained.per_face_on_this_backend()
+  )
   assert loaded.model.available == {"stgan", "hourglass", "dictionary"}
   # The same networks (rebuilt from config.json) and bit-identical variables ...
   assert (loaded.model.generator, loaded.model.networks) == (live.generator, live.networks)
@@ -255,6 +258,14 @@ def test_a_network_on_twice_the_crop_packages_without_an_st_gan(tmp_path):
   config.data.crop_size //= 2
   with pytest.raises(ValueError, match="only a network with 1"):
     stages.STAGES["hourglass"].setup(config, steps_per_epoch=10)
+  # The same weights fit a 128 crop too (convolutions take any size), but make 32 x 32 maps:
+  # decoded as 64 x 64 ones every landmark would land at half its place.
+  package = _copy_package(str(tmp_path / "p"), str(tmp_path / "at_128"))
+  _edit_header(package, lambda header: _set_config_field(header, "data.crop_size", 128))
+  with pytest.raises(
+    pretrained.PackageError, match=r"config.json: .* 32x32 maps from 128x128 crops .*heatmap_size"
+  ):
+    pretrained.load_pretrained(package)
 
 
 def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):
@@ -265,7 +276,9 @@ def test_st_switched_off_in_a_package_with_stgan(packaged, tmp_path):
   assert not loaded.options.use_spatial_transformer and "stgan" in loaded.model.available
   # The switch changes nothing else (test_pipeline checks what ST off does to the landmarks).
   assert loaded.options == dataclasses.replace(
-    pipeline.options_from_config(config, True, True), use_spatial_transformer=False
+    pipeline.options_from_config(config, True, True),
+    use_spatial_transformer=False,
+    per_face=pretrained.per_face_on_this_backend(),
   )
 
 
@@ -329,6 +342,111 @@ def test_mismatched_package_names_the_file(packaged, tmp_path):
   _edit_header(broken, lambda header: header["config"]["shape"].update(num_neighbours=13))
   with pytest.raises(pretrained.PackageError, match="dictionary has 12 shapes, fewer than .* 13"):
     pretrained.load_pretrained(broken)
+
+
+MISSING = object()  # a _set_config_field value: delete the field
+
+
+def _set_config_field(header, field, value):
+  """header["config"][section][name] = value for field "section.name" (MISSING: delete it)."""
+  section, name = field.split(".")
+  if value is MISSING:
+    del header["config"][section][name]
+  else:
+    header["config"][section][name] = value
+
+
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("data.crop_size", 0),
+    ("data.crop_size", "128"),
+    ("data.heatmap_size", -64),
+    ("data.box_margin", -1.25),
+    ("data.box_margin", float("nan")),
+    ("shape.num_neighbours", 0),
+    ("shape.num_neighbours", -5),
+    ("shape.num_neighbours", 2.5),
+    ("shape.score_radius", -1),
+    ("shape.score_radius", MISSING),
+    ("shape.replace", "everything"),
+    ("hourglass.sigma", 0.0),
+    ("inference.recrop_passes", -1),
+    ("inference.recrop_passes", 1.5),
+    ("data.scheme", "300x"),
+  ],
+)
+def test_a_config_field_out_of_range_names_the_file_and_the_field(packaged, tmp_path, field, value):
+  """Each field the pipeline reads is checked at load: a bad one would otherwise predict
+  nonsense with exit status 0, or fail later with a traceback that names neither."""
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  _edit_header(package, lambda header: _set_config_field(header, field, value))
+  with pytest.raises(pretrained.PackageError, match=rf"config.json: .*\b{re.escape(field)}\b"):
+    pretrained.load_pretrained(package)
+
+
+def test_a_config_that_is_not_an_object_names_the_file(packaged, tmp_path):
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  _edit_header(package, lambda header: header.update(config=[]))
+  with pytest.raises(pretrained.PackageError, match='config.json: the "config" section must be'):
+    pretrained.load_pretrained(package)
+
+
+@pytest.mark.parametrize(
+  "field, value", [("data.crop_size", 64), ("data.heatmap_size", 32), ("data.crop_size", 60)]
+)
+def test_crops_that_do_not_make_heatmap_size_maps_are_refused(packaged, tmp_path, field, value):
+  """The tiny hourglass halves its 128 crops once (its stem): 64 x 64 maps. Convolutions fit
+  any crop, so the weights check alone passes a 64 crop (32 x 32 maps, decoded as 64 x 64:
+  every landmark at half its place) and a 32-pixel map size; a 60 crop does not even pass
+  through the hourglass's pooling and upsampling."""
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  _edit_header(package, lambda header: _set_config_field(header, field, value))
+  with pytest.raises(
+    pretrained.PackageError, match=r"config.json: .*data.crop_size.* data.heatmap_size"
+  ):
+    pretrained.load_pretrained(package)
+
+
+def test_a_package_with_fields_at_the_edges_of_their_ranges_loads(packaged, tmp_path):
+  """k = the dictionary's 12 rows, r = 0, a margin of 1, no re-crop field: all allowed."""
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  edits = {
+    "shape.num_neighbours": 12,
+    "shape.score_radius": 0,
+    "data.box_margin": 1.0,
+    "inference.recrop_passes": MISSING,
+    "data.scheme": "ibug68",
+  }
+  _edit_header(
+    package,
+    lambda header: [_set_config_field(header, field, value) for field, value in edits.items()],
+  )
+  options = pretrained.load_pretrained(package).options
+  assert (options.num_neighbours, options.score_radius) == (12, 0)
+  assert (options.box_margin, options.recrop_passes) == (1.0, 0)
+
+
+@pytest.mark.parametrize(
+  "fallback, cascade", [(None, "/etc/passwd"), (0, "../../x"), (1, "sub/dir.xml")]
+)
+def test_a_detector_outside_opencvs_cascade_folder_is_refused(
+  packaged, tmp_path, fallback, cascade
+):
+  """The first detector or a fallback (None: the first; else its index) naming a path."""
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+
+  def edit(header):
+    header["detector_fallbacks"] = [c.to_dict() for c in detection.DEFAULT_CALIBRATIONS]
+    target = header["detector"] if fallback is None else header["detector_fallbacks"][fallback]
+    target["cascade"] = cascade
+
+  _edit_header(package, edit)
+  where = "detector" if fallback is None else f"detector_fallbacks[{fallback}]"
+  with pytest.raises(
+    pretrained.PackageError, match=rf"config.json: {re.escape(where)}: cascade '{cascade}'"
+  ):
+    pretrained.load_pretrained(package)
 
 
 @pytest.mark.parametrize("how", ["int32", "nan"])
@@ -396,7 +514,7 @@ def test_command_line_writes_a_loadable_package(packaged, tmp_path):
   command = [
     sys.executable,
     "-m",
-    "msm_jax.inference.pretrained",
+    "msm_jax.train.packaging",
     "--config=configs/synthetic.py",
     *overrides,
     "--config.hourglass.stem_widths=(4, 4, 8)",

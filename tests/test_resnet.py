@@ -49,7 +49,7 @@ def _numpy_variables(model, images, seed=0):
 
 
 def test_small_network_regresses_coordinates_and_trains():
-  model = ResNet50(num_landmarks=5, width=0.0625)
+  model = ResNet50(num_landmarks=5, width_multiplier=0.0625)
   images = jax.random.uniform(jax.random.key(1), (2, 128, 128, 3))
   variables = _numpy_variables(model, images)
 
@@ -71,7 +71,7 @@ def test_small_network_regresses_coordinates_and_trains():
 
 
 def test_last_stage_is_four_by_four_before_the_pool():
-  model = ResNet50(num_landmarks=5, width=0.125)
+  model = ResNet50(num_landmarks=5, width_multiplier=0.125)
   images = jnp.zeros((1, 128, 128, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
   _, captured = jax.eval_shape(
@@ -83,7 +83,7 @@ def test_last_stage_is_four_by_four_before_the_pool():
 
 
 def test_bfloat16_compute_float32_parameters():
-  model = ResNet50(num_landmarks=3, width=0.0625, dtype=jnp.bfloat16)
+  model = ResNet50(num_landmarks=3, width_multiplier=0.0625, dtype=jnp.bfloat16)
   images = jnp.ones((1, 128, 128, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), images)
   assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}

@@ -275,7 +275,7 @@ def _stgan_setup():
   from msm_jax.models.gdnn import GDNN
 
   rng = np.random.default_rng(2)
-  generator, discriminator = GDNN(width=0.25), DDNN(width=0.125)
+  generator, discriminator = GDNN(width_multiplier=0.25), DDNN(width_multiplier=0.125)
   g_optimizer, d_optimizer = optax.adam(5e-3), optax.adam(1e-3)
   example = jnp.zeros((1, 128, 128, 3))
   state = new_train_state(
@@ -346,7 +346,7 @@ def test_adversarial_warmup_hides_the_discriminator_from_the_generator():
   mesh = parallel.data_mesh()
   other_discriminator = jax.device_get(
     init_model_state(
-      DDNN(width=0.125), optax.adam(1e-3), jax.random.key(3), jnp.zeros((1, 128, 128, 3))
+      DDNN(width_multiplier=0.125), optax.adam(1e-3), jax.random.key(3), jnp.zeros((1, 128, 128, 3))
     )
   )
   other_state = host_state.replace(
@@ -384,7 +384,7 @@ def test_joint_step_is_sgd_on_the_landmark_heatmap_and_theta_losses():
 
   rng = np.random.default_rng(3)
   num_points, size = 68, 128
-  generator = GDNN(width=0.125)
+  generator = GDNN(width_multiplier=0.125)
   hourglass = StackedHourglass(
     num_landmarks=num_points, width=8, num_stacks=2, depth=2, stem_widths=(4, 4, 8)
   )

@@ -206,3 +206,11 @@ def test_bad_inputs_name_the_problem():
     subset_metrics.mean_shape_baseline(gt, 128, np.eye(3))
   with pytest.raises(ValueError, match="train_landmarks_in_crop"):
     subset_metrics.mean_shape_baseline(gt[0], 128, np.eye(3)[None])
+
+
+def test_precision_is_undefined_where_nothing_is_occluded():
+  """Flags on a clean face detect no occluder: no precision (not 0), recall undefined too."""
+  clean = np.zeros((2, 4), bool)
+  got = subset_metrics.unreliable_as_occlusion_detector(clean, np.array([[1, 0, 1, 1]] * 2, bool))
+  assert np.isnan(got["unreliable_precision"]) and np.isnan(got["unreliable_recall"])
+  assert got["unreliable_false_positives"] == 2

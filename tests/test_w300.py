@@ -325,3 +325,65 @@ def test_box_from_landmarks_and_record_validation():
     FaceRecord(image_path="x.jpg", landmarks=points, box=[0, 0, 1, 1], subset="s", occluded=[True])
   with pytest.raises(ValueError, match="needs an image_path or an image"):
     FaceRecord(image_path=None, landmarks=points, box=[0, 0, 1, 1], subset="s")
+
+
+def _degenerate(points, case):
+  if case == "all points coincide":
+    points[:] = (20.0, 15.0)  # inside the 40x30 image, so only the shape check can catch it
+  else:
+    points[45] = points[36]  # the outer eye corners of the 68-point scheme
+  return points
+
+
+_DEGENERATE = {
+  "all points coincide": "all 68 points coincide",
+  "eye corners coincide": "the eye corners coincide: inter-ocular distance 0",
+}
+
+
+@pytest.mark.parametrize("case", list(_DEGENERATE))
+def test_degenerate_shapes_are_refused_or_skipped(tmp_path, case):
+  # Such a face reads fine but has no inter-ocular distance: evaluate.py's NME divides by it.
+  _write_face(tmp_path / "ibug", "good", 1)
+  _write_pts(
+    tmp_path / "ibug" / "flat.pts", _degenerate(_write_face(tmp_path / "ibug", "flat", 2), case)
+  )
+  with (
+    pytest.warns(DatasetSizeWarning),
+    pytest.raises(AnnotationError, match=rf"flat.pts: {_DEGENERATE[case]}"),
+  ):
+    read_300w(tmp_path, "challenge")
+  with pytest.raises(AnnotationError, match=rf"flat.pts: {_DEGENERATE[case]}"):
+    read_pts_folder(tmp_path / "ibug")
+  with pytest.warns(SkippedFacesWarning, match="skipped 1 of 2") as caught:
+    records = read_300w(tmp_path, "challenge", skip_bad=True)
+  assert [os.path.basename(r.image_path) for r in records] == ["good.jpg"]
+  [skipped] = [w.message for w in caught if isinstance(w.message, SkippedFacesWarning)]
+  assert skipped.skipped[0][0].endswith("flat.pts")
+  # --config.data.skip_bad_samples=true: evaluate.py's sources hold the good face only.
+  import ml_collections
+
+  from msm_jax.data import datasets
+
+  data = dict(dataset="300w", root=str(tmp_path), eval_splits=("challenge",), skip_bad_samples=True)
+  with pytest.warns(SkippedFacesWarning, match="skipped 1 of 2"):
+    sources = datasets.eval_sources(ml_collections.ConfigDict({"data": data}))
+  assert [os.path.basename(r.image_path) for r in sources["challenge"].records] == ["good.jpg"]
+
+
+def test_a_directory_named_like_a_pts_file_is_refused_or_skipped(tmp_path):
+  folder = tmp_path / "ibug"
+  _write_face(folder, "good", 1)
+  Image.new("RGB", (WIDTH, HEIGHT)).save(folder / "odd.jpg")
+  (folder / "odd.pts").mkdir()
+  with pytest.raises(AnnotationError, match="odd.pts: is a directory, not a .pts file"):
+    read_pts(folder / "odd.pts")
+  with pytest.warns(DatasetSizeWarning), pytest.raises(AnnotationError, match="odd.pts: is a dir"):
+    read_300w(tmp_path, "challenge")
+  with pytest.warns(SkippedFacesWarning, match="skipped 1 of 2"):
+    assert len(read_300w(tmp_path, "challenge", skip_bad=True)) == 1
+  (folder / "lonely.pts").mkdir()  # no image beside it either: still named as a directory
+  with pytest.raises(AnnotationError, match="lonely.pts: is a directory, not a .pts file"):
+    read_pts_folder(folder)
+  with pytest.warns(SkippedFacesWarning, match="skipped 2 of 3"):
+    assert len(read_pts_folder(folder, skip_bad=True)) == 1

@@ -165,3 +165,19 @@ def test_missing_list_and_unknown_split(tmp_path):
     read_wflw(tmp_path, "train")
   with pytest.raises(ValueError, match="unknown WFLW split"):
     read_wflw(tmp_path, "val")
+
+
+def test_degenerate_shape_is_refused_or_skipped(wflw_root):
+  root, lines = wflw_root
+  flat = _points(0.0)
+  flat[72] = flat[60]  # the outer eye corners of the 98-point scheme
+  list_path = root / "WFLW_annotations" / "list_98pt_rect_attr_train_test" / "flat.txt"
+  list_path.write_text(
+    lines[0] + "\n" + _line(flat, [5, 6, 60, 70], [0] * 6, "2--Demonstration/b.jpg") + "\n"
+  )
+  message = "flat.txt, line 2: the eye corners coincide: inter-ocular distance 0"
+  with pytest.raises(AnnotationError, match=message):
+    read_wflw_list(list_path, root / "WFLW_images", "test")
+  with pytest.warns(SkippedFacesWarning, match="WFLW test: skipped 1 of 2"):
+    records = read_wflw_list(list_path, root / "WFLW_images", "test", skip_bad=True)
+  assert [r.image_path[-5:] for r in records] == ["a.jpg"]

@@ -242,3 +242,52 @@ def test_many_processes_breaking_one_stale_lock_leave_exactly_one_holder(tmp_pat
     ]
     outcomes = sorted(racer.communicate(timeout=120)[0].strip() for racer in racers)
     assert outcomes == ["holder"] + ["refused"] * 5, (trial, outcomes)
+
+
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("data.box_margin", 2.0),
+    ("data.synthetic.occlusion_prob", 0.9),
+    ("data.box_source", "detector"),
+    ("hourglass.batch_size", 2),
+    ("augment.rotation_degrees", 5.0),
+  ],
+)
+def test_a_resume_that_would_mix_two_datasets_is_refused(tmp_path, stub_stage, field, value):
+  workdir, quiet = str(tmp_path), lambda _: None
+  run.train(_tiny_config(), workdir, log=quiet)
+  changed = _tiny_config()
+  *sections, name = field.split(".")
+  node = changed
+  for section in sections:
+    node = node[section]
+  assert name in node, field  # the field exists in the config: the test changes a real one
+  node[name] = value
+  with pytest.raises(ConfigChangedError, match=field.replace(".", r"\.") + ": "):
+    run.train(changed, workdir, log=quiet)
+  assert len(stub_stage) == 1
+
+
+def test_reading_or_evaluation_fields_may_change_on_resume(tmp_path, stub_stage):
+  workdir, quiet = str(tmp_path), lambda _: None
+  run.train(_tiny_config(), workdir, log=quiet)
+  changed = _tiny_config()
+  changed.data.worker_count = 2
+  changed.data.skip_bad_samples = True
+  changed.hourglass.learning_rate = 1e-4  # the optimiser, not the faces
+  run.train(changed, workdir, log=quiet)
+  assert len(stub_stage) == 2
+
+
+def test_a_history_line_cut_short_is_dropped_before_the_next_record(tmp_path, stub_stage):
+  """A full disk left a partial last line: the next run's record starts a line of its own,
+  and every line of the history parses."""
+  workdir, quiet = str(tmp_path), lambda _: None
+  run.train(_tiny_config(), workdir, log=quiet)
+  history = tmp_path / "config_history.jsonl"
+  with open(history, "a") as file:
+    file.write('{"started": "2026-01-01", "config": {"da')
+  run.train(_tiny_config(), workdir, log=quiet)
+  records = [json.loads(line) for line in history.read_text().splitlines()]
+  assert len(records) == 2 and all("config" in record for record in records)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from msm_jax import files
 from msm_jax.core import geometry
 
 # Pupil targets of the 128 x 128 canonical frame: 36 px apart on the line y = 44. With them the
@@ -158,7 +159,9 @@ def save_dictionary(path, dictionary, meta=None):
     if value.dtype == object:
       raise ValueError(f"meta[{name!r}] cannot be stored without pickle: {value!r}")
     arrays[_META_PREFIX + name] = value
-  np.savez(path, **arrays)
+  path = os.fspath(path)
+  with files.atomic_write(path if path.endswith(".npz") else path + ".npz", "wb") as file:
+    np.savez(file, **arrays)
 
 
 def load_dictionary(path, num_points=None):

@@ -31,6 +31,7 @@ points and box corners are shifted by -1 on read; widths/heights are kept.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import h5py
@@ -43,7 +44,7 @@ from msm_jax.data.records import (
   box_from_landmarks,
   check_finite,
   check_inside_image,
-  report_skipped,
+  collect_faces,
   warn_count,
 )
 
@@ -161,6 +162,17 @@ def _make_record(
   )
 
 
+def _cofw_face(image, row, xywh, box_source, split, index, max_outside, source) -> FaceRecord:
+  """Face ``index`` of a COFW-29 file from its ``phis`` row and ``bboxes`` row (1-based)."""
+  landmarks = np.stack([row[:POINTS_COFW], row[POINTS_COFW : 2 * POINTS_COFW]], 1) - 1.0
+  flags = row[2 * POINTS_COFW :]
+  check_finite(flags, source)
+  official = _box_from_xywh(xywh, source)
+  return _make_record(
+    image, landmarks, flags > 0.5, official, box_source, split, index, max_outside, source
+  )
+
+
 def _check_box_source(box_source: str) -> None:
   if box_source not in BOX_SOURCES:
     raise ValueError(f"unknown box_source {box_source!r}; choose from {BOX_SOURCES}")
@@ -188,35 +200,14 @@ def read_cofw(
   path = _find_cofw_mat([os.fspath(root)], split)
   images, phis, boxes = read_cofw_mat(path, split)
   warn_count(f"COFW {split}", len(images), SPLIT_SIZES[split], path)
-  records, skipped = [], []
+  faces = []
   for index, image in enumerate(images):
     source = f"{path} face {index + 1}"
-    try:
-      row = phis[index]
-      landmarks = np.stack([row[:POINTS_COFW], row[POINTS_COFW : 2 * POINTS_COFW]], 1) - 1.0
-      flags = row[2 * POINTS_COFW :]
-      check_finite(flags, source)
-      records.append(
-        _make_record(
-          image,
-          landmarks,
-          flags > 0.5,
-          _box_from_xywh(boxes[index], source),
-          box_source,
-          split,
-          index,
-          max_outside,
-          source,
-        )
-      )
-    except AnnotationError as error:
-      if not skip_bad:
-        raise
-      skipped.append((source, str(error)))
-  report_skipped(f"COFW {split}", skipped, len(images))
-  if not records:
-    raise AnnotationError(f"{path}: no usable faces (all were skipped as bad)")
-  return records
+    build = functools.partial(
+      _cofw_face, image, phis[index], boxes[index], box_source, split, index, max_outside, source
+    )
+    faces.append((source, build))
+  return collect_faces(f"COFW {split}", path, faces, skip_bad=skip_bad)
 
 
 def _read_points_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -235,6 +226,17 @@ def _read_points_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
   check_finite(points, path)
   check_finite(occluded, path)
   return points, occluded > 0.5
+
+
+def _cofw68_face(image, path, xywh, box_source, index, max_outside) -> FaceRecord:
+  """COFW test face ``index`` with its COFW-68 annotation ``path`` (and official box row)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: COFW-68 annotation for test image {index + 1} not found")
+  points, occluded = _read_points_mat(path)
+  official = None if xywh is None else _box_from_xywh(xywh, path)
+  return _make_record(
+    image, points - 1.0, occluded, official, box_source, "cofw68", index, max_outside, path
+  )
 
 
 def read_cofw68(
@@ -273,24 +275,11 @@ def read_cofw68(
       )
   annotated = sum(name.endswith("_points.mat") for name in os.listdir(annotations_dir))
   warn_count("COFW-68", annotated, SPLIT_SIZES["test"], annotations_dir)
-  records, skipped = [], []
+  faces = []
   for index, image in enumerate(images):
     path = os.path.join(annotations_dir, f"{index + 1}_points.mat")
-    try:
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: COFW-68 annotation for test image {index + 1} not found")
-      points, occluded = _read_points_mat(path)
-      official = None if boxes is None else _box_from_xywh(boxes[index], path)
-      records.append(
-        _make_record(
-          image, points - 1.0, occluded, official, box_source, "cofw68", index, max_outside, path
-        )
-      )
-    except (AnnotationError, FileNotFoundError) as error:
-      if not skip_bad:
-        raise
-      skipped.append((path, str(error)))
-  report_skipped("COFW-68", skipped, len(images))
-  if not records:
-    raise AnnotationError(f"{annotations_dir}: no usable faces (all were skipped as bad)")
-  return records
+    xywh = None if boxes is None else boxes[index]
+    faces.append(
+      (path, functools.partial(_cofw68_face, image, path, xywh, box_source, index, max_outside))
+    )
+  return collect_faces("COFW-68", annotations_dir, faces, skip_bad=skip_bad)

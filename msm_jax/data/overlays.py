@@ -8,6 +8,8 @@ shape dictionary, or occluded), blue for face boxes.
 import numpy as np
 from PIL import Image, ImageDraw
 
+from msm_jax import files
+
 KEPT_COLOUR, FLAGGED_COLOUR, BOX_COLOUR = (40, 220, 40), (240, 40, 40), (60, 140, 255)
 
 
@@ -36,3 +38,10 @@ def draw_landmarks(image: np.ndarray, faces, zoom: int = 1, radius: float | None
       colour = FLAGGED_COLOUR if is_flagged else KEPT_COLOUR
       draw.ellipse([x - dot, y - dot, x + dot, y + dot], fill=colour)
   return canvas
+
+
+def save_png(canvas: Image.Image, path: str) -> None:
+  """``canvas`` as a PNG at ``path``, written whole or not at all (`files.atomic_write`): a
+  full disk or Ctrl-C while encoding leaves the older file, or none, never a truncated one."""
+  with files.atomic_write(path, "wb") as file:
+    canvas.save(file, format="PNG")

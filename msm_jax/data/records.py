@@ -10,21 +10,35 @@ and COFW's 1-based MATLAB coordinates), the reader converts it once, on read.
 Bad input is reported the same way by every reader: an :class:`AnnotationError`
 (a ``ValueError``) or ``FileNotFoundError`` whose message names the file, or,
 with ``skip_bad=True``, the face is left out and counted in one
-:class:`SkippedFacesWarning`.
+:class:`SkippedFacesWarning`. Every reader builds its records through
+:func:`collect_faces`, which does that and refuses the shapes no metric can
+normalise (:func:`check_face_shape`: all points at one spot, or the outer eye
+corners of the face's landmark scheme at one spot, an inter-ocular distance of 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from msm_jax.core.landmarks import get_scheme, outer_eye_corners
+
+# Points closer than this (pixels) coincide: no annotation is that precise, and an NME
+# normalised by such a distance is meaningless (by 0, Eq. 12 fails outright).
+COINCIDENT_PX = 1e-3
+
 
 class AnnotationError(ValueError):
   """An annotation file (or one face in it) is malformed; the message names the file."""
+
+
+# What a face that cannot be used raises; ``skip_bad=True`` leaves such a face out. A reader
+# that also decodes image headers adds ``images.ImageReadError``.
+BAD_FACE_ERRORS = (AnnotationError, FileNotFoundError)
 
 
 class SkippedFacesWarning(UserWarning):
@@ -171,6 +185,77 @@ def check_inside_image(
     )
 
 
+def check_face_shape(landmarks: np.ndarray, source: str) -> None:
+  """Refuse a shape that no metric can normalise, naming ``source``.
+
+  Raises AnnotationError when all points coincide, or when the outer eye corners
+  coincide (inter-ocular distance 0, the NME normaliser of Eq. 12) for a point
+  count with a landmark scheme (68, 98, 29; see ``msm_jax/core/landmarks.py``).
+  Any other point count gets the first check only.
+
+  Args:
+    landmarks: [L, 2] (x, y).
+    source: the file (and line or face) the shape comes from, for the message.
+  """
+  points = np.asarray(landmarks, dtype=np.float64)
+  if points.shape[0] > 1 and np.ptp(points, axis=0).max() < COINCIDENT_PX:
+    raise AnnotationError(f"{source}: all {points.shape[0]} points coincide")
+  try:
+    scheme = get_scheme(points.shape[0])
+  except ValueError:
+    return
+  left, right = outer_eye_corners(points, scheme)
+  if np.linalg.norm(right - left) < COINCIDENT_PX:
+    raise AnnotationError(f"{source}: the eye corners coincide: inter-ocular distance 0")
+
+
+def collect_faces(
+  dataset: str,
+  where: str,
+  faces: Iterable[tuple[str, Callable[[], FaceRecord | None]]],
+  *,
+  skip_bad: bool,
+  bad_face_errors: tuple[type[Exception], ...] = BAD_FACE_ERRORS,
+) -> list[FaceRecord]:
+  """Build every face of a read, refusing or skipping the bad ones: the tail of every reader.
+
+  Each record built is checked with :func:`check_face_shape`. A face whose build
+  raises one of ``bad_face_errors`` (or fails that check) raises, or with
+  ``skip_bad`` is left out and counted in one SkippedFacesWarning naming
+  ``dataset``.
+
+  Args:
+    dataset: the read's name in the warning, e.g. "WFLW test".
+    where: the folder or file read, named when no usable face is left.
+    faces: (source, build) per face, in order: ``build()`` returns the face's
+      FaceRecord, or None for a face the dataset leaves out on purpose (not a
+      bad face, not counted); ``source`` names the face in messages.
+    skip_bad: leave bad faces out instead of raising.
+    bad_face_errors: what a bad face raises.
+  Returns:
+    The records, in the order of ``faces``.
+  Raises:
+    The first bad face's error without ``skip_bad``; AnnotationError when no
+    usable face is left.
+  """
+  records, skipped = [], []
+  for source, build in faces:
+    try:
+      record = build()
+      if record is None:
+        continue
+      check_face_shape(record.landmarks, source)
+      records.append(record)
+    except bad_face_errors as error:
+      if not skip_bad:
+        raise
+      skipped.append((source, str(error)))
+  report_skipped(dataset, skipped, len(records) + len(skipped))
+  if not records:
+    raise AnnotationError(f"{where}: no usable faces (all were skipped as bad)")
+  return records
+
+
 def warn_count(dataset: str, found: int, expected: int, where: str) -> None:
   """Warn with "found N of M" when a folder holds part of (or more than) a split."""
   if found != expected:
@@ -189,5 +274,5 @@ def report_skipped(dataset: str, skipped: Sequence[tuple[str, str]], total: int)
     SkippedFacesWarning(
       f"{dataset}: skipped {len(skipped)} of {total} faces: {examples}{more}", skipped
     ),
-    stacklevel=3,
+    stacklevel=4,  # the caller of the reader that called collect_faces
   )

@@ -38,21 +38,23 @@ semi-frontal and 39-point profile faces: :func:`read_menpo` keeps the former.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.io
 
 from msm_jax.data.images import ImageReadError, image_size
 from msm_jax.data.records import (
+  BAD_FACE_ERRORS,
   AnnotationError,
   FaceRecord,
   box_from_landmarks,
   check_finite,
   check_inside_image,
-  report_skipped,
+  collect_faces,
   warn_count,
 )
 
@@ -82,7 +84,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_MAX_OUTSIDE = 0.25
 
 _log = logging.getLogger(__name__)
-_BAD_FACE_ERRORS = (AnnotationError, ImageReadError, FileNotFoundError)
+_BAD_FACE_ERRORS = (*BAD_FACE_ERRORS, ImageReadError)
 
 
 def _parse_point_line(line: str, path: str, line_number: int) -> tuple[float, float]:
@@ -106,10 +108,12 @@ def read_pts(path: str | os.PathLike, n_points: int | None = POINTS_300W) -> np.
   Returns:
     [L, 2] float32 (x, y), 0-based: the file's 1-based values minus 1.
   Raises:
-    FileNotFoundError, or AnnotationError naming the file for a malformed
-    header or line, a wrong point count, or NaN/inf.
+    FileNotFoundError, or AnnotationError naming the file for a directory, a
+    malformed header or line, a wrong point count, or NaN/inf.
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise _directory_error(path)
   try:
     with open(path, encoding="utf-8-sig") as file:  # -sig: a BOM would hide the header
       text = file.read()
@@ -144,6 +148,10 @@ def read_pts(path: str | os.PathLike, n_points: int | None = POINTS_300W) -> np.
     raise AnnotationError(f"{path}: {points.shape[0]} points, expected {n_points}")
   check_finite(points, path)
   return (points - 1.0).astype(np.float32)
+
+
+def _directory_error(path: str) -> AnnotationError:
+  return AnnotationError(f"{path}: is a directory, not a .pts file")
 
 
 def read_bounding_boxes_mat(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
@@ -209,6 +217,8 @@ def _pair_files(folder: str) -> tuple[list[tuple[str, str]], list[tuple[str, Exc
           ),
         )
       )
+    elif not files["image"] and os.path.isdir(files["pts"][0]):
+      orphans.append((files["pts"][0], _directory_error(files["pts"][0])))
     elif not files["image"]:
       orphans.append(
         (
@@ -242,63 +252,76 @@ def _find_boxes_mat(root: str, folder: str) -> str:
   )
 
 
-def _read_folder(
+def _raise(error: Exception) -> None:
+  raise error
+
+
+def _read_face(
+  pts_path: str,
+  image_path: str,
+  subset: str,
+  *,
+  n_points: int,
+  max_outside: float,
+  boxes: dict | None,
+  box_source: str,
+  ignored_point_counts: Sequence[int],
+  ignored: list[str],
+) -> FaceRecord | None:
+  """One image + .pts pair as a FaceRecord; None (listed in ``ignored``) for an ignored count."""
+  landmarks = read_pts(pts_path, n_points=None)
+  if landmarks.shape[0] in ignored_point_counts:
+    ignored.append(pts_path)
+    return None
+  if landmarks.shape[0] != n_points:
+    raise AnnotationError(f"{pts_path}: {landmarks.shape[0]} points, expected {n_points}")
+  width, height = image_size(image_path)
+  check_inside_image(landmarks, width, height, max_outside, pts_path)
+  if box_source == "landmarks":
+    box = box_from_landmarks(landmarks)
+  else:
+    name = os.path.basename(image_path)
+    if name not in boxes:
+      raise AnnotationError(f"{pts_path}: the official box file has no entry for {name}")
+    box = boxes[name][box_source]
+  return FaceRecord(image_path=image_path, landmarks=landmarks, box=box, subset=subset)
+
+
+def _folder_faces(
   folder: str,
   subset: str,
   *,
   n_points: int,
-  skip_bad: bool,
   max_outside: float,
   boxes: dict | None = None,
   box_source: str = "landmarks",
   ignored_point_counts: Sequence[int] = (),
-) -> tuple[list[FaceRecord], list[tuple[str, str]], int]:
-  """Read one folder of images + .pts. Returns (records, skipped, faces seen)."""
+  ignored: list[str] | None = None,
+) -> list[tuple[str, Callable[[], FaceRecord | None]]]:
+  """(source, build) per face of one folder of images + .pts, for ``collect_faces``.
+
+  An orphan file's build raises its error; a face with one of
+  ``ignored_point_counts`` points builds to None and its .pts is added to ``ignored``.
+  """
   pairs, orphans = _pair_files(folder)
   if not pairs and not orphans:
     raise FileNotFoundError(f"{folder}: no .pts annotation files or images found")
-  skipped = []
-  for source, error in orphans:
-    if not skip_bad:
-      raise error
-    skipped.append((source, str(error)))
-  records, ignored = [], 0
+  faces = [(source, functools.partial(_raise, error)) for source, error in orphans]
   for pts_path, image_path in pairs:
-    try:
-      landmarks = read_pts(pts_path, n_points=None)
-      if landmarks.shape[0] in ignored_point_counts:
-        ignored += 1
-        continue
-      if landmarks.shape[0] != n_points:
-        raise AnnotationError(f"{pts_path}: {landmarks.shape[0]} points, expected {n_points}")
-      width, height = image_size(image_path)
-      check_inside_image(landmarks, width, height, max_outside, pts_path)
-      if box_source == "landmarks":
-        box = box_from_landmarks(landmarks)
-      else:
-        name = os.path.basename(image_path)
-        if name not in boxes:
-          raise AnnotationError(f"{pts_path}: the official box file has no entry for {name}")
-        box = boxes[name][box_source]
-      records.append(FaceRecord(image_path=image_path, landmarks=landmarks, box=box, subset=subset))
-    except _BAD_FACE_ERRORS as error:
-      if not skip_bad:
-        raise
-      skipped.append((pts_path, str(error)))
-  if ignored:
-    _log.info(
-      "%s: ignored %d faces with %s points",
-      folder,
-      ignored,
-      "/".join(map(str, ignored_point_counts)),
+    build = functools.partial(
+      _read_face,
+      pts_path,
+      image_path,
+      subset,
+      n_points=n_points,
+      max_outside=max_outside,
+      boxes=boxes,
+      box_source=box_source,
+      ignored_point_counts=ignored_point_counts,
+      ignored=[] if ignored is None else ignored,
     )
-  return records, skipped, len(pairs) + len(orphans) - ignored
-
-
-def _require_usable(records: list[FaceRecord], where: str) -> list[FaceRecord]:
-  if not records:
-    raise AnnotationError(f"{where}: no usable faces (all were skipped as bad)")
-  return records
+    faces.append((pts_path, build))
+  return faces
 
 
 def read_pts_folder(
@@ -314,18 +337,16 @@ def read_pts_folder(
   For custom datasets in the 300-W format. ``subset`` defaults to the folder's
   name. Boxes are the landmarks' tight boxes. Landmarks beyond ``max_outside``
   times the image size outside the image are an error. With ``skip_bad``, bad
-  faces (orphan files, malformed .pts, unreadable image headers) are left out
-  and counted in one SkippedFacesWarning; otherwise the first one raises.
+  faces (orphan files, malformed or degenerate .pts, unreadable image headers)
+  are left out and counted in one SkippedFacesWarning; otherwise the first one
+  raises.
   """
   folder = os.fspath(folder)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"folder not found: {folder}")
   subset = subset if subset is not None else os.path.basename(os.path.normpath(folder))
-  records, skipped, seen = _read_folder(
-    folder, subset, n_points=n_points, skip_bad=skip_bad, max_outside=max_outside
-  )
-  report_skipped(folder, skipped, seen)
-  return _require_usable(records, folder)
+  faces = _folder_faces(folder, subset, n_points=n_points, max_outside=max_outside)
+  return collect_faces(folder, folder, faces, skip_bad=skip_bad, bad_face_errors=_BAD_FACE_ERRORS)
 
 
 def read_menpo(
@@ -339,16 +360,21 @@ def read_menpo(
   folder = os.fspath(folder)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"Menpo folder not found: {folder}")
-  records, skipped, seen = _read_folder(
+  profiles = []
+  faces = _folder_faces(
     folder,
     "menpo",
     n_points=POINTS_300W,
-    skip_bad=skip_bad,
     max_outside=max_outside,
     ignored_point_counts=(MENPO_PROFILE_POINTS,),
+    ignored=profiles,
   )
-  report_skipped(folder, skipped, seen)
-  return _require_usable(records, folder)
+  records = collect_faces(
+    folder, folder, faces, skip_bad=skip_bad, bad_face_errors=_BAD_FACE_ERRORS
+  )
+  if profiles:
+    _log.info("%s: ignored %d faces with %d points", folder, len(profiles), MENPO_PROFILE_POINTS)
+  return records
 
 
 def read_300w(
@@ -382,7 +408,7 @@ def read_300w(
     raise ValueError(f"unknown box_source {box_source!r}; choose from {BOX_SOURCES}")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"300-W root folder not found: {root}")
-  records, skipped, seen = [], [], 0
+  faces = []
   for folder in SPLIT_FOLDERS[split]:
     path = os.path.join(root, *folder.split("/"))
     if not os.path.isdir(path) or not os.listdir(path):
@@ -390,24 +416,21 @@ def read_300w(
     boxes = (
       None if box_source == "landmarks" else read_bounding_boxes_mat(_find_boxes_mat(root, folder))
     )
-    folder_records, folder_skipped, folder_seen = _read_folder(
+    faces += _folder_faces(
       path,
       folder,
       n_points=POINTS_300W,
-      skip_bad=skip_bad,
       max_outside=max_outside,
       boxes=boxes,
       box_source=box_source,
     )
-    records += folder_records
-    skipped += folder_skipped
-    seen += folder_seen
-  if seen == 0:
+  if not faces:
     raise FileNotFoundError(
       f"no 300-W faces for split {split!r} under {root}: expected folders "
       f"{', '.join(SPLIT_FOLDERS[split])}"
     )
   expected = sum(FOLDER_SIZES[folder] for folder in SPLIT_FOLDERS[split])
-  warn_count(f"300-W {split}", seen, expected, root)
-  report_skipped(f"300-W {split}", skipped, seen)
-  return _require_usable(records, root)
+  warn_count(f"300-W {split}", len(faces), expected, root)
+  return collect_faces(
+    f"300-W {split}", root, faces, skip_bad=skip_bad, bad_face_errors=_BAD_FACE_ERRORS
+  )

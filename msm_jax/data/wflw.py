@@ -28,18 +28,20 @@ The six test subsets of Table VI are the test faces whose flag is 1
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
 from msm_jax.data.images import ImageReadError, image_size
 from msm_jax.data.records import (
+  BAD_FACE_ERRORS,
   AnnotationError,
   FaceRecord,
   box_from_landmarks,
   check_finite,
   check_inside_image,
-  report_skipped,
+  collect_faces,
   warn_count,
 )
 
@@ -60,7 +62,7 @@ IMAGES_DIR = "WFLW_images"
 DEFAULT_MAX_OUTSIDE = 0.25
 
 _FIELDS = 2 * POINTS_WFLW + 4 + len(ATTRIBUTE_NAMES) + 1
-_BAD_FACE_ERRORS = (AnnotationError, ImageReadError, FileNotFoundError)
+_BAD_FACE_ERRORS = (*BAD_FACE_ERRORS, ImageReadError)
 
 
 def parse_wflw_line(line: str, source: str) -> tuple[np.ndarray, np.ndarray, dict, str]:
@@ -101,6 +103,28 @@ def parse_wflw_line(line: str, source: str) -> tuple[np.ndarray, np.ndarray, dic
   )
 
 
+def _read_face(
+  line: str,
+  source: str,
+  images_dir: str,
+  subset: str,
+  *,
+  box_source: str,
+  check_images: bool,
+  max_outside: float,
+) -> FaceRecord:
+  """One list line as a FaceRecord (``source``: "file, line N")."""
+  landmarks, rect, attributes, relative = parse_wflw_line(line, source)
+  image_path = os.path.join(images_dir, relative)
+  if check_images:
+    width, height = image_size(image_path)
+    check_inside_image(landmarks, width, height, max_outside, source)
+  box = rect if box_source == "official" else box_from_landmarks(landmarks)
+  return FaceRecord(
+    image_path=image_path, landmarks=landmarks, box=box, subset=subset, attributes=attributes
+  )
+
+
 def read_wflw_list(
   list_path: str | os.PathLike,
   images_dir: str | os.PathLike,
@@ -125,29 +149,23 @@ def read_wflw_list(
     lines = [(number, line) for number, line in enumerate(file, 1) if line.strip()]
   if not lines:
     raise AnnotationError(f"{list_path}: empty annotation list")
-  records, skipped = [], []
+  faces = []
   for number, line in lines:
     source = f"{list_path}, line {number}"
-    try:
-      landmarks, rect, attributes, relative = parse_wflw_line(line, source)
-      image_path = os.path.join(images_dir, relative)
-      if check_images:
-        width, height = image_size(image_path)
-        check_inside_image(landmarks, width, height, max_outside, source)
-      box = rect if box_source == "official" else box_from_landmarks(landmarks)
-      records.append(
-        FaceRecord(
-          image_path=image_path, landmarks=landmarks, box=box, subset=subset, attributes=attributes
-        )
-      )
-    except _BAD_FACE_ERRORS as error:
-      if not skip_bad:
-        raise
-      skipped.append((source, str(error)))
-  report_skipped(f"WFLW {subset}", skipped, len(lines))
-  if not records:
-    raise AnnotationError(f"{list_path}: no usable faces (all were skipped as bad)")
-  return records
+    build = functools.partial(
+      _read_face,
+      line,
+      source,
+      images_dir,
+      subset,
+      box_source=box_source,
+      check_images=check_images,
+      max_outside=max_outside,
+    )
+    faces.append((source, build))
+  return collect_faces(
+    f"WFLW {subset}", list_path, faces, skip_bad=skip_bad, bad_face_errors=_BAD_FACE_ERRORS
+  )
 
 
 def read_wflw(

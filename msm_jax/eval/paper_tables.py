@@ -19,7 +19,6 @@ whole photos by `msm_jax.eval.robustness`.
 """
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from msm_jax import files
 from msm_jax.core import geometry, heatmaps, landmarks
 from msm_jax.data import augment, datasets, input_pipeline, overlays
 from msm_jax.eval import reports, robustness, subset_metrics
@@ -134,7 +134,8 @@ def save_overlays(path: str, predictions: dict, count: int = 8, zoom: int = 2) -
         axis=1,
       )
     )
-  Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
+  with files.atomic_write(path, "wb") as file:
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(file, format="PNG")
 
 
 def _one_pass(options: pipeline.PipelineOptions) -> pipeline.PipelineOptions:
@@ -217,7 +218,9 @@ def evaluate(config, workdir: str, out_dir: str | None = None, log=print) -> str
   if sweep is not None:
     tables.update(_threshold_sweep(*sweep, model.variables, sweep_subset, config, scheme))
   markdown = reports.write_report(out_dir, "report", tables, curves, threshold)
-  log(markdown)
+  # The console gets the tables; the report's CED plots and overlays are files beside it.
+  log("\n".join(reports.markdown_table(table) for table in tables.values()))
+  log(f"report, CED plots and overlays: {out_dir}")
   return markdown
 
 
@@ -302,9 +305,9 @@ def evaluate_robustness(
   table = robustness.evaluate_trained(model, config, records, log=log)
   text = robustness.markdown(table)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "robustness.md"), "w") as file:
-    file.write(text + "\n")
-  with open(os.path.join(out_dir, "robustness.json"), "w") as file:
-    json.dump({"faces": len(records), "seed": 0, "table": table}, file, indent=2)
+  files.write_text(os.path.join(out_dir, "robustness.md"), text + "\n")
+  files.write_json(
+    os.path.join(out_dir, "robustness.json"), {"faces": len(records), "seed": 0, "table": table}
+  )
   log(text)
   return text

@@ -35,7 +35,6 @@ The paper's numbers (inter-ocular NME unless said otherwise; FR and NME in %):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import re
@@ -45,6 +44,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from msm_jax import files
 from msm_jax.core import metrics
 from msm_jax.eval.subset_metrics import TABLE_IX_THRESHOLD_PAIRS, threshold_pair_label
 
@@ -594,7 +594,8 @@ def plot_ced(
   axes.grid(True, alpha=0.3)
   axes.legend(loc="lower right")
   path = os.fspath(path)
-  figure.savefig(path, dpi=dpi, format="png")
+  with files.atomic_write(path, "wb") as file:
+    figure.savefig(file, dpi=dpi, format="png")
   return path
 
 
@@ -650,9 +651,7 @@ def write_report(
     }
   markdown = "\n".join(sections)
   report = {"name": name, "tables": dict(tables), "ced": ced}
-  with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-    # allow_nan=False: strict JSON, so tables must hold None, never NaN.
-    json.dump(report, f, indent=1, allow_nan=False)
-  with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-    f.write(markdown)
+  # allow_nan=False: strict JSON, so tables must hold None, never NaN.
+  files.write_json(os.path.join(out_dir, f"{name}.json"), report, indent=1, allow_nan=False)
+  files.write_text(os.path.join(out_dir, f"{name}.md"), markdown)
   return markdown

@@ -141,7 +141,8 @@ def unreliable_as_occlusion_detector(occluded, reliable) -> dict:
   TP = #(unreliable & occluded), FP = #(unreliable & visible),
   FN = #(reliable & occluded); precision = TP / (TP + FP), recall =
   TP / (TP + FN), F1 = 2 P R / (P + R). An undefined ratio (nothing flagged,
-  nothing occluded) is NaN rather than scikit-learn's warning-and-0.
+  nothing occluded) is NaN rather than scikit-learn's warning-and-0; so is the
+  precision where nothing is occluded.
 
   Args:
     occluded: [N, L] bool ground-truth occlusion flags.
@@ -161,7 +162,10 @@ def unreliable_as_occlusion_detector(occluded, reliable) -> dict:
   true_positives = int(np.sum(unreliable & occluded))
   false_positives = int(np.sum(unreliable & ~occluded))
   false_negatives = int(np.sum(~unreliable & occluded))
-  precision = _ratio(true_positives, true_positives + false_positives)
+  # On faces with nothing occluded there is nothing to detect: no precision either (a 0
+  # would read as every flag being wrong about an occluder).
+  flagged = true_positives + false_positives if occluded.any() else 0
+  precision = _ratio(true_positives, flagged)
   recall = _ratio(true_positives, true_positives + false_negatives)
   f1 = (
     2 * precision * recall / (precision + recall)

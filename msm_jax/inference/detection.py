@@ -49,13 +49,28 @@ MATCH_MIN_IOU = 0.3  # a Haar box and a landmark box of one face overlap less th
 # of one kind would: they cover different parts of the face
 
 
+def is_detector_name(name: str) -> bool:
+  """Whether ``name`` is dlib's detector or a bare Haar cascade file name. `load_cascade` joins
+  the name to OpenCV's cascade folder: a path ("/etc/passwd", "../x.xml", "sub/x.xml") would
+  leave it, and OpenCV fails on a file that is no cascade with a SystemError."""
+  if name == DLIB_HOG:
+    return True
+  return (
+    name.endswith(".xml")
+    and name != ".xml"
+    and ".." not in name
+    and not any(character in name for character in "/\\:\0")
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class DetectorCalibration:
   """Detector box -> landmark-box convention (see the module docstring).
 
   centre_offset: (dx, dy), landmark-box centre minus detector-box centre, in detector sides.
   side_ratio: landmark-box side (max of width, height) / detector-box side.
-  cascade: the detector the numbers were fitted for ("dlib_hog" or a Haar cascade file).
+  cascade: the detector the numbers were fitted for: "dlib_hog", or the file name of a Haar
+    cascade in OpenCV's cascade folder (`is_detector_name`).
   statistics: how the fit went (pairs, detection rate, residual spread); informational.
   """
 
@@ -90,6 +105,11 @@ class DetectorCalibration:
       raise ValueError(
         f"{source}: bad detector calibration: centre_offset={offset}, "
         f"side_ratio={ratio} (want 2 finite numbers and a positive ratio)"
+      )
+    if not is_detector_name(cascade):
+      raise ValueError(
+        f"{source}: cascade {cascade!r} is not a detector: want {DLIB_HOG!r} or the file name "
+        f"of an OpenCV Haar cascade (e.g. {DEFAULT_CASCADE!r}), without a folder"
       )
     return cls(offset, ratio, cascade, dict(data.get("statistics", {})))
 

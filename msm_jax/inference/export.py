@@ -62,7 +62,8 @@ import numpy as np
 from jax import export as jax_export
 
 import msm_jax
-from msm_jax.inference import pipeline, pretrained
+from msm_jax import files
+from msm_jax.inference import pipeline, prediction, pretrained
 
 FORMAT = "msm-jax-exported"
 FORMAT_VERSION = 1
@@ -256,11 +257,10 @@ def save_exported(path: str, exported: jax_export.Exported, metadata: dict | Non
   header = _header(exported, payload, metadata)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  with open(path + ".tmp", "wb") as file:  # renamed when complete: never half-written
+  with files.atomic_write(path, "wb") as file:
     file.write(MAGIC)
     file.write(json.dumps(header).encode() + b"\n")
     file.write(payload)
-  os.replace(path + ".tmp", path)
   return header
 
 
@@ -302,7 +302,9 @@ def read_header(path: str) -> dict:
 class ExportedPipeline:
   """A loaded artefact: `pipeline_fn(images, boxes) -> dict of NumPy arrays`.
 
-  images: [B, H, W, 3] uint8; boxes: [B, 4] crop boxes (see the module docstring).
+  images: [B, H, W, 3] uint8; boxes: [B, 4] crop boxes (see the module docstring), checked
+  like `prediction.predict_images`'s (`prediction.check_boxes`): a NaN box, or one that
+  leaves the image, is a ValueError naming the box, not NaN or blank-crop landmarks.
   Batches above the artefact's max_batch run in chunks.
   """
 
@@ -331,6 +333,7 @@ class ExportedPipeline:
             f"{self.path}: exported for {name} of shape "
             f"{self.header['inputs'][name]['shape']}, got {array.shape}"
           )
+    prediction.check_boxes(boxes, images.shape[1:3], self.path)
 
   def __call__(self, images, boxes) -> dict[str, np.ndarray]:
     images, boxes = np.asarray(images), np.asarray(boxes, np.float32)

@@ -99,6 +99,11 @@ class PipelineOptions:
   # the training annotations' pixel convention that a flip-trained network cannot learn
   # (msm_jax/eval/annotation_offset.py). A package's fit; (0, 0) for a training config.
   landmark_offset: tuple = (0.0, 0.0)
+  # Each face through the pipeline on its own (a batch of one, looped inside the jit): a
+  # face's result then does not depend on the other faces of its batch, whose number changes
+  # which CPU kernels run and, in bfloat16, how they round. `pretrained` turns it on where
+  # JAX computes on the CPU, where a batch of one costs the same per face.
+  per_face: bool = False
 
 
 DIFFERENTIABLE_DECODERS = ("dark", "soft_argmax")  # a gradient w.r.t. the map values
@@ -224,7 +229,13 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
       outputs, _ = run_pass(generator, landmark_model, options, variables, images, crop_to_image)
     return with_landmark_offset(outputs, options.landmark_offset)
 
-  return jax.jit(infer)
+  def infer_per_face(variables, images, boxes):
+    one = lambda face: jax.tree.map(
+      lambda output: output[0], infer(variables, face[0][None], face[1][None])
+    )
+    return jax.lax.map(one, (images, boxes))  # every output [B, ...], as `infer`'s
+
+  return jax.jit(infer_per_face if options.per_face else infer)
 
 
 def with_landmark_offset(outputs: dict, offset) -> dict:

@@ -149,23 +149,46 @@ MAX_BOX_SIDE = 8.0  # times the image's longer side
 MAX_WINDOW_SIDE = 12288  # pixels: a face's window (CONTEXT x its crop square) stays < 0.5 GB
 
 
-def _check_boxes_fit(boxes: np.ndarray, image_hw, source: str) -> None:
-  """Refuse boxes that cannot frame a face of this image (a typo, another image's box)."""
+def check_boxes(boxes, image_hw, source: str, max_side: float | None = None) -> np.ndarray:
+  """Face boxes as [N, 4] float64 (x0, y0, x1, y1 in pixels; one box may come as [4]).
+
+  Refuses, with a ValueError naming the source, the box (its index and values) and why, a box
+  that cannot frame a face of an image of image_hw = (height, width): not finite, x1 <= x0 or
+  y1 <= y0, a side under MIN_BOX_SIDE or over MAX_BOX_SIDE x the image's longer side (and over
+  max_side where given), or less than MIN_BOX_INSIDE of its area on the image (a typo,
+  another image's box). NaN or off-image boxes would otherwise give NaN landmarks, or
+  landmarks of a blank crop, flagged as usual. `predict_images` and the exported pipeline's
+  `ExportedPipeline` check their boxes with it.
+  """
+  try:
+    array = np.asarray(boxes, np.float64)
+  except (TypeError, ValueError):
+    array = np.zeros((0,))
+  if array.ndim == 1 and array.shape[0] == 4:
+    array = array[None]
+  if array.ndim != 2 or array.shape[1] != 4:
+    raise ValueError(f"{source}: boxes must be [N, 4] (x0, y0, x1, y1), got {boxes!r}")
   height, width = image_hw
-  for box in boxes:
+  largest = MAX_BOX_SIDE * max(height, width)
+  if max_side is not None:
+    largest = min(largest, max_side)
+  for index, box in enumerate(array):
+    where = f"{source}: box {index} {[round(float(v), 1) for v in box]}"
+    if not np.all(np.isfinite(box)):
+      raise ValueError(f"{where} is not finite")
+    if box[2] <= box[0] or box[3] <= box[1]:
+      raise ValueError(f"{where} has x1 <= x0 or y1 <= y0 (want x0, y0, x1, y1)")
     side = max(box[2] - box[0], box[3] - box[1])
     inside_w = max(0.0, min(box[2], width - 0.5) - max(box[0], -0.5))
     inside_h = max(0.0, min(box[3], height - 0.5) - max(box[1], -0.5))
     inside = inside_w * inside_h / ((box[2] - box[0]) * (box[3] - box[1]))
-    # (the crop square is the box x box_margin, 1.25 by default; the window CONTEXT x that)
-    largest = min(MAX_BOX_SIDE * max(height, width), MAX_WINDOW_SIDE / (CONTEXT * 1.25))
     if side < MIN_BOX_SIDE or side > largest or inside < MIN_BOX_INSIDE:
       raise ValueError(
-        f"{source}: box {[round(float(v), 1) for v in box]} does not frame a face of this "
-        f"{width}x{height} image (side {side:.1f} px, {100 * inside:.0f} % on the image; want "
-        f"a side of {MIN_BOX_SIDE:g} to {largest:.0f} px and >= {100 * MIN_BOX_INSIDE:.0f} % on "
-        f"the image)"
+        f"{where} does not frame a face of this {width}x{height} image (side {side:.1f} px, "
+        f"{100 * inside:.0f} % on the image; want a side of {MIN_BOX_SIDE:g} to "
+        f"{largest:.0f} px and >= {100 * MIN_BOX_INSIDE:.0f} % on the image)"
       )
+  return array
 
 
 def _face_boxes(image, given, calibrations, source):
@@ -173,21 +196,9 @@ def _face_boxes(image, given, calibrations, source):
   None). Without given boxes the detectors are tried in order; the first that finds a face in
   the image gives the boxes."""
   if given is not None:
-    boxes = np.asarray(given, np.float64)
-    if boxes.ndim == 1:
-      boxes = boxes[None]
-    if (
-      boxes.ndim != 2
-      or boxes.shape[1] != 4
-      or not np.all(np.isfinite(boxes))
-      or np.any(boxes[:, 2:] <= boxes[:, :2])
-    ):
-      raise ValueError(
-        f"{source}: boxes must be [N, 4] finite (x0, y0, x1, y1) with x1 > x0, "
-        f"y1 > y0; got {boxes.tolist()}"
-      )
-    _check_boxes_fit(boxes, image.shape[:2], source)
-    return boxes, None, None
+    # The crop square is the box x box_margin (1.25 by default), the window CONTEXT x that.
+    largest = MAX_WINDOW_SIDE / (CONTEXT * 1.25)
+    return check_boxes(given, image.shape[:2], source, max_side=largest), None, None
   tried = []
   for calibration in calibrations:
     if not detection.detector_available(calibration.cascade):
@@ -351,8 +362,13 @@ def exif_orientation(path: str) -> int | None:
   return None if value is None else int(value)
 
 
-def save_overlay(path: str, image: np.ndarray, faces) -> None:
-  """PNG of the image with each face's box (blue), reliable landmarks (green) and repaired
-  landmarks (red: unreliable, replaced by the shape dictionary)."""
+def overlay_image(image: np.ndarray, faces) -> Image.Image:
+  """The image with each face's box (blue), reliable landmarks (green) and repaired landmarks
+  (red: unreliable, replaced by the shape dictionary), as a PIL image."""
   drawn = [(face.landmarks, ~np.asarray(face.reliable), face.box) for face in faces]
-  overlays.draw_landmarks(image, drawn).save(path, format="PNG")
+  return overlays.draw_landmarks(image, drawn)
+
+
+def save_overlay(path: str, image: np.ndarray, faces) -> None:
+  """`overlay_image` as a PNG at ``path``, written whole or not at all."""
+  overlays.save_png(overlay_image(image, faces), path)

@@ -19,7 +19,11 @@ A package is a folder with two files:
 
 Only inference variables are kept (no optimiser state, no discriminator). The modules are
 rebuilt from the config, and every array is checked against the shapes those modules expect,
-so a package from another config or code version fails with a message naming the file.
+so a package from another config or code version fails with a message naming the file. The
+package is checked as a whole before anything runs: each config field the pipeline reads is in
+its range (`CONFIG_FIELDS`), the landmark network makes `data.heatmap_size` maps from
+`data.crop_size` crops (convolutions fit any crop, so the weights' shapes cannot tell: a wrong
+crop size would move every landmark), and each detector is one in OpenCV's cascade folder.
 
 Packages are written by `msm_jax.train.packaging`:
 
@@ -32,6 +36,7 @@ Packages are written by `msm_jax.train.packaging`:
 import dataclasses
 import functools
 import json
+import math
 import os
 import zipfile
 
@@ -68,6 +73,82 @@ class PackageError(ValueError):
   """A pretrained package is missing, unreadable or does not fit the code."""
 
 
+MISSING = object()  # a config field the package does not have
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_scheme(value) -> bool:
+  try:
+    landmarks.get_scheme(value)
+  except ValueError:
+    return False
+  return True
+
+
+def _optional(predicate):
+  """A field read with a default (``config.get``): absent is fine."""
+  return lambda value: value is MISSING or predicate(value)
+
+
+# The training-config fields the pipeline reads (`pipeline.options_from_config`, and the crop
+# margin in `prediction`): (field, predicate, what is allowed). Out of range, none of them fails
+# on its own: the landmarks move, or a jitted function fails naming neither file nor field.
+CONFIG_FIELDS = (
+  ("data.crop_size", lambda v: _is_integer(v) and v > 0, "a positive integer"),
+  ("data.heatmap_size", lambda v: _is_integer(v) and v > 0, "a positive integer"),
+  ("data.box_margin", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+  ("data.scheme", _is_scheme, "a landmark scheme (300w, wflw, cofw, cofw68, 68, 98, 29)"),
+  ("hourglass.sigma", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+  ("shape.score_radius", lambda v: _is_integer(v) and v >= 0, "an integer >= 0"),
+  ("shape.num_neighbours", lambda v: _is_integer(v) and v >= 1, "an integer >= 1"),
+  ("shape.ridge_lambda", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+  ("shape.replace", lambda v: v in ("unreliable", "all"), '"unreliable" or "all"'),
+  (
+    "shape.hourglass_weight",
+    _optional(lambda v: _is_finite(v) and 0 <= v <= 1),
+    "absent or a number in [0, 1]",
+  ),
+  (
+    "shape.reliability_temperature",
+    _optional(lambda v: _is_finite(v) and v > 0),
+    "absent or a finite number > 0",
+  ),
+  (
+    "inference.recrop_passes",
+    _optional(lambda v: _is_integer(v) and v >= 0),
+    "absent or an integer >= 0",
+  ),
+  ("inference.flip_test", _optional(lambda v: isinstance(v, bool)), "absent, true or false"),
+  ("inference.upright_recrop", _optional(lambda v: isinstance(v, bool)), "absent, true or false"),
+)
+
+
+def _config_value(config: dict, field: str):
+  """``config[section][name]`` for field "section.name"; MISSING when absent."""
+  value = config
+  for name in field.split("."):
+    if not isinstance(value, dict) or name not in value:
+      return MISSING
+    value = value[name]
+  return value
+
+
+def check_config_fields(config: dict, path: str) -> None:
+  """Every `CONFIG_FIELDS` field of a package's training config (the JSON object) in range."""
+  for field, allowed, description in CONFIG_FIELDS:
+    value = _config_value(config, field)
+    if not allowed(value):
+      found = "missing" if value is MISSING else f"{value!r}"
+      raise PackageError(f"{path}: config field {field} is {found}; it must be {description}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PretrainedModel:
   """Everything `prediction.predict_images` needs.
@@ -96,6 +177,12 @@ class PretrainedModel:
     return self.model.inference_fn(self.options)
 
 
+def per_face_on_this_backend() -> bool:
+  """A face's result independent of the other faces of its batch (`PipelineOptions.per_face`)
+  where that costs nothing per face: on a CPU (elsewhere a batch runs faster as a whole)."""
+  return jax.default_backend() == "cpu"
+
+
 def from_trained(
   model: pipeline.TrainedModel,
   config,
@@ -111,6 +198,7 @@ def from_trained(
   if use_st and "stgan" not in model.available:
     raise ValueError("use_spatial_transformer=True but the ST-GAN stage was not trained")
   options = pipeline.options_from_config(config, use_st, "dictionary" in model.available)
+  options = dataclasses.replace(options, per_face=per_face_on_this_backend())
   if calibration is None:
     calibration, *default_fallbacks = detection.DEFAULT_CALIBRATIONS
     fallbacks = tuple(default_fallbacks) if fallbacks is None else fallbacks
@@ -130,9 +218,17 @@ def read_header(path: str) -> dict:
       f"{path}: format_version {header.get('format_version')} is not "
       f"supported (this code reads {FORMAT_VERSION})"
     )
-  for key in ("config", "inference", "stages"):
+  for key, kind, name in (
+    ("config", dict, "object"),
+    ("inference", dict, "object"),
+    ("stages", list, "list"),
+  ):
     if key not in header:
       raise PackageError(f'{path}: missing the "{key}" section')
+    if not isinstance(header[key], kind):
+      raise PackageError(
+        f'{path}: the "{key}" section must be a JSON {name}, got {type(header[key]).__name__}'
+      )
   return header
 
 
@@ -146,14 +242,43 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
     ) from None
 
 
-def _expected_shapes(module, config) -> dict[str, tuple]:
+def _abstract_network(module, config) -> tuple:
+  """(outputs, {"/"-joined variable key: shape}) of ``module`` on one data.crop_size crop,
+  traced abstractly (`jax.eval_shape`: nothing is computed)."""
   size = config.data.crop_size
-  abstract = jax.eval_shape(
-    lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+  outputs, variables = jax.eval_shape(
+    lambda: module.init_with_output(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
   )
-  return {
-    key: tuple(value.shape) for key, value in traverse_util.flatten_dict(abstract, sep="/").items()
+  shapes = {
+    key: tuple(value.shape) for key, value in traverse_util.flatten_dict(variables, sep="/").items()
   }
+  return outputs, shapes
+
+
+def _checked_network(module, section: str, config, path: str, makes_maps: bool) -> dict:
+  """The variable shapes of the network of config ``section``, once it is known to read
+  data.crop_size crops and, when it ``makes_maps``, to make data.heatmap_size maps: what the
+  pipeline decodes them as (training checks the same in `stages.landmark._check_map_size`)."""
+  size, map_size = config.data.crop_size, config.data.heatmap_size
+  advice = (
+    f": set data.crop_size to 2 x {section}.space_to_depth x data.heatmap_size"
+    if makes_maps
+    else ""
+  )
+  try:
+    outputs, shapes = _abstract_network(module, config)
+  except (TypeError, ValueError) as error:
+    raise PackageError(
+      f"{path}: the {section} network does not run on {size}x{size} crops (data.crop_size; "
+      f"{type(error).__name__}: {error}){advice}"
+    ) from None
+  maps = tuple(outputs.shape[-3:-1])  # [S, B, h, w, L] stacked maps (msm_jax.models)
+  if makes_maps and maps != (map_size, map_size):
+    raise PackageError(
+      f"{path}: the {section} network makes {maps[0]}x{maps[1]} maps from {size}x{size} crops "
+      f"(data.crop_size) but data.heatmap_size is {map_size}{advice}"
+    )
+  return shapes
 
 
 def _check_values(value: np.ndarray, key: str, path: str) -> None:
@@ -166,12 +291,12 @@ def _check_values(value: np.ndarray, key: str, path: str) -> None:
     raise PackageError(f"{path}: '{key}' holds NaN or infinite values")
 
 
-def _network_variables(weights, prefix, module, config, path) -> dict:
-  """The `prefix/...` arrays, checked against the module's own shapes, as a variables tree."""
+def _network_variables(weights, prefix, expected: dict[str, tuple], path) -> dict:
+  """The `prefix/...` arrays, checked against the module's own shapes (``expected``, from
+  `_abstract_network`), as a variables tree."""
   found = {
     key[len(prefix) + 1 :]: value for key, value in weights.items() if key.startswith(prefix + "/")
   }
-  expected = _expected_shapes(module, config)
   missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
   if missing or extra:
     raise PackageError(
@@ -206,7 +331,8 @@ def package_network_variables(directory: str, prefix: str, module, config) -> di
   weights_path = os.path.join(directory, WEIGHTS_FILE)
   if not os.path.isfile(weights_path):
     raise FileNotFoundError(f"pretrained package incomplete: {weights_path} not found")
-  return _network_variables(_read_weights(weights_path), prefix, module, config, weights_path)
+  expected = _abstract_network(module, config)[1]
+  return _network_variables(_read_weights(weights_path), prefix, expected, weights_path)
 
 
 def parse_landmark_offset(header: dict, path: str) -> tuple[float, float]:
@@ -220,12 +346,21 @@ def parse_landmark_offset(header: dict, path: str) -> tuple[float, float]:
   return values
 
 
+def _calibration(data, source: str) -> detection.DetectorCalibration:
+  try:
+    return detection.DetectorCalibration.from_dict(data, source)
+  except ValueError as error:
+    raise PackageError(str(error)) from None
+
+
 def load_pretrained(directory: str | None = None) -> PretrainedModel:
   """Read a package written by `msm_jax.train.packaging` (default: the shipped one,
   ``SHIPPED_PACKAGE``).
 
   Raises FileNotFoundError (no folder / file) or PackageError (a ValueError naming the file:
-  corrupt, wrong format version, arrays that do not fit the config's networks).
+  corrupt, wrong format version, a config field out of range, a network that does not make
+  data.heatmap_size maps, a detector outside OpenCV's cascade folder, arrays that do not fit
+  the config's networks).
   """
   directory = SHIPPED_PACKAGE if directory is None else directory
   if not os.path.isdir(directory):
@@ -236,6 +371,7 @@ def load_pretrained(directory: str | None = None) -> PretrainedModel:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"pretrained package incomplete: {path} not found")
   header = read_header(config_path)
+  check_config_fields(header["config"], config_path)
   config = ml_collections.ConfigDict(header["config"])
   available = frozenset(header["stages"])
   try:
@@ -244,18 +380,20 @@ def load_pretrained(directory: str | None = None) -> PretrainedModel:
     scheme = landmarks.get_scheme(config.data.scheme)
     generator = models.generator(config)
     hourglass = models.landmark_network(config, "hourglass", scheme.num_points)
+    options = pipeline.options_from_config(config, use_st, use_sr)
   except (KeyError, AttributeError, TypeError, ValueError) as error:
     raise PackageError(
       f"{config_path}: incomplete config or inference section ({type(error).__name__}: {error})"
     ) from None
-  calibration = detection.DetectorCalibration.from_dict(
-    header.get("detector", detection.DEFAULT_CALIBRATION.to_dict()), config_path
+  calibration = _calibration(
+    header.get("detector", detection.DEFAULT_CALIBRATION.to_dict()), f"{config_path}: detector"
   )
   fallbacks = header.get("detector_fallbacks", [])
   if not isinstance(fallbacks, list):
     raise PackageError(f"{config_path}: detector_fallbacks must be a list of calibrations")
   fallbacks = tuple(
-    detection.DetectorCalibration.from_dict(fallback, config_path) for fallback in fallbacks
+    _calibration(fallback, f"{config_path}: detector_fallbacks[{index}]")
+    for index, fallback in enumerate(fallbacks)
   )
   if use_st and "stgan" not in available:
     raise PackageError(
@@ -266,13 +404,19 @@ def load_pretrained(directory: str | None = None) -> PretrainedModel:
       f"{config_path}: use_shape_reconstruction is true but the package has no dictionary"
     )
 
+  makes_maps = options.landmark_output == "heatmaps"
+  hourglass_shapes = _checked_network(hourglass, "hourglass", config, config_path, makes_maps)
+  generator_shapes = None
+  if "stgan" in available:
+    generator_shapes = _checked_network(generator, "stgan", config, config_path, False)
+
   weights = _read_weights(weights_path)
   variables = {"generator": {}}
-  if "stgan" in available:
+  if generator_shapes is not None:
     variables["generator"] = _network_variables(
-      weights, "generator", generator, config, weights_path
+      weights, "generator", generator_shapes, weights_path
     )
-  variables["hourglass"] = _network_variables(weights, "hourglass", hourglass, config, weights_path)
+  variables["hourglass"] = _network_variables(weights, "hourglass", hourglass_shapes, weights_path)
   for key, shape in (
     ("dictionary", (None, scheme.num_points, 2)),
     ("thresholds", (scheme.num_points,)),
@@ -291,8 +435,9 @@ def load_pretrained(directory: str | None = None) -> PretrainedModel:
     variables[key] = jnp.asarray(value, jnp.float32)
   model = pipeline.TrainedModel(generator, {"hourglass": hourglass}, variables, available)
   options = dataclasses.replace(
-    pipeline.options_from_config(config, use_st, use_sr),
+    options,
     landmark_offset=parse_landmark_offset(header, config_path),
+    per_face=per_face_on_this_backend(),
   )
   rows = variables["dictionary"].shape[0]
   if use_sr and rows < options.num_neighbours:

@@ -54,7 +54,7 @@ def _stacked_hourglass(section, num_landmarks: int) -> nn.Module:
 
 
 def _resnet50(section, num_landmarks: int) -> nn.Module:
-  return ResNet50(num_landmarks=num_landmarks, width=section.width)
+  return ResNet50(num_landmarks=num_landmarks, width_multiplier=section.width)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -93,9 +93,9 @@ def landmark_network(config, section: str, num_landmarks: int) -> nn.Module:
 
 def generator(config) -> nn.Module:
   """The ST-GAN's GDNN (Table I) at ``stgan.generator_width``."""
-  return GDNN(width=config.stgan.generator_width)
+  return GDNN(width_multiplier=config.stgan.generator_width)
 
 
 def discriminator(config) -> nn.Module:
   """The ST-GAN's DDNN (Table II) at ``stgan.discriminator_width``."""
-  return DDNN(width=config.stgan.discriminator_width)
+  return DDNN(width_multiplier=config.stgan.discriminator_width)

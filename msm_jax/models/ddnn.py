@@ -24,11 +24,11 @@ class DDNN(nn.Module):
   """images [B, 128, 128, 3] float32 in [0, 1] -> real/fake logits [B].
 
   Attributes:
-    width: multiplies every layer's number of kernels (1.0 = Table II; tests use less).
+    width_multiplier: multiplies every layer's number of kernels (1.0 = Table II; tests use less).
     dtype: compute dtype (parameters stay float32).
   """
 
-  width: float = 1.0
+  width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -38,7 +38,7 @@ class DDNN(nn.Module):
     x = images.astype(self.dtype)
     for index, features in enumerate(TABLE_II_FEATURES, start=1):
       x = nn.Conv(
-        max(1, round(features * self.width)),
+        max(1, round(features * self.width_multiplier)),
         (4, 4),
         strides=2,
         padding=((1, 1), (1, 1)),

@@ -46,11 +46,11 @@ class GDNN(nn.Module):
   """images [B, 128, 128, 3] float32 in [0, 1] -> theta [B, 2, 3] (Eq. 1).
 
   Attributes:
-    width: multiplies every layer's number of kernels (1.0 = Table I; tests use less).
+    width_multiplier: multiplies every layer's number of kernels (1.0 = Table I; tests use less).
     dtype: compute dtype (parameters stay float32).
   """
 
-  width: float = 1.0
+  width_multiplier: float = 1.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -61,7 +61,7 @@ class GDNN(nn.Module):
     for index, (kernel, features, stride) in enumerate(TABLE_I, start=1):
       last_spatial = index == len(TABLE_I)
       x = nn.Conv(
-        max(1, round(features * self.width)),
+        max(1, round(features * self.width_multiplier)),
         (kernel, kernel),
         strides=stride,
         padding="VALID" if last_spatial else ((1, 1), (1, 1)) if kernel == 3 else "SAME",

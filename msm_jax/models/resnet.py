@@ -72,12 +72,12 @@ class ResNet50(nn.Module):
 
   Attributes:
     num_landmarks: L.
-    width: multiplies every layer's number of channels (1.0 = ResNet-50; tests use less).
+    width_multiplier: multiplies every layer's number of channels (1.0 = ResNet-50; tests use less).
     dtype: compute dtype (parameters stay float32).
   """
 
   num_landmarks: int = 68
-  width: float = 1.0
+  width_multiplier: float = 1.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -87,7 +87,7 @@ class ResNet50(nn.Module):
         f"ResNet50 expects images [B, H, W, C] with H and W divisible by 128 "
         f"(Sec. IV-G: 128x128 input, 4x4 final pooling), got {images.shape}"
       )
-    channels = lambda base: max(1, round(base * self.width))
+    channels = lambda base: max(1, round(base * self.width_multiplier))
     x = nn.Conv(
       channels(RESNET50_STEM_FEATURES),
       (7, 7),

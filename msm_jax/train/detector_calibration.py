@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from msm_jax import files
 from msm_jax.cli import load_config_file
 from msm_jax.data import datasets, w300
 from msm_jax.data import images as image_io
@@ -72,8 +73,7 @@ def main(argv=None) -> None:
   for result in results:
     print(json.dumps(result.to_dict()))
   best = max(results, key=lambda result: result.statistics["detection_rate"])
-  with open(args.out, "w") as file:
-    json.dump(best.to_dict(), file, indent=2)
+  files.write_json(args.out, best.to_dict())
   print(f"saved {best.cascade} calibration to {args.out}")
 
 

@@ -24,6 +24,10 @@ class TrainingDivergedError(RuntimeError):
   """A loss became NaN or infinite."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+  """Ctrl-C during a stage; the message says at which step (the newest checkpoint is whole)."""
+
+
 class MetricsWriter:
   """Metrics as JSON lines (`<workdir>/metrics/<stage>.jsonl`) and TensorBoard event files.
 
@@ -144,6 +148,7 @@ def train_stage(
   writer = MetricsWriter(workdir, stage, start_step) if jax.process_index() == 0 else _NoMetrics()
   progress = _Progress(stage, writer, log, total_steps, batch_size, start_step)
   pending = None  # (step, device metrics) of the previous step, read one step late
+  interrupted = False
   is_eval_step = lambda step: (eval_every and step % eval_every == 0) or step == total_steps
 
   def evaluate(state, step: int) -> None:
@@ -177,8 +182,17 @@ def train_stage(
         evaluate(state, step)
     if pending is not None:
       progress.report(*pending, 1)
+  except KeyboardInterrupt:
+    interrupted = True
+    raise TrainingInterrupted(
+      f"at step {progress.steps_done} of the {stage} stage "
+      f"(newest checkpoint: step {manager.latest_step() or 0})"
+    ) from None
   finally:
-    manager.wait_until_finished()
+    # Saves are synchronous; after Ctrl-C inside one, Orbax's closed event loop would never
+    # report it finished.
+    if not interrupted:
+      manager.wait_until_finished()
     writer.close()
   return state
 
@@ -207,9 +221,11 @@ class _Progress:
     self.total_steps, self.batch_size, self.start_step = total_steps, batch_size, start_step
     self.stage_start = self.window_start = time.perf_counter()
     self.window_steps = 0
+    self.steps_done = start_step
 
   def stepped(self) -> None:
     self.window_steps += 1
+    self.steps_done += 1
 
   def report(self, step: int, metrics, log_every: int) -> None:
     scalars = _to_host(metrics)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from msm_jax import cli
+from msm_jax import cli, files
 from msm_jax.inference import detection, pipeline, pretrained
 from msm_jax.train import model_io
 
@@ -68,9 +68,8 @@ def write_package(
   weights = _flat_weights(model, kernel_dtype)  # refused before anything is written
   os.makedirs(out_dir, exist_ok=True)
   weights_path = os.path.join(out_dir, pretrained.WEIGHTS_FILE)
-  with open(weights_path + ".tmp", "wb") as file:  # renamed when complete: never half-written
+  with files.atomic_write(weights_path, "wb") as file:
     np.savez(file, **weights)
-  os.replace(weights_path + ".tmp", weights_path)
   header = {
     "format": pretrained.FORMAT,
     "format_version": pretrained.FORMAT_VERSION,
@@ -85,22 +84,20 @@ def write_package(
     "landmark_offset": [float(value) for value in package.options.landmark_offset],
   }
   _write_header(os.path.join(out_dir, pretrained.CONFIG_FILE), header)
-  files = {
+  sizes = {
     name: os.path.getsize(os.path.join(out_dir, name))
     for name in (pretrained.CONFIG_FILE, pretrained.WEIGHTS_FILE)
   }
   return {
     "directory": out_dir,
     "stages": stages_packaged,
-    "bytes": sum(files.values()),
-    "files": files,
+    "bytes": sum(sizes.values()),
+    "files": sizes,
   }
 
 
 def _write_header(path: str, header: dict) -> None:
-  with open(path + ".tmp", "w") as file:  # renamed when complete: never half-written
-    json.dump(header, file, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, header)
 
 
 def set_landmark_offset(directory: str, offset) -> None:

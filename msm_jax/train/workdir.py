@@ -3,8 +3,9 @@
 `locked` holds `<workdir>/.lock` while `run.train` writes there: two runs sharing a workdir
 would interleave their checkpoints and metrics. `record_config` keeps `config.json` (the
 config of the newest run) and `config_history.jsonl` (every accepted run's), and refuses a
-config whose checkpoint-shaping fields differ from the recorded one: resuming such a run
-would fail on the first restore, or silently mix two datasets in one run.
+config whose fields that shape the checkpoints or what a step trains on differ from the
+recorded one (`compared_fields`): resuming such a run would fail on the first restore, or
+silently mix two datasets (or two meanings of "step") in one run.
 """
 
 import contextlib
@@ -13,6 +14,8 @@ import fcntl
 import json
 import os
 import socket
+
+from msm_jax import files
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -39,6 +42,26 @@ CHECKPOINT_FIELDS = (
   "stgan.discriminator_width",
   "resnet.architecture",
   "resnet.width",
+  # What a step trains on: its batch (the meaning of "step"), the order of the faces, the
+  # heatmap targets. Every field of the data sections counts too (`DATA_SECTIONS`).
+  "seed",
+  "stgan.batch_size",
+  "hourglass.batch_size",
+  "hourglass.sigma",
+  "resnet.batch_size",
+  "joint.batch_size",
+)
+# Sections whose every field changes the faces a step trains on (which faces, their boxes and
+# crops, the synthetic generator, the augmentation), except the `RESUME_SAFE_FIELDS`.
+DATA_SECTIONS = ("data", "augment")
+# Fields of those sections that change how the data is read or evaluated, not what trains.
+RESUME_SAFE_FIELDS = (
+  "data.worker_count",
+  "data.prefetch",
+  "data.skip_bad_samples",
+  "data.eval_dataset",
+  "data.eval_root",
+  "data.eval_splits",
 )
 
 
@@ -200,11 +223,27 @@ def _field(tree: dict, dotted: str):
   return tree
 
 
+def _leaf_fields(tree, prefix: str) -> list[str]:
+  if not isinstance(tree, dict):
+    return [prefix]
+  return [name for key, value in tree.items() for name in _leaf_fields(value, f"{prefix}.{key}")]
+
+
+def compared_fields(recorded: dict, config: dict) -> list[str]:
+  """`CHECKPOINT_FIELDS` and every leaf field of the `DATA_SECTIONS` of either config, less
+  the `RESUME_SAFE_FIELDS`, sorted."""
+  names = set(CHECKPOINT_FIELDS)
+  for section in DATA_SECTIONS:
+    for tree in (recorded, config):
+      names.update(_leaf_fields(tree.get(section, {}), section))
+  return sorted(names - set(RESUME_SAFE_FIELDS))
+
+
 def changed_fields(recorded: dict, config: dict) -> list[str]:
-  """`CHECKPOINT_FIELDS` that differ, as "name: old -> new". A field missing from either
-  config (one written before the field existed) is not compared."""
+  """Fields of `compared_fields` that differ, as "name: old -> new". A field missing from
+  either config (one written before the field existed) is not compared."""
   changes = []
-  for name in CHECKPOINT_FIELDS:
+  for name in compared_fields(recorded, config):
     old, new = _field(recorded, name), _field(config, name)
     if old is not _ABSENT and new is not _ABSENT and old != new:
       changes.append(f"{name}: {old!r} -> {new!r}")
@@ -222,15 +261,26 @@ def record_config(config, workdir: str, allow_changed: bool = False, log=print) 
       changes = changed_fields(json.load(file), values)
     if changes and not allow_changed:
       raise ConfigChangedError(
-        f"the config differs from {path} in fields that shape the checkpoints ("
-        + "; ".join(changes)
-        + "): use a new workdir, or pass --allow_changed_config"
+        f"the config differs from {path} in fields that shape the checkpoints or what a step "
+        "trains on (" + "; ".join(changes) + "): use a new workdir, or pass --allow_changed_config"
       )
     if changes:
       log("config changed (allowed): " + "; ".join(changes))
-  with open(os.path.join(workdir, HISTORY_FILE), "a") as file:
+  history = os.path.join(workdir, HISTORY_FILE)
+  _drop_partial_last_line(history)
+  with open(history, "a") as file:
     file.write(json.dumps({"started": _now(), "config": values}) + "\n")
-  temporary = path + ".tmp"
-  with open(temporary, "w") as file:
-    file.write(config.to_json_best_effort(indent=2))
-  os.replace(temporary, path)  # a crash mid-write leaves the old config.json whole
+    file.flush()
+    os.fsync(file.fileno())
+  files.write_text(path, config.to_json_best_effort(indent=2))
+
+
+def _drop_partial_last_line(path: str) -> None:
+  """An append-only log cut short (a full disk, a kill mid-write) ends in a partial line:
+  it is cut back to its last complete line, so the next record starts a line of its own."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as file:
+    data = file.read()
+    if data and not data.endswith(b"\n"):
+      file.truncate(data.rfind(b"\n") + 1)

@@ -135,6 +135,7 @@ def joint_train_dataset(source, config, **kwargs):
 
 
 def check_joint(config) -> None:
+  check_stgan_crop(config)
   if models.architecture(config, "hourglass").output != "heatmaps":
     raise ValueError(
       f"config hourglass.architecture={models.architecture_name(config, 'hourglass')!r}: the "

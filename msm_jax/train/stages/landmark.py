@@ -147,6 +147,12 @@ def landmark_validation(name: str) -> Callable:
   return validation
 
 
+def landmark_check(name: str) -> Callable:
+  """The network of section ``name`` makes `data.heatmap_size` maps from the config's crops
+  (checked abstractly, before anything is trained)."""
+  return lambda config: _check_map_size(landmark_module(config, name), config, name)
+
+
 def landmark_stage(name: str, in_all: bool = True) -> Stage:
   """A stage training the landmark network of config section ``name`` on hourglass crops."""
   return Stage(
@@ -159,4 +165,5 @@ def landmark_stage(name: str, in_all: bool = True) -> Stage:
     validation=landmark_validation(name),
     data=input_pipeline.hourglass_train_dataset,
     in_all=in_all,
+    check=landmark_check(name),
   )

@@ -128,4 +128,5 @@ STAGE = Stage(
   validation=template_distance,
   data=input_pipeline.stgan_train_dataset,
   prepare=lambda config, workdir, log: resolve_stgan_template(config, log),
+  check=check_stgan_crop,
 )
