@@ -10,7 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Comma list of msm_jax/train/stages.py's STAGES (stgan, hourglass, dictionary, resnet);
+  # Comma list of msm_jax/train/stages' STAGES (stgan, hourglass, dictionary, resnet);
   # "all" = the paper's three.
   config.stages = "all"
   # train.py ends with evaluate.py's report (tables, CED plots, overlays in <workdir>/eval).

@@ -50,8 +50,9 @@ def _toy_state():
   )
 
 
-def _train_toy(tmp_path, manager, iterator, state, total_steps):
-  """`loop.train_stage` on the toy step, metrics every step, no console output."""
+def _train_toy(tmp_path, manager, iterator, state, total_steps, eval_fn=None):
+  """`loop.train_stage` on the toy step, metrics every step, validation (``eval_fn``) at the
+  end only, no console output."""
   return loop.train_stage(
     stage="toy",
     step_fn=jax.jit(_toy_step),
@@ -63,6 +64,7 @@ def _train_toy(tmp_path, manager, iterator, state, total_steps):
     batch_size=2,
     workdir=str(tmp_path),
     log_every=1,
+    eval_fn=eval_fn,
     log=lambda _: None,
   )
 
@@ -261,21 +263,7 @@ def test_a_run_killed_during_its_final_validation_validates_on_resume(tmp_path):
     return {"w": calls[-1]}
 
   def run(state, iterator, validation):
-    return loop.train_stage(
-      stage="toy",
-      step_fn=jax.jit(_toy_step),
-      state=state,
-      data=iterator,
-      manager=manager,
-      mesh=parallel.data_mesh(),
-      total_steps=4,
-      batch_size=2,
-      workdir=str(tmp_path),
-      log_every=1,
-      eval_fn=validation,
-      eval_every=0,
-      log=lambda _: None,
-    )
+    return _train_toy(tmp_path, manager, iterator, state, 4, eval_fn=validation)
 
   with pytest.raises(Killed):
     run(_toy_state(), CountingIterator(), dying_eval)

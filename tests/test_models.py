@@ -91,8 +91,8 @@ def _mesh():
 def test_generator_and_discriminator_follow_their_widths():
   config = tiny_models.tiny_config()
   config.stgan.generator_width, config.stgan.discriminator_width = 0.5, 0.25
-  assert models.generator(config).width == 0.5
-  assert models.discriminator(config).width == 0.25
+  assert models.generator(config).width_multiplier == 0.5
+  assert models.discriminator(config).width_multiplier == 0.25
   # The GDNN regresses theta [B, 2, 3] from a 128 crop.
   theta = jax.eval_shape(
     lambda: models.generator(config).init_with_output(

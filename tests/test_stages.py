@@ -1,4 +1,4 @@
-"""The stage registry (msm_jax/train/stages.py): names and order, and a new stage added as one
+"""The stage registry (msm_jax/train/stages/): names and order, and a new stage added as one
 `register` call, driven by train.py's own loop (checkpoints, metrics, resume)."""
 
 import json
