@@ -76,11 +76,13 @@ class PackageError(ValueError):
 MISSING = object()  # a config field the package does not have
 
 
-def _is_integer(value) -> bool:
+def is_integer(value) -> bool:
+  """An int, not a bool (JSON true is not a count)."""
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_finite(value) -> bool:
+def is_finite(value) -> bool:
+  """A finite int or float, not a bool."""
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -101,28 +103,28 @@ def _optional(predicate):
 # margin in `prediction`): (field, predicate, what is allowed). Out of range, none of them fails
 # on its own: the landmarks move, or a jitted function fails naming neither file nor field.
 CONFIG_FIELDS = (
-  ("data.crop_size", lambda v: _is_integer(v) and v > 0, "a positive integer"),
-  ("data.heatmap_size", lambda v: _is_integer(v) and v > 0, "a positive integer"),
-  ("data.box_margin", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+  ("data.crop_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
+  ("data.heatmap_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
+  ("data.box_margin", lambda v: is_finite(v) and v > 0, "a finite number > 0"),
   ("data.scheme", _is_scheme, "a landmark scheme (300w, wflw, cofw, cofw68, 68, 98, 29)"),
-  ("hourglass.sigma", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
-  ("shape.score_radius", lambda v: _is_integer(v) and v >= 0, "an integer >= 0"),
-  ("shape.num_neighbours", lambda v: _is_integer(v) and v >= 1, "an integer >= 1"),
-  ("shape.ridge_lambda", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+  ("hourglass.sigma", lambda v: is_finite(v) and v > 0, "a finite number > 0"),
+  ("shape.score_radius", lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+  ("shape.num_neighbours", lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+  ("shape.ridge_lambda", lambda v: is_finite(v) and v > 0, "a finite number > 0"),
   ("shape.replace", lambda v: v in ("unreliable", "all"), '"unreliable" or "all"'),
   (
     "shape.hourglass_weight",
-    _optional(lambda v: _is_finite(v) and 0 <= v <= 1),
+    _optional(lambda v: is_finite(v) and 0 <= v <= 1),
     "absent or a number in [0, 1]",
   ),
   (
     "shape.reliability_temperature",
-    _optional(lambda v: _is_finite(v) and v > 0),
+    _optional(lambda v: is_finite(v) and v > 0),
     "absent or a finite number > 0",
   ),
   (
     "inference.recrop_passes",
-    _optional(lambda v: _is_integer(v) and v >= 0),
+    _optional(lambda v: is_integer(v) and v >= 0),
     "absent or an integer >= 0",
   ),
   ("inference.flip_test", _optional(lambda v: isinstance(v, bool)), "absent, true or false"),
@@ -130,7 +132,7 @@ CONFIG_FIELDS = (
 )
 
 
-def _config_value(config: dict, field: str):
+def config_value(config: dict, field: str):
   """``config[section][name]`` for field "section.name"; MISSING when absent."""
   value = config
   for name in field.split("."):
@@ -143,7 +145,7 @@ def _config_value(config: dict, field: str):
 def check_config_fields(config: dict, path: str) -> None:
   """Every `CONFIG_FIELDS` field of a package's training config (the JSON object) in range."""
   for field, allowed, description in CONFIG_FIELDS:
-    value = _config_value(config, field)
+    value = config_value(config, field)
     if not allowed(value):
       found = "missing" if value is MISSING else f"{value!r}"
       raise PackageError(f"{path}: config field {field} is {found}; it must be {description}")

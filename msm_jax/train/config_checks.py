@@ -7,18 +7,16 @@ or a data folder that does not exist is one line naming the field and what it ma
 `check` functions (which may read the data) run after it, still before anything is written.
 """
 
-import math
 import os
 from typing import Callable
 
 from msm_jax import models
 from msm_jax.core import landmarks
 from msm_jax.data import datasets
+from msm_jax.inference import pretrained
 from msm_jax.models import layers
 from msm_jax.train import losses, stages
 
-# The config sections of the stages that train with update steps.
-_STEP_SECTIONS = {"stgan": "stgan", "hourglass": "hourglass", "resnet": "resnet", "joint": "joint"}
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -27,29 +25,15 @@ class ConfigError(ValueError):
 
 
 def _positive_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+  return pretrained.is_integer(value) and value >= 1
 
 
 def _non_negative_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+  return pretrained.is_integer(value) and value >= 0
 
 
 def _positive_number(value) -> bool:
-  return (
-    isinstance(value, (int, float))
-    and not isinstance(value, bool)
-    and value > 0
-    and (math.isfinite(value))
-  )
-
-
-def _non_negative_number(value) -> bool:
-  return (
-    isinstance(value, (int, float))
-    and not isinstance(value, bool)
-    and value >= 0
-    and (math.isfinite(value))
-  )
+  return pretrained.is_finite(value) and value > 0
 
 
 # (field, test, what it may be): fields every run reads.
@@ -67,21 +51,12 @@ RANGES: tuple[tuple[str, Callable, str], ...] = (
   ("eval.batch_size", _positive_int, "an integer >= 1"),
 )
 
-# (field, test, what it may be) of each chosen stage's section.
+# (field, test, what it may be) of the section of each chosen stage with update steps.
 STAGE_RANGES: tuple[tuple[str, Callable, str], ...] = (
   ("batch_size", _positive_int, "an integer >= 1"),
   ("epochs", _positive_number, "a number > 0"),
   ("learning_rate", _positive_number, "a finite number > 0"),
 )
-
-
-def _value(config, dotted: str):
-  node = config
-  for key in dotted.split("."):
-    if key not in node:
-      return None
-    node = node[key]
-  return node
 
 
 def _kernels_name(name: str) -> None:
@@ -110,13 +85,13 @@ def _registered(config) -> None:
 
 def _in_range(config, chosen: tuple) -> None:
   fields = [(name, test, allowed) for name, test, allowed in RANGES]
-  for stage in chosen:
-    section = _STEP_SECTIONS.get(stage)
-    if section is not None:
-      fields += [(f"{section}.{name}", test, allowed) for name, test, allowed in STAGE_RANGES]
+  for stage in (stages.STAGES[name] for name in chosen):
+    if stage.step is not None:  # a stage with update steps reads its section's schedule
+      fields += [(f"{stage.section}.{name}", test, allowed) for name, test, allowed in STAGE_RANGES]
+  values = config.to_dict()
   for name, test, allowed in fields:
-    value = _value(config, name)
-    if value is not None and not test(value):
+    value = pretrained.config_value(values, name)
+    if value is not pretrained.MISSING and not test(value):
       raise ConfigError(f"config {name}={value!r}: expected {allowed}")
   dtype = config.hourglass.get("compute_dtype", "float32")
   if dtype not in COMPUTE_DTYPES:
