@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.random_erasing = 0.0  # probability of a random occluding patch (option)
   # Probability of a patch of natural texture (a window of the same photo) as an occluder.
   config.augment.natural_occluder = 0.0
+  # Fields moved during a run: field -> ((epoch, value), ...), straight lines between the
+  # knots (`msm_jax/data/augment.py: scheduled_options`); a scheduled field's value above is
+  # not used. Empty: every field constant.
+  config.augment.schedule = ml_collections.ConfigDict()
 
   # ST-GAN, Sec. III-A and IV-C, Algorithm 1.
   config.stgan = ml_collections.ConfigDict()

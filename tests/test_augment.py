@@ -1,5 +1,7 @@
 """Tests for msm_jax.data.augment: crops, random similarities, the PIL warp, photometry."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -362,3 +364,39 @@ def test_synthetic_face_landmarks_keep_their_colour_after_augmentation():
     wrong = colours(out["image"], wrong_points)
     assert np.abs(before - after).mean() < 7.0
     assert np.abs(before - wrong).mean() > 12.0
+
+
+def test_scheduled_options_interpolate_between_knots_hand_computed():
+  options = augment.AugmentOptions(True, 30.0, 0.2, 0.1, 0.2, 0.1, 0.3)
+  schedule = (
+    ("rotation_degrees", ((10.0, 30.0), (20.0, 10.0))),
+    ("natural_occluder", ((5.0, 0.5),)),
+  )
+  at = lambda epoch: augment.scheduled_options(options, schedule, epoch)  # noqa: E731
+  # Before the first knot its value, between knots a straight line, after the last its value.
+  assert at(0.0).rotation_degrees == 30.0
+  assert at(12.5).rotation_degrees == pytest.approx(30.0 - 20.0 * 2.5 / 10.0)
+  assert at(99.0).rotation_degrees == 10.0
+  assert at(0.0).natural_occluder == 0.5  # one knot: constant, the config's 0.3 unused
+  # Unscheduled fields keep the options' values.
+  assert (at(12.5).scale, at(12.5).flip, at(12.5).color_jitter) == (0.2, True, 0.2)
+  assert augment.scheduled_options(options, (), 7.0) is options
+
+
+@pytest.mark.parametrize(
+  "schedule, message",
+  [
+    ({"flip": ((0, 1.0),)}, "not a schedulable field"),
+    ({"scale": ((5, 0.1), (2, 0.2))}, "non-decreasing"),
+    ({"scale": ((-1, 0.1),)}, "non-decreasing"),
+    ({"natural_occluder": ((0, 1.5),)}, "values must lie in"),
+    ({"rotation_degrees": ((0, -3.0),)}, "values must lie in"),
+    ({"scale": (1, 2, 3)}, "expected (epoch, value) pairs"),
+    ({"scale": ()}, "expected (epoch, value) pairs"),
+    ({"scale": ((0, float("nan")),)}, "expected (epoch, value) pairs"),
+  ],
+)
+def test_check_schedule_names_the_field_and_the_problem(schedule, message):
+  with pytest.raises(ValueError, match=re.escape(message)) as raised:
+    augment.check_schedule(schedule)
+  assert f"augment.schedule.{next(iter(schedule))}" in str(raised.value)

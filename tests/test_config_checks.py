@@ -29,6 +29,7 @@ BAD_VALUES = {
   "hourglass.loss": ("bogus", "hourglass.loss='bogus'"),
   "hourglass.kernels": ("bogus", "kernels 'bogus'"),
   "data.box_margin": (-1.25, "data.box_margin=-1.25"),
+  "augment.schedule.scale": (((5, 0.1), (2, 0.2)), "augment.schedule.scale="),
 }
 
 

@@ -543,3 +543,35 @@ def test_misuse_raises_clear_errors():
   config.data.scheme = "wflw"
   with pytest.raises(ValueError, match="synthetic face .* has 68 landmarks but the scheme"):
     next(iter(input_pipeline.hourglass_train_dataset(source, config)))
+
+
+def test_the_augmentation_schedule_follows_the_epoch_and_survives_a_resume():
+  """Shift jitter scheduled off for the first epoch and on from the second: the first epoch's
+  crops are exactly the landmark-box eval crops, every crop of the second differs from them,
+  and an iterator restored at the epoch boundary continues with the second epoch's crops."""
+  config = _config(scheme="cofw")
+  for field in ("rotation_degrees", "scale", "translation", "color_jitter"):
+    config.augment[field] = 0.0
+  config.augment.flip = False
+  config.augment.schedule.translation = ((1.0, 0.0), (1.0, 0.3))
+  source = input_pipeline.RecordSource(_in_memory_records(_dot_faces(2 * BATCH)))
+  (reference,) = input_pipeline.eval_dataset(
+    source, config, batch_size=2 * BATCH, crop_box="landmarks"
+  )
+  dataset = input_pipeline.hourglass_train_dataset(source, config, num_epochs=2)
+  iterator = iter(dataset)
+  first_epoch = [next(iterator) for _ in range(2)]
+  state = iterator.get_state()
+  second_epoch = [next(iterator) for _ in range(2)]
+  for batch in first_epoch:
+    np.testing.assert_array_equal(batch["landmarks"], reference["landmarks"][batch["index"]])
+  for batch in second_epoch:
+    shift = batch["landmarks"] - reference["landmarks"][batch["index"]]
+    assert np.all(np.abs(shift).max(axis=(1, 2)) > 0)
+    # A pure shift: every landmark moves by the same vector, at most 0.3 of the crop.
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[:, :1], shift.shape), atol=1e-3)
+    assert np.all(np.abs(shift) <= 0.3 * CROP + 1e-3)
+  resumed = iter(dataset)
+  resumed.set_state(json.loads(json.dumps(state)))
+  for expected in second_epoch:
+    np.testing.assert_array_equal(next(resumed)["images"], expected["images"])

@@ -90,6 +90,59 @@ class AugmentOptions:
     )
 
 
+# The AugmentOptions fields a schedule may move (the numeric ones).
+SCHEDULABLE_FIELDS = (
+  "rotation_degrees",
+  "scale",
+  "translation",
+  "color_jitter",
+  "random_erasing",
+  "natural_occluder",
+)
+
+
+def check_schedule(schedule) -> None:
+  """Raise ValueError naming the field unless ``schedule`` maps schedulable fields to
+  non-empty sequences of (epoch, value) knots, epochs >= 0 and non-decreasing, values >= 0
+  (probabilities <= 1)."""
+  for field, knots in dict(schedule).items():
+    if field not in SCHEDULABLE_FIELDS:
+      raise ValueError(
+        f"augment.schedule.{field}: not a schedulable field ({', '.join(SCHEDULABLE_FIELDS)})"
+      )
+    try:
+      pairs = np.asarray(knots, np.float64)
+    except (TypeError, ValueError):
+      pairs = np.zeros((0, 0))
+    if pairs.ndim != 2 or pairs.shape[0] < 1 or pairs.shape[1] != 2 or not np.isfinite(pairs).all():
+      raise ValueError(
+        f"augment.schedule.{field}={knots!r}: expected (epoch, value) pairs, "
+        "e.g. ((40, 30.0), (56, 8.0))"
+      )
+    epochs, values = pairs[:, 0], pairs[:, 1]
+    if (epochs < 0).any() or (np.diff(epochs) < 0).any():
+      raise ValueError(
+        f"augment.schedule.{field}={knots!r}: epochs must be >= 0 and non-decreasing"
+      )
+    upper = 1.0 if field in ("random_erasing", "natural_occluder") else np.inf
+    if (values < 0).any() or (values > upper).any():
+      raise ValueError(f"augment.schedule.{field}={knots!r}: values must lie in [0, {upper}]")
+
+
+def scheduled_options(options: AugmentOptions, schedule, epoch: float) -> AugmentOptions:
+  """``options`` with each scheduled field at ``epoch`` (fractional epochs of training).
+
+  A field's knots ((e0, v0), (e1, v1), ...) give v0 up to e0, straight lines between knots
+  and the last value after the last knot; fields without knots keep their value. Schedules
+  inside one run take the place of chained fine-tunes (milder jitter late, more occluders).
+  """
+  changes = {}
+  for field, knots in dict(schedule).items():
+    pairs = np.asarray(knots, np.float64).reshape(-1, 2)
+    changes[field] = float(np.interp(epoch, pairs[:, 0], pairs[:, 1]))
+  return dataclasses.replace(options, **changes) if changes else options
+
+
 def face_crop_matrix(box, crop_size: int, margin: float) -> np.ndarray:
   """Image pixels -> pixels of a ``crop_size`` square crop around a face box.
 

@@ -210,12 +210,16 @@ class HourglassTrainTransform(grain.transforms.RandomMap):
   options: augment.AugmentOptions
   tables: SchemeTables
   crop_box: str = "landmarks"
+  # (field, ((epoch, value), ...)) pairs: `augment.scheduled_options` at the example's epoch.
+  schedule: tuple = ()
 
   def __post_init__(self):
     _check_crop_box(self.crop_box)
+    augment.check_schedule(self.schedule)
 
   def random_map(self, example, rng: np.random.Generator) -> dict:
     _check_num_points(example, self.tables)
+    options = augment.scheduled_options(self.options, self.schedule, example.get("epoch", 0.0))
     try:
       face = augment.augment_face(
         example["image"],
@@ -225,7 +229,7 @@ class HourglassTrainTransform(grain.transforms.RandomMap):
         rng,
         crop_size=self.crop_size,
         margin=self.box_margin,
-        options=self.options,
+        options=options,
         flip_permutation=self.tables.flip_permutation,
       )
     except ValueError as error:
@@ -338,6 +342,20 @@ def _finish(
   return examples.batch(batch_size, drop_remainder=drop_remainder)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttachEpoch(grain.transforms.MapWithIndex):
+  """Adds ``epoch``: how many epochs of this host's slice came before the example (a float),
+  which the augmentation schedule reads. Positions count across epochs, so a resumed iterator
+  continues the schedule where it stopped."""
+
+  epoch_length: int
+
+  def map_with_index(self, index: int, example):
+    if example is None:  # a skipped bad sample
+      return None
+    return {**example, "epoch": index / self.epoch_length}
+
+
 def _training_dataset(
   source,
   transform,
@@ -361,13 +379,24 @@ def _training_dataset(
   # by the position within this host's slice, so each host needs its own seed, or the k-th
   # face of every host would get the same rotation, flip and jitter.
   augmentation_seed = None if shard_count == 1 else seed * 1_000_003 + shard_index
-  dataset = dataset.repeat(num_epochs).random_map(transform, seed=augmentation_seed)
+  epoch_length = len(dataset)
+  dataset = dataset.repeat(num_epochs).map_with_index(AttachEpoch(epoch_length))
+  dataset = dataset.random_map(transform, seed=augmentation_seed)
   return _finish(
     dataset,
     batch_size=batch_size,
     drop_remainder=True,
     worker_count=worker_count,
     prefetch=prefetch,
+  )
+
+
+def augmentation_schedule(augment_config) -> tuple:
+  """``config.augment.schedule`` (field -> ((epoch, value), ...)) as a hashable tuple."""
+  schedule = augment_config.get("schedule", None) or {}
+  return tuple(
+    (field, tuple((float(epoch), float(value)) for epoch, value in knots))
+    for field, knots in sorted(dict(schedule).items())
   )
 
 
@@ -401,6 +430,7 @@ def hourglass_train_dataset(
     options=augment.AugmentOptions.from_config(config.augment),
     tables=SchemeTables.from_name(config.data.scheme),
     crop_box=crop_box,
+    schedule=augmentation_schedule(config.augment),
   )
   return _training_dataset(
     source,

@@ -12,7 +12,7 @@ from typing import Callable
 
 from msm_jax import models
 from msm_jax.core import landmarks
-from msm_jax.data import datasets
+from msm_jax.data import augment, datasets
 from msm_jax.inference import pretrained
 from msm_jax.models import layers
 from msm_jax.train import losses, stages
@@ -98,6 +98,10 @@ def _in_range(config, chosen: tuple) -> None:
     raise ConfigError(
       f"config hourglass.compute_dtype={dtype!r}: expected one of {', '.join(COMPUTE_DTYPES)}"
     )
+  try:
+    augment.check_schedule(config.augment.get("schedule", None) or {})
+  except ValueError as error:
+    raise ConfigError(f"config {error}") from None
   if config.shape.num_neighbours > config.shape.dictionary_size:
     raise ConfigError(
       f"config shape.num_neighbours={config.shape.num_neighbours}: the repair's k cannot exceed "
