@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from msm_jax.cli import (
   configure_training_process,
+  interrupts_remembered,
   parse_flags_help_exits_zero,
   quiet_library_logs,
   restart_with_page_reuse,
@@ -44,9 +45,10 @@ def main(argv):
   from msm_jax.train import config_checks, stages, workdir  # after the XLA flags are set
 
   try:
-    commands.train_and_evaluate(
-      _CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value
-    )
+    with interrupts_remembered():
+      commands.train_and_evaluate(
+        _CONFIG.value, _WORKDIR.value, allow_changed=_ALLOW_CHANGED_CONFIG.value
+      )
   except config_checks.ConfigError as error:  # nothing written: one line, a usage error
     print(f"error: {error}", file=sys.stderr)
     raise SystemExit(2) from None

@@ -1,6 +1,8 @@
 """Process set-up shared by the command-line programs (train.py, evaluate.py, predict.py)."""
 
+import contextlib
 import os
+import signal
 import sys
 
 # XLA:CPU's YNN fusion speeds training steps up and slows inference down
@@ -31,6 +33,47 @@ def configure_training_process() -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if "ynn_fusion" not in flags and os.environ.get("MSM_JAX_NO_YNN") is None:
     os.environ["XLA_FLAGS"] = f"{flags} {_TRAINING_XLA_FLAGS}".strip()
+
+
+_INTERRUPTS = {"count": 0}
+
+
+def _on_interrupt(signum, frame):
+  del signum, frame
+  _INTERRUPTS["count"] += 1
+  raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_remembered():
+  """Inside it Ctrl-C (SIGINT) raises KeyboardInterrupt as Python's default handler does, and
+  is also counted, so that code which swallows the exception cannot lose it: `asyncio.run`
+  (inside Orbax's saves) would otherwise put in a handler that cancels its task, and an
+  interrupt that lands as that task finishes is dropped. Loops that must stop check
+  `interrupt_requested()`. An interrupt that lands in a garbage-collection callback (JAX has
+  one) or a finaliser cannot propagate: Python reports it as "Exception ignored" with a
+  traceback, which is left out here since the loops stop on the count. Main thread only
+  (where Python runs signal handlers)."""
+  previous = signal.signal(signal.SIGINT, _on_interrupt)
+  previous_hook = sys.unraisablehook
+
+  def unraisable(report):
+    if not isinstance(report.exc_value, KeyboardInterrupt):
+      previous_hook(report)
+
+  _INTERRUPTS["count"] = 0
+  sys.unraisablehook = unraisable
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    sys.unraisablehook = previous_hook
+    _INTERRUPTS["count"] = 0
+
+
+def interrupt_requested() -> bool:
+  """Whether a SIGINT arrived inside `interrupts_remembered()`."""
+  return _INTERRUPTS["count"] > 0
 
 
 def quiet_library_logs() -> None:

@@ -1,6 +1,8 @@
 """Process set-up of the command-line programs: XLA flags and the allocator re-exec."""
 
+import gc
 import os
+import signal
 import subprocess
 import sys
 
@@ -216,3 +218,44 @@ def test_every_tool_help_exits_zero():
     )
     assert result.returncode == 0, (tool, result.stderr[-2000:])
     assert "usage" in result.stdout.lower() or "flags" in result.stdout.lower(), tool
+
+
+def _collect_with(callback):
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+
+
+def test_a_ctrl_c_inside_a_gc_callback_is_remembered_and_not_reported(monkeypatch):
+  """Python cannot raise out of a garbage-collection callback; it hands the exception to
+  `sys.unraisablehook` ("Exception ignored", a traceback) and goes on. Inside
+  `interrupts_remembered` the interrupt is counted (the training loop stops on the count)
+  and not reported; other ignored errors still reach the hook."""
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda report: reported.append(report.exc_type))
+  handler = signal.getsignal(signal.SIGINT)
+
+  def interrupting(phase, info):
+    if phase == "start":
+      signal.raise_signal(signal.SIGINT)
+
+  def failing(phase, info):
+    if phase == "start":
+      raise ValueError("a callback's own error")
+
+  with cli.interrupts_remembered():
+    _collect_with(interrupting)
+    assert cli.interrupt_requested() and reported == []
+    _collect_with(failing)
+    assert reported == [ValueError]
+  assert not cli.interrupt_requested()
+  assert signal.getsignal(signal.SIGINT) is handler
+  # Python's default handler's KeyboardInterrupt is reported as ignored, and nothing counts it.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    _collect_with(interrupting)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert reported == [ValueError, KeyboardInterrupt] and not cli.interrupt_requested()

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 
+from msm_jax import cli
 from msm_jax.train import checkpoints, parallel
 
 
@@ -164,6 +165,8 @@ def train_stage(
       if start_step not in writer.evaluated_steps:
         evaluate(state, start_step)
     for step in range(start_step + 1, total_steps + 1):
+      if cli.interrupt_requested():  # a Ctrl-C that a library swallowed
+        raise KeyboardInterrupt
       batch = parallel.shard_batch(next(data), mesh)
       state, metrics = step_fn(state, batch)
       progress.stepped()
