@@ -6,7 +6,9 @@ old file or none, never a truncated one."""
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+from typing import Callable
 
 
 @contextlib.contextmanager
@@ -44,3 +46,29 @@ def write_text(path: str, text: str) -> None:
   """``text`` at ``path`` (atomically)."""
   with atomic_write(path) as file:
     file.write(text)
+
+
+def replace_folder(staged: str, target: str, carried: Callable[[str], bool]) -> None:
+  """Put the finished folder ``staged`` in the place of ``target``.
+
+  The files of an older ``target`` that ``staged`` lacks and for which ``carried(name)`` holds
+  (e.g. a model card) are copied in first; then ``target`` is renamed aside, ``staged``
+  renamed to ``target`` and the old one removed. A reader sees the whole old folder or the
+  whole new one; a kill between the two renames leaves the old one as ``<target>.replaced``.
+  """
+  target = os.path.normpath(target)
+  if os.path.isdir(target):
+    for name in os.listdir(target):
+      source = os.path.join(target, name)
+      if (
+        carried(name) and os.path.isfile(source) and not os.path.exists(os.path.join(staged, name))
+      ):
+        shutil.copy2(source, os.path.join(staged, name))
+    aside = target + ".replaced"
+    if os.path.exists(aside):
+      shutil.rmtree(aside)
+    os.rename(target, aside)
+    os.rename(staged, target)
+    shutil.rmtree(aside)
+  else:
+    os.rename(staged, target)

@@ -137,27 +137,22 @@ def test_missing_or_empty_roots_are_named(tmp_path):
     datasets.eval_sources(config)
 
 
-@pytest.mark.parametrize(
-  "name",
-  [
-    "300w",
-    "300w_subset",
-    "300w_subset_finetune",
-    "cofw",
-    "cofw_ablation",
-    "synthetic",
-    "wflw",
-    "wflw_ablation",
-  ],
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# Every configs/<name>.py that has a get_config() (recipe.py is applied by them).
+_CONFIG_NAMES = sorted(
+  name[:-3]
+  for name in os.listdir(_CONFIGS)
+  if name.endswith(".py") and "def get_config" in open(os.path.join(_CONFIGS, name)).read()
 )
+
+
+@pytest.mark.parametrize("name", _CONFIG_NAMES)
 def test_every_config_can_evaluate_a_folder_from_the_command_line(name, tmp_path):
   # config_flags locks the config: an override of a field the config lacks is an error, so
   # `--config.data.eval_dataset=folder --config.data.eval_root=DIR` needs both fields in all.
   import importlib.util
 
-  path = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py"
-  )
+  path = os.path.join(_CONFIGS, f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -45,3 +45,24 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="No space left"):
     files.write_text(str(path), "x" * 10_000)
   assert path.read_text() == "{}" and os.listdir(tmp_path) == ["predictions.json"]
+
+
+def test_replace_folder_puts_the_new_folder_in_place_and_carries_the_chosen_old_files(tmp_path):
+  target, staged = tmp_path / "package", tmp_path / "package.partial"
+  target.mkdir()
+  (target / "weights.npz").write_text("old weights")
+  (target / "stale.bin").write_text("old export")
+  (target / "CARD.md").write_text("the card")
+  staged.mkdir()
+  (staged / "weights.npz").write_text("new weights")
+  files.replace_folder(str(staged), str(target), carried=lambda name: name.endswith(".md"))
+  assert sorted(os.listdir(target)) == ["CARD.md", "weights.npz"]
+  assert (target / "weights.npz").read_text() == "new weights"
+  assert (target / "CARD.md").read_text() == "the card"
+  assert sorted(os.listdir(tmp_path)) == ["package"]  # nothing staged or set aside is left
+  # Into a folder that does not exist yet: a plain rename.
+  fresh = tmp_path / "fresh.partial"
+  fresh.mkdir()
+  (fresh / "a").write_text("a")
+  files.replace_folder(str(fresh), str(tmp_path / "fresh"), carried=lambda name: True)
+  assert os.listdir(tmp_path / "fresh") == ["a"] and not fresh.exists()

@@ -13,47 +13,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from msm_jax.core import shape_dictionary
 from msm_jax.inference import detection, pipeline, pretrained
 from msm_jax.models import hourglass
-from msm_jax.train import checkpoints, model_io, packaging, stages
+from msm_jax.train import model_io, packaging, stages
 from tests import tiny_models
 
 ROOT = tiny_models.ROOT
-
-
-def _save_stage(workdir, stage, state, config):
-  manager = checkpoints.checkpoint_manager(
-    os.path.join(workdir, "checkpoints", stage),
-    config.checkpoint.every_steps,
-    config.checkpoint.keep,
-  )
-  checkpoints.save(manager, 1, state, {}, {}, force=True)
-  manager.close()
-
-
-def _random_state(stage, config, seed):
-  """A fresh TrainState of a registered stage with random weights (tests/tiny_models.py)."""
-  abstract = jax.eval_shape(lambda: stages.STAGES[stage].setup(config, 1).state)
-  return tiny_models.random_like(abstract, np.random.default_rng(seed))
-
-
-def _make_workdir(workdir, config, with_stgan=True):
-  """A training workdir as train.py leaves it: random states, a random dictionary."""
-  _save_stage(workdir, "hourglass", _random_state("hourglass", config, 0), config)
-  if with_stgan:
-    state = _random_state("stgan", config, 1)
-    generator = state.models["generator"]
-    params = jax.tree.map(lambda x: x, generator.params)
-    params["conv11"]["bias"] = jnp.asarray(tiny_models.ZOOM_SHIFT_THETA)
-    params["conv11"]["kernel"] = jnp.zeros_like(params["conv11"]["kernel"])
-    state = state.replace(models=dict(state.models, generator=generator.replace(params=params)))
-    _save_stage(workdir, "stgan", state, config)
-  rng = np.random.default_rng(0)
-  angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
-  mean = np.stack([64 + 40 * np.cos(angles), 64 + 48 * np.sin(angles)], -1)
-  dictionary = mean + rng.normal(0, 2.0, (12, 68, 2))
-  shape_dictionary.save_dictionary(os.path.join(workdir, stages.DICTIONARY_FILE), dictionary)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +26,7 @@ def packaged(tmp_path_factory):
   """(config, workdir, package folder, what package_pretrained returned, the live model)."""
   root = tmp_path_factory.mktemp("pretrained")
   config, workdir, out = tiny_models.tiny_config(), str(root / "run"), str(root / "package")
-  _make_workdir(workdir, config)
+  tiny_models.make_workdir(workdir, config)
   calibration = detection.DetectorCalibration((0.01, 0.12), 0.87, "haarcascade_x.xml")
   info = packaging.package_pretrained(config, workdir, out, calibration)
   return config, workdir, out, info, model_io.load_trained(config, workdir)
@@ -212,7 +177,7 @@ def test_paths_inside_the_repository_are_stored_relative_to_it(tmp_path):
   config.data.validation_list = os.path.join(ROOT, "configs", "splits", "faces.txt")
   config.data.root = "/elsewhere/300w"  # outside the repository: kept as given
   workdir = str(tmp_path / "run")
-  _make_workdir(workdir, config, with_stgan=False)
+  tiny_models.make_workdir(workdir, config, with_stgan=False)
   packaging.package_pretrained(config, workdir, str(tmp_path / "package"))
   header = json.load(open(tmp_path / "package" / "config.json"))
   stored = header["config"]["data"]["validation_list"]
@@ -222,7 +187,7 @@ def test_paths_inside_the_repository_are_stored_relative_to_it(tmp_path):
 
 def test_package_without_stgan(tmp_path):
   config = tiny_models.tiny_config()
-  _make_workdir(str(tmp_path / "run"), config, with_stgan=False)
+  tiny_models.make_workdir(str(tmp_path / "run"), config, with_stgan=False)
   model = model_io.load_trained(config, str(tmp_path / "run"))
   with pytest.raises(ValueError, match="ST-GAN stage was not trained"):
     pretrained.from_trained(model, config, use_spatial_transformer=True)
@@ -243,7 +208,7 @@ def test_a_network_on_twice_the_crop_packages_without_an_st_gan(tmp_path):
   config = tiny_models.tiny_config()
   config.hourglass.space_to_depth = 2
   config.data.crop_size *= 2
-  _make_workdir(str(tmp_path / "run"), config, with_stgan=False)
+  tiny_models.make_workdir(str(tmp_path / "run"), config, with_stgan=False)
   model = model_io.load_trained(config, str(tmp_path / "run"))
   assert model.available == {"hourglass", "dictionary"}
   packaging.package_pretrained(config, str(tmp_path / "run"), str(tmp_path / "p"))

@@ -14,10 +14,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from configs import synthetic as synthetic_config  # noqa: E402
-from msm_jax.core import landmarks  # noqa: E402
+from msm_jax.core import landmarks, shape_dictionary  # noqa: E402
 from msm_jax.data import synthetic  # noqa: E402
 from msm_jax.inference import detection, pipeline, pretrained  # noqa: E402
-from msm_jax.train import stages  # noqa: E402
+from msm_jax.train import checkpoints, stages  # noqa: E402
 
 # A GDNN output that is not the identity, so the ST stage visibly changes the landmarks.
 ZOOM_SHIFT_THETA = np.array([0.9, 0.1, 0.05, -0.1, 0.9, -0.03], np.float32)
@@ -139,3 +139,38 @@ def face_records(count: int = 2, seed: int = 3) -> list:
       )
     )
   return records
+
+
+def save_stage(workdir, stage, state, config):
+  """`state` as step 1 of `stage` in `workdir`, as a training run checkpoints it."""
+  manager = checkpoints.checkpoint_manager(
+    os.path.join(workdir, "checkpoints", stage),
+    config.checkpoint.every_steps,
+    config.checkpoint.keep,
+  )
+  checkpoints.save(manager, 1, state, {}, {}, force=True)
+  manager.close()
+
+
+def random_state(stage, config, seed):
+  """A fresh TrainState of a registered stage with random weights (this module)."""
+  abstract = jax.eval_shape(lambda: stages.STAGES[stage].setup(config, 1).state)
+  return random_like(abstract, np.random.default_rng(seed))
+
+
+def make_workdir(workdir, config, with_stgan=True):
+  """A training workdir as train.py leaves it: random states, a random dictionary."""
+  save_stage(workdir, "hourglass", random_state("hourglass", config, 0), config)
+  if with_stgan:
+    state = random_state("stgan", config, 1)
+    generator = state.models["generator"]
+    params = jax.tree.map(lambda x: x, generator.params)
+    params["conv11"]["bias"] = jnp.asarray(ZOOM_SHIFT_THETA)
+    params["conv11"]["kernel"] = jnp.zeros_like(params["conv11"]["kernel"])
+    state = state.replace(models=dict(state.models, generator=generator.replace(params=params)))
+    save_stage(workdir, "stgan", state, config)
+  rng = np.random.default_rng(0)
+  angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+  mean = np.stack([64 + 40 * np.cos(angles), 64 + 48 * np.sin(angles)], -1)
+  dictionary = mean + rng.normal(0, 2.0, (12, 68, 2))
+  shape_dictionary.save_dictionary(os.path.join(workdir, stages.DICTIONARY_FILE), dictionary)
