@@ -25,12 +25,10 @@ its range (`CONFIG_FIELDS`), the landmark network makes `data.heatmap_size` maps
 `data.crop_size` crops (convolutions fit any crop, so the weights' shapes cannot tell: a wrong
 crop size would move every landmark), and each detector is one in OpenCV's cascade folder.
 
-Packages are written by `msm_jax.train.packaging`:
+Packages are written by `msm_jax.train.packaging`; `package.py` adds the landmark offset and
+the exported pipeline:
 
-  python -m msm_jax.train.packaging --config configs/300w_subset.py \
-      --workdir runs/300w_subset --out pretrained/ \
-      [--detector_calibration calibration.json] [--spatial_transformer off] \
-      [--kernel_dtype float16]
+  python package.py --config configs/300w_subset.py --workdir runs/300w_subset --out pretrained/
 """
 
 import dataclasses
