@@ -185,3 +185,68 @@ def test_decoded_landmark_l1_gradient_moves_the_decoded_peak_to_the_truth():
   # Initially 0.45 per landmark; plain gradient descent on the maps removes most of it.
   assert before == pytest.approx(0.45, abs=2e-3)
   assert float(loss_of(logits)) < 0.5 * before
+
+
+def _adaptive_wing_by_hand(error, target):
+  """Eq. 6-7 of Wang et al. (ICCV 2019) with omega 14, theta 0.5, epsilon 1, alpha 2.1."""
+  omega, theta, epsilon, alpha = 14.0, 0.5, 1.0, 2.1
+  power = alpha - target
+  if error < theta:
+    return omega * math.log(1.0 + (error / epsilon) ** power)
+  a = omega * (1.0 / (1.0 + (theta / epsilon) ** power)) * power
+  a *= (theta / epsilon) ** (power - 1.0) * (1.0 / epsilon)
+  c = theta * a - omega * math.log(1.0 + (theta / epsilon) ** power)
+  return a * error - c
+
+
+@pytest.mark.parametrize("error, target", [(0.2, 1.0), (0.05, 0.0), (0.9, 0.0), (1.7, 0.6)])
+def test_adaptive_wing_matches_the_papers_formula(error, target):
+  got = losses.adaptive_wing(jnp.float32(error), jnp.float32(target), **losses.ADAPTIVE_WING)
+  assert float(got) == pytest.approx(_adaptive_wing_by_hand(error, target), rel=1e-5)
+
+
+@pytest.mark.parametrize("target", [0.0, 0.3, 1.0])
+def test_adaptive_wing_is_smooth_where_its_pieces_meet(target):
+  """The line above theta meets the curve below it with the same value and slope."""
+  theta = losses.ADAPTIVE_WING["theta"]
+  loss = lambda e: losses.adaptive_wing(e, jnp.float32(target), **losses.ADAPTIVE_WING)  # noqa: E731
+  below, above = jnp.float32(theta - 1e-4), jnp.float32(theta + 1e-4)
+  assert float(loss(above)) == pytest.approx(float(loss(below)), abs=1e-2)
+  assert float(jax.grad(loss)(above)) == pytest.approx(float(jax.grad(loss)(below)), rel=1e-2)
+
+
+def test_the_weighted_loss_map_covers_the_dilated_foreground():
+  target = np.full((1, 7, 7, 2), 0.1, np.float32)
+  target[0, 3, 4, 0] = 1.0  # landmark 0's peak; landmark 1 all background
+  weights = np.asarray(losses.weighted_loss_map(jnp.asarray(target)))
+  expected = np.ones((7, 7))
+  expected[2:5, 3:6] = 1.0 + losses.LOSS_MAP_WEIGHT
+  np.testing.assert_array_equal(weights[0, :, :, 0], expected)
+  np.testing.assert_array_equal(weights[0, :, :, 1], np.ones((7, 7)))
+
+
+def test_adaptive_wing_heatmap_loss_against_a_loop_and_zero_at_the_target():
+  rng = np.random.default_rng(0)
+  target = rng.uniform(0, 1, (2, 5, 5, 3)).astype(np.float32) ** 4
+  stacks = rng.normal(0, 0.5, (2, 2, 5, 5, 3)).astype(np.float32)
+  visible = np.array([[True, False, True], [True, True, True]])
+  weights = np.asarray(losses.weighted_loss_map(jnp.asarray(target))) * visible[:, None, None]
+  expected = 0.0
+  for stack in range(2):
+    total = sum(
+      _adaptive_wing_by_hand(abs(float(stacks[stack][index] - target[index])), float(target[index]))
+      * weights[index]
+      for index in np.ndindex(target.shape)
+    )
+    expected += total / np.count_nonzero(weights)
+  got = losses.heatmap_loss("adaptive_wing").fn(
+    jnp.asarray(stacks), jnp.asarray(target), jnp.asarray(visible)
+  )
+  assert float(got) == pytest.approx(expected, rel=1e-4)
+  exact = jnp.asarray(np.stack([target, target]))
+  value, gradient = jax.value_and_grad(
+    lambda maps: losses.heatmap_adaptive_wing_loss(maps, jnp.asarray(target))
+  )(exact)
+  assert float(value) == pytest.approx(0.0, abs=1e-6)
+  assert np.all(np.isfinite(np.asarray(gradient)))
+  assert not losses.heatmap_loss("adaptive_wing").outputs_logits

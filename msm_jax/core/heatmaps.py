@@ -44,7 +44,11 @@ _LOG_FLOOR = 1e-10
 # logits of a spatial softmax, so inference applies one before decoding (Eq. 8) and scoring
 # (Eq. 9); False where they are decoded as they are. It lives with the maps' maths so that
 # inference knows it without the training code; `train.losses.register_heatmap_loss` adds to it.
-LOSS_OUTPUTS_LOGITS: dict[str, bool] = {"mse": False, "softmax_cross_entropy": True}
+LOSS_OUTPUTS_LOGITS: dict[str, bool] = {
+  "mse": False,
+  "softmax_cross_entropy": True,
+  "adaptive_wing": False,
+}
 
 
 def loss_outputs_logits(loss_name: str) -> bool:

@@ -150,6 +150,60 @@ def decoded_landmark_l1(
   return jnp.sum(error * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+# Adaptive Wing (Wang, Bo and Fuxin, ICCV 2019): the published constants, and the weighted
+# loss map's threshold and weight (their Sec. 4.2: W = 10 * M + 1).
+ADAPTIVE_WING = {"omega": 14.0, "theta": 0.5, "epsilon": 1.0, "alpha": 2.1}
+LOSS_MAP_THRESHOLD = 0.2
+LOSS_MAP_WEIGHT = 10.0
+
+
+def adaptive_wing(error: jax.Array, target: jax.Array, omega, theta, epsilon, alpha) -> jax.Array:
+  """Eq. 6 of Wang et al.: per-pixel loss of |prediction - target| = ``error``.
+
+  Below ``theta`` it is omega * ln(1 + (error / epsilon)^(alpha - target)): on the
+  foreground (target near 1) the exponent is near 1.1, a steep, L1-like slope that keeps
+  pushing small errors down, which MSE stops doing; on the background (target 0) it is near
+  2.1, MSE-like, so the many background pixels do not dominate. Above ``theta`` it is the
+  straight line A * error - C that meets the curve with the same value and slope.
+  """
+  power = alpha - target
+  ratio = theta / epsilon
+  slope = omega * power * ratio ** (power - 1.0) / (epsilon * (1.0 + ratio**power))
+  offset = theta * slope - omega * jnp.log1p(ratio**power)
+  # A floor on the base keeps the power's gradient finite where the error is exactly zero.
+  curve = omega * jnp.log1p(jnp.maximum(error / epsilon, 1e-12) ** power)
+  return jnp.where(error < theta, curve, slope * error - offset)
+
+
+def weighted_loss_map(target_heatmaps: jax.Array) -> jax.Array:
+  """Wang et al.'s weighted loss map [B, h, w, L]: LOSS_MAP_WEIGHT + 1 on the pixels where a
+  3 x 3 grey dilation of the target reaches LOSS_MAP_THRESHOLD (the foreground and its
+  rim), 1 elsewhere."""
+  dilated = jax.lax.reduce_window(
+    target_heatmaps, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME"
+  )
+  return 1.0 + LOSS_MAP_WEIGHT * (dilated >= LOSS_MAP_THRESHOLD).astype(target_heatmaps.dtype)
+
+
+def heatmap_adaptive_wing_loss(
+  stacked_heatmaps: jax.Array, target_heatmaps: jax.Array, visible: jax.Array | None = None
+) -> jax.Array:
+  """Adaptive Wing loss with the weighted loss map, the mean over pixels and landmarks,
+  summed over the stacks; the maps are regressed as they are (no softmax), like MSE's.
+
+  stacked_heatmaps: [S, B, h, w, L]; target_heatmaps: [B, h, w, L] Gaussians peaking at 1;
+  visible: [B, L] bool, or None: landmarks outside the crop are left out of the mean.
+  """
+  target = target_heatmaps.astype(jnp.float32)
+  error = jnp.abs(stacked_heatmaps.astype(jnp.float32) - target[None])
+  weights = weighted_loss_map(target)
+  if visible is not None:
+    weights = weights * visible.astype(jnp.float32)[:, None, None, :]
+  loss = adaptive_wing(error, target[None], **ADAPTIVE_WING) * weights[None]
+  per_stack = jnp.sum(loss, axis=(1, 2, 3, 4)) / jnp.maximum(jnp.sum(weights > 0), 1)
+  return jnp.sum(per_stack)
+
+
 @dataclasses.dataclass(frozen=True)
 class HeatmapLoss:
   """A heatmap loss: fn(stacked_heatmaps [S, B, h, w, L], targets [B, h, w, L], visible [B, L])
@@ -168,6 +222,9 @@ HEATMAP_LOSSES: dict[str, HeatmapLoss] = {
   ),
   "softmax_cross_entropy": HeatmapLoss(
     heatmap_softmax_cross_entropy, heatmap_lib.LOSS_OUTPUTS_LOGITS["softmax_cross_entropy"]
+  ),
+  "adaptive_wing": HeatmapLoss(
+    heatmap_adaptive_wing_loss, heatmap_lib.LOSS_OUTPUTS_LOGITS["adaptive_wing"]
   ),
 }
 
