@@ -117,7 +117,7 @@ def test_flag_sweep_counts_scores_under_the_scaled_thresholds():
   assert sweep == {"0.5": [2 / 3, 0.5], "1": [3 / 7, 0.75], "1.5": [0.4, 1.0]}
   # At scale 1 it is the flag of the pipeline (reliable = score > K).
   reliable = scores > thresholds
-  assert robustness._precision_recall(~reliable, occluded) == tuple(sweep["1"])
+  assert robustness.precision_recall(~reliable, occluded) == tuple(sweep["1"])
 
 
 def test_a_tiny_model_runs_every_condition_and_variant():

@@ -249,7 +249,7 @@ def ground_truth(faces: list[Face]):
   return truth, np.stack([face.occluded for face in faces])
 
 
-def _precision_recall(flagged: np.ndarray, occluded: np.ndarray) -> tuple:
+def precision_recall(flagged: np.ndarray, occluded: np.ndarray) -> tuple:
   """(precision, recall) of ``flagged`` as a detector of ``occluded``; None where undefined."""
   hits = np.sum(flagged & occluded)
   precision = float(hits / flagged.sum()) if flagged.any() else None
@@ -264,7 +264,7 @@ def flag_sweep(scores, thresholds, occluded, scales=FLAG_SCALES) -> dict:
   thresholds: [L], the package's K per landmark (``reliable`` is ``scores > K``).
   """
   return {
-    f"{scale:g}": list(_precision_recall(scores <= scale * thresholds, occluded))
+    f"{scale:g}": list(precision_recall(scores <= scale * thresholds, occluded))
     for scale in scales
   }
 
@@ -312,7 +312,7 @@ def summarise(
     occluded, flagged = occluded[found], ~reliable[found]
     for name, mask in (("occluded_nme", occluded), ("visible_nme", ~occluded)):
       row[name] = _masked_nme(predicted[found], truth[found], scheme, mask)
-    row["occlusion_precision"], row["occlusion_recall"] = _precision_recall(flagged, occluded)
+    row["occlusion_precision"], row["occlusion_recall"] = precision_recall(flagged, occluded)
     if scores is not None:
       row["occlusion_flags"] = flag_sweep(scores[found], thresholds, occluded)
   return row
