@@ -19,6 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "300w"  # msm_jax/data/datasets.py: DATASETS
   config.data.root = ""  # the dataset's official release folder
+  # Where its faces are read (datasets.py: DATA_SOURCES): "folder", the photos under data.root,
+  # decoded per face; "tfds", the face crops prepared once from them (docs/tfds.md) in
+  # data.tfds_data_dir ("" = TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  config.data.source = "folder"
+  config.data.tfds_data_dir = ""
   config.data.scheme = "300w"  # landmark scheme: 300w (68) | wflw (98) | cofw (29)
   config.data.train_split = "train"
   config.data.eval_splits = ("common", "challenge", "full")

@@ -16,6 +16,12 @@ apply. The returned sources are the random-access objects of `input_pipeline`
 
 A new dataset is one `register` call (README, "Extending msm-jax").
 
+`config.data.source` says where the faces of a real dataset are read (`DATA_SOURCES`):
+"folder", the official release under `data.root`, each photo decoded per face; or "tfds", the
+dataset prepared once as face crops (`msm_jax/data/tfds`, docs/tfds.md) in `data.tfds_data_dir`,
+read through `tfds.data_source`. Both give the pipeline the same examples up to the similarity
+of the stored crop, so the same transforms follow either.
+
 A validation split is carved off the training faces by image, so it never overlaps
 training: either the images named in `data.validation_list` (a text file, one image path
 per line relative to `data.root`), or a seeded `data.validation_fraction` of them.
@@ -24,12 +30,13 @@ per line relative to `data.root`), or a seeded `data.validation_fraction` of the
 import dataclasses
 import os
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from msm_jax.data import cofw, synthetic, w300, wflw
-from msm_jax.data.input_pipeline import RecordSource, SyntheticSource
+from msm_jax.data.input_pipeline import PreparedSource, RecordSource, SyntheticSource
+from msm_jax.data.tfds import crops, reading
 
 SYNTHETIC_SPLITS = ("train", "validation", "test", "occluded_test")
 
@@ -153,6 +160,10 @@ def train_and_validation_sources(config):
   dataset = dataset_of(config.data.dataset)
   if dataset.sources is not None:
     return dataset.sources(config)
+  return source_kind(config).training(config, dataset)
+
+
+def _folder_training(config, dataset):
   train, validation = split_records(config, read_training_records(config))
   skip = bool(config.data.skip_bad_samples)
   return (RecordSource(train, skip), RecordSource(validation, skip) if validation else None)
@@ -188,13 +199,34 @@ def eval_sources(config) -> dict:
       )
     sources["validation"] = validation
     splits = tuple(split for split in splits if split != "validation")
-  sources.update(dataset.eval_sources(config, splits))
+  if dataset.sources is not None:  # generated faces: nothing is read from a folder
+    sources.update(dataset.eval_sources(config, splits))
+  elif dataset.prepared is None:  # a folder of photos by nature ("folder"): read as one
+    sources.update(DATA_SOURCES["folder"].evaluation(config, dataset, splits))
+  else:
+    sources.update(source_kind(config).evaluation(config, dataset, splits))
   if not sources:
     raise ValueError(f"no evaluation subsets found for data.eval_splits={config.data.eval_splits}")
   return sources
 
 
 # --- the registry: one entry per value of config.data.dataset / data.eval_dataset -------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """Where a dataset's faces are once prepared as face crops (`msm_jax/data/tfds`).
+
+  builder: the TFDS builder's registered name (`builders.BUILDERS`).
+  train_split(config) -> the split training reads, or None: not a training set.
+  eval_splits(config, subset names) -> {subset name: split}.
+  box_source(config) -> the boxes its training split was read with (the builder config's).
+  """
+
+  builder: str
+  eval_splits: Callable
+  train_split: Callable | None = None
+  box_source: Callable = lambda config: reading.BOX_SOURCE_DEFAULT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +241,7 @@ class Dataset:
     visible NME table, the precision / recall of "unreliable").
   paper_tables: the key of the paper's tables for it (`reports.paper_reference`: "300w",
     "cofw", "wflw"), or None.
+  prepared: its prepared face crops (`data.source = "tfds"`), or None: folder only.
   """
 
   eval_sources: Callable
@@ -216,6 +249,7 @@ class Dataset:
   sources: Callable | None = None
   occlusion_flags: bool = False
   paper_tables: str | None = None
+  prepared: Prepared | None = None
 
 
 def _skip(config) -> bool:
@@ -278,6 +312,15 @@ def _synthetic_sources(config):
   return synthetic_source(config, "train"), validation
 
 
+def _same_names(config, splits) -> dict:
+  return {split: split for split in splits}
+
+
+def _wflw_prepared_splits(config, splits) -> dict:
+  # The whole test set is the "full" subset of `wflw.wflw_subsets`, the split "test".
+  return {name: "test" if name == "full" else name for name in splits}
+
+
 DATASETS: dict[str, Dataset] = {
   "synthetic": Dataset(
     eval_sources=lambda config, splits: {
@@ -286,13 +329,26 @@ DATASETS: dict[str, Dataset] = {
     sources=_synthetic_sources,
     occlusion_flags=True,
   ),
-  "300w": Dataset(eval_sources=_300w_eval, train_records=_300w_train, paper_tables="300w"),
+  "300w": Dataset(
+    eval_sources=_300w_eval,
+    train_records=_300w_train,
+    paper_tables="300w",
+    prepared=Prepared(
+      "msm_300w",
+      eval_splits=_same_names,
+      train_split=lambda config: config.data.train_split,
+      box_source=lambda config: config.data.box_source,
+    ),
+  ),
   "wflw": Dataset(
     eval_sources=_wflw_eval,
     train_records=lambda config: wflw.read_wflw(
       _require_root(config), "train", skip_bad=_skip(config)
     ),
     paper_tables="wflw",
+    prepared=Prepared(
+      "msm_wflw", eval_splits=_wflw_prepared_splits, train_split=lambda config: "train"
+    ),
   ),
   # COFW-29 (Burgos-Artizzu et al.): train on its 1,345 faces, test on its 507.
   "cofw": Dataset(
@@ -301,9 +357,19 @@ DATASETS: dict[str, Dataset] = {
       _require_root(config), "train", skip_bad=_skip(config)
     ),
     occlusion_flags=True,
+    prepared=Prepared(
+      "msm_cofw",
+      eval_splits=lambda config, splits: {"test": "test"},
+      train_split=lambda config: "train",
+    ),
   ),
   # The paper's COFW protocol (Table V, VIII): the 507 test faces with 68 points; test only.
-  "cofw68": Dataset(eval_sources=_cofw68_eval, occlusion_flags=True, paper_tables="cofw"),
+  "cofw68": Dataset(
+    eval_sources=_cofw68_eval,
+    occlusion_flags=True,
+    paper_tables="cofw",
+    prepared=Prepared("msm_cofw68", eval_splits=lambda config, splits: {"test": "test"}),
+  ),
   # Menpo 2D semi-frontal faces (68 points; the paper's shape dictionary source).
   "menpo": Dataset(
     eval_sources=lambda config, splits: {
@@ -312,6 +378,11 @@ DATASETS: dict[str, Dataset] = {
       )
     },
     train_records=lambda config: w300.read_menpo(_require_root(config), skip_bad=_skip(config)),
+    prepared=Prepared(
+      "msm_menpo",
+      eval_splits=lambda config, splits: {"menpo": "train"},
+      train_split=lambda config: "train",
+    ),
   ),
   "folder": Dataset(
     eval_sources=_folder_eval,
@@ -347,4 +418,111 @@ def training_shapes(config, source, limit: int | None = None) -> np.ndarray:
   if isinstance(source, SyntheticSource):
     # Rendering is the only way to a synthetic face's landmarks (~3 ms a face).
     return np.stack([source[index]["landmarks"] for index in range(count)])
+  if isinstance(source, PreparedSource):  # stored in crop pixels, with the way back
+    return source.image_landmarks(count)
   return np.stack([record.landmarks for record in source.records[:count]])
+
+
+# --- where the faces of a real dataset are read: config.data.source ----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceKind:
+  """training(config, dataset) -> (train source, validation source or None);
+  evaluation(config, dataset, subset names) -> {subset name: source}."""
+
+  training: Callable
+  evaluation: Callable
+
+
+class _NamedFace(NamedTuple):
+  """A stored face as the validation split sees it (`split_validation` groups by `source`)."""
+
+  index: int
+  source: str
+
+
+def prepared_name(config, dataset: Dataset) -> str:
+  """The "builder/config" a config reads of a dataset's prepared crops."""
+  if dataset.prepared is None:
+    named = next(name for name, entry in DATASETS.items() if entry is dataset)
+    prepared = ", ".join(name for name, entry in DATASETS.items() if entry.prepared)
+    raise ValueError(
+      f"config data.source='tfds': dataset {named!r} has no prepared form; prepared datasets: "
+      f"{prepared} (or data.source='folder')"
+    )
+  box_source = dataset.prepared.box_source(config)
+  return f"{dataset.prepared.builder}/{reading.config_name(config.data.crop_size, box_source)}"
+
+
+def check_prepared(config, dataset: Dataset, root_field: str = "root") -> tuple:
+  """("builder/config", its data folder, its `tfds.core.DatasetInfo`) after checking that it
+  is built there (NotPreparedError says the build command) and serves the config's crops and
+  augmentation (ValueError naming the field)."""
+  name = prepared_name(config, dataset)
+  directory = reading.data_dir(config.data.get("tfds_data_dir", ""))
+  manual_dir = config.data.get(root_field, "") or "<the official release folder>"
+  info = reading.prepared_info(name, directory, manual_dir)
+  reading.check_serves(info, name, crops.config_spec(config), dataset.prepared.box_source(config))
+  return name, directory, info
+
+
+def split_prepared(config, source: PreparedSource) -> tuple:
+  """(train, validation or None) of a prepared training split, carved as `split_records` carves
+  the folder's faces: by stored image name (the image path relative to the release folder)."""
+  list_path = config.data.get("validation_list", "")
+  fraction = float(config.data.validation_fraction)
+  if not list_path and fraction == 0.0:  # nothing to carve: no need to read every name
+    return source, None
+  faces = [_NamedFace(index, name) for index, name in enumerate(source.names())]
+  if list_path:
+    names = read_validation_list(list_path)
+    train, validation = split_validation_by_list(faces, names, os.curdir, list_path)
+  else:
+    train, validation = split_validation(faces, fraction, config.seed)
+  if not validation:
+    return source, None
+  indices = [[face.index for face in part] for part in (train, validation)]
+  return source.subset(indices[0]), source.subset(indices[1])
+
+
+def _prepared_training(config, dataset: Dataset):
+  name, directory, info = check_prepared(config, dataset)
+  if dataset.prepared.train_split is None:
+    raise ValueError(f"config data.dataset={config.data.dataset!r} is not a training set")
+  split = dataset.prepared.train_split(config)
+  if split not in info.splits:
+    raise ValueError(
+      f"config data.dataset={config.data.dataset!r}: {name} has no training split {split!r} "
+      f"(prepared: {', '.join(info.splits)})"
+    )
+  return split_prepared(config, PreparedSource(name, split, directory))
+
+
+def _prepared_evaluation(config, dataset: Dataset, splits) -> dict:
+  root_field = "eval_root" if config.data.get("eval_root", "") else "root"
+  name, directory, info = check_prepared(config, dataset, root_field)
+  sources = {}
+  for subset, split in dataset.prepared.eval_splits(config, splits).items():
+    if split in info.splits:
+      sources[subset] = PreparedSource(name, split, directory)
+    else:
+      warnings.warn(f"{name}: split {split!r} was not prepared; left out of the evaluation")
+  return sources
+
+
+DATA_SOURCES: dict[str, SourceKind] = {
+  "folder": SourceKind(
+    training=_folder_training,
+    evaluation=lambda config, dataset, splits: dataset.eval_sources(config, splits),
+  ),
+  "tfds": SourceKind(training=_prepared_training, evaluation=_prepared_evaluation),
+}
+
+
+def source_kind(config) -> SourceKind:
+  """The entry of `DATA_SOURCES` that `config.data.source` names."""
+  name = config.data.get("source", "folder")
+  if name not in DATA_SOURCES:
+    raise ValueError(f"config data.source={name!r}: expected one of {', '.join(DATA_SOURCES)}")
+  return DATA_SOURCES[name]

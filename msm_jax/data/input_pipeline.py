@@ -1,6 +1,7 @@
 """The Grain input pipeline: what each training stage and the evaluation consume (Sec. IV-C).
 
-    source (random access: dataset records, or synthetic faces rendered on demand)
+    source (random access: dataset records, prepared face crops, or synthetic faces
+            rendered on demand)
       -> seeded shuffle, reshuffled every epoch -> shard (one slice per host) -> repeat
       -> per-example transform with its own RNG (Grain ``random_map``: seeded by
          the pipeline seed and the example's position, so every epoch differs and
@@ -52,6 +53,7 @@ from msm_jax.core.landmarks import get_scheme
 from msm_jax.data import augment, stgan_pairs, synthetic
 from msm_jax.data.images import ImageReadError, record_image
 from msm_jax.data.records import box_from_landmarks
+from msm_jax.data.tfds import reading
 
 _logger = logging.getLogger(__name__)
 
@@ -156,6 +158,74 @@ class SyntheticSource:
       face["occluded"],
       face["box"],
     )
+
+
+class PreparedSource:
+  """Random access to one split of a prepared dataset (``msm_jax/data/tfds``), read through
+  ``tfds.data_source``: no photo is decoded, only the stored face crop.
+
+  ``source[k]`` is :class:`RecordSource`'s example in the stored crop's pixels (image,
+  landmarks, box; ``name`` the stored image name); the transforms draw from it the crops they
+  would draw from the photo (``msm_jax/data/tfds/crops.py``). The split is opened on first use
+  in each process: Grain's worker processes unpickle the source unopened.
+
+  Args:
+    name: "builder/config", e.g. "msm_300w/crop256".
+    split: the TFDS split.
+    data_dir: the folder the dataset was built into.
+    indices: the split's faces this source holds, in order (None: all).
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str, indices=None):
+    self._name, self._split, self._data_dir = name, split, data_dir
+    self._indices = None if indices is None else np.asarray(indices, np.int64)
+    self._faces = None
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_faces": None}
+
+  def _opened(self):
+    if self._faces is None:
+      self._faces = reading.open_split(self._name, self._split, self._data_dir)
+    return self._faces
+
+  def __len__(self) -> int:
+    return len(self._opened()) if self._indices is None else len(self._indices)
+
+  def _position(self, index: int) -> int:
+    if not 0 <= index < len(self):
+      raise IndexError(f"PreparedSource index {index} outside [0, {len(self)})")
+    return int(index) if self._indices is None else int(self._indices[index])
+
+  def stored(self, index: int) -> dict:
+    """Face ``index`` as stored: the image still encoded, ``crop_to_image`` included."""
+    return self._opened()[self._position(index)]
+
+  def __getitem__(self, index: int) -> dict:
+    face = self.stored(index)
+    name = face["name"].decode()
+    where = f"{self._name} {self._split}[{self._position(index)}] ({name})"
+    image = reading.decode_image(face["image"], where)
+    return _example(index, name, image, face["landmarks"], face["occluded"], face["box"])
+
+  def subset(self, indices) -> PreparedSource:
+    """The faces ``indices`` of this source, in that order."""
+    positions = [self._position(int(index)) for index in indices]
+    return PreparedSource(self._name, self._split, self._data_dir, positions)
+
+  def names(self) -> list[str]:
+    """Every face's stored image name, in source order (decodes no image)."""
+    return [self.stored(index)["name"].decode() for index in range(len(self))]
+
+  def image_landmarks(self, count: int | None = None) -> np.ndarray:
+    """[N, L, 2] float32 landmarks of the first ``count`` faces in their photos' pixels."""
+    faces = [self.stored(index) for index in range(len(self) if count is None else count)]
+    return np.stack(
+      [
+        geometry.apply_affine(face["landmarks"].astype(np.float64), face["crop_to_image"])
+        for face in faces
+      ]
+    ).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Callable
 from msm_jax import models
 from msm_jax.core import landmarks
 from msm_jax.data import augment, datasets
+from msm_jax.data.tfds import reading
 from msm_jax.inference import pretrained
 from msm_jax.models import layers
 from msm_jax.train import losses, stages
@@ -70,6 +71,7 @@ def _registered(config) -> None:
     lambda: landmarks.get_scheme(config.data.scheme),
     lambda: datasets.dataset_of(config.data.dataset),
     lambda: datasets.evaluation_dataset(config),
+    lambda: datasets.source_kind(config),
     lambda: losses.heatmap_loss(config.hourglass.loss),
     lambda: models.architecture_name(config, "hourglass"),
     lambda: models.architecture_name(config, "resnet"),
@@ -109,10 +111,14 @@ def _in_range(config, chosen: tuple) -> None:
     )
 
 
+def _reads_prepared(config) -> bool:
+  return config.data.get("source", "folder") == "tfds"
+
+
 def _paths(config) -> None:
   """The data folders a real dataset reads, and the validation list, exist."""
   if datasets.dataset_of(config.data.dataset).train_records is not None:
-    if not os.path.isdir(config.data.root):
+    if not _reads_prepared(config) and not os.path.isdir(config.data.root):
       raise ConfigError(
         f"config data.root={config.data.root!r}: no such folder (the {config.data.dataset} "
         "data; see docs/datasets.md for the layout)"
@@ -120,6 +126,28 @@ def _paths(config) -> None:
   validation_list = config.data.get("validation_list", "")
   if validation_list and not os.path.isfile(validation_list):
     raise ConfigError(f"config data.validation_list={validation_list!r}: no such file")
+
+
+def _prepared(config) -> None:
+  """With data.source = "tfds": the prepared datasets that training and the evaluation after
+  it read are built in data.tfds_data_dir and serve the config's crops and augmentation."""
+  if not _reads_prepared(config):
+    return
+  directory = config.data.get("tfds_data_dir", "")
+  if not isinstance(directory, str):
+    raise ConfigError(f"config data.tfds_data_dir={directory!r}: expected a folder ('': TFDS's)")
+  read = [(datasets.dataset_of(config.data.dataset), "root")]
+  evaluated = datasets.evaluation_dataset(config)
+  # An evaluated dataset without a prepared form ("folder") is read from its folder.
+  if config.evaluate_after_training and evaluated.prepared and evaluated is not read[0][0]:
+    read.append((evaluated, "eval_root" if config.data.get("eval_root", "") else "root"))
+  for dataset, root_field in read:
+    try:
+      datasets.check_prepared(config, dataset, root_field)
+    except reading.NotPreparedError as error:
+      raise ConfigError(f"config data.source='tfds': {error}") from None
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
 
 
 def check_config(config) -> tuple[str, ...]:
@@ -132,4 +160,5 @@ def check_config(config) -> tuple[str, ...]:
   _registered(config)
   _in_range(config, chosen)
   _paths(config)
+  _prepared(config)
   return chosen

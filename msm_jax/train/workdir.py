@@ -62,6 +62,7 @@ RESUME_SAFE_FIELDS = (
   "data.eval_dataset",
   "data.eval_root",
   "data.eval_splits",
+  "data.tfds_data_dir",  # where the prepared crops are, not what they hold
 )
 
 
