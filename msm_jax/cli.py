@@ -54,6 +54,9 @@ def interrupts_remembered():
   one) or a finaliser cannot propagate: Python reports it as "Exception ignored" with a
   traceback, which is left out here since the loops stop on the count. Main thread only
   (where Python runs signal handlers)."""
+  if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+    yield  # that shell's Ctrl-C is not meant for this process
+    return
   previous = signal.signal(signal.SIGINT, _on_interrupt)
   previous_hook = sys.unraisablehook
 

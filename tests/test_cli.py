@@ -259,3 +259,17 @@ def test_a_ctrl_c_inside_a_gc_callback_is_remembered_and_not_reported(monkeypatc
   finally:
     signal.signal(signal.SIGINT, previous)
   assert reported == [ValueError, KeyboardInterrupt] and not cli.interrupt_requested()
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+  """A process a shell started in the background inherits SIGINT ignored, so that Ctrl-C in
+  that shell leaves it running; `interrupts_remembered` keeps it so."""
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with cli.interrupts_remembered():
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      signal.raise_signal(signal.SIGINT)
+      assert not cli.interrupt_requested()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, previous)
