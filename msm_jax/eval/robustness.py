@@ -264,8 +264,7 @@ def flag_sweep(scores, thresholds, occluded, scales=FLAG_SCALES) -> dict:
   thresholds: [L], the package's K per landmark (``reliable`` is ``scores > K``).
   """
   return {
-    f"{scale:g}": list(precision_recall(scores <= scale * thresholds, occluded))
-    for scale in scales
+    f"{scale:g}": list(precision_recall(scores <= scale * thresholds, occluded)) for scale in scales
   }
 
 
