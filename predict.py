@@ -1,8 +1,10 @@
-"""68 face landmarks for photos with the shipped pretrained MSM (Algorithm 2).
+"""68 face landmarks for photos and videos with the shipped pretrained MSM (Algorithm 2).
 
   python predict.py face.jpg
   python predict.py photos/ more.png --out predictions/ --batch-size 8
   python predict.py group.jpg --boxes boxes.json --model pretrained/
+  python predict.py clip.mp4 [--overlay-video clip_overlay.mp4] [--jsonl -]
+  python predict.py --camera 0 --jsonl - --max-frames 300
 
 Folders are walked for image files (.jpg .jpeg .png .bmp .tif .tiff .webp), leaving out this
 program's own overlays (*_overlay.png). Faces are found by the package's detectors in order
@@ -27,6 +29,25 @@ disk fails that image with the file named and leaves its older outputs as they w
 stops with one line and exit status 130, the outputs written so far complete. A file that
 cannot be read, or with no face found, is reported and skipped; the exit status is 1 if any
 file failed (or no image was given), 2 for a bad boxes.json or a missing model.
+
+Videos (one file, whatever OpenCV's bundled FFmpeg decodes: .mp4 .mov .avi .mkv .webm ...,
+or --camera N) go through the tracker (msm_jax/inference/tracking.py): the detector finds the
+faces on the first frame, then each frame's crops come from the previous frame's landmarks,
+and the detector runs again only when a face is lost (its Eq. 9 confidence falls) or every
+--detect-every frames. One JSON line per frame goes to --jsonl (default <out>/<stem>.jsonl; "-"
+for the standard output), flushed as it is written:
+
+  {"frame": 0, "time": 0.0, "faces": [{"id": 0, "box": [x0, y0, x1, y1],
+   "landmarks": [[x, y], ...], "scores": [...], "reliable": [...], "confidence": 0.93,
+   "detected": true, "refined": false}]}
+
+(docs/video.md has every field.) --overlay-video draws them on the frames (.mp4, .mov, .m4v,
+.avi or .mkv). A progress bar shows the frames per second. Ctrl-C stops with one line and
+exit status 130: the JSON lines of the frames done are whole, the overlay video holds them.
+A video or camera that cannot be opened is one line and exit status 1.
+
+The traced and compiled pipeline is kept in the user's cache folder (~/.cache/msm-jax/jax,
+or under $XDG_CACHE_HOME, or $MSM_JAX_CACHE_DIR), so a second run starts without compiling.
 """
 
 import argparse
@@ -48,12 +69,44 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+  parser.add_argument(
+    "paths", nargs="*", metavar="PATH", help="image files or folders, or one video file"
+  )
   parser.add_argument("--boxes", help="boxes.json (format above); default: the face detectors")
   parser.add_argument("--out", default="predictions", help="output folder")
   parser.add_argument("--batch-size", type=int, default=8, help="faces per model call")
   parser.add_argument("--model", default=DEFAULT_MODEL, help="pretrained package folder")
+  parser.add_argument(
+    "--compute",
+    choices=("full", "adaptive"),
+    help="full: the package's pipeline for every face; adaptive: the flip and re-crop pass "
+    "only where the first pass is unsure (default: full for photos, adaptive for videos)",
+  )
+  parser.add_argument(
+    "--thresholds",
+    help="tracking_thresholds.json for another package (python -m benchmarks.bench_video "
+    "--fit-thresholds); default: the shipped package's",
+  )
+  video = parser.add_argument_group("videos")
+  video.add_argument("--camera", type=int, metavar="N", help="read camera N instead of a file")
+  video.add_argument("--jsonl", help='the JSON lines ("-": standard output)')
+  video.add_argument("--overlay-video", metavar="PATH", help="the frames with the landmarks")
+  video.add_argument(
+    "--detect-every",
+    type=int,
+    metavar="N",
+    help=f"run the detector every N frames to find new faces (0: only when a face is lost; "
+    f"default {VIDEO_DETECT_EVERY})",
+  )
+  video.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+  video.add_argument(
+    "--no-smoothing", action="store_true", help="the landmarks as the pipeline gives them"
+  )
   return parser.parse_args(argv)
+
+
+VIDEO_DETECT_EVERY = 30
+VIDEO_ONLY_FLAGS = ("jsonl", "overlay_video", "detect_every", "max_frames", "no_smoothing")
 
 
 def collect_images(
@@ -182,6 +235,18 @@ class Tally:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from msm_jax.inference import video
+
+  if args.camera is not None or any(video.is_video(path) for path in args.paths):
+    return predict_video(args)
+  given = [name for name in VIDEO_ONLY_FLAGS if getattr(args, name) not in (None, False)]
+  if given:
+    flag = "--" + given[0].replace("_", "-")
+    print(f"error: {flag} is for videos (a video file or --camera N)", file=sys.stderr)
+    return 2
+  if not args.paths:
+    print("error: give image files or folders, a video file, or --camera N", file=sys.stderr)
+    return 2
   tally = Tally()
   try:
     return predict(args, tally)
@@ -197,6 +262,44 @@ def main(argv=None) -> int:
     return 130
 
 
+def load_model(directory: str):
+  """The package (JAX's compilations cached in the user's cache folder first), or None after
+  one error line."""
+  from msm_jax.inference import pipeline, pretrained
+
+  pipeline.use_compilation_cache()
+  try:
+    return pretrained.load_pretrained(directory)
+  except FileNotFoundError as error:
+    print(
+      f"error: no pretrained model in {directory} ({error}). Pass --model DIR, or make one "
+      "from a training run: python -m msm_jax.train.packaging "
+      "--config configs/300w_subset.py "
+      f"--workdir runs/300w_subset --out pretrained/",
+      file=sys.stderr,
+    )
+  except UnicodeDecodeError as error:  # the package's one text file
+    config_path = os.path.join(directory, pretrained.CONFIG_FILE)
+    print(f"error: {config_path}: not UTF-8 text ({error})", file=sys.stderr)
+  except (OSError, ValueError) as error:  # these name their file
+    print(f"error: cannot load the model in {directory}: {error}", file=sys.stderr)
+  return None
+
+
+def read_thresholds(path: str | None):
+  """The tracking thresholds of --thresholds (default: the shipped package's), or None after
+  one error line."""
+  from msm_jax.inference import tracking
+
+  if path is None:
+    return tracking.SHIPPED_THRESHOLDS
+  try:
+    return tracking.TrackingThresholds.load(path)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return None
+
+
 def predict(args, tally: Tally) -> int:
   if args.batch_size < 1:
     print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
@@ -209,25 +312,11 @@ def predict(args, tally: Tally) -> int:
 
   from tqdm import tqdm
 
-  from msm_jax.inference import prediction, pretrained
+  from msm_jax.inference import prediction
 
-  try:
-    model = pretrained.load_pretrained(args.model)
-  except FileNotFoundError as error:
-    print(
-      f"error: no pretrained model in {args.model} ({error}). Pass --model DIR, or make one "
-      "from a training run: python -m msm_jax.train.packaging "
-      "--config configs/300w_subset.py "
-      f"--workdir runs/300w_subset --out pretrained/",
-      file=sys.stderr,
-    )
-    return 2
-  except UnicodeDecodeError as error:  # the package's one text file
-    config_path = os.path.join(args.model, pretrained.CONFIG_FILE)
-    print(f"error: {config_path}: not UTF-8 text ({error})", file=sys.stderr)
-    return 2
-  except (OSError, ValueError) as error:  # these name their file
-    print(f"error: cannot load the model in {args.model}: {error}", file=sys.stderr)
+  thresholds = read_thresholds(args.thresholds)
+  model = load_model(args.model)
+  if model is None or thresholds is None:
     return 2
 
   files_found, failures, protected = collect_images(
@@ -267,6 +356,8 @@ def predict(args, tally: Tally) -> int:
         boxes=None if table is None else [boxes for _, boxes in chunk],
         batch_size=args.batch_size,
         errors="collect",
+        compute=args.compute or "full",
+        refine_below=thresholds.refine_below_detected,
       )
       for (path, _), result in zip(chunk, results):
         try:
@@ -296,6 +387,168 @@ def predict(args, tally: Tally) -> int:
   for _, message in failures:
     print(f"  failed: {message}")
   return 1 if failures else 0
+
+
+def check_video_args(args) -> str | None:
+  """Why the flags cannot make a video run (one line), or None."""
+  from msm_jax.inference import video
+
+  sources = len(args.paths) + (args.camera is not None)
+  if sources != 1:
+    return "a video run reads one video file or --camera N, nothing else"
+  if args.boxes is not None:
+    return "--boxes is for photos; a video's faces are found by the detector"
+  for flag, value, least in (
+    ("--detect-every", args.detect_every, 0),
+    ("--max-frames", args.max_frames, 1),
+    ("--camera", args.camera, 0),
+  ):
+    if value is not None and value < least:
+      return f"{flag} must be >= {least}, got {value}"
+  if args.overlay_video is not None:
+    try:
+      video.check_writable_video(args.overlay_video)
+    except video.VideoError as error:
+      return str(error)
+  return None
+
+
+def video_outputs(args) -> tuple[str, str | None]:
+  """(the JSON lines' path or "-", the overlay video's path or None)."""
+  if args.jsonl is not None:
+    return args.jsonl, args.overlay_video
+  stem = f"camera{args.camera}" if args.camera is not None else output_stem(args.paths[0], set())
+  return os.path.join(args.out, stem + ".jsonl"), args.overlay_video
+
+
+def predict_video(args) -> int:
+  """The video run (module docstring): 0, 1 for a video that cannot be read or an output that
+  cannot be written, 2 for bad flags or a missing model, 130 on Ctrl-C."""
+  problem = check_video_args(args)
+  if problem:
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+  thresholds = read_thresholds(args.thresholds)
+  if thresholds is None:
+    return 2
+  from msm_jax import cli
+  from msm_jax.inference import smoothing, tracking, video
+
+  jsonl_path, overlay_path = video_outputs(args)
+  source_name = f"camera {args.camera}" if args.camera is not None else args.paths[0]
+  outputs = [path for path in (jsonl_path, overlay_path) if path not in (None, "-")]
+  if args.camera is None and any(
+    os.path.realpath(path) == os.path.realpath(args.paths[0]) for path in outputs
+  ):
+    print(f"error: {args.paths[0]}: an output would overwrite the video", file=sys.stderr)
+    return 2
+  model = load_model(args.model)
+  if model is None:
+    return 2
+  try:
+    source = (
+      video.open_camera(args.camera) if args.camera is not None else video.open_video(args.paths[0])
+    )
+  except video.VideoError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+  options = tracking.TrackerOptions(
+    detect_every=VIDEO_DETECT_EVERY if args.detect_every is None else args.detect_every,
+    smoothing=None if args.no_smoothing else smoothing.OneEuroParameters(),
+    compute=args.compute or "adaptive",
+    frame_rate=source.frame_rate or 30.0,
+  )
+  tracker = tracking.Tracker(model, options, thresholds)
+  with source, cli.interrupts_remembered():
+    try:
+      for path in outputs:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      tracker.warm_up()  # one compilation (or a load from the cache) before the first frame
+      return track_frames(args, source, tracker, jsonl_path, overlay_path)
+    except KeyboardInterrupt:
+      print(
+        f"interrupted before the first frame of {source_name}; nothing written", file=sys.stderr
+      )
+      return 130
+    except OSError as error:
+      print(f"error: {error}", file=sys.stderr)
+      return 1
+
+
+def track_frames(args, source, tracker, jsonl_path: str, overlay_path: str | None) -> int:
+  """Frames -> tracker -> JSON lines (+ overlay frames), with the progress bar; the outputs
+  are finished on Ctrl-C and on a failed write too (the frames done so far)."""
+  import contextlib
+
+  from tqdm import tqdm
+
+  from msm_jax import cli
+  from msm_jax.inference import tracking, video
+
+  summary = sys.stderr if jsonl_path == "-" else sys.stdout
+  frames_with_faces, ids = 0, set()
+  with contextlib.ExitStack() as stack:
+    lines = stack.enter_context(video.JsonLines(jsonl_path))
+    writer = None
+    progress = stack.enter_context(
+      tqdm(total=args.max_frames or source.frame_count, unit="frame", file=sys.stderr)
+    )
+    status = 0
+    try:
+      for frame in source:
+        if cli.interrupt_requested():
+          raise KeyboardInterrupt
+        faces = tracker.update(frame.image, frame.time)
+        lines.write(tracking.frame_to_json(frame.index, frame.time, faces))
+        if overlay_path is not None:
+          if writer is None:
+            height, width = frame.image.shape[:2]
+            rate = source.frame_rate or tracker.options.frame_rate
+            writer = stack.enter_context(video.OverlayWriter(overlay_path, rate, (width, height)))
+          writer.write(video.draw_faces(frame.image, faces))
+        frames_with_faces += bool(faces)
+        ids.update(face.track_id for face in faces)
+        progress.update(1)
+        if args.max_frames is not None and lines.lines >= args.max_frames:
+          break
+    except KeyboardInterrupt:
+      status = 130
+    except (OSError, video.VideoError) as error:
+      progress.write(f"error: {error}", file=sys.stderr)
+      status = 1
+    overlay = ""
+    if writer is not None:
+      try:
+        writer.commit()
+        overlay = f", their overlay in {overlay_path}"
+      except video.VideoError as error:
+        progress.write(f"error: {error}", file=sys.stderr)
+        status = status or 1
+  where = "the standard output" if jsonl_path == "-" else jsonl_path
+  if status == 130:
+    print(
+      f"interrupted: {lines.lines} frames done; {where} holds their lines{overlay}", file=sys.stderr
+    )
+    return status
+  statistics = tracker.statistics
+  print(
+    f"{lines.lines} frame(s) of {source.name}, {frames_with_faces} with faces, "
+    f"{len(ids)} face id(s); the detector ran {statistics.detector_runs} time(s); lines in "
+    f"{where}{overlay}",
+    file=summary,
+  )
+  if (
+    status == 0
+    and args.max_frames is None
+    and source.frame_count is not None
+    and source.frames_read < source.frame_count
+  ):
+    print(
+      f"warning: {source.name}: {source.frames_read} of the {source.frame_count} frames its "
+      "header announces could be decoded",
+      file=sys.stderr,
+    )
+  return status
 
 
 if __name__ == "__main__":

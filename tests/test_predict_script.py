@@ -224,3 +224,168 @@ def test_a_second_run_never_reads_the_output_folder(shipped, run, tmp_path, monk
     "b_overlay.png",
     "stray.png",
   ]
+
+
+# Videos: the tiny random model's landmarks are nowhere near the face, so its confidence is
+# tiny and every tracked face is lost again; lost_below = 0 keeps the detector's faces, and
+# the run exercises detection, JSON lines, the overlay and the progress bar on every frame.
+ACCEPT_EVERY_FACE = {"lost_below": 0.0, "refine_below": 0.0, "refine_below_detected": 0.0}
+
+
+def _clip(path, face_frames: int = 4, blank_frames: int = 2, rate: float = 20.0):
+  """A lossless clip: the rendered face (the detectors find it), moving 2 px a frame, then
+  black frames."""
+  import cv2
+
+  face = tiny_models.detectable_face("haarcascade_frontalface_default.xml")["image"]
+  height, width = face.shape[:2]
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), rate, (width, height))
+  for index in range(face_frames):
+    writer.write(np.ascontiguousarray(np.roll(face, 2 * index, axis=1)[..., ::-1]))
+  for _ in range(blank_frames):
+    writer.write(np.zeros_like(face))
+  writer.release()
+  return str(path)
+
+
+def _thresholds(tmp_path):
+  path = tmp_path / "thresholds.json"
+  path.write_text(json.dumps(ACCEPT_EVERY_FACE))
+  return str(path)
+
+
+def _frame_count(path) -> int:
+  from msm_jax.inference import video
+
+  with video.open_video(str(path)) as source:
+    return sum(1 for _ in source)
+
+
+def test_a_video_gives_one_json_line_per_frame_and_its_overlay(shipped, run, tmp_path):
+  clip = _clip(tmp_path / "clip.mkv")
+  out = tmp_path / "out"
+  overlay = out / "clip_overlay.mp4"
+  result = run(
+    clip, "--out", str(out), "--overlay-video", str(overlay), "--thresholds", _thresholds(tmp_path)
+  )
+  assert result.status == 0, result.err
+  lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+  assert [line["frame"] for line in lines] == list(range(6))
+  np.testing.assert_allclose([line["time"] for line in lines], np.arange(6) / 20.0, atol=1e-3)
+  for line in lines[:4]:
+    [face] = line["faces"]
+    assert isinstance(face["id"], int) and len(face["box"]) == 4
+    assert len(face["landmarks"]) == 68 and len(face["scores"]) == 68
+    assert len(face["reliable"]) == 68 and face["detected"] is True
+  assert [line["faces"] for line in lines[4:]] == [[], []]
+  assert _frame_count(overlay) == 6 and sorted(os.listdir(out)) == [
+    "clip.jsonl",
+    "clip_overlay.mp4",
+  ]
+  assert "frame/s" in result.err  # the progress bar's rate
+  assert "6 frame(s) of" in result.out and "4 with faces" in result.out
+
+
+def test_video_lines_to_the_standard_output(shipped, predict_cli, tmp_path, capfd):
+  clip = _clip(tmp_path / "clip.mkv", face_frames=1, blank_frames=1)
+  status = predict_cli.main([clip, "--jsonl", "-", "--thresholds", _thresholds(tmp_path)])
+  captured = capfd.readouterr()
+  assert status == 0, captured.err
+  assert [json.loads(line)["frame"] for line in captured.out.splitlines()] == [0, 1]
+  assert "2 frame(s)" in captured.err  # the summary leaves the standard output to the lines
+
+
+@pytest.mark.parametrize(
+  "argv, status, message",
+  [
+    (["{tmp}/missing.mp4"], 1, "{tmp}/missing.mp4: no such file"),
+    (["{tmp}/notes.mp4"], 1, "{tmp}/notes.mp4: cannot read it as a video"),
+    (["--camera", "99"], 1, "camera 99: cannot open it"),
+    (["{clip}", "--detect-every", "-1"], 2, "--detect-every must be >= 0"),
+    (["{clip}", "--overlay-video", "{tmp}/o.gif"], 2, "cannot write a .gif video"),
+    (["{clip}", "{clip}"], 2, "one video file or --camera N"),
+    (["{clip}", "--boxes", "{tmp}/b.json"], 2, "--boxes is for photos"),
+    (["{clip}", "--jsonl", "{clip}"], 2, "an output would overwrite the video"),
+    (["{tmp}/a.png", "--overlay-video", "{tmp}/o.mp4"], 2, "--overlay-video is for videos"),
+    (["{clip}", "--thresholds", "{tmp}/notes.mp4"], 2, "notes.mp4: cannot read thresholds"),
+  ],
+)
+def test_video_errors_are_one_line(shipped, run, tmp_path, argv, status, message):
+  (tmp_path / "notes.mp4").write_text("not a video")
+  _photos(tmp_path, ["a.png"])
+  clip = str(tmp_path / "clip.mkv")
+  fill = lambda text: text.format(tmp=tmp_path, clip=clip)
+  if any("clip" in arg for arg in argv):
+    _clip(clip, face_frames=1, blank_frames=0)
+  result = run(*(fill(arg) for arg in argv))
+  assert result.status == status, result.err
+  [line] = result.err.strip().splitlines()
+  assert line.startswith("error: ") and fill(message) in line, line
+
+
+def test_ctrl_c_during_a_video_keeps_the_frames_done_whole(shipped, run, tmp_path, monkeypatch):
+  from msm_jax.inference import tracking
+
+  clip = _clip(tmp_path / "clip.mkv", face_frames=4, blank_frames=2)
+  real_update, calls = tracking.Tracker.update, []
+
+  def update(self, frame, time=None):
+    calls.append(time)
+    if len(calls) == 4:
+      raise KeyboardInterrupt
+    return real_update(self, frame, time)
+
+  monkeypatch.setattr(tracking.Tracker, "update", update)
+  out = tmp_path / "out"
+  overlay = out / "overlay.mkv"
+  result = run(
+    clip, "--out", str(out), "--overlay-video", str(overlay), "--thresholds", _thresholds(tmp_path)
+  )
+  monkeypatch.undo()
+  assert result.status == 130 and "Traceback" not in result.err
+  [line] = [line for line in result.err.splitlines() if line.startswith("interrupted")]
+  assert line.startswith("interrupted: 3 frames done") and str(overlay) in line
+  text = (out / "clip.jsonl").read_text()
+  assert [json.loads(line)["frame"] for line in text.splitlines()] == [0, 1, 2]
+  assert _frame_count(overlay) == 3 and sorted(os.listdir(out)) == ["clip.jsonl", "overlay.mkv"]
+
+
+@pytest.fixture(autouse=True)
+def cache_calls(monkeypatch):
+  """predict.py keeps JAX's compilations in the user's cache folder; in this process the call
+  is recorded instead, so the tests leave no files in the home folder (a second process
+  loading them is test_prediction.py's test)."""
+  from msm_jax.inference import pipeline
+
+  calls = []
+  monkeypatch.setattr(pipeline, "use_compilation_cache", lambda folder=None: calls.append(folder))
+  return calls
+
+
+def test_photos_take_the_compute_policy_and_the_thresholds(
+  shipped, run, tmp_path, monkeypatch, cache_calls
+):
+  from msm_jax.inference import prediction, tracking
+
+  _photos(tmp_path / "photos", ["a.png"])
+  seen = []
+  monkeypatch.setattr(
+    prediction,
+    "predict_images",
+    lambda model, paths, **kwargs: (
+      seen.append(kwargs) or [prediction.ImagePrediction(paths[0], (120, 160), [])]
+    ),
+  )
+  thresholds = tmp_path / "thresholds.json"
+  thresholds.write_text(json.dumps({**ACCEPT_EVERY_FACE, "refine_below_detected": 0.42}))
+  photo = str(tmp_path / "photos" / "a.png")
+  out = str(tmp_path / "out")
+  assert run(photo, "--out", out).status == 0
+  assert (
+    run(photo, "--out", out, "--compute", "adaptive", "--thresholds", str(thresholds)).status == 0
+  )
+  assert [(kwargs["compute"], kwargs["refine_below"]) for kwargs in seen] == [
+    ("full", tracking.SHIPPED_THRESHOLDS.refine_below_detected),
+    ("adaptive", 0.42),
+  ]
+  assert cache_calls == [None, None]  # the user's cache folder, before the model is loaded

@@ -451,3 +451,49 @@ def test_a_face_gives_the_same_landmarks_alone_and_in_every_padded_batch():
     np.testing.assert_array_equal(first.reliable, alone.reliable)
     assert np.abs(first.landmarks - alone.landmarks).max() <= 0.02, count
     assert np.abs(first.hourglass_landmarks - alone.hourglass_landmarks).max() <= 0.02, count
+
+
+def test_adaptive_compute_needs_its_threshold(model):
+  # What it computes is checked against the pipeline in test_tracking.py (a model whose
+  # landmarks are known).
+  images, boxes = [np.zeros((40, 40, 3), np.uint8)], [np.array([[5.0, 5.0, 30.0, 30.0]])]
+  with pytest.raises(ValueError, match="needs refine_below"):
+    prediction.predict_images(model, images, boxes=boxes, compute="adaptive")
+  with pytest.raises(ValueError, match="compute must be one of full, adaptive"):
+    prediction.predict_images(model, images, boxes=boxes, compute="quick")
+
+
+CACHE_SCRIPT = """
+import jax, jax.numpy as jnp
+from msm_jax.inference import pipeline
+from msm_jax.kernels import onednn
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # this tiny one too
+folder = pipeline.use_compilation_cache()
+hits = []
+jax.monitoring.register_event_listener(
+  lambda event, **kwargs: hits.append(event) if event.endswith("/cache_hits") else None
+)
+def layer(x, kernel, bias):  # a oneDNN custom call, as the shipped hourglass makes on a CPU
+  if onednn.available():
+    return onednn.conv2d(x, kernel, bias, (1, 1), ((1, 1), (1, 1)), True)
+  return jax.nn.relu(jax.lax.conv(x, kernel, (1, 1), "SAME") + bias)
+x = jnp.ones((1, 8, 8, 4)) if onednn.available() else jnp.ones((1, 4, 8, 8))
+kernel = jnp.ones((3, 3, 4, 4)) if onednn.available() else jnp.ones((4, 4, 3, 3))
+print(len(hits), float(jax.jit(layer)(x, kernel, jnp.ones(4)).sum()), folder)
+"""
+
+
+def test_a_second_process_loads_the_compilation_from_the_users_cache(tmp_path):
+  env = dict(os.environ, MSM_JAX_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=ROOT)
+
+  def run():
+    done = subprocess.run(
+      [sys.executable, "-c", CACHE_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+  first, second = run(), run()
+  assert first[0] == "0" and int(second[0]) >= 1  # compiled, then loaded
+  assert first[1] == second[1]  # the loaded program computes the same
+  assert first[2] == second[2] == str(tmp_path / "cache") and os.listdir(first[2])

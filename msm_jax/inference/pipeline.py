@@ -27,6 +27,18 @@ similarity that maps them onto the dictionary's mean shape, whose pupils are lev
 their tight box x `box_margin` as a square in that upright frame (the training crop's
 convention), and runs the whole pipeline again on that crop. The outputs are the last pass's.
 
+Adaptive compute (`make_adaptive_inference_fn`, not in the paper): one pass without the flip,
+and the flip and the re-crop pass only for the faces whose first pass is unsure, by the
+face's confidence (`face_confidence`: how much of each landmark's heatmap lies in Eq. 9's
+window around its peak). A sure face costs one landmark-network call instead of four (re-crop
+x flip); the tracker (`tracking.py`) runs it on crops made from the previous frame's
+landmarks, photos on the detector's crops. Both branches are one XLA conditional per face, so
+the computation compiles once whatever the faces turn out to need.
+
+Start-up (`use_compilation_cache`, `with_saved_trace`): XLA's compilations go to JAX's
+persistent cache in the user's cache folder, and the traced pipeline beside them as a
+`jax.export` file, so a second process neither traces nor compiles it.
+
 Canonical frame for the shape repair: the dictionary shapes were aligned by their pupils
 (Sec. IV-C). At test time the eyes may be the occluded part, so instead of the predicted
 pupils we fit a similarity from the *reliable* predicted landmarks to the dictionary's mean
@@ -53,13 +65,18 @@ the same landmarks, and with the repair off they are identical.
 """
 
 import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import os
+import re
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msm_jax import models
+from msm_jax import files, models
 from msm_jax.core import geometry, landmarks, sampler, shape_dictionary
 from msm_jax.core import heatmaps as heatmap_lib
 
@@ -167,6 +184,11 @@ class TrainedModel:
   def inference_fn(self, options: PipelineOptions) -> Callable:
     return make_inference_fn(self.generator, self.networks[options.landmark_stage], options)
 
+  def adaptive_inference_fn(self, options: PipelineOptions) -> Callable:
+    return make_adaptive_inference_fn(
+      self.generator, self.networks[options.landmark_stage], options
+    )
+
   def variant(self, name: str) -> "TrainedModel":
     """This model with the networks of variant ``name`` (e.g. "joint") in place."""
     if name not in self.variants:
@@ -238,16 +260,88 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
   return jax.jit(infer_per_face if options.per_face else infer)
 
 
+# What the adaptive pipeline returns of a pass (the canonical crops stay inside: a caller that
+# wants them runs `make_inference_fn`).
+ADAPTIVE_OUTPUTS = (
+  "landmarks",
+  "hourglass_landmarks",
+  "scores",
+  "reliable",
+  "reliability",
+  "confidence",
+  "theta",
+)
+
+
+def make_adaptive_inference_fn(generator, landmark_model, options: PipelineOptions) -> Callable:
+  """Build `infer(variables, images, crop_to_image, refine_below, keep_above) -> dict`, jitted:
+  Algorithm 2 with compute where the scores ask for it (module docstring).
+
+  A first pass, without the flip, on the given crops; for each face whose first-pass
+  confidence is in [keep_above, refine_below), the rest of the pipeline from its landmarks:
+  max(1, recrop_passes) re-crop passes with the flip where ``options.flip_test`` is on. The
+  other faces keep their first pass. refine_below = inf refines every face, -inf none;
+  keep_above lets a caller skip faces it will drop anyway (a tracker's lost faces).
+
+  variables: as for `make_inference_fn`.
+  images: [B, H, W, 3] uint8 or float32 in [0, 1].
+  crop_to_image: [B, 3, 3] crop -> image pixel matrices of the first crops (any similarity:
+    a crop turned by the face's roll, `landmark_crop_to_image`'s, is fine).
+  refine_below, keep_above: float32 scalars; arguments, so that other thresholds compile
+    nothing.
+  Returns: `make_inference_fn`'s outputs named in ADAPTIVE_OUTPUTS (of each face's last
+    pass, landmark offset added; confidence [B] is that pass's `face_confidence`),
+    first_confidence [B] and first_landmarks [B, L, 2] (the first pass's), refined [B] bool.
+  """
+  check_options(options)
+  first_options = dataclasses.replace(options, flip_test=None)
+
+  def rest_of_pipeline(variables, images, outputs):
+    for _ in range(max(1, options.recrop_passes)):
+      crop_to_image = landmark_crop_to_image(outputs["landmarks"], variables["dictionary"], options)
+      outputs, _ = run_pass(generator, landmark_model, options, variables, images, crop_to_image)
+    return outputs
+
+  def infer(variables, images, crop_to_image, refine_below, keep_above):
+    if images.dtype == jnp.uint8:
+      images = images.astype(jnp.float32) / 255.0
+    crop_to_image = crop_to_image.astype(jnp.float32)
+    first, _ = run_pass(generator, landmark_model, first_options, variables, images, crop_to_image)
+    confidence = first["confidence"]
+    unsure = (confidence < refine_below) & (confidence >= keep_above)
+
+    def refined():
+      rest = rest_of_pipeline(variables, images, first)
+      choose = lambda later, earlier: jnp.where(
+        jnp.reshape(unsure, unsure.shape + (1,) * (later.ndim - 1)), later, earlier
+      )
+      return jax.tree.map(choose, rest, first)
+
+    # With one face per call (`per_face`) this is a real branch: a sure face skips the rest.
+    outputs = jax.lax.cond(jnp.any(unsure), refined, lambda: first)
+    outputs = {name: outputs[name] for name in ADAPTIVE_OUTPUTS}
+    outputs = with_landmark_offset(
+      {**outputs, "first_landmarks": first["landmarks"]}, options.landmark_offset
+    )
+    return {**outputs, "first_confidence": confidence, "refined": unsure}
+
+  def infer_per_face(variables, images, crop_to_image, refine_below, keep_above):
+    one = lambda face: jax.tree.map(
+      lambda output: output[0],
+      infer(variables, face[0][None], face[1][None], refine_below, keep_above),
+    )
+    return jax.lax.map(one, (images, crop_to_image))
+
+  return jax.jit(infer_per_face if options.per_face else infer)
+
+
 def with_landmark_offset(outputs: dict, offset) -> dict:
-  """The outputs with ``offset`` (dx, dy) added to both landmark sets (image pixels)."""
+  """The outputs with ``offset`` (dx, dy) added to every landmark set (image pixels)."""
   if not any(offset):
     return outputs
   shift = jnp.asarray(offset, jnp.float32)
-  return {
-    **outputs,
-    "landmarks": outputs["landmarks"] + shift,
-    "hourglass_landmarks": outputs["hourglass_landmarks"] + shift,
-  }
+  moved = ("landmarks", "hourglass_landmarks", "first_landmarks")
+  return {name: value + shift if name in moved else value for name, value in outputs.items()}
 
 
 def check_options(options: PipelineOptions) -> None:
@@ -295,11 +389,13 @@ def run_pass(generator, landmark_model, options: PipelineOptions, variables, ima
     scores = jnp.ones(points.shape[:2], jnp.float32)
     reliable = jnp.ones(points.shape[:2], bool)
     weights = reliable.astype(jnp.float32)
+    confidence = jnp.ones(points.shape[:1], jnp.float32)
   else:
     maps, points = hourglass_points(
       landmark_model, variables[options.landmark_stage], canonical, options, stacks=raw
     )
     scores, reliable, weights = reliability(maps, variables["thresholds"], options)
+    confidence = face_confidence(maps, options.score_radius)
 
   final = points
   if options.use_shape_reconstruction and options.landmark_output == "heatmaps":
@@ -318,6 +414,7 @@ def run_pass(generator, landmark_model, options: PipelineOptions, variables, ima
     "scores": scores,
     "reliable": reliable,
     "reliability": weights,
+    "confidence": confidence,
     "theta": st_theta,
     "canonical_faces": canonical,
     # The hourglass landmarks in the canonical crop and that crop's pixels -> image pixels:
@@ -402,6 +499,21 @@ def reliability(maps, thresholds, options: PipelineOptions):
   return scores, reliable, weights
 
 
+def face_confidence(maps, radius: int) -> jax.Array:
+  """[B] in [0, 1]: the share of each landmark's heatmap [B, h, w, L] that lies in Eq. 9's
+  (2r+1) x (2r+1) window around its peak, averaged over the face's landmarks.
+
+  Eq. 9's scores are normalised by the face's best landmark (Algorithm 2 line 6), which says
+  which landmarks of a face to trust but not whether the crop holds a face at all: on a crop of
+  background every map is flat and the best of them still scores 1. Unnormalised, the share
+  is near 1 for a sharp peak and (2r+1)^2 / (h w) for a flat map."""
+  peaks = heatmap_lib.heatmap_argmax(maps)
+  in_window = heatmap_lib.landmark_scores(maps, peaks, radius) * (2 * radius + 1) ** 2
+  total = jnp.sum(maps, axis=(1, 2))
+  share = in_window / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+  return jnp.mean(jnp.clip(share, 0.0, 1.0), axis=-1)
+
+
 def repair_shapes(points, reliable, dictionary, options: PipelineOptions, weights=None):
   """Sec. III-C in the dictionary's frame: align, reconstruct, align back, then give the
   hourglass its share ``options.hourglass_weight`` of every repaired landmark (a reliable
@@ -428,3 +540,92 @@ def repair_shapes(points, reliable, dictionary, options: PipelineOptions, weight
   repaired = geometry.apply_affine(repaired, geometry.invert_affine(to_canonical))
   share = options.hourglass_weight
   return repaired if share == 0 else share * points + (1 - share) * repaired
+
+
+CACHE_FOLDER_VARIABLE = "MSM_JAX_CACHE_DIR"  # overrides `default_cache_folder`
+
+
+def default_cache_folder() -> str:
+  """$XDG_CACHE_HOME/msm-jax/jax (~/.cache/msm-jax/jax where unset): the user's cache."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "msm-jax", "jax")
+
+
+def use_compilation_cache(folder: str | None = None) -> str | None:
+  """Keep XLA's compilations of this process in ``folder`` (default: $MSM_JAX_CACHE_DIR, else
+  `default_cache_folder`) and load them from there: JAX's persistent compilation cache. The
+  pipeline's weights are arguments, not constants, so an entry serves every package of the
+  same config; the key also holds the jaxlib version and XLA flags, so a stale entry is never
+  used. Returns the folder, or None where it cannot be made (a read-only home): then every
+  process compiles, as without it. Call it before the first compilation."""
+  folder = folder or os.environ.get(CACHE_FOLDER_VARIABLE) or default_cache_folder()
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError:
+    return None
+  if not os.access(folder, os.W_OK):
+    return None
+  jax.config.update("jax_compilation_cache_dir", folder)
+  return folder
+
+
+def compilation_cache_folder() -> str | None:
+  """The persistent compilation cache's folder (`use_compilation_cache`), None when off."""
+  return jax.config.jax_compilation_cache_dir or None
+
+
+@functools.cache
+def _source_digest() -> str:
+  """SHA-256 of msm_jax's Python files: a saved trace is only ever the code that made it."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  digest = hashlib.sha256()
+  for folder, subfolders, names in os.walk(root):
+    subfolders.sort()
+    for name in sorted(names):
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        digest.update(os.path.relpath(path, root).encode())
+        with open(path, "rb") as file:
+          digest.update(file.read())
+  return digest.hexdigest()
+
+
+def with_saved_trace(function: Callable, arguments, key: str, folder: str | None) -> Callable:
+  """``function`` (jitted) for arguments shaped as ``arguments``, traced at most once per
+  machine: its lowered program is kept in ``folder`` (a `jax.export` file; None: not kept,
+  ``function`` is returned) and read back by later processes, which then skip tracing and
+  lowering (seconds for the pipeline) and go straight to the compilation cache.
+
+  ``key`` names what the arguments' shapes do not say (the options, the network's config);
+  the file's name also holds the shapes, the JAX, jaxlib and Flax versions, the backend and
+  msm_jax's source, so a file made by other code is never used. The program's custom calls
+  (the oneDNN kernels) have no compatibility guarantee across versions, which the name makes
+  moot, so `jax.export`'s check for them is off."""
+  if folder is None:
+    return function
+  shapes = jax.tree.map(lambda value: jax.ShapeDtypeStruct(np.shape(value), value.dtype), arguments)
+  versions = [importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax")]
+  name = hashlib.sha256(
+    "|".join([key, repr(shapes), *versions, jax.default_backend(), _source_digest()]).encode()
+  ).hexdigest()
+  path = os.path.join(folder, "msm-jax-traces", f"{name}.jaxexport")
+  try:
+    with open(path, "rb") as file:
+      exported = jax.export.deserialize(bytearray(file.read()))
+  except Exception:  # not there yet, or a file any reader rejects: trace again
+    targets = set(re.findall(r"custom_call @(\w+)", function.lower(*shapes).as_text()))
+    try:
+      exported = jax.export.export(
+        function,
+        platforms=(jax.default_backend(),),
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(t) for t in sorted(targets)],
+      )(*shapes)
+    except Exception:  # a program jax.export cannot hold: the saved trace is only a shortcut
+      return function
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with files.atomic_write(path, "wb") as file:
+        file.write(exported.serialize())
+    except OSError:
+      pass  # a read-only cache: this process traced anyway, later ones will too
+  return jax.jit(exported.call)

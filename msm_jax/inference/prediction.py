@@ -18,17 +18,26 @@ times (a 1000-pixel face to 128) first have their window resized with PIL's anti
 filter: bilinear sampling alone would alias, and the model was trained on crops close to
 their native resolution (300-W faces of ~130 px).
 
+Compute (`COMPUTE_POLICIES`): "full" runs the package's pipeline as configured (the shipped
+one: two passes, each with the flip: four landmark-network calls per face); "adaptive" runs
+one pass without the flip and the flip and re-crop pass only for faces whose first pass is
+unsure (`pipeline.make_adaptive_inference_fn`), below a confidence fitted on validation data
+(`tracking.SHIPPED_THRESHOLDS.refine_below_detected`, or a fit of one's own).
+
 Coordinates: 0-based pixel coordinates of the image *as displayed* (EXIF orientation applied
 to files), integers at pixel centres (msm_jax/__init__.py).
 """
 
 import dataclasses
+import functools
 import math
 import os
+import weakref
 
 import numpy as np
 from PIL import Image
 
+from msm_jax.core import geometry
 from msm_jax.data import images as image_io
 from msm_jax.data import overlays
 from msm_jax.inference import detection, pipeline
@@ -134,6 +143,21 @@ def face_window(image: np.ndarray, square: np.ndarray, crop_size: int):
   return window, in_window.reshape(4), np.linalg.inv(to_window)
 
 
+def crop_window(image: np.ndarray, crop_to_image: np.ndarray, crop_size: int):
+  """`face_window` for a crop given by its crop -> image pixel matrix [3, 3] (a similarity:
+  turned crops too): the window of the upright square with the crop's centre and side, which
+  holds the turned crop (its corners lie side / sqrt(2) from the centre, inside CONTEXT x side).
+
+  Returns (window [n, n, 3] uint8, crop -> window [3, 3], window -> image [3, 3]).
+  """
+  crop_to_image = np.asarray(crop_to_image, np.float64)
+  centre = geometry.apply_affine(np.full((1, 2), crop_size / 2 - 0.5), crop_to_image)[0]
+  side = crop_size * math.sqrt(abs(np.linalg.det(crop_to_image[:2, :2])))
+  square = np.concatenate([centre - side / 2, centre + side / 2])
+  window, _, window_to_image = face_window(image, square, crop_size)
+  return window, np.linalg.inv(window_to_image) @ crop_to_image, window_to_image
+
+
 def _as_image(item, index: int) -> tuple[str, np.ndarray]:
   if isinstance(item, (str, os.PathLike)):
     return os.fspath(item), load_upright(item)
@@ -191,6 +215,19 @@ def check_boxes(boxes, image_hw, source: str, max_side: float | None = None) -> 
   return array
 
 
+def detect_face_boxes(image: np.ndarray, calibrations) -> tuple[np.ndarray, np.ndarray, str | None]:
+  """The detectors of ``calibrations`` tried in order on an [H, W, 3] uint8 image; the first
+  that finds a face gives (landmark-like boxes [N, 4], its raw boxes [N, 4], its name), largest
+  first. Empty arrays and None when none finds a face (or none is installed)."""
+  for calibration in calibrations:
+    if not detection.detector_available(calibration.cascade):
+      continue
+    detected = detection.detect_faces(image, calibration.cascade)
+    if len(detected):
+      return detection.calibrated_face_box(detected, calibration), detected, calibration.cascade
+  return np.zeros((0, 4)), np.zeros((0, 4), np.float32), None
+
+
 def _face_boxes(image, given, calibrations, source):
   """(landmark-like boxes [N, 4], raw detector boxes [N, 4] or None, the detector's name or
   None). Without given boxes the detectors are tried in order; the first that finds a face in
@@ -199,22 +236,71 @@ def _face_boxes(image, given, calibrations, source):
     # The crop square is the box x box_margin (1.25 by default), the window CONTEXT x that.
     largest = MAX_WINDOW_SIDE / (CONTEXT * 1.25)
     return check_boxes(given, image.shape[:2], source, max_side=largest), None, None
-  tried = []
-  for calibration in calibrations:
-    if not detection.detector_available(calibration.cascade):
-      continue
-    tried.append(calibration.cascade)
-    detected = detection.detect_faces(image, calibration.cascade)
-    if len(detected):
-      return detection.calibrated_face_box(detected, calibration), detected, calibration.cascade
-  raise NoFaceFoundError(
-    f"{source}: no face found by {', '.join(tried) or 'any installed detector'} "
-    f"(pass its box: boxes= or --boxes)"
+  boxes, detected, name = detect_face_boxes(image, calibrations)
+  if name is None:
+    tried = [c.cascade for c in calibrations if detection.detector_available(c.cascade)]
+    raise NoFaceFoundError(
+      f"{source}: no face found by {', '.join(tried) or 'any installed detector'} "
+      f"(pass its box: boxes= or --boxes)"
+    )
+  return boxes, detected, name
+
+
+@functools.lru_cache(maxsize=8)
+def adaptive_inference(model):
+  """The package's adaptive pipeline (`pipeline.make_adaptive_inference_fn`), built once per
+  model so that every call reuses its compilations."""
+  return model.model.adaptive_inference_fn(model.options)
+
+
+# model -> {(policy, batch shape): its pipeline with the trace kept beside the compilation cache}
+_SAVED_TRACES = weakref.WeakKeyDictionary()
+
+
+def _run_saved(model, policy: str, function, arguments):
+  """``function(*arguments)``, traced once per machine where the compilation cache is on
+  (`pipeline.with_saved_trace`): a later process skips tracing the pipeline."""
+  folder = pipeline.compilation_cache_folder()
+  if folder is not None:
+    saved = _SAVED_TRACES.setdefault(model, {})
+    key = (policy, arguments[1].shape)
+    if key not in saved:
+      name = repr((policy, model.options, model.model.generator, model.model.networks))
+      saved[key] = pipeline.with_saved_trace(function, arguments, name, folder)
+    function = saved[key]
+  return function(*arguments)
+
+
+def _full_pipeline(model, windows, squares, refine_below):
+  del refine_below  # the full pipeline refines every face
+  arguments = (model.model.variables, windows, squares.astype(np.float32))
+  return _run_saved(model, "full", model.infer, arguments)
+
+
+def _adaptive_pipeline(model, windows, squares, refine_below):
+  crop_to_window = np.linalg.inv(geometry.crop_matrix(squares, model.options.crop_size))
+  arguments = (
+    model.model.variables,
+    windows,
+    crop_to_window.astype(np.float32),
+    np.float32(refine_below),
+    np.float32(-np.inf),
   )
+  return _run_saved(model, "adaptive", adaptive_inference(model), arguments)
+
+
+# name -> fn(model, windows [B, n, n, 3], crop squares in window pixels [B, 4], refine_below)
+COMPUTE_POLICIES = {"full": _full_pipeline, "adaptive": _adaptive_pipeline}
 
 
 def predict_images(
-  model, images_or_paths, boxes=None, batch_size: int = 8, errors: str = "raise"
+  model,
+  images_or_paths,
+  boxes=None,
+  batch_size: int = 8,
+  errors: str = "raise",
+  compute: str = "full",
+  refine_below: float | None = None,
 ) -> list[ImagePrediction]:
   """Landmarks of every face in every image.
 
@@ -226,11 +312,19 @@ def predict_images(
     batch_size: faces per pipeline call at most (a call is padded to a power of two, so that
       a few compilations serve all calls).
     errors: "raise" the first per-image error, or "collect" it in that image's result.
+    compute: a `COMPUTE_POLICIES` name: "full" (the package's pipeline) or "adaptive" (the
+      flip and re-crop pass only where the first pass's confidence is below refine_below).
+    refine_below: the "adaptive" policy's confidence threshold (e.g.
+      `tracking.SHIPPED_THRESHOLDS.refine_below_detected` for the shipped package).
   Returns:
     one ImagePrediction per input, in order.
   """
   if errors not in ("raise", "collect"):
     raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+  if compute not in COMPUTE_POLICIES:
+    raise ValueError(f"compute must be one of {', '.join(COMPUTE_POLICIES)}, got {compute!r}")
+  if compute == "adaptive" and (refine_below is None or math.isnan(refine_below)):
+    raise ValueError("compute='adaptive' needs refine_below (a fitted confidence threshold)")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   items = list(images_or_paths)
@@ -276,7 +370,7 @@ def predict_images(
     batch[: len(chunk), : windows.shape[1], : windows.shape[2]] = windows
     squares = np.tile(np.array([-0.5, -0.5, crop_size - 0.5, crop_size - 0.5]), (padded, 1))
     squares[: len(chunk)] = [face[4] for face in chunk]
-    out = model.infer(model.model.variables, batch, squares.astype(np.float32))
+    out = COMPUTE_POLICIES[compute](model, batch, squares, refine_below)
     landmarks = np.asarray(out["landmarks"], np.float64)
     before_repair = np.asarray(out["hourglass_landmarks"], np.float64)
     thetas = np.asarray(out["theta"], np.float32)
