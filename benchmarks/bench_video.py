@@ -34,7 +34,7 @@ the tracker the most ids the face had within the occluder segment.
 --startup: the time from starting `predict.py clip.mp4 --jsonl -` to its first JSON line,
 with an empty compilation cache, then with it warm (`MSM_JAX_CACHE_DIR` in a temporary folder).
 --photos N: `predict_images` on N validation photos with compute="full" and "adaptive" (their
-detector included): photos/s and NME.
+detector included), and dlib on the same photos: photos/s and NME.
 
 --fit-thresholds FILE fits the tracker's `TrackingThresholds` (`msm_jax/inference/tracking.py`)
 and writes them as JSON (`predict.py --thresholds FILE`, or paste the printed constant):
@@ -535,8 +535,10 @@ def startup_seconds(spec: ClipSpec, model: str, frames: int = 30) -> dict:
 
 
 def photo_compute(model, records, thresholds) -> dict:
-  """`predict_images` on the records' photos, compute "full" and "adaptive": photos/s (of a
-  second pass over them; the first compiles) and NME of the annotated faces found."""
+  """`predict_images` on the records' photos with compute "full" and "adaptive", and dlib
+  (HOG detector with one upsampling, as `bench_predict`, and its 68-point predictor; left out
+  where it is not installed): photos/s (of a second pass over them; the first compiles) and
+  NME of the annotated faces found."""
   from msm_jax.data import images as image_io
   from msm_jax.inference import prediction
 
@@ -544,26 +546,50 @@ def photo_compute(model, records, thresholds) -> dict:
   for record in records:
     truths.setdefault(record.image_path, []).append(np.asarray(record.landmarks, np.float64))
   images = [image_io.load_image(path, apply_exif=False) for path in truths]
+
+  def msm(compute):
+    def landmarks_of(photos):
+      results = prediction.predict_images(
+        model,
+        photos,
+        errors="collect",
+        compute=compute,
+        refine_below=thresholds.refine_below_detected,
+      )
+      return [[face.landmarks for face in result.faces] for result in results]
+
+    return landmarks_of
+
+  methods = {"full": msm("full"), "adaptive": msm("adaptive")}
+  try:
+    import dlib
+
+    from msm_jax.eval import dlib_peer
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(dlib_peer.dlib_predictor_path())
+    methods["dlib"] = lambda photos: [
+      [
+        np.array([[p.x, p.y] for p in predictor(photo, rect).parts()], np.float64)
+        for rect in detector(photo, 1)
+      ]
+      for photo in photos
+    ]
+  except (ImportError, RuntimeError) as error:
+    print(f"photos, dlib: left out ({error})", file=sys.stderr)
   results = {}
-  for compute in ("full", "adaptive"):
-    predict = lambda photos: prediction.predict_images(
-      model,
-      photos,
-      errors="collect",
-      compute=compute,
-      refine_below=thresholds.refine_below_detected,
-    )
-    predict(images)  # untimed: its compilations (one per padded batch size)
+  for name, landmarks_of in methods.items():
+    landmarks_of(images)  # untimed: compilations (one per padded batch size), model loading
     began = time.perf_counter()
-    predicted = predict(images)
+    predicted = landmarks_of(images)
     seconds = time.perf_counter() - began
     nmes = []
-    for faces, result in zip(truths.values(), predicted):
+    for faces, found_faces in zip(truths.values(), predicted):
       for truth in faces:
-        found = match([(face.landmarks, None) for face in result.faces], truth)
+        found = match([(points, None) for points in found_faces], truth)
         if found is not None:
           nmes.append(inter_ocular_nme(found[0], truth))
-    results[compute] = {
+    results[name] = {
       "photos_per_second": round(len(images) / seconds, 2),
       "nme_percent": round(100 * float(np.mean(nmes)), 3),
       "faces_found": len(nmes),
@@ -773,7 +799,7 @@ def main():
     extra["photos"] = photo_compute(
       model, clip_faces[: 4 if args.quick else args.photos], thresholds
     )
-    print(f"\nphotos, compute full vs adaptive: {extra['photos']}")
+    print(f"\nphotos, compute full vs adaptive, and dlib: {extra['photos']}")
   common.write_json(args.json, "bench_video", args, machine, {"rows": results, **extra})
 
 
