@@ -1,7 +1,8 @@
 """Make the shipped-model folder from a training run: the package (config.json, weights.npz),
-its landmark offset fitted on the config's training faces, and the exported pipeline
-(msm_pipeline.jaxexport). The folder is built beside --out and replaces it whole; other files
-already there (a model card) are kept.
+its landmark offset fitted on the config's training faces, its video tracking thresholds
+fitted on clips of its validation faces, and the exported pipeline (msm_pipeline.jaxexport).
+The folder is built beside --out and replaces it whole; other files already there (a model
+card) are kept.
 
   python package.py --config configs/300w_subset.py --workdir runs/300w_subset --out pretrained/
 """
@@ -30,6 +31,11 @@ _KERNEL_DTYPE = flags.DEFINE_enum(
 _OFFSET_FACES = flags.DEFINE_integer(
   "offset_faces", 300, "Training faces the landmark offset is fitted on (0: no offset)."
 )
+_TRACKING_CLIPS = flags.DEFINE_integer(
+  "tracking_clips",
+  8,
+  "Clips of validation faces the tracking thresholds are fitted on (0: none fitted).",
+)
 _EXPORT = flags.DEFINE_list(
   "export_platforms", ["cpu", "cuda"], "Platforms of the exported pipeline (empty: no export)."
 )
@@ -55,6 +61,8 @@ def main(argv):
 
   if _OFFSET_FACES.value == 1 or _OFFSET_FACES.value < 0:
     raise app.UsageError(f"--offset_faces {_OFFSET_FACES.value}: 0, or at least 2 faces")
+  if _TRACKING_CLIPS.value < 0:
+    raise app.UsageError(f"--tracking_clips {_TRACKING_CLIPS.value}: 0 or more clips")
   try:
     calibration = None
     if _CALIBRATION.value:
@@ -63,6 +71,7 @@ def main(argv):
     options = commands.PackageOptions(
       kernel_dtype=_KERNEL_DTYPE.value,
       offset_faces=_OFFSET_FACES.value,
+      tracking_clips=_TRACKING_CLIPS.value,
       export_platforms=tuple(_EXPORT.value),
       detector_calibration=calibration,
       use_spatial_transformer={"auto": None, "on": True, "off": False}[_SPATIAL_TRANSFORMER.value],

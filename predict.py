@@ -54,6 +54,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -84,8 +85,8 @@ def parse_args(argv):
   )
   parser.add_argument(
     "--thresholds",
-    help="tracking_thresholds.json for another package (python -m benchmarks.bench_video "
-    "--fit-thresholds); default: the shipped package's",
+    help="a TrackingThresholds JSON instead of the package's own (python -m "
+    "msm_jax.eval.tracking_fit fits them into a package)",
   )
   video = parser.add_argument_group("videos")
   video.add_argument("--camera", type=int, metavar="N", help="read camera N instead of a file")
@@ -287,17 +288,11 @@ def load_model(directory: str):
 
 
 def read_thresholds(path: str | None):
-  """The tracking thresholds of --thresholds (default: the shipped package's), or None after
-  one error line."""
+  """The tracking thresholds of --thresholds, or None without it (the package's own). A
+  ValueError naming the file when it cannot be read."""
   from msm_jax.inference import tracking
 
-  if path is None:
-    return tracking.SHIPPED_THRESHOLDS
-  try:
-    return tracking.TrackingThresholds.load(path)
-  except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return None
+  return None if path is None else tracking.TrackingThresholds.load(path)
 
 
 def predict(args, tally: Tally) -> int:
@@ -314,10 +309,19 @@ def predict(args, tally: Tally) -> int:
 
   from msm_jax.inference import prediction
 
-  thresholds = read_thresholds(args.thresholds)
-  model = load_model(args.model)
-  if model is None or thresholds is None:
+  try:
+    thresholds = read_thresholds(args.thresholds)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
     return 2
+  model = load_model(args.model)
+  if model is None:
+    return 2
+  refine_below = math.inf  # the full pipeline refines every face
+  if (args.compute or "full") == "adaptive":
+    from msm_jax.inference import tracking
+
+    refine_below = (thresholds or tracking.package_thresholds(model)).refine_below_detected
 
   files_found, failures, protected = collect_images(
     args.paths, prediction.IMAGE_EXTENSIONS, args.out
@@ -357,7 +361,7 @@ def predict(args, tally: Tally) -> int:
         batch_size=args.batch_size,
         errors="collect",
         compute=args.compute or "full",
-        refine_below=thresholds.refine_below_detected,
+        refine_below=refine_below,
       )
       for (path, _), result in zip(chunk, results):
         try:
@@ -428,8 +432,10 @@ def predict_video(args) -> int:
   if problem:
     print(f"error: {problem}", file=sys.stderr)
     return 2
-  thresholds = read_thresholds(args.thresholds)
-  if thresholds is None:
+  try:
+    thresholds = read_thresholds(args.thresholds)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
     return 2
   from msm_jax import cli
   from msm_jax.inference import smoothing, tracking, video

@@ -12,7 +12,7 @@ import shutil
 import jax
 
 from msm_jax import files
-from msm_jax.eval import annotation_offset, paper_tables
+from msm_jax.eval import annotation_offset, paper_tables, tracking_fit
 from msm_jax.inference import export, pretrained
 from msm_jax.train import model_io, packaging, run
 
@@ -41,6 +41,7 @@ def train_and_evaluate(config, workdir: str, log=print, allow_changed: bool = Fa
 class PackageOptions:
   """kernel_dtype: storage of the convolution kernels (`pretrained.KERNEL_DTYPES`);
   offset_faces: training faces the landmark offset is fitted on (0: no offset);
+  tracking_clips: clips of validation faces the tracking thresholds are fitted on (0: none);
   export_platforms: platforms of the exported pipeline (empty: none written);
   detector_calibration: a `detection.DetectorCalibration` (None: the built-in one);
   use_spatial_transformer: None = on when the ST-GAN stage was trained;
@@ -48,6 +49,7 @@ class PackageOptions:
 
   kernel_dtype: str = "float16"
   offset_faces: int = annotation_offset.DEFAULT_FACES
+  tracking_clips: int = tracking_fit.DEFAULT_CLIPS
   export_platforms: tuple[str, ...] = ("cpu", "cuda")
   detector_calibration: object = None
   use_spatial_transformer: bool | None = None
@@ -57,7 +59,8 @@ class PackageOptions:
 def package(config, workdir: str, out: str, options=PackageOptions(), log=print) -> dict:
   """The shipped-model folder `out` from `workdir`'s newest checkpoints: the package
   (`packaging.package_pretrained`), its landmark offset fitted on the config's training faces
-  (`annotation_offset`), the exported pipeline. Built beside `out` and put in its place whole
+  (`annotation_offset`), its tracking thresholds fitted on clips of the validation faces
+  (`tracking_fit`), the exported pipeline. Built beside `out` and put in its place whole
   (`files.replace_folder`), so a failure or a kill leaves the older package as it was."""
   out = os.path.normpath(out)
   staged = f"{out}.partial-{os.getpid()}"
@@ -80,6 +83,19 @@ def package(config, workdir: str, out: str, options=PackageOptions(), log=print)
       log(
         f"landmark offset on {fitted['faces']} training faces: "
         f"dx {fitted['offset'][0]:+.3f}, dy {fitted['offset'][1]:+.3f} px"
+      )
+    if options.tracking_clips:
+      _, faces = tracking_fit.split_faces(config)
+      try:
+        fitted = tracking_fit.fit(pretrained.load_pretrained(staged), faces, options.tracking_clips)
+      except ValueError as error:
+        raise ValueError(f"tracking thresholds: {error} (--tracking_clips 0 leaves them out)")
+      packaging.set_tracking_thresholds(staged, fitted)
+      summary["tracking_thresholds"] = fitted.to_dict()
+      log(
+        f"tracking thresholds on {options.tracking_clips} clips: lost below "
+        f"{fitted.lost_below:.4g}, refined below {fitted.refine_below:.4g} (tracked) and "
+        f"{fitted.refine_below_detected:.4g} (detected)"
       )
     if options.export_platforms:
       made = pretrained.load_pretrained(staged)

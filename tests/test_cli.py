@@ -199,6 +199,7 @@ _TOOLS = (
   "msm_jax.eval.detector_accuracy",
   "msm_jax.eval.robustness",
   "msm_jax.eval.annotation_offset",
+  "msm_jax.eval.tracking_fit",
   "msm_jax.eval.dlib_peer",
   "msm_jax.eval.inference_levers",
   "msm_jax.inference.export",

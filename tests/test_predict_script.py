@@ -2,9 +2,11 @@
 or not at all (a full disk, Ctrl-C), one line and exit status 130 on Ctrl-C, errors that name
 their file, and an output folder inside an input folder never read as input."""
 
+import dataclasses
 import errno
 import importlib.util
 import json
+import math
 import os
 import types
 
@@ -363,7 +365,7 @@ def cache_calls(monkeypatch):
 
 
 def test_photos_take_the_compute_policy_and_the_thresholds(
-  shipped, run, tmp_path, monkeypatch, cache_calls
+  shipped, model, run, tmp_path, monkeypatch, cache_calls
 ):
   from msm_jax.inference import prediction, tracking
 
@@ -384,8 +386,14 @@ def test_photos_take_the_compute_policy_and_the_thresholds(
   assert (
     run(photo, "--out", out, "--compute", "adaptive", "--thresholds", str(thresholds)).status == 0
   )
+  fitted = dataclasses.replace(
+    model, tracking_thresholds=tracking.TrackingThresholds(0.1, 0.2, 0.33)
+  )
+  monkeypatch.setattr(pretrained, "load_pretrained", lambda directory: fitted)
+  assert run(photo, "--out", out, "--compute", "adaptive").status == 0  # the package's own
   assert [(kwargs["compute"], kwargs["refine_below"]) for kwargs in seen] == [
-    ("full", tracking.SHIPPED_THRESHOLDS.refine_below_detected),
+    ("full", math.inf),
     ("adaptive", 0.42),
+    ("adaptive", 0.33),
   ]
-  assert cache_calls == [None, None]  # the user's cache folder, before the model is loaded
+  assert cache_calls == [None, None, None]  # the user's cache folder, before the model loads

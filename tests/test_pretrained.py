@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from msm_jax.inference import detection, pipeline, pretrained
+from msm_jax.inference import detection, pipeline, pretrained, tracking
 from msm_jax.models import hourglass
 from msm_jax.train import model_io, packaging, stages
 from tests import tiny_models
@@ -526,3 +527,25 @@ def test_a_bad_landmark_offset_names_the_file_and_is_never_written(packaged, tmp
   with pytest.raises(pretrained.PackageError, match="landmark_offset must be two"):
     packaging.set_landmark_offset(package, [np.inf, 0.0])
   assert open(os.path.join(package, "config.json")).read() == written
+
+
+def test_tracking_thresholds_are_written_read_and_kept_by_a_rewrite(packaged, tmp_path):
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  assert pretrained.load_pretrained(package).tracking_thresholds is None  # none fitted
+  fitted = tracking.TrackingThresholds(0.125, 0.0, math.inf, {"data": "clips"})
+  packaging.set_tracking_thresholds(package, fitted)
+  loaded = pretrained.load_pretrained(package)
+  assert loaded.tracking_thresholds == fitted
+  packaging.write_package(loaded, str(tmp_path / "rewritten"))
+  assert pretrained.load_pretrained(str(tmp_path / "rewritten")).tracking_thresholds == fitted
+
+
+@pytest.mark.parametrize(
+  "thresholds",
+  ["high", {"lost_below": 0.1, "refine_below": 0.2}, {"lost_below": "x", "refine_below": 0.2}],
+)
+def test_bad_tracking_thresholds_name_the_file(packaged, tmp_path, thresholds):
+  package = _copy_package(packaged[2], str(tmp_path / "p"))
+  _edit_header(package, lambda header: header.update(tracking_thresholds=thresholds))
+  with pytest.raises(pretrained.PackageError, match="config.json: tracking_thresholds: want"):
+    pretrained.load_pretrained(package)

@@ -456,6 +456,19 @@ def test_thresholds_round_trip_and_refuse_bad_files(tmp_path):
     tracking.TrackingThresholds.load(str(tmp_path / "missing.json"))
 
 
+def test_a_tracker_takes_the_packages_thresholds_or_refines_everything_with_a_warning(model):
+  fitted = tracking.TrackingThresholds(0.2, 0.3, 0.4, {"data": "clips"})
+  with_fit = dataclasses.replace(model, tracking_thresholds=fitted)
+  assert tracking.Tracker(with_fit, detect=dot_detector).thresholds == fitted
+  given = tracking.TrackingThresholds(0.0, 0.0, 0.0)
+  assert tracking.Tracker(with_fit, thresholds=given, detect=dot_detector).thresholds == given
+  unfitted = dataclasses.replace(model, tracking_thresholds=None)
+  with pytest.warns(UserWarning, match="no tracking thresholds.*msm_jax.eval.tracking_fit"):
+    tracker = tracking.Tracker(unfitted, detect=dot_detector)
+  assert tracker.thresholds == tracking.UNFITTED
+  assert tracker.thresholds.refine_below == tracker.thresholds.refine_below_detected == math.inf
+
+
 def test_bad_options_and_frames_are_refused(model):
   with pytest.raises(ValueError, match="detect_every must be >= 0"):
     tracking.TrackerOptions(detect_every=-1)

@@ -22,7 +22,7 @@ Compute (`COMPUTE_POLICIES`): "full" runs the package's pipeline as configured (
 one: two passes, each with the flip: four landmark-network calls per face); "adaptive" runs
 one pass without the flip and the flip and re-crop pass only for faces whose first pass is
 unsure (`pipeline.make_adaptive_inference_fn`), below a confidence fitted on validation data
-(`tracking.SHIPPED_THRESHOLDS.refine_below_detected`, or a fit of one's own).
+(the package's `tracking_thresholds.refine_below_detected`, `msm_jax.eval.tracking_fit`).
 
 Coordinates: 0-based pixel coordinates of the image *as displayed* (EXIF orientation applied
 to files), integers at pixel centres (msm_jax/__init__.py).
@@ -315,7 +315,7 @@ def predict_images(
     compute: a `COMPUTE_POLICIES` name: "full" (the package's pipeline) or "adaptive" (the
       flip and re-crop pass only where the first pass's confidence is below refine_below).
     refine_below: the "adaptive" policy's confidence threshold (e.g.
-      `tracking.SHIPPED_THRESHOLDS.refine_below_detected` for the shipped package).
+      the package's ``model.tracking_thresholds.refine_below_detected``).
   Returns:
     one ImagePrediction per input, in order.
   """

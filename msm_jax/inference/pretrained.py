@@ -10,7 +10,10 @@ A package is a folder with two files:
                  "detector":  the face detector's box calibration (msm_jax.inference.detection),
                  "detector_fallbacks": [calibrations of detectors tried next, in order],
                  "landmark_offset": [dx, dy] added to the landmarks, image pixels
-                                    (msm_jax.eval.annotation_offset; absent: 0, 0)}
+                                    (msm_jax.eval.annotation_offset; absent: 0, 0),
+                 "tracking_thresholds": the video tracker's confidences
+                                    (msm_jax.inference.tracking.TrackingThresholds, fitted by
+                                    msm_jax.eval.tracking_fit; absent: none fitted)}
   weights.npz   float32 arrays under "/"-joined keys: generator/params/... (only when the
                 ST-GAN was trained), hourglass/params/..., hourglass/batch_stats/...,
                 dictionary [N, L, 2] (Sec. III-C) and thresholds [L] (Table IX); the
@@ -25,8 +28,8 @@ its range (`CONFIG_FIELDS`), the landmark network makes `data.heatmap_size` maps
 `data.crop_size` crops (convolutions fit any crop, so the weights' shapes cannot tell: a wrong
 crop size would move every landmark), and each detector is one in OpenCV's cascade folder.
 
-Packages are written by `msm_jax.train.packaging`; `package.py` adds the landmark offset and
-the exported pipeline:
+Packages are written by `msm_jax.train.packaging`; `package.py` adds the landmark offset, the
+tracking thresholds and the exported pipeline:
 
   python package.py --config configs/300w_subset.py --workdir runs/300w_subset --out pretrained/
 """
@@ -46,7 +49,7 @@ from flax import traverse_util
 
 from msm_jax import models
 from msm_jax.core import landmarks
-from msm_jax.inference import detection, pipeline
+from msm_jax.inference import detection, pipeline, tracking
 
 FORMAT = "msm-jax-pretrained"
 FORMAT_VERSION = 1
@@ -158,6 +161,7 @@ class PretrainedModel:
   config: the training config (box_margin, landmark scheme, ...).
   calibration: detector box -> landmark-box convention (the first detector tried).
   fallbacks: calibrations of the detectors tried next when it finds no face in an image.
+  tracking_thresholds: the video tracker's `tracking.TrackingThresholds` (None: not fitted).
   """
 
   model: pipeline.TrainedModel
@@ -165,6 +169,7 @@ class PretrainedModel:
   config: ml_collections.ConfigDict
   calibration: detection.DetectorCalibration
   fallbacks: tuple = ()
+  tracking_thresholds: tracking.TrackingThresholds | None = None
 
   @property
   def calibrations(self) -> tuple:
@@ -346,6 +351,17 @@ def parse_landmark_offset(header: dict, path: str) -> tuple[float, float]:
   return values
 
 
+def parse_tracking_thresholds(header: dict, path: str) -> tracking.TrackingThresholds | None:
+  if "tracking_thresholds" not in header:
+    return None
+  try:
+    return tracking.TrackingThresholds.from_dict(
+      header["tracking_thresholds"], f"{path}: tracking_thresholds"
+    )
+  except ValueError as error:
+    raise PackageError(str(error)) from None
+
+
 def _calibration(data, source: str) -> detection.DetectorCalibration:
   try:
     return detection.DetectorCalibration.from_dict(data, source)
@@ -445,4 +461,5 @@ def load_pretrained(directory: str | None = None) -> PretrainedModel:
       f"{weights_path}: the dictionary has {rows} shapes, fewer than the k = "
       f"{options.num_neighbours} neighbours of the repair (shape.num_neighbours in config.json)"
     )
-  return PretrainedModel(model, options, config, calibration, fallbacks)
+  thresholds = parse_tracking_thresholds(header, config_path)
+  return PretrainedModel(model, options, config, calibration, fallbacks, thresholds)

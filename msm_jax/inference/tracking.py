@@ -28,11 +28,9 @@ Per frame (`Tracker.update`):
    previous frames. The crops of step 1 come from the unsmoothed landmarks, so the smoothing
    never feeds back into what the network sees.
 
-The thresholds (`TrackingThresholds`) are fitted on validation clips, per package:
-
-  python -m benchmarks.bench_video --fit-thresholds thresholds.json
-
-(the shipped package's are `SHIPPED_THRESHOLDS`). Every call of the pipeline has one shape,
+The thresholds (`TrackingThresholds`) are fitted per package on validation clips and kept in
+the package (`package.py` fits them; `python -m msm_jax.eval.tracking_fit` refits them); a
+package without them is tracked with `UNFITTED`. Every call of the pipeline has one shape,
 [batch, window, window, 3] (`prediction.window_size`), so the whole video runs on one
 compilation (`warm_up` makes it before the first frame).
 """
@@ -42,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 
@@ -97,20 +96,16 @@ class TrackingThresholds:
     return cls.from_dict(data, path)
 
 
-# The shipped package's, fitted with the command in the module docstring (on what, and how
-# well the confidences separate: `fitted`, and docs/video.md). refine_below 0: a tracked
-# crop's single pass is as good as refining it within the tolerance, so none is refined.
-SHIPPED_THRESHOLDS = TrackingThresholds(
-  lost_below=0.1245,
-  refine_below=0.0,
-  refine_below_detected=0.4169,
-  fitted={
-    "command": "python -m benchmarks.bench_video --fit-thresholds FILE --fit-clips 8",
-    "faces": "the even-numbered faces of configs/300w_subset.py's validation split",
-    "lost": {"youden_j": 1.0, "positives": 2161, "negatives": 54},
-    "refine_tracked": {"refined_fraction": 0.0, "adaptive_nme_percent": 3.355},
-    "refine_detected": {"refined_fraction": 0.8, "adaptive_nme_percent": 2.959},
-  },
+# A package without fitted thresholds: every face refined (the package's whole pipeline, as
+# for a photo), and a face lost below 0.1. `pipeline.face_confidence` is the share of each
+# map within Eq. 9's window around its peak: (2r + 1)^2 / h^2 ~ 0.002 for a flat 64 x 64 map,
+# ~0.4 for the Gaussian targets these networks are trained on, so 0.1 parts them for any
+# package trained with the spatial-softmax loss, without a fit.
+UNFITTED = TrackingThresholds(
+  lost_below=0.1,
+  refine_below=math.inf,
+  refine_below_detected=math.inf,
+  fitted={"data": "none: the package holds no fitted thresholds"},
 )
 
 
@@ -302,6 +297,18 @@ class _Track:
   lost_frame: int | None = None
 
 
+def package_thresholds(model) -> TrackingThresholds:
+  """The package's fitted thresholds, or `UNFITTED` with a warning that says how to fit them."""
+  if model.tracking_thresholds is not None:
+    return model.tracking_thresholds
+  warnings.warn(
+    "the package holds no tracking thresholds: every face is refined (slower); fit them with "
+    "`python -m msm_jax.eval.tracking_fit --model PACKAGE --config CONFIG`",
+    stacklevel=3,
+  )
+  return UNFITTED
+
+
 def _package_detector(model, fallback: bool):
   calibrations = model.calibrations if fallback else model.calibrations[:1]
   return lambda frame: prediction.detect_face_boxes(frame, calibrations)[0]
@@ -316,8 +323,8 @@ class Tracker:
         face.track_id, face.landmarks, face.reliable
 
   model: a `pretrained.PretrainedModel`. thresholds: its `TrackingThresholds` (default: the
-  shipped package's). detect: frame -> landmark-like face boxes [N, 4], largest first
-  (default: the package's detector, `prediction.detect_face_boxes`).
+  package's own, else `UNFITTED` with a warning). detect: frame -> landmark-like face boxes
+  [N, 4], largest first (default: the package's detector, `prediction.detect_face_boxes`).
   """
 
   def __init__(
@@ -328,7 +335,7 @@ class Tracker:
     detect=None,
   ):
     self.model, self.options = model, options
-    self.thresholds = SHIPPED_THRESHOLDS if thresholds is None else thresholds
+    self.thresholds = package_thresholds(model) if thresholds is None else thresholds
     self._detect = detect or _package_detector(model, options.fallback_detectors)
     self._infer = None  # `_pipeline`
     variables = model.model.variables

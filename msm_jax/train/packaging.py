@@ -83,6 +83,8 @@ def write_package(
     "detector_fallbacks": [fallback.to_dict() for fallback in package.fallbacks],
     "landmark_offset": [float(value) for value in package.options.landmark_offset],
   }
+  if package.tracking_thresholds is not None:
+    header["tracking_thresholds"] = package.tracking_thresholds.to_dict()
   _write_header(os.path.join(out_dir, pretrained.CONFIG_FILE), header)
   sizes = {
     name: os.path.getsize(os.path.join(out_dir, name))
@@ -108,6 +110,18 @@ def set_landmark_offset(directory: str, offset) -> None:
   header = pretrained.read_header(config_path)
   header["landmark_offset"] = [float(value) for value in offset]
   pretrained.parse_landmark_offset(header, config_path)  # refused before anything is written
+  _write_header(config_path, header)
+
+
+def set_tracking_thresholds(directory: str, thresholds) -> None:
+  """Write ``thresholds`` (a `tracking.TrackingThresholds`) into a package's config.json, the
+  rest as it was."""
+  config_path = os.path.join(directory, pretrained.CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"pretrained package incomplete: {config_path} not found")
+  header = pretrained.read_header(config_path)
+  header["tracking_thresholds"] = thresholds.to_dict()
+  pretrained.parse_tracking_thresholds(header, config_path)  # refused before anything is written
   _write_header(config_path, header)
 
 
