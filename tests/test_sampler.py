@@ -76,6 +76,19 @@ def test_matches_loop_reference(padding, out_shape):
   assert np.any(np.abs(grid) > 1)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_integer_images_are_sampled_as_their_float_values(padding):
+  # The taps of a uint8 image are gathered as integers and converted one by one: the same
+  # values as converting the whole image first, in float32.
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (3, 9, 11, 3), dtype=np.uint8)
+  theta = random_thetas(rng, 3).astype(np.float32)
+  warped = jax.jit(warp, static_argnums=(2, 3))(images, theta, (7, 8), padding)
+  assert warped.dtype == jnp.float32
+  expected = reference_warp(images.astype(np.float64), theta.astype(np.float64), (7, 8), padding)
+  np.testing.assert_allclose(np.asarray(warped), expected, atol=255 * 1e-5)
+
+
 def test_hand_computed_upsampling():
   # 2x2 image [[1, 2], [3, 4]], identity theta, 4x4 output. Output column j has
   # u = (2j + 1)/4 - 1 = -0.75, -0.25, 0.25, 0.75, i.e. input pixel x = u + 0.5 =

@@ -70,7 +70,8 @@ def warp(images, theta, out_shape, padding="zeros"):
   ``theta`` gradient; it is piecewise linear with kinks at pixel-centre crossings).
 
   Args:
-    images: ``[B, H, W, C]`` float.
+    images: ``[B, H, W, C]`` float, or integer (uint8): the four taps are gathered as they
+      are and converted one by one, so a large image is never converted whole.
     theta: ``[B, 2, 3]`` float, normalised output coords -> normalised input coords.
     out_shape: ``(h, w)`` static output size.
     padding: ``"zeros"`` or ``"border"``.
@@ -107,7 +108,7 @@ def warp(images, theta, out_shape, padding="zeros"):
   x_left = x_left.astype(jnp.int32)
   y_top = y_top.astype(jnp.int32)
 
-  flat_images = images.astype(dtype).reshape(batch, in_height * in_width, channels)
+  flat_images = images.reshape(batch, in_height * in_width, channels)
   taps = (
     (y_top, x_left, (1.0 - weight_bottom) * (1.0 - weight_right)),
     (y_top, x_left + 1, (1.0 - weight_bottom) * weight_right),
@@ -127,6 +128,6 @@ def warp(images, theta, out_shape, padding="zeros"):
       axis=1,
       mode="promise_in_bounds",
       wrap_negative_indices=False,
-    )
+    ).astype(dtype)
     output = output + jnp.where(inside, weight, 0.0)[..., None] * values
   return output.reshape(batch, out_height, out_width, channels)

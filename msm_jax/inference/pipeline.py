@@ -242,8 +242,6 @@ def make_inference_fn(generator, landmark_model, options: PipelineOptions) -> Ca
   size = options.crop_size
 
   def infer(variables, images, boxes):
-    if images.dtype == jnp.uint8:
-      images = images.astype(jnp.float32) / 255.0
     crop_to_image = geometry.invert_affine(geometry.crop_matrix(boxes.astype(jnp.float32), size))
     outputs, _ = run_pass(generator, landmark_model, options, variables, images, crop_to_image)
     for _ in range(options.recrop_passes):
@@ -303,8 +301,6 @@ def make_adaptive_inference_fn(generator, landmark_model, options: PipelineOptio
     return outputs
 
   def infer(variables, images, crop_to_image, refine_below, keep_above):
-    if images.dtype == jnp.uint8:
-      images = images.astype(jnp.float32) / 255.0
     crop_to_image = crop_to_image.astype(jnp.float32)
     first, _ = run_pass(generator, landmark_model, first_options, variables, images, crop_to_image)
     confidence = first["confidence"]
@@ -366,22 +362,30 @@ def check_options(options: PipelineOptions) -> None:
     raise ValueError(f"landmark_offset must be two finite numbers, got {options.landmark_offset}")
 
 
+def sample_crops(images, theta, size: int):
+  """[B, size, size, 3] float32 crops in [0, 1] of float images in [0, 1] or of uint8 ones,
+  scaled after the sampler has gathered its taps: a window many times the crop is never
+  converted whole (bilinear sampling is linear, so the order changes nothing but rounding)."""
+  crops = sampler.warp(images, theta, (size, size))
+  return crops / 255.0 if images.dtype == jnp.uint8 else crops
+
+
 def run_pass(generator, landmark_model, options: PipelineOptions, variables, images, crop_to_image):
-  """One pass of Algorithm 2 on float images [B, H, W, 3] from crops given by their crop ->
-  image pixel matrices [B, 3, 3]: (outputs as `make_inference_fn`'s, the landmark network's
-  raw output: the stacked maps [S, B, h, w, L] or normalised coordinates). Not jitted: the
-  joint training stage differentiates it inside its own step."""
+  """One pass of Algorithm 2 on images [B, H, W, 3] (uint8, or float in [0, 1]) from crops
+  given by their crop -> image pixel matrices [B, 3, 3]: (outputs as `make_inference_fn`'s,
+  the landmark network's raw output: the stacked maps [S, B, h, w, L] or normalised
+  coordinates). Not jitted: the joint training stage differentiates it inside its own step."""
   size = options.crop_size
   image_hw = images.shape[1:3]
   crop_theta = geometry.pixel_matrix_to_theta(crop_to_image, image_hw, (size, size))
-  crops = sampler.warp(images, crop_theta, (size, size))
+  crops = sample_crops(images, crop_theta, size)
   if options.use_spatial_transformer:
     st_theta = generator.apply(variables["generator"], crops, train=False)
   else:
     st_theta = jnp.broadcast_to(jnp.eye(2, 3, dtype=jnp.float32), crop_theta.shape)
   # canonical normalised -> crop normalised (GDNN) -> image normalised (crop).
   total_theta = (_normalised_homogeneous(crop_theta) @ _normalised_homogeneous(st_theta))[:, :2]
-  canonical = sampler.warp(images, total_theta, (size, size))
+  canonical = sample_crops(images, total_theta, size)
 
   raw = landmark_model.apply(variables[options.landmark_stage], canonical, train=False)
   if options.landmark_output == "coordinates":
