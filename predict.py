@@ -321,7 +321,9 @@ def predict(args, tally: Tally) -> int:
   if (args.compute or "full") == "adaptive":
     from msm_jax.inference import tracking
 
-    refine_below = (thresholds or tracking.package_thresholds(model)).refine_below_detected
+    if thresholds is None:
+      thresholds = tracking.package_thresholds(model)
+    refine_below = thresholds.refine_below_detected
 
   files_found, failures, protected = collect_images(
     args.paths, prediction.IMAGE_EXTENSIONS, args.out

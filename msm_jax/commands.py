@@ -89,7 +89,9 @@ def package(config, workdir: str, out: str, options=PackageOptions(), log=print)
       try:
         fitted = tracking_fit.fit(pretrained.load_pretrained(staged), faces, options.tracking_clips)
       except ValueError as error:
-        raise ValueError(f"tracking thresholds: {error} (--tracking_clips 0 leaves them out)")
+        raise ValueError(
+          f"tracking thresholds: {error} (--tracking_clips 0 leaves them out)"
+        ) from None
       packaging.set_tracking_thresholds(staged, fitted)
       summary["tracking_thresholds"] = fitted.to_dict()
       log(
