@@ -143,7 +143,10 @@ def test_fake_landmarks_are_the_landmarks_in_i_fake_renamed_when_flipped():
 def test_real_crop_samples_the_image_at_the_canonical_pose():
   image, landmarks, pair = _pair(5)
   expected = augment.warp_image(image, pair["real_matrix"].astype(np.float64), 128)
-  np.testing.assert_array_equal(pair["real"], expected)
+  # real_matrix is kept in float32: a sample position within its rounding of one of OpenCV's
+  # 1/32-pixel steps takes the neighbouring step, (|f_x| + |f_y|) / 32 <= 16 grey levels away.
+  difference = np.abs(pair["real"].astype(int) - expected)
+  assert difference.max() <= 16 and np.mean(difference > 0) < 1e-3
   _, _, again = _pair(5)
   for key in pair:
     np.testing.assert_array_equal(pair[key], again[key])

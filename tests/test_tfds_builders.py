@@ -7,7 +7,10 @@ must agree. The stored crop of these small photos keeps the photo's scale (a who
 window), so only the float rounding of the crop matrices differs between the two paths: the
 sample points move by ~1e-5 px, which moves a bilinear value by ~255 x 1e-5 and can flip a
 rounding tie, so pixels agree to 1 grey level; colour jitter then multiplies a 1-level change by
-at most b c (s + |1 - s|) <= 1.2 x 1.2 x 1.4 = 2.02 before rounding again: 3 grey levels.
+at most b c (s + |1 - s|) <= 1.2 x 1.2 x 1.4 = 2.02 before rounding again: 3 grey levels. A
+sample point that sits within that 1e-5 px of one of OpenCV's 1/32-pixel position steps
+(`augment.warp_image`) can take the neighbouring step on one path: (|f_x| + |f_y|) / 32 <= 16
+grey levels, 33 after the jitter, for about 2 x 32 x 1e-5 of the pixels.
 Downscaled stored crops (large photos) are checked on a smooth image, where the bilinear
 interpolation error has a closed-form bound.
 """
@@ -30,6 +33,7 @@ from msm_jax.train import config_checks, stages
 
 CROP = 64
 BATCH = 4
+PIXELS = ("images", "fake", "real")  # the batches' crops
 BUILT = {"name": f"crop{CROP}", "crop_size": CROP, "image_format": "png"}
 NAME = f"msm_300w/crop{CROP}"
 # (folder, canvas height, width, face offset y, x): faces inside, at the border, past it.
@@ -216,8 +220,11 @@ def test_training_batches_equal_the_folders_with_the_same_seed(prepared, make, t
     assert from_folder.keys() == from_stored.keys()
     for key, expected in from_folder.items():
       tolerance = tolerances.get(key, 0)
-      difference = np.abs(np.asarray(from_stored[key], np.float64) - expected).max()
-      assert difference <= tolerance, (key, difference)
+      difference = np.abs(np.asarray(from_stored[key], np.float64) - expected)
+      if key in PIXELS:  # a position step taken differently: rare, and bounded (docstring)
+        assert difference.max() <= 33 and np.mean(difference > tolerance) < 1e-3, key
+      else:
+        assert difference.max() <= tolerance, (key, difference.max())
 
 
 def test_natural_occluders_keep_the_landmarks_and_flags(prepared):

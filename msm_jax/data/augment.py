@@ -10,35 +10,24 @@ resampled once and the landmarks go through exactly the same map:
 
 Photometric steps (colour jitter, random-erasing occlusion) act on the crop.
 
-Only NumPy and PIL are used: this runs per example in Grain worker processes,
-where nothing should touch a JAX device or compile.
+NumPy, OpenCV and PIL only: this runs per example in Grain worker processes, where
+nothing should touch a JAX device or compile.
 
-:func:`warp_image` -- what was measured about PIL (Pillow 13.0). ``Image.transform(
-..., AFFINE, data, BILINEAR)`` maps each output pixel's centre, in *area*
-coordinates (pixel i spans [i, i + 1], centre i + 0.5), through ``data`` and
-samples bilinearly there (also in area coordinates); so with the library's
-pixel-centre coordinates ``data = T(+0.5) @ crop_to_image @ T(-0.5)``. Two
-differences from ``msm_jax.core.sampler.warp`` (PyTorch ``grid_sample``,
-align_corners=False, zeros padding) had to be removed:
-
-* borders: PIL returns 0 outside ``[-0.5, W - 0.5]`` but *replicates* the edge
-  pixel in the outer half-pixel, where grid_sample fades to zero over one pixel.
-  Warping a copy with a one-pixel zero ring makes PIL's edge the zero ring, after
-  which the two agree everywhere (on a random 37 x 45 image under a rotation +
-  scale, max |PIL - floor(sampler.warp)| was 96 grey levels without the ring, 0
-  with it);
-* 8-bit rounding: on ``RGB`` images PIL *truncates* the interpolated value
-  (the result was exactly ``floor`` of ``sampler.warp``: a -0.5 grey-level bias).
-  So each channel is warped as a float32 (``F`` mode) image and rounded once:
-  the result equals ``round(sampler.warp)`` up to float32 ties. It costs about
-  twice the ``RGB`` call (1.9 ms instead of 1.0 ms for a 128 x 128 crop out of a
-  300 x 300 window, on a busy 2-core machine).
+:func:`warp_image` is OpenCV's ``warpAffine`` (bilinear, zeros outside) on the window of the
+image its output samples: OpenCV's pixel centres are integers, as this library's, and an
+outside tap weighs zero as in ``msm_jax.core.sampler.warp`` (PyTorch ``grid_sample``,
+align_corners=False, zeros padding). It differs from that exact interpolation in two
+roundings: each sample position is rounded to 1/32 pixel (OpenCV's ``INTER_TAB_SIZE``), which
+moves a value by at most (|df/dx| + |df/dy|) / 64, and the value is rounded to uint8 (1/2).
+Exact per-channel float warps cost several times more per crop (`docs/performance.md`, input
+pipeline), and the window keeps the cost independent of the photo's size.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -213,11 +202,8 @@ def flip_matrix(width: int) -> np.ndarray:
 
 
 def warp_image(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
-  """Resamples an image into an ``out_size`` square: ``sampler.warp`` semantics in C.
-
-  Bilinear, pixel-centre convention, zeros outside the image -- the same as
-  ``msm_jax.core.sampler.warp`` (PyTorch grid_sample, align_corners=False), rounded
-  to uint8. See the module docstring for how PIL is made to agree.
+  """Resamples an image into an ``out_size`` square: bilinear, pixel-centre convention, zeros
+  outside the image (``sampler.warp``'s semantics to the roundings of the module docstring).
 
   Args:
     image: [H, W, 3] uint8.
@@ -235,42 +221,29 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarr
   out_to_image = geometry.invert_affine(matrix)
   height, width = image.shape[:2]
 
-  # Only the window the output samples from is converted (an image can be many
-  # times the crop): the footprint of the output's pixel centres, plus one pixel
-  # for the bilinear neighbours and one for PIL's replicated edge, clipped to the
-  # image plus its one-pixel zero ring.
+  # Only the window the output samples goes to OpenCV (an image can be many times the crop,
+  # and OpenCV's sample positions must fit 16 bits): the footprint of the output's pixel
+  # centres, plus a pixel each side for the bilinear neighbours and the position rounding,
+  # clipped to the image (beyond it every tap is zero anyway).
   last = out_size - 1.0
   corners = geometry.apply_affine(
     np.array([[0.0, 0.0], [last, 0.0], [0.0, last], [last, last]]), out_to_image
   )
-  x_lo = max(int(np.floor(corners[:, 0].min())) - 2, -1)
-  y_lo = max(int(np.floor(corners[:, 1].min())) - 2, -1)
-  x_hi = min(int(np.ceil(corners[:, 0].max())) + 3, width + 1)
-  y_hi = min(int(np.ceil(corners[:, 1].max())) + 3, height + 1)
-  if x_hi - x_lo < 2 or y_hi - y_lo < 2:  # the output misses the image entirely
+  x_lo = max(int(np.floor(corners[:, 0].min())) - 1, 0)
+  y_lo = max(int(np.floor(corners[:, 1].min())) - 1, 0)
+  x_hi = min(int(np.ceil(corners[:, 0].max())) + 2, width)
+  y_hi = min(int(np.ceil(corners[:, 1].max())) + 2, height)
+  if x_hi <= x_lo or y_hi <= y_lo:  # the output misses the image entirely
     return np.zeros((out_size, out_size, 3), np.uint8)
-
-  # Channel-first float32 window, zero where it leaves the image.
-  window = np.zeros((3, y_hi - y_lo, x_hi - x_lo), np.float32)
-  src_x0, src_y0 = max(x_lo, 0), max(y_lo, 0)
-  src_x1, src_y1 = min(x_hi, width), min(y_hi, height)
-  window[:, src_y0 - y_lo : src_y1 - y_lo, src_x0 - x_lo : src_x1 - x_lo] = np.moveaxis(
-    image[src_y0:src_y1, src_x0:src_x1], -1, 0
+  window_to_out = matrix @ np.array([[1.0, 0.0, x_lo], [0.0, 1.0, y_lo], [0.0, 0.0, 1.0]])
+  return cv2.warpAffine(
+    np.ascontiguousarray(image[y_lo:y_hi, x_lo:x_hi]),
+    window_to_out[:2],
+    (out_size, out_size),
+    flags=cv2.INTER_LINEAR,
+    borderMode=cv2.BORDER_CONSTANT,
+    borderValue=(0, 0, 0),
   )
-
-  # Output area coords -> output pixel centres -> image -> window -> window area coords.
-  to_centres = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
-  to_window_area = np.array([[1.0, 0.0, 0.5 - x_lo], [0.0, 1.0, 0.5 - y_lo], [0.0, 0.0, 1.0]])
-  pil_data = tuple((to_window_area @ out_to_image @ to_centres)[:2].ravel())
-  channels = [
-    np.asarray(
-      Image.fromarray(channel).transform(
-        (out_size, out_size), Image.Transform.AFFINE, pil_data, resample=Image.Resampling.BILINEAR
-      )
-    )
-    for channel in window
-  ]
-  return np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
