@@ -15,6 +15,7 @@ Downscaled stored crops (large photos) are checked on a smooth image, where the 
 interpolation error has a closed-form bound.
 """
 
+import io
 import json
 import pickle
 import sys
@@ -325,6 +326,19 @@ def test_the_source_pickles_unopened_and_names_what_it_cannot_read(prepared):
     stored[6]
   with pytest.raises(ValueError, match=r"cannot read image msm_300w/crop64 train\[2\] \(face\)"):
     reading.decode_image(b"not an image", "msm_300w/crop64 train[2] (face)")
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_a_stored_crop_decodes_to_pils_pixels_and_a_cut_jpeg_is_refused(image_format):
+  rng = np.random.default_rng(4)
+  pixels = np.clip(rng.normal(128, 40, (48, 40, 3)), 0, 255).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, image_format, quality=95)
+  data = buffer.getvalue()
+  expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  np.testing.assert_array_equal(reading.decode_image(data, "face"), expected)
+  with pytest.raises(ValueError, match=r"cannot read image face: .*(cut short|not a JPEG)"):
+    reading.decode_image(data[: len(data) // 2], "face")
 
 
 def test_train_py_checks_say_what_to_build_and_the_stage_reads_the_split(prepared, tmp_path):
