@@ -84,10 +84,11 @@ def package(config, workdir: str, out: str, options=PackageOptions(), log=print)
         f"landmark offset on {fitted['faces']} training faces: "
         f"dx {fitted['offset'][0]:+.3f}, dy {fitted['offset'][1]:+.3f} px"
       )
+    made = pretrained.load_pretrained(staged)  # with its offset; thresholds leave it as is
     if options.tracking_clips:
       _, faces = tracking_fit.split_faces(config)
       try:
-        fitted = tracking_fit.fit(pretrained.load_pretrained(staged), faces, options.tracking_clips)
+        fitted = tracking_fit.fit(made, faces, options.tracking_clips)
       except ValueError as error:
         raise ValueError(
           f"tracking thresholds: {error} (--tracking_clips 0 leaves them out)"
@@ -100,7 +101,6 @@ def package(config, workdir: str, out: str, options=PackageOptions(), log=print)
         f"{fitted.refine_below_detected:.4g} (detected)"
       )
     if options.export_platforms:
-      made = pretrained.load_pretrained(staged)
       exported = export.export_from_trained(
         made.model, made.options, platforms=tuple(options.export_platforms)
       )
