@@ -99,6 +99,13 @@ def parse_args(argv):
     help=f"run the detector every N frames to find new faces (0: only when a face is lost; "
     f"default {VIDEO_DETECT_EVERY})",
   )
+  video.add_argument(
+    "--network-every",
+    type=int,
+    metavar="N",
+    help="run the landmark network on a tracked face every N frames, its landmarks carried "
+    f"by the image's motion between (1: every frame; default {VIDEO_NETWORK_EVERY})",
+  )
   video.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
   video.add_argument(
     "--no-smoothing", action="store_true", help="the landmarks as the pipeline gives them"
@@ -107,7 +114,15 @@ def parse_args(argv):
 
 
 VIDEO_DETECT_EVERY = 30
-VIDEO_ONLY_FLAGS = ("jsonl", "overlay_video", "detect_every", "max_frames", "no_smoothing")
+VIDEO_NETWORK_EVERY = 2
+VIDEO_ONLY_FLAGS = (
+  "jsonl",
+  "overlay_video",
+  "detect_every",
+  "network_every",
+  "max_frames",
+  "no_smoothing",
+)
 
 
 def collect_images(
@@ -406,6 +421,7 @@ def check_video_args(args) -> str | None:
     return "--boxes is for photos; a video's faces are found by the detector"
   for flag, value, least in (
     ("--detect-every", args.detect_every, 0),
+    ("--network-every", args.network_every, 1),
     ("--max-frames", args.max_frames, 1),
     ("--camera", args.camera, 0),
   ):
@@ -465,6 +481,7 @@ def predict_video(args) -> int:
     smoothing=None if args.no_smoothing else smoothing.OneEuroParameters(),
     compute=args.compute or "adaptive",
     frame_rate=source.frame_rate or 30.0,
+    network_every=VIDEO_NETWORK_EVERY if args.network_every is None else args.network_every,
   )
   tracker = tracking.Tracker(model, options, thresholds)
   with source, cli.interrupts_remembered():

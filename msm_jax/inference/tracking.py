@@ -8,7 +8,10 @@ Per frame (`Tracker.update`):
    moved by the face's velocity (centre, log side and roll, constant over the last two frames).
 2. The adaptive pipeline (`pipeline.make_adaptive_inference_fn`) runs once per face: one
    landmark-network pass, and the flip and a re-crop pass only where the first pass's
-   confidence is below ``refine_below``.
+   confidence is below ``refine_below``. It runs on a tracked face every ``network_every``
+   frames; on the frames between, the face's landmarks are carried by the similarity that
+   the optical flow of its reliable landmarks agrees on (`image_motion`), and where the flow
+   finds none (a cut, a covered face, blur) the pipeline runs on that frame instead.
 3. A face whose first-pass confidence falls below ``lost_below`` is lost: its crop no longer
    holds a face (a cut, an occluder over most of it, the face left the frame).
 4. The detector runs on the first frame, on a frame where a face was lost, while no face is
@@ -45,7 +48,7 @@ import warnings
 import numpy as np
 
 from msm_jax.core import geometry
-from msm_jax.inference import detection, pipeline, prediction, smoothing
+from msm_jax.inference import detection, image_motion, pipeline, prediction, smoothing
 
 DUPLICATE_IOU = 0.5  # two tracks overlapping this much follow one face
 
@@ -117,7 +120,9 @@ class TrackerOptions:
   constants, or None for the pipeline's landmarks as they are; compute: "adaptive" or "full"
   (every face refined: the package's pipeline from the tracked crop); fallback_detectors: also
   try the package's later detectors when the first finds nothing (slower on frames without a
-  face); frame_rate: the frames per second assumed when update() gets no time."""
+  face); frame_rate: the frames per second assumed when update() gets no time;
+  network_every: a tracked face's landmark network runs every this many frames, its landmarks
+  carried by the image's motion between (1: every frame)."""
 
   detect_every: int = 30
   max_faces: int = 4
@@ -126,13 +131,15 @@ class TrackerOptions:
   compute: str = "adaptive"
   fallback_detectors: bool = False
   frame_rate: float = 30.0
+  network_every: int = 2
 
   def __post_init__(self):
     for name in ("detect_every", "remember_frames"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-    if self.max_faces < 1:
-      raise ValueError(f"max_faces must be >= 1, got {self.max_faces}")
+    for name in ("max_faces", "network_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.compute not in ("adaptive", "full"):
       raise ValueError(f"compute must be 'adaptive' or 'full', got {self.compute!r}")
     if not (math.isfinite(self.frame_rate) and self.frame_rate > 0):
@@ -147,7 +154,10 @@ class TrackedFace:
   rebuilt by the shape repair); confidence: the last pass's `pipeline.face_confidence`;
   detected: found by the detector on this frame (new or found again); refined: the flip and
   the re-crop pass ran; first_confidence, first_landmarks: the first pass's confidence (the
-  one the loss and refinement tests read) and landmarks (raw_landmarks where not refined)."""
+  one the loss and refinement tests read) and landmarks (raw_landmarks where not refined);
+  measured: the network ran on this face in this frame (False: the landmarks, all three sets,
+  were carried from the last frame by the image's motion; scores, reliable and the
+  confidences are the last network frame's)."""
 
   track_id: int
   box: np.ndarray
@@ -160,6 +170,7 @@ class TrackedFace:
   refined: bool
   first_confidence: float = math.nan
   first_landmarks: np.ndarray | None = None
+  measured: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,13 +290,15 @@ def stabilised_smoothing(
 @dataclasses.dataclass
 class TrackerStatistics:
   """Counts since the tracker started: frames, detector runs, faces refined (flip + re-crop
-  pass), tracks lost, faces found by the detector (new or found again)."""
+  pass), tracks lost, faces found by the detector (new or found again), faces carried by the
+  image's motion instead of a network pass."""
 
   frames: int = 0
   detector_runs: int = 0
   refined: int = 0
   lost: int = 0
   found: int = 0
+  carried: int = 0
 
 
 @dataclasses.dataclass
@@ -295,6 +308,7 @@ class _Track:
   face: TrackedFace
   filter_state: smoothing.OneEuroState | None
   lost_frame: int | None = None
+  carried: int = 0  # frames since the network last ran on it
 
 
 def package_thresholds(model) -> TrackingThresholds:
@@ -352,6 +366,7 @@ class Tracker:
     self._frame = -1
     self._since_detection = 0
     self._time = None
+    self._grey = None  # the last frame, as `image_motion` reads it
 
   def warm_up(self) -> None:
     """Load the detector and compile (or load from the persistent cache) the one shape every
@@ -434,6 +449,7 @@ class Tracker:
     )
     track.poses = [] if detected else track.poses[-1:]
     track.poses.append((time, pose))
+    track.carried = 0
     smoothed = points
     if self.options.smoothing is not None:
       track.filter_state, smoothed = stabilised_smoothing(
@@ -459,11 +475,48 @@ class Tracker:
     )
     self.statistics.refined += int(result["refined"])
 
-  def _follow(self, frame, time: float) -> bool:
+  def _carry(self, track: _Track, grey: np.ndarray, time: float) -> bool:
+    """Between two network frames: the track's landmarks moved by the image's motion since
+    the last frame; whether they were (False: the network is due, or the flow found no
+    motion)."""
+    previous = self._grey
+    if track.carried + 1 >= self.options.network_every or previous is None:
+      return False
+    face = track.face
+    if previous.shape != grey.shape:
+      return False
+    motion = image_motion.similarity_between(previous, grey, face.raw_landmarks[face.reliable])
+    if motion is None:
+      return False
+
+    def move(points):
+      return geometry.apply_affine(np.asarray(points, np.float64), motion).astype(np.float32)
+
+    landmarks, raw = move(face.landmarks), move(face.raw_landmarks)
+    options = self.model.options
+    pose = crop_from_landmarks(raw, self._mean_shape, options.box_margin, options.upright_recrop)
+    track.poses = track.poses[-1:] + [(time, pose)]
+    track.face = dataclasses.replace(
+      face,
+      box=landmark_box(landmarks),
+      landmarks=landmarks,
+      raw_landmarks=raw,
+      first_landmarks=move(face.first_landmarks),
+      detected=False,
+      refined=False,
+      measured=False,
+    )
+    track.carried += 1
+    self.statistics.carried += 1
+    return True
+
+  def _follow(self, frame, grey: np.ndarray, time: float) -> bool:
     """Step 1-3 for every tracked face; whether one was lost."""
     frame_hw = frame.shape[:2]
     moving, poses, lost = [], [], False
     for track in self._tracks:
+      if self._carry(track, grey, time):
+        continue
       pose = track.poses[-1][1]
       if len(track.poses) == 2:
         pose = predicted_pose(*track.poses, time)
@@ -540,7 +593,9 @@ class Tracker:
     self._frame += 1
     self.statistics.frames += 1
     time = self._time = self._time_of(time)
-    lost = self._follow(frame, time)
+    grey = image_motion.grey(frame)
+    lost = self._follow(frame, grey, time)
+    self._grey = grey
     self._since_detection += 1
     every = self.options.detect_every
     if not self._tracks or lost or (every and self._since_detection >= every):
@@ -562,6 +617,7 @@ def face_to_json(face: TrackedFace) -> dict:
     "confidence": round(float(face.confidence), 4),
     "detected": bool(face.detected),
     "refined": bool(face.refined),
+    "measured": bool(face.measured),
   }
 
 
