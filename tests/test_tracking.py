@@ -245,7 +245,7 @@ def test_a_fast_face_is_cropped_where_it_moves_to(model):
 
 def test_between_network_frames_the_landmarks_move_with_the_image(model):
   tracker, detector = tracker_for(model, smoothing=None, network_every=2)
-  previous = None
+  previous = last = None
   for index, (frame, [truth]) in enumerate(_moving_clip()):
     [face] = tracker.update(frame)
     assert face.track_id == 0 and face.measured == (index % 2 == 0), index
@@ -329,7 +329,10 @@ def test_two_faces_keep_their_ids_through_an_occluder(model):
     if count == 0:
       assert not was_refined
   assert tracker.statistics.lost == 0
-  assert detector.calls == 1 + (frames - 1) // 5  # only the interval's runs
+  # The interval's runs, and those where the bar hid most of the face's dots between two
+  # frames (the flow then finds no motion: `Tracker._follow`).
+  interval_runs = 1 + (frames - 1) // 5
+  assert interval_runs <= detector.calls <= interval_runs + tracker.statistics.unfollowed
 
 
 def test_a_still_face_is_smoothed_towards_the_truth(model):

@@ -14,10 +14,12 @@ Per frame (`Tracker.update`):
    finds none (a cut, a covered face, blur) the pipeline runs on that frame instead.
 3. A face whose first-pass confidence falls below ``lost_below`` is lost: its crop no longer
    holds a face (a cut, an occluder over most of it, the face left the frame).
-4. The detector runs on the first frame, on a frame where a face was lost, while no face is
-   tracked, and every ``detect_every`` frames to catch new faces. Its boxes that do not
-   overlap a tracked face go through the same pipeline from the detector's crop; one whose
-   confidence is below ``lost_below`` (a false detection) is dropped.
+4. The detector runs on the first frame, on a frame where a face was lost or where the flow
+   finds no motion under one (a cut may put another face in its crop, which the network
+   would follow), while no face is tracked, and every ``detect_every`` frames to catch new
+   faces. Its boxes that do not overlap a tracked face go through the same pipeline from the
+   detector's crop; one whose confidence is below ``lost_below`` (a false detection) is
+   dropped.
 5. Ids: a new face takes the id of a face lost in the last ``remember_frames`` frames whose
    last box it overlaps (IoU >= `detection.MATCH_MIN_IOU`), else a new one; two tracks that
    end up on one face (IoU >= DUPLICATE_IOU) keep the older.
@@ -131,7 +133,7 @@ class TrackerOptions:
   compute: str = "adaptive"
   fallback_detectors: bool = False
   frame_rate: float = 30.0
-  network_every: int = 2
+  network_every: int = 3
 
   def __post_init__(self):
     for name in ("detect_every", "remember_frames"):
@@ -291,7 +293,8 @@ def stabilised_smoothing(
 class TrackerStatistics:
   """Counts since the tracker started: frames, detector runs, faces refined (flip + re-crop
   pass), tracks lost, faces found by the detector (new or found again), faces carried by the
-  image's motion instead of a network pass."""
+  image's motion instead of a network pass, faces whose pixels the flow could not follow
+  from the last frame."""
 
   frames: int = 0
   detector_runs: int = 0
@@ -299,6 +302,7 @@ class TrackerStatistics:
   lost: int = 0
   found: int = 0
   carried: int = 0
+  unfollowed: int = 0
 
 
 @dataclasses.dataclass
@@ -475,19 +479,22 @@ class Tracker:
     )
     self.statistics.refined += int(result["refined"])
 
-  def _carry(self, track: _Track, grey: np.ndarray, time: float) -> bool:
-    """Between two network frames: the track's landmarks moved by the image's motion since
-    the last frame; whether they were (False: the network is due, or the flow found no
-    motion)."""
+  def _motion(self, track: _Track, grey: np.ndarray) -> np.ndarray | None:
+    """The similarity that carries the track's face from the last frame to this one, or None
+    where the flow finds none (a cut, a covered face, blur; or no last frame)."""
     previous = self._grey
-    if track.carried + 1 >= self.options.network_every or previous is None:
+    if previous is None or previous.shape != grey.shape:
+      return None
+    face = track.face
+    return image_motion.similarity_between(previous, grey, face.raw_landmarks[face.reliable])
+
+  def _carry(self, track: _Track, motion: np.ndarray | None, time: float) -> bool:
+    """Between two network frames: the track's landmarks moved by the image's ``motion``
+    since the last frame; whether they were (False: the network is due, or there is no
+    motion)."""
+    if motion is None or track.carried + 1 >= self.options.network_every:
       return False
     face = track.face
-    if previous.shape != grey.shape:
-      return False
-    motion = image_motion.similarity_between(previous, grey, face.raw_landmarks[face.reliable])
-    if motion is None:
-      return False
 
     def move(points):
       return geometry.apply_affine(np.asarray(points, np.float64), motion).astype(np.float32)
@@ -511,11 +518,19 @@ class Tracker:
     return True
 
   def _follow(self, frame, grey: np.ndarray, time: float) -> bool:
-    """Step 1-3 for every tracked face; whether one was lost."""
+    """Step 1-3 for every tracked face; whether one was lost, or the image under one changed
+    so that the flow finds no motion there (a cut: the detector should look)."""
     frame_hw = frame.shape[:2]
     moving, poses, lost = [], [], False
     for track in self._tracks:
-      if self._carry(track, grey, time):
+      motion = self._motion(track, grey)
+      # A face whose pixels no longer follow from the last frame's: its crop may hold another
+      # face now (a cut to a photo with a face there), which the network's confidence alone
+      # would not lose.
+      if motion is None and self._grey is not None:
+        lost = True
+        self.statistics.unfollowed += 1
+      if self._carry(track, motion, time):
         continue
       pose = track.poses[-1][1]
       if len(track.poses) == 2:
