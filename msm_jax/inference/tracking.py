@@ -442,17 +442,19 @@ class Tracker:
       return self._time + step
     return time
 
+  def _crop_of(self, points: np.ndarray) -> CropPose:
+    """The re-crop pass's crop of a face's landmarks [L, 2] (image pixels), the package's."""
+    options = self.model.options
+    return crop_from_landmarks(points, self._mean_shape, options.box_margin, options.upright_recrop)
+
   def _observe(self, track: _Track, result: dict, time: float, detected: bool) -> None:
     """Take a pipeline result into a track: its pose, smoothing and face."""
     points = result["landmarks"]
     if not np.all(np.isfinite(points)):
       track.lost_frame = self._frame
       return
-    pose = crop_from_landmarks(
-      points, self._mean_shape, self.model.options.box_margin, self.model.options.upright_recrop
-    )
     track.poses = [] if detected else track.poses[-1:]
-    track.poses.append((time, pose))
+    track.poses.append((time, self._crop_of(points)))
     track.carried = 0
     smoothed = points
     if self.options.smoothing is not None:
@@ -500,9 +502,7 @@ class Tracker:
       return geometry.apply_affine(np.asarray(points, np.float64), motion).astype(np.float32)
 
     landmarks, raw = move(face.landmarks), move(face.raw_landmarks)
-    options = self.model.options
-    pose = crop_from_landmarks(raw, self._mean_shape, options.box_margin, options.upright_recrop)
-    track.poses = track.poses[-1:] + [(time, pose)]
+    track.poses = track.poses[-1:] + [(time, self._crop_of(raw))]
     track.face = dataclasses.replace(
       face,
       box=landmark_box(landmarks),
